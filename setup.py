@@ -1,0 +1,31 @@
+"""Packaging for gnetserver: Perl's Net::Server rebuilt on gevent, with TLS first."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="gnetserver",
+    version="0.1.0",
+    description="Net::Server for Python on gevent: TCP/TLS/UNIX daemons with Net::Server's hooks",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    packages=find_packages(include=["gnetserver", "gnetserver.*"]),
+    package_data={"gnetserver": ["py.typed"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "gevent>=24.2",
+        "greenlet>=3.0",
+        "pyOpenSSL>=24.3",
+        "cryptography>=43",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "trustme>=1.1",
+            "psutil>=5.9",
+            "ruff>=0.6",
+        ],
+        "bench": ["psutil>=5.9"],
+    },
+    entry_points={"console_scripts": ["gnetserver = gnetserver.__main__:main"]},
+)
