@@ -1,0 +1,92 @@
+"""The ``gnetserver`` command: options from the table, a server class, ``run()``.
+
+With no arguments it starts the demo: Net::Server's echo over TLS on 127.0.0.1:8443 and over
+plain TCP on 127.0.0.1:8080, with a self-signed certificate made in memory at start.
+"""
+
+import sys
+
+# Monkey-patching must come before anything imports ssl, socket users or OpenSSL.
+if "--monkey-patch" in sys.argv[1:]:
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import importlib  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from typing import Any  # noqa: E402
+
+from gnetserver import config  # noqa: E402
+from gnetserver.errors import ConfigError  # noqa: E402
+from gnetserver.options import table  # noqa: E402
+from gnetserver.server import GServer  # noqa: E402
+
+DEMO_PORTS = ["127.0.0.1:8443/ssl", "127.0.0.1:8080/tcp"]
+
+
+class DemoServer(GServer):
+    """The demo: Net::Server's echo on 127.0.0.1:8443 (TLS, self-signed) and :8080 (TCP)."""
+
+    def default_values(self) -> dict[str, Any]:
+        return {"port": DEMO_PORTS, "self_signed": True}
+
+
+def load_class(path: str) -> type[GServer]:
+    """``package.module:Class`` -> the class (a GServer subclass)."""
+    module_name, _, class_name = path.partition(":")
+    if not module_name or not class_name:
+        raise ConfigError(f"--server {path!r}: expected 'package.module:Class'")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"--server {path!r}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, GServer)):
+        raise ConfigError(f"--server {path!r}: not a gnetserver.GServer subclass")
+    return cls
+
+
+def split_own_flags(words: Sequence[str]) -> tuple[str | None, list[str]]:
+    """Take ``--server X`` / ``--server=X`` and ``--monkey-patch`` out of the words."""
+    server, rest, it = None, [], iter(words)
+    for word in it:
+        if word == "--server":
+            server = next(it, "")
+        elif word.startswith("--server="):
+            server = word.split("=", 1)[1]
+        elif word != "--monkey-patch":
+            rest.append(word)
+    return server, rest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``gnetserver`` and ``python -m gnetserver``."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    try:
+        server_path, rest = split_own_flags(words)
+        cls = load_class(server_path) if server_path else DemoServer
+        known = table(cls().options())
+        if "-h" in rest or "--help" in rest:
+            print_help(known)
+            return 0
+        config.from_command_line(rest, known, strict=True)  # unknown words fail here
+        cls(commandline=rest).run()
+    except ConfigError as exc:
+        print(f"gnetserver: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def print_help(known: Any) -> None:
+    parser = config.command_line_parser(
+        known, prog="gnetserver",
+        description="Net::Server on gevent. With no options: the TLS/TCP echo demo on "
+                    "127.0.0.1:8443 (ssl, self-signed) and 127.0.0.1:8080 (tcp).",
+        epilog="Also: --server package.module:Class runs your GServer subclass; "
+               "--monkey-patch applies gevent.monkey.patch_all() first. "
+               "Every option may be repeated; list options accumulate.",
+    )
+    parser.print_help()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Option sources and their precedence (Net::Server's ``configure``).
+
+Rules of this module:
+
+* Five sources, highest first: constructor arguments, the command line, ``run()`` arguments,
+  the conf file, ``default_values()``. The first source that sets an option wins; a later one
+  never overwrites it (Net::Server's ``process_args``).
+* Within one source a scalar option takes the last value given, a list option collects every
+  value given.
+* A source is a plain ``dict[name, list[raw value]]``; parsing a source and merging sources are
+  separate, pure functions. Converting happens once, after merging.
+* Every unknown name and every bad value is a :class:`ConfigError` naming the option, the value
+  and the source. ``SSL_*`` names get the list of supported ones in the message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .options import Option, as_list
+
+Source = dict[str, list[Any]]
+
+_CONF_LINE = re.compile(r"^\s*(?:--)?(\w+)\s*(?:[=:]\s*|\s+)(.*?)\s*$")
+_KEY_EQUALS = re.compile(r"^(\w+)=(.*)$", re.S)
+
+
+def unknown_option(name: str, known: Mapping[str, Option], where: str) -> ConfigError:
+    """The error for an option name that is not in the table."""
+    if name.startswith("SSL_"):
+        supported = ", ".join(sorted(n for n in known if n.startswith("SSL_")))
+        return ConfigError(f"unsupported TLS option {name!r} ({where}); supported: {supported}")
+    hint = difflib.get_close_matches(name, list(known), n=1)
+    suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+    return ConfigError(f"unknown option {name!r} ({where}){suggestion}")
+
+
+def from_mapping(values: Mapping[str, Any], known: Mapping[str, Option], where: str) -> Source:
+    """A source from keyword arguments (constructor, run(), default_values())."""
+    source: Source = {}
+    for name, value in values.items():
+        option = known.get(name)
+        if option is None:
+            raise unknown_option(name, known, where)
+        if option.multi:
+            source[name] = as_list(value)
+        else:
+            source[name] = [value]
+    return source
+
+
+def command_line_parser(known: Mapping[str, Option], **kwargs: Any) -> argparse.ArgumentParser:
+    """An argparse parser with one ``--name`` per option of the table (used by --help too)."""
+    parser = argparse.ArgumentParser(allow_abbrev=False, **kwargs)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for option in known.values():
+        if not option.cli:
+            continue
+        group = groups.get(option.section)
+        if group is None:
+            group = groups[option.section] = parser.add_argument_group(option.section)
+        default = "none" if option.default in (None, []) else option.default
+        first_sentence = option.doc.split(". ")[0].rstrip(".")
+        group.add_argument(
+            f"--{option.name}", dest=option.name, action="append", metavar="VALUE",
+            default=None, help=f"{first_sentence} (default: {default})",
+        )
+    return parser
+
+
+def from_command_line(
+    words: Sequence[str], known: Mapping[str, Option], strict: bool
+) -> tuple[Source, list[str]]:
+    """A source from command-line words: ``--k=v``, ``--k v``, ``k=v``.
+
+    Args:
+        words: the words after the program name.
+        known: the option table.
+        strict: raise ConfigError on words that are not options; otherwise return them.
+
+    Returns:
+        The source and the words that were not consumed.
+    """
+    normalised = []
+    for word in words:
+        match = _KEY_EQUALS.match(word)
+        normalised.append(f"--{word}" if match and match.group(1) in known else word)
+    parser = command_line_parser(known, add_help=False, exit_on_error=False)
+    try:
+        namespace, rest = parser.parse_known_args(normalised)
+    except argparse.ArgumentError as exc:
+        raise ConfigError(f"command line: {exc}") from None
+    if strict and rest:
+        word = rest[0].split("=", 1)[0].lstrip("-")
+        raise unknown_option(word, known, "command line")
+    source = {name: values for name, values in vars(namespace).items() if values is not None}
+    return source, rest
+
+
+def from_conf_file(path: str | Path, known: Mapping[str, Option]) -> Source:
+    """A source from a Net::Server conf file: ``key value``, ``key=value``, ``key: value``.
+
+    ``#`` starts a comment unless written ``\\#``; blank lines are skipped; keys may carry a
+    leading ``--``; repeated keys accumulate for list options and the last one wins otherwise.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"conf_file {str(path)!r}: cannot read: {exc.strerror}") from None
+    source: Source = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = re.sub(r"(?<!\\)#.*", "", raw).replace("\\#", "#")
+        if not line.strip():
+            continue
+        match = _CONF_LINE.match(line)
+        where = f"conf_file {str(path)!r} line {number}"
+        if not match:
+            raise ConfigError(f"{where}: cannot parse {raw.strip()!r} (expected 'key value')")
+        name, value = match.groups()
+        if name not in known:
+            raise unknown_option(name, known, where)
+        source.setdefault(name, []).append(value)
+    return source
+
+
+def merge(sources: Iterable[tuple[str, Source]], known: Mapping[str, Option]) -> dict[str, Any]:
+    """Merge sources, highest precedence first, and convert every value.
+
+    Returns:
+        A dict with a typed value for every option of ``known`` (defaults filled in).
+    """
+    chosen: dict[str, tuple[str, list[Any]]] = {}
+    for where, source in sources:
+        for name, values in source.items():
+            if name not in chosen and values:
+                chosen[name] = (where, values)
+    merged: dict[str, Any] = {}
+    for name, option in known.items():
+        if name not in chosen:
+            merged[name] = list(option.default) if option.multi else option.default
+            continue
+        where, values = chosen[name]
+        merged[name] = convert(option, values, where)
+    return merged
+
+
+def convert(option: Option, values: list[Any], where: str) -> Any:
+    """Convert the raw values of one option; a bad value raises ConfigError naming both."""
+    raw = values if option.multi else values[-1]
+    try:
+        if option.multi:
+            return [option.convert(value) for value in raw]
+        return option.convert(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"option {option.name!r}: bad value {raw!r} ({where}): {exc}") from None

@@ -1,0 +1,54 @@
+"""One bound, listening socket and what the server knows about it."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from .ports import PortSpec
+from .resolve import BindAddress, describe
+
+
+@dataclass(eq=False)
+class Listener:
+    """A listening socket of the server.
+
+    Attributes:
+        spec: the port spec it was bound for.
+        address: the resolved bind address.
+        sock: the listening stdlib socket.
+        protocol: the protocol object that negotiates and closes its connections.
+        stream_server: the gevent StreamServer accepting on it, once the loop started.
+    """
+
+    spec: PortSpec
+    address: BindAddress
+    sock: socket.socket
+    protocol: Any
+    stream_server: Any = field(default=None, repr=False)
+
+    @property
+    def bound(self) -> Any:
+        """The address as bound: ``(host, port)`` (IPv6: 4-tuple) or a unix path."""
+        return self.sock.getsockname()
+
+    @property
+    def port(self) -> int | str:
+        """The bound port number (kernel-chosen for port 0), or the path of a unix socket."""
+        bound = self.bound
+        return bound[1] if isinstance(bound, tuple) else bound
+
+    @property
+    def host(self) -> str:
+        """The bound host address text ('' for unix sockets)."""
+        bound = self.bound
+        return bound[0] if isinstance(bound, tuple) else ""
+
+    @property
+    def proto(self) -> str:
+        """The protocol name: tcp, ssl or unix."""
+        return self.spec.proto
+
+    def __str__(self) -> str:
+        return f"{describe(self.address, self.sock)}/{self.spec.proto}"

@@ -1,0 +1,186 @@
+"""The one table of gnetserver's options.
+
+Rules of this module:
+
+* Every option is declared once, here, as an :class:`Option`: name (Net::Server's, verbatim),
+  default, converter, section, whether it is a list, and its documentation. The command line,
+  the conf file, ``run()``/constructor arguments, ``--help`` and README.rst's option table are
+  all derived from :data:`OPTIONS`; nothing else lists options.
+* A converter takes the raw value (a string from the command line or a conf file, or any Python
+  value from code) and returns the typed value, raising ``ValueError``/``TypeError`` with a short
+  reason. :mod:`gnetserver.config` turns that into a :class:`~gnetserver.errors.ConfigError`
+  naming the option and the value.
+* ``SSL_*`` options come from :data:`gnetserver.tls.context.SUPPORTED_SSL_OPTIONS` so that the
+  TLS layer and this table can never disagree.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .tls.context import SUPPORTED_SSL_OPTIONS
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configurable option of a server.
+
+    Attributes:
+        name: the option name, as in Net::Server (``port``, ``log_level``, ``SSL_cert_file``).
+        default: the value used when no source sets the option.
+        convert: turns a raw value into the typed value; raises ValueError/TypeError.
+        doc: documentation; the first sentence is the ``--help`` line.
+        section: the README/--help section the option belongs to.
+        multi: True for list options (``port``, ``host``...): repeated values accumulate.
+        cli: False hides the option from the command line (values that only code can give).
+    """
+
+    name: str
+    default: Any
+    convert: Callable[[Any], Any]
+    doc: str
+    section: str = "Server"
+    multi: bool = False
+    cli: bool = True
+
+
+# -- converters --------------------------------------------------------------------------------
+
+
+def as_str(value: Any) -> str:
+    """Any scalar as text."""
+    if isinstance(value, (list, tuple, dict)):
+        raise TypeError("expects one value, not a list")
+    return str(value)
+
+
+def as_optional_str(value: Any) -> str | None:
+    """Text, or None for an empty value."""
+    return None if value is None or value == "" else as_str(value)
+
+
+def as_bool(value: Any) -> bool:
+    """Perl-style truth: 1/0, yes/no, true/false, on/off (case-insensitive)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value != 0
+    text = as_str(value).strip().lower()
+    if text in ("1", "yes", "true", "on"):
+        return True
+    if text in ("0", "no", "false", "off", ""):
+        return False
+    raise ValueError("expected a boolean (1/0, yes/no, true/false, on/off)")
+
+
+def int_in(low: int, high: int | None = None) -> Callable[[Any], int]:
+    """A converter to an integer in [low, high]."""
+
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+            raise ValueError("expected an integer")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ValueError("expected an integer") from None
+        if number < low or (high is not None and number > high):
+            upper = "up" if high is None else high
+            raise ValueError(f"expected an integer from {low} to {upper}")
+        return number
+
+    return convert
+
+
+def seconds(value: Any) -> float:
+    """A duration in seconds, > 0."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("expected a number of seconds") from None
+    if not number > 0:
+        raise ValueError("expected a number of seconds greater than 0")
+    return number
+
+
+def seconds_or_zero(value: Any) -> float:
+    """A duration in seconds; 0 means no limit."""
+    return 0.0 if str(value).strip() in ("0", "0.0") else seconds(value)
+
+
+def passthrough(value: Any) -> Any:
+    """Values checked later, by the code that understands them (ports, SSL_* objects)."""
+    return value
+
+
+def as_list(value: Any) -> list[Any]:
+    """List options: a scalar becomes a one-element list."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+DEFAULT_PORT = 20203
+
+_CORE: Sequence[Option] = (
+    Option("conf_file", None, as_optional_str,
+           "Path of a Net::Server style conf file (`key value` lines, `#` comments), read with "
+           "lower precedence than the command line and run() arguments.", "Server"),
+    Option("port", [], passthrough,
+           f"Port spec(s) to listen on: `8443`, `host:port/proto`, `[::1]:443/ssl`, "
+           f"`/path|unix`, or a dict from code. Repeat for several ports. Default {DEFAULT_PORT}.",
+           "Server Socket", multi=True),
+    Option("host", ["*"], passthrough,
+           "Default bind host for port specs without one (`*` = all interfaces); a list aligns "
+           "with `port`, the last element reused.", "Server Socket", multi=True),
+    Option("proto", ["tcp"], passthrough,
+           "Default protocol for port specs without one: tcp, ssl or unix; a list aligns with "
+           "`port`.", "Server Socket", multi=True),
+    Option("ipv", ["*"], passthrough,
+           "IP version(s): 4, 6, `*` (one dual-stack socket where the OS allows) or 46 (two "
+           "sockets); a list aligns with `port`.", "Server Socket", multi=True),
+    Option("listen", socket.SOMAXCONN, int_in(1),
+           "Listen backlog of each socket (a per-port dict may override it).", "Server Socket"),
+    Option("max_servers", 256, int_in(1),
+           "Maximum number of established sessions served at once, across all ports; further "
+           "connections wait (they are not refused) until a slot frees.", "Limits"),
+    Option("max_handshakes", 1000, int_in(1),
+           "Maximum number of connections that may be in their TLS handshake (or waiting for a "
+           "session slot) at once, on top of max_servers; beyond it the kernel backlog holds "
+           "new connections.", "Limits"),
+    Option("timeout_handshake", 10.0, seconds,
+           "Seconds a client gets to complete its TLS handshake before it is dropped.", "Limits"),
+    Option("timeout_idle", 60.0, seconds_or_zero,
+           "Seconds a read on an established connection may wait for data before the "
+           "connection is closed (0 = no limit).", "Limits"),
+    Option("graceful_timeout", 5.0, seconds_or_zero,
+           "Seconds stop() lets in-flight connections finish before they are cut.", "Limits"),
+    Option("log_level", 2, int_in(0, 4),
+           "Net::Server log level: 0 nothing, 1 errors, 2 notices, 3 per-connection info, "
+           "4 debug.", "Logging"),
+    Option("self_signed", False, as_bool,
+           "When an ssl port has no certificate, generate a self-signed one in memory at start "
+           "(for demos and tests; its SHA-256 fingerprint is logged).", "TLS"),
+)
+
+_SSL: Sequence[Option] = tuple(
+    Option(name, None, passthrough, doc, "TLS")
+    for name, doc in sorted(SUPPORTED_SSL_OPTIONS.items())
+)
+
+#: Every option of the base server, in documentation order.
+OPTIONS: tuple[Option, ...] = (*_CORE, *_SSL)
+
+
+def table(options: Sequence[Option]) -> dict[str, Option]:
+    """Index a sequence of options by name, refusing duplicates."""
+    by_name: dict[str, Option] = {}
+    for option in options:
+        if option.name in by_name:
+            raise ValueError(f"option {option.name!r} declared twice")
+        by_name[option.name] = option
+    return by_name

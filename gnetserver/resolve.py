@@ -1,0 +1,293 @@
+"""From :class:`~gnetserver.ports.PortSpec` records to bound listening sockets.
+
+Rules of this module (behaviour: spec/netserver.md, sections 3.5 and 3.6):
+
+* :func:`resolve` turns one record into the addresses to bind:
+
+  - UNIX protos: the path, no resolution;
+  - a numeric IPv4 host (ipv ``4`` or ``*``): that one address;
+  - ipv ``6`` (or a host with ``:``): the first IPv6 address, IPV6_V6ONLY on;
+  - ipv ``4``: the first IPv4 address;
+  - ipv ``*``: every address ``getaddrinfo(host, port, AF_UNSPEC, ..., AI_PASSIVE)`` returns,
+    then dual-stack folding: when both ``::`` and ``0.0.0.0`` (or ``::ffff:a.b.c.d`` and
+    ``a.b.c.d``) come back, the IPv4 one is dropped and the IPv6 one keeps IPV6_V6ONLY off, so
+    host ``*`` gives **one** ``[::]`` socket that accepts both families.
+
+  ``NO_IPV6`` in the environment (any value but ``""`` or ``"0"``), or a system where IPv6
+  sockets cannot be created or IPV6_V6ONLY cannot be turned off, makes ipv ``*`` IPv4-only;
+  ipv ``6`` then fails.
+* :func:`bind_all` creates plain blocking stdlib sockets: SO_REUSEADDR on inet sockets,
+  IPV6_V6ONLY from the address, ``listen`` on stream sockets. It is all or nothing: on any
+  failure every socket it opened is closed before the error propagates.
+* A stale UNIX socket file is unlinked before binding; any other existing file is refused,
+  never deleted.
+* Every failure is a :class:`~gnetserver.errors.ConfigError` naming the spec and the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import ipaddress
+import os
+import socket
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import cast
+
+from gnetserver.errors import ConfigError
+from gnetserver.ports import UNIX_PROTOS, PortSpec
+
+SockAddr = tuple[str, int] | tuple[str, int, int, int] | str
+
+_DGRAM_PROTOS = frozenset({"udp", "unixdgram"})
+
+
+@dataclass(frozen=True)
+class BindAddress:
+    """One address to bind for a :class:`PortSpec`.
+
+    Attributes:
+        spec: The record this address comes from.
+        family: ``AF_INET``, ``AF_INET6`` or ``AF_UNIX``.
+        sockaddr: What ``bind()`` takes: ``(host, port)``, ``(host, port, flow, scope)`` or a path.
+        v6only: IPV6_V6ONLY for ``AF_INET6`` (``False`` = dual-stack socket); ``None`` otherwise.
+    """
+
+    spec: PortSpec
+    family: int
+    sockaddr: SockAddr
+    v6only: bool | None
+
+    @property
+    def socktype(self) -> int:
+        """``SOCK_DGRAM`` for udp, unixdgram and ``unix_type: sock_dgram``, else ``SOCK_STREAM``."""
+        return _socktype(self.spec)
+
+
+def resolve(spec: PortSpec) -> list[BindAddress]:
+    """The addresses to bind for one record (see the module rules).
+
+    Raises:
+        ConfigError: The host does not resolve in the family asked for, IPv6 is asked for but
+            disabled, or an inet port is not a number.
+    """
+    if spec.proto in UNIX_PROTOS:
+        return [BindAddress(spec, socket.AF_UNIX, str(spec.port), None)]
+    if isinstance(spec.port, bool) or not isinstance(spec.port, int):
+        raise ConfigError(f"cannot resolve {spec}: port {spec.port!r} is not a number")
+    ipv6, dual_stack = _ipv6_support()
+    if spec.ipv == "6" or ":" in spec.host:
+        if not ipv6:
+            raise ConfigError(f"cannot resolve {spec}: IPv6 is disabled or unavailable")
+        return [_first(spec, socket.AF_INET6)]
+    if _is_ipv4_literal(spec.host):
+        return [BindAddress(spec, socket.AF_INET, (spec.host, spec.port), None)]
+    if spec.ipv == "4" or not dual_stack:
+        return [_first(spec, socket.AF_INET)]
+    return _fold_dual_stack(spec, _lookup(spec, socket.AF_UNSPEC))
+
+
+def bind_all(specs: Iterable[PortSpec], backlog: int) -> list[tuple[BindAddress, socket.socket]]:
+    """Resolve every record and bind one socket per address.
+
+    With port 0 and several addresses for one record, the first is bound to learn the port the
+    kernel chose and the others reuse that number. The returned addresses carry the real port;
+    the records keep port 0 (and ``orig_port``) for HUP matching.
+
+    Args:
+        specs: The records, usually from :func:`gnetserver.ports.parse_ports`.
+        backlog: The listen backlog for records whose ``listen`` is ``None``.
+
+    Returns:
+        ``(address, socket)`` pairs in the order of ``specs``; stream sockets are listening.
+
+    Resource handling:
+        The caller owns the returned sockets. On failure nothing is left open.
+
+    Error handling:
+        Resolution and socket errors (EADDRINUSE, EACCES, EADDRNOTAVAIL, a missing directory,
+        an existing non-socket file...) raise ConfigError, such as
+        ``cannot bind 127.0.0.1:8443/ssl: [Errno 98] Address already in use``.
+    """
+    bound: list[tuple[BindAddress, socket.socket]] = []
+    try:
+        for spec in specs:
+            _bind_addresses(resolve(spec), spec.listen or backlog, bound)
+    except BaseException:
+        for _, sock in bound:
+            sock.close()
+        raise
+    return bound
+
+
+def describe(addr: BindAddress, sock: socket.socket) -> str:
+    """The address a socket is bound to, for logs: ``127.0.0.1:41234``, ``[::]:8443``, a path."""
+    if addr.family == socket.AF_UNIX:
+        return str(addr.sockaddr)
+    return _address_text(addr.family, sock.getsockname())
+
+
+def _bind_addresses(
+    addrs: list[BindAddress], backlog: int, bound: list[tuple[BindAddress, socket.socket]]
+) -> None:
+    """Bind the addresses of one record, appending to ``bound`` (which the caller cleans up)."""
+    learned: int | None = None
+    for addr in addrs:
+        if learned is not None:
+            addr = _with_port(addr, learned)
+        sock = _open_socket(addr, backlog)
+        if learned is None and addr.spec.port == 0:
+            learned = sock.getsockname()[1]
+            addr = _with_port(addr, learned)
+        bound.append((addr, sock))
+
+
+def _open_socket(addr: BindAddress, backlog: int) -> socket.socket:
+    try:
+        sock = socket.socket(addr.family, addr.socktype)
+    except OSError as exc:
+        raise _bind_error(addr, exc) from exc
+    try:
+        if addr.family == socket.AF_UNIX:
+            _remove_stale_socket(addr)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if addr.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, addr.v6only is not False)
+        sock.bind(addr.sockaddr)
+        if addr.socktype == socket.SOCK_STREAM:
+            sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise _bind_error(addr, exc) from exc
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _remove_stale_socket(addr: BindAddress) -> None:
+    """Unlink a socket file left at the path by a previous run; refuse any other file."""
+    path = str(addr.sockaddr)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(f"cannot bind {addr.spec}: {path!r} exists and is not a socket")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _bind_error(addr: BindAddress, exc: OSError) -> ConfigError:
+    spec = str(addr.spec)
+    where = "" if addr.family == socket.AF_UNIX else _address_text(addr.family, addr.sockaddr)
+    if not where or spec.startswith(where + "/"):
+        return ConfigError(f"cannot bind {spec}: {exc}")
+    return ConfigError(f"cannot bind {spec} on {where}: {exc}")
+
+
+def _address_text(family: int, sockaddr: Sequence[object]) -> str:
+    host, port = sockaddr[0], sockaddr[1]
+    return f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+
+
+def _with_port(addr: BindAddress, port: int) -> BindAddress:
+    sockaddr = addr.sockaddr
+    if isinstance(sockaddr, str):  # a UNIX path has no port
+        return addr
+    if len(sockaddr) == 4:
+        return replace(addr, sockaddr=(sockaddr[0], port, sockaddr[2], sockaddr[3]))
+    return replace(addr, sockaddr=(sockaddr[0], port))
+
+
+def _socktype(spec: PortSpec) -> int:
+    unix_type = str(spec.opts.get("unix_type", "")).lower()
+    if spec.proto in _DGRAM_PROTOS or (spec.is_unix and unix_type == "sock_dgram"):
+        return socket.SOCK_DGRAM
+    return socket.SOCK_STREAM
+
+
+def _lookup(spec: PortSpec, family: int) -> list[tuple[int, SockAddr]]:
+    """``getaddrinfo`` for a record: unique ``(family, sockaddr)`` pairs, in its order."""
+    host = None if spec.host == "*" else spec.host
+    try:
+        infos = socket.getaddrinfo(host, spec.port, family, _socktype(spec), 0, socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(f"cannot resolve {spec}: {exc}") from exc
+    found: list[tuple[int, SockAddr]] = []
+    for fam, _, _, _, sockaddr in infos:
+        pair = (int(fam), cast(SockAddr, sockaddr))  # AF_INET/AF_INET6 addresses are tuples
+        if fam in (socket.AF_INET, socket.AF_INET6) and pair not in found:
+            found.append(pair)
+    if not found:
+        raise ConfigError(f"cannot resolve {spec}: no IPv4 or IPv6 address")
+    return found
+
+
+def _first(spec: PortSpec, family: int) -> BindAddress:
+    fam, sockaddr = _lookup(spec, family)[0]
+    return BindAddress(spec, fam, sockaddr, True if fam == socket.AF_INET6 else None)
+
+
+def _fold_dual_stack(spec: PortSpec, found: list[tuple[int, SockAddr]]) -> list[BindAddress]:
+    """One address per result; an IPv6 result with an IPv4 twin absorbs it (V6ONLY off)."""
+    ipv4_hosts = {sockaddr[0] for fam, sockaddr in found if fam == socket.AF_INET}
+    absorbed = {
+        twin
+        for fam, sockaddr in found
+        if fam == socket.AF_INET6 and (twin := _ipv4_twin(str(sockaddr[0]))) in ipv4_hosts
+    }
+    addrs = []
+    for fam, sockaddr in found:
+        if fam == socket.AF_INET6:
+            v6only = _ipv4_twin(str(sockaddr[0])) not in absorbed
+            addrs.append(BindAddress(spec, fam, sockaddr, v6only))
+        elif sockaddr[0] not in absorbed:
+            addrs.append(BindAddress(spec, fam, sockaddr, None))
+    return addrs
+
+
+def _ipv4_twin(host: str) -> str | None:
+    """The IPv4 address an IPv6 one also covers when V6ONLY is off: ``::`` -> ``0.0.0.0``."""
+    if host == "::":
+        return "0.0.0.0"
+    try:
+        mapped = ipaddress.IPv6Address(host).ipv4_mapped
+    except ValueError:
+        return None
+    return str(mapped) if mapped else None
+
+
+def _is_ipv4_literal(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _ipv6_support() -> tuple[bool, bool]:
+    """(IPv6 sockets are usable, dual-stack sockets are usable), honouring ``NO_IPV6``."""
+    if os.environ.get("NO_IPV6", "") not in ("", "0"):
+        return False, False
+    return _probe_ipv6()
+
+
+@functools.cache
+def _probe_ipv6() -> tuple[bool, bool]:
+    """Ask the system once, as Net::Server's CAN_DISABLE_V6ONLY does."""
+    if not socket.has_ipv6:
+        return False, False
+    try:
+        probe = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError:
+        return False, False
+    with probe:
+        try:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        except OSError:
+            return True, False
+    return True, True

@@ -1,0 +1,389 @@
+"""Cooperative server-side TLS: pyOpenSSL driven over a gevent socket.
+
+pyOpenSSL is not cooperative, and monkey patching does not change that (pitfalls.md A.1): on a
+non-blocking fd every call may raise ``WantReadError`` or ``WantWriteError``. A
+:class:`TLSConnection` turns those into gevent waits, so a slow peer only parks its own greenlet.
+
+Rules of this module:
+
+* **One wait loop** (``TLSConnection._run``) drives every OpenSSL call: ``do_handshake``,
+  ``recv``, ``recv_into``, ``send`` and ``shutdown``. ``WantReadError`` waits for readable and
+  ``WantWriteError`` for writable in *every* operation, because a read can need a write and a
+  write a read (TLS 1.3 KeyUpdate, post-handshake messages; pitfalls.md A.2). The loop is a
+  ``while True`` (never recursion) and every wait is bounded by the operation's deadline.
+* **Two io watchers per connection**, created once and reused by every wait (creating one per
+  wait, as ``gevent.socket.wait_read`` does, costs an allocation and a start/stop each time).
+* **Partial writes:** ``send`` may write less than it is given (pyOpenSSL sets
+  ``SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER``). ``sendall`` loops
+  over ``send(view[:16384])`` and advances by the count returned; a retry after a Want* uses the
+  same bytes. pyOpenSSL's own ``Connection.sendall`` is never called (pitfalls.md B.4).
+* **Callers never see an OpenSSL exception.** The mapping at the boundary:
+
+  ======================================  ==================================================
+  OpenSSL outcome                         what the caller gets
+  ======================================  ==================================================
+  handshake deadline passed               :class:`~gnetserver.errors.HandshakeTimeout`
+  recv/send deadline passed               ``TimeoutError("timed out")``
+  ``ZeroReturnError`` (close_notify)      ``recv`` -> ``b""``, ``recv_into`` -> ``0``
+  ``SysCallError(-1 or 0)`` (ragged EOF)  ``recv`` -> ``b""``, ``recv_into`` -> ``0``
+  either EOF during ``do_handshake``      ``ConnectionAbortedError`` (errno ECONNABORTED)
+  either EOF during ``send``/``sendall``  ``BrokenPipeError`` (errno EPIPE)
+  other ``SysCallError(errno)``           ``OSError(errno)``: ``ConnectionResetError`` for
+                                          ECONNRESET, ``BrokenPipeError`` for EPIPE, ...
+  any other ``SSL.Error``                 :class:`~gnetserver.errors.TLSError` with OpenSSL's
+                                          reason text ("wrong version number", "http
+                                          request", ...)
+  ======================================  ==================================================
+
+  Every translated exception is raised ``from`` the OpenSSL one. So a handler can treat
+  ``HandshakeTimeout`` (drop at once), ``ConnectionError`` (the peer went away: log at debug)
+  and ``TLSError`` (protocol failure: log at info) differently.
+* **Shutdown is one-way and best effort:** ``shutdown_tls`` sends close_notify once, bounded by
+  its timeout, only after a completed handshake and never after a fatal error (OpenSSL forbids
+  ``SSL_shutdown`` then). It never raises and never waits for the peer's close_notify.
+
+Resource handling:
+    The ``TLSConnection`` owns the gevent socket it is given: ``close()`` closes its io watchers
+    and then the socket, once (later calls do nothing). Do not close the socket yourself; use
+    ``close()`` (or ``with TLSConnection(...) as conn:``).
+
+Concurrency:
+    One greenlet at a time per connection, in the thread whose hub created it. An OpenSSL
+    ``SSL`` object is not safe for concurrent use, and a second greenlet waiting on the same
+    watcher gets gevent's ``ConcurrentObjectUseError``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+import gevent.socket
+from cryptography import x509
+from gevent import get_hub
+from gevent.socket import cancel_wait_ex
+from gevent.socket import wait as _gevent_wait
+from OpenSSL import SSL
+
+from ..errors import HandshakeTimeout, TLSError
+
+__all__ = ["TLSConnection", "describe_ssl_error"]
+
+_T = TypeVar("_T")
+
+#: Largest slice handed to one ``send`` by ``sendall``: one TLS record's worth of plaintext.
+_SEND_CHUNK = 16384
+
+_READ, _WRITE = 1, 2  # libev/libuv io watcher event masks
+
+
+def describe_ssl_error(exc: SSL.Error) -> str:
+    """Return OpenSSL's reason text(s) of ``exc``, e.g. ``"wrong version number"``.
+
+    ``SSL.Error.args[0]`` is OpenSSL's error queue as ``[(library, function, reason), ...]``;
+    the reasons are what IO::Socket::SSL prints too. Falls back to ``str(exc)``.
+    """
+    queue = exc.args[0] if exc.args else None
+    if isinstance(queue, list):
+        reasons = [e[2] for e in queue if isinstance(e, tuple) and len(e) == 3 and e[2]]
+        if reasons:
+            return "; ".join(dict.fromkeys(reasons))  # dedupe, keep order
+    return str(exc) or type(exc).__name__
+
+
+def _wait_on_watcher(watcher: Any, timeout: float | None, exc: BaseException) -> None:
+    """Park the current greenlet until ``watcher`` fires; raise ``exc`` after ``timeout`` s.
+
+    ``gevent.socket.wait`` is ``gevent._hub_primitives.wait_on_watcher``, the primitive gevent's
+    own socket waits with: it starts the (reusable) watcher, switches to the hub and arms a
+    ``gevent.Timeout`` that raises ``exc``. gevent defines it beside ``wait_read`` and
+    ``wait_write`` but leaves it out of ``gevent.socket.__all__``, so treat it as semi-private:
+    this function is the only place that calls it.
+    """
+    _gevent_wait(watcher, timeout, exc)
+
+
+def _is_eof(exc: SSL.Error) -> bool:
+    """True for pyOpenSSL's ragged-EOF ``SysCallError(-1, "Unexpected EOF")`` (or errno 0)."""
+    return isinstance(exc, SSL.SysCallError) and bool(exc.args) and exc.args[0] in (-1, 0)
+
+
+def _os_error(exc: SSL.SysCallError) -> OSError:
+    """``OSError(errno)``; Python picks the subclass (ConnectionResetError for ECONNRESET...)."""
+    code = exc.args[0]
+    return OSError(code, os.strerror(code))
+
+
+def _io_timeout() -> TimeoutError:
+    return TimeoutError("timed out")
+
+
+class TLSConnection:
+    """Server side of one TLS connection over a gevent socket (see the module rules).
+
+    Args:
+        sock: A connected ``gevent.socket.socket`` (its OS fd is non-blocking), as gevent's
+            ``StreamServer`` hands it to ``handle``. Ownership passes to this object.
+        context: The port's context from :func:`gnetserver.tls.build_context`.
+    """
+
+    def __init__(self, sock: gevent.socket.socket, context: SSL.Context) -> None:
+        self._sock = sock
+        self._conn = SSL.Connection(context, sock)
+        self._conn.set_accept_state()
+        self._hub = get_hub()
+        # Created once and reused by every wait (see the module docstring).
+        self._read_watcher = self._hub.loop.io(sock.fileno(), _READ)
+        self._write_watcher = self._hub.loop.io(sock.fileno(), _WRITE)
+        self._timeout: float | None = None
+        self._handshake_done = False
+        self._eof = False  # the peer has finished sending (close_notify or ragged EOF)
+        self._broken = False  # a fatal OpenSSL error: SSL_shutdown must not be called
+        self._shutdown_sent = False
+        self._closed = False
+
+    # -- the wait loop ---------------------------------------------------------------------
+
+    def _run(
+        self,
+        op: Callable[..., _T],
+        args: tuple[Any, ...],
+        deadline: float | None,
+        make_timeout: Callable[[], BaseException],
+    ) -> _T:
+        """Call ``op(*args)`` until it stops wanting I/O; each wait ends by ``deadline``.
+
+        OpenSSL exceptions other than Want* propagate; callers translate them.
+        """
+        while True:
+            try:
+                return op(*args)
+            except SSL.WantReadError:
+                watcher = self._read_watcher
+            except SSL.WantWriteError:
+                watcher = self._write_watcher
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise make_timeout()
+            _wait_on_watcher(watcher, remaining, make_timeout())
+
+    def _deadline(self) -> float | None:
+        return None if self._timeout is None else time.monotonic() + self._timeout
+
+    def _failure(self, exc: SSL.Error, what: str) -> OSError:
+        """Translate a fatal OpenSSL error (not EOF) and remember that the session is dead."""
+        self._broken = True
+        if isinstance(exc, SSL.SysCallError):
+            return _os_error(exc)
+        return TLSError(f"{what}: {describe_ssl_error(exc)}")
+
+    # -- handshake -------------------------------------------------------------------------
+
+    def do_handshake(self, timeout: float | None) -> None:
+        """Run the server handshake, all of it within ``timeout`` seconds.
+
+        Args:
+            timeout: Deadline for the whole handshake in seconds; ``None`` waits forever (only
+                for tests: a silent client would hold the greenlet).
+
+        Raises:
+            HandshakeTimeout: the deadline passed.
+            ConnectionAbortedError: the peer closed the connection (EOF) mid-handshake.
+            OSError: a socket error, e.g. ``ConnectionResetError``.
+            TLSError: a protocol failure, with OpenSSL's reason ("wrong version number",
+                "http request", "no shared cipher", ...).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def make_timeout() -> HandshakeTimeout:
+            return HandshakeTimeout(f"TLS handshake did not finish within {timeout} s")
+
+        try:
+            self._run(self._conn.do_handshake, (), deadline, make_timeout)
+        except (SSL.ZeroReturnError, SSL.SysCallError) as e:
+            if isinstance(e, SSL.ZeroReturnError) or _is_eof(e):
+                self._broken = True
+                raise ConnectionAbortedError(
+                    errno.ECONNABORTED, "peer closed the connection during the TLS handshake"
+                ) from e
+            raise self._failure(e, "TLS handshake failed") from e
+        except SSL.Error as e:
+            raise self._failure(e, "TLS handshake failed") from e
+        self._handshake_done = True
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def recv(self, bufsize: int) -> bytes:
+        """Return up to ``bufsize`` decrypted bytes; ``b""`` once the peer has closed.
+
+        Raises:
+            TimeoutError: nothing arrived within ``gettimeout()`` seconds.
+            OSError: a socket error (e.g. ``ConnectionResetError``).
+            TLSError: a protocol failure (e.g. a bad record MAC).
+        """
+        return self._read(self._conn.recv, (bufsize,), b"")
+
+    def recv_into(self, buffer: bytearray | memoryview, nbytes: int = 0) -> int:
+        """Read into a writable buffer; return the count, ``0`` once the peer has closed.
+
+        ``nbytes`` 0 means ``len(buffer)``. Errors as for :meth:`recv`.
+        """
+        return self._read(self._conn.recv_into, (buffer, nbytes or None), 0)
+
+    def _read(self, op: Callable[..., _T], args: tuple[Any, ...], empty: _T) -> _T:
+        if self._eof:
+            return empty  # OpenSSL's answer to a second read after EOF is not reliable
+        try:
+            return self._run(op, args, self._deadline(), _io_timeout)
+        except SSL.ZeroReturnError:
+            self._eof = True
+            return empty
+        except SSL.Error as e:
+            if _is_eof(e):
+                self._eof = self._broken = True
+                return empty
+            raise self._failure(e, "TLS read failed") from e
+
+    def pending(self) -> int:
+        """Decrypted bytes OpenSSL holds that ``recv`` returns without touching the socket."""
+        return self._conn.pending()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
+        """Encrypt and send some of ``data``; return how many bytes were consumed (>= 1).
+
+        Raises:
+            TimeoutError: the socket stayed unwritable for ``gettimeout()`` seconds.
+            BrokenPipeError: the peer has closed the connection.
+            OSError: another socket error (e.g. ``ConnectionResetError``).
+            TLSError: a protocol failure.
+        """
+        return self._send(data, self._deadline())
+
+    def sendall(self, data: bytes | bytearray | memoryview) -> None:
+        """Send all of ``data``; ``gettimeout()`` bounds the whole call (as the stdlib's).
+
+        Errors as for :meth:`send`; on an error, an unknown prefix of ``data`` was sent.
+        """
+        view = memoryview(data).cast("B")
+        deadline = self._deadline()
+        while view:
+            view = view[self._send(view[:_SEND_CHUNK], deadline) :]
+
+    def _send(self, data: bytes | bytearray | memoryview, deadline: float | None) -> int:
+        try:
+            return self._run(self._conn.send, (data,), deadline, _io_timeout)
+        except SSL.Error as e:
+            if isinstance(e, SSL.ZeroReturnError) or _is_eof(e):
+                self._broken = True
+                raise BrokenPipeError(errno.EPIPE, "peer closed the TLS connection") from e
+            raise self._failure(e, "TLS write failed") from e
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def shutdown_tls(self, timeout: float = 1.0) -> None:
+        """Send close_notify once, within ``timeout`` seconds; never raises.
+
+        Does nothing before a completed handshake, after a fatal error, after ``close()`` or
+        on a second call. The peer's close_notify is not awaited: a one-way shutdown is
+        enough for a server (pitfalls.md C.6). Lingering close (``SHUT_WR`` plus a short
+        drain before ``close()``, pitfalls.md C.7) is the caller's job.
+        """
+        if self._shutdown_sent or self._broken or self._closed or not self._handshake_done:
+            return
+        self._shutdown_sent = True
+        deadline = time.monotonic() + timeout
+        try:
+            self._run(self._conn.shutdown, (), deadline, _io_timeout)
+        except (SSL.Error, OSError):
+            # The peer may be gone (EPIPE, ECONNRESET) or not reading (timeout); either way
+            # nothing useful can be done about a close_notify that cannot be delivered.
+            self._broken = True
+
+    def close(self) -> None:
+        """Close the io watchers, then the gevent socket; safe to call more than once.
+
+        Sends nothing: call :meth:`shutdown_tls` first for a clean TLS close.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for watcher in (self._read_watcher, self._write_watcher):
+            # Wakes a greenlet parked on the watcher (with EBADF) before closing it.
+            self._hub.cancel_wait(watcher, cancel_wait_ex, True)
+        self._sock.close()
+
+    def __enter__(self) -> TLSConnection:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- the socket side -------------------------------------------------------------------
+
+    def settimeout(self, timeout: float | None) -> None:
+        """Set the per-call timeout of recv/send (``None``: wait forever); not the handshake's."""
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be None or >= 0, not {timeout}")
+        self._timeout = timeout
+
+    def gettimeout(self) -> float | None:
+        """Return the per-call timeout set by :meth:`settimeout` (initially ``None``)."""
+        return self._timeout
+
+    def fileno(self) -> int:
+        """Return the socket's fd (-1 after ``close()``)."""
+        return int(self._sock.fileno())
+
+    # -- facts about the session (None before the handshake) --------------------------------
+
+    @property
+    def version(self) -> str | None:
+        """Negotiated protocol, e.g. ``"TLSv1.3"``."""
+        return self._conn.get_protocol_version_name() if self._handshake_done else None
+
+    @property
+    def cipher(self) -> str | None:
+        """Negotiated cipher suite, e.g. ``"TLS_AES_256_GCM_SHA384"``."""
+        return self._conn.get_cipher_name()
+
+    @property
+    def server_name(self) -> str | None:
+        """Host name the client sent in SNI, or ``None``."""
+        name = self._conn.get_servername()
+        return name.decode("utf-8", "replace") if name else None
+
+    @property
+    def alpn_protocol(self) -> str | None:
+        """ALPN protocol selected for this connection, or ``None``."""
+        proto = self._conn.get_alpn_proto_negotiated()
+        return proto.decode("utf-8", "replace") if proto else None
+
+    @property
+    def session_reused(self) -> bool:
+        """True when the handshake resumed an earlier session (ticket or session id)."""
+        return self._handshake_done and _session_reused(self._conn)
+
+    @property
+    def peer_certificate(self) -> x509.Certificate | None:
+        """The client's certificate (only with ``SSL_verify_mode``), or ``None``."""
+        cert = self._conn.get_peer_certificate(as_cryptography=True)
+        return cert if isinstance(cert, x509.Certificate) else None
+
+
+def _session_reused(conn: SSL.Connection) -> bool:
+    """``SSL_session_reused``; pyOpenSSL 26 has no public wrapper, so this uses its private
+    cffi binding (``OpenSSL._util.lib`` and ``Connection._ssl``), in this one place."""
+    from OpenSSL._util import lib
+
+    return bool(lib.SSL_session_reused(conn._ssl))

@@ -1,0 +1,277 @@
+"""Resolution and binding with real sockets on loopback and under tmp_path (spec 3.5, 3.6).
+
+No DNS is involved: hosts are ``*``, literals, or ``localhost`` (from /etc/hosts). Every socket a
+test opens is closed by a fixture or a ``with`` block; every blocking call has a timeout.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from gnetserver.errors import ConfigError
+from gnetserver.ports import PortSpec, parse_ports
+from gnetserver.resolve import BindAddress, _bind_addresses, bind_all, describe, resolve
+
+S = PortSpec
+Bound = list[tuple[BindAddress, socket.socket]]
+TIMEOUT = 5.0
+
+
+@pytest.fixture
+def ipv6() -> None:
+    """Skip the test unless this machine can bind ::1."""
+    if not socket.has_ipv6:
+        pytest.skip("socket.has_ipv6 is false: Python was built without IPv6")
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"cannot bind ::1 on this machine: {exc}")
+
+
+@pytest.fixture
+def bind() -> Iterator[Callable[..., Bound]]:
+    """``bind_all`` whose sockets are closed at teardown."""
+    opened: list[socket.socket] = []
+
+    def bind_and_track(specs: Sequence[PortSpec], backlog: int = 8) -> Bound:
+        pairs = bind_all(specs, backlog)
+        opened.extend(sock for _, sock in pairs)
+        return pairs
+
+    yield bind_and_track
+    for sock in opened:
+        sock.close()
+
+
+def accept_from(listener: socket.socket, family: int, address: tuple[str, int] | str) -> str:
+    """Connect a real client to ``address``, accept it; return the peer host the server saw."""
+    listener.settimeout(TIMEOUT)
+    with socket.socket(family, socket.SOCK_STREAM) as client:
+        client.settimeout(TIMEOUT)
+        client.connect(address)
+        conn, peer = listener.accept()
+        conn.close()
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
+def refuses(family: int, address: tuple[str, int]) -> None:
+    """Assert nothing accepts a connection at ``address``."""
+    with socket.socket(family, socket.SOCK_STREAM) as client:
+        client.settimeout(TIMEOUT)
+        with pytest.raises(ConnectionRefusedError):
+            client.connect(address)
+
+
+# -- resolve ----------------------------------------------------------------------------------
+
+V4 = socket.AF_INET
+V6 = socket.AF_INET6
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (S(8080, "127.0.0.1"), [(V4, ("127.0.0.1", 8080), None)]),
+        (S(8080, "127.0.0.1", ipv="4"), [(V4, ("127.0.0.1", 8080), None)]),
+        (S(8080, ipv="4"), [(V4, ("0.0.0.0", 8080), None)]),
+        (S(8080, "localhost", ipv="4"), [(V4, ("127.0.0.1", 8080), None)]),
+        (S("/tmp/x.sock", proto="unix"), [(socket.AF_UNIX, "/tmp/x.sock", None)]),
+    ],
+    ids=str,
+)
+def test_resolve_ipv4_and_unix(spec: PortSpec, expected: list[tuple[int, object, bool]]) -> None:
+    """Numeric IPv4 hosts short-circuit, ipv 4 takes the first IPv4 address, unix is the path."""
+    assert [(a.family, a.sockaddr, a.v6only) for a in resolve(spec)] == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "host", "v6only"),
+    [
+        (S(8080), "::", False),  # "*" with ipv "*": :: and 0.0.0.0 fold into one dual-stack
+        (S(8080, ipv="6"), "::", True),
+        (S(8080, "::1", ipv="6"), "::1", True),
+    ],
+    ids=str,
+)
+@pytest.mark.usefixtures("ipv6")
+def test_resolve_ipv6(spec: PortSpec, host: str, v6only: bool) -> None:
+    (addr,) = resolve(spec)
+    assert (addr.family, addr.sockaddr[:2], addr.v6only) == (V6, (host, 8080), v6only)
+
+
+def test_no_ipv6_env_means_ipv4_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_IPV6", "1")
+    assert [(a.family, a.sockaddr) for a in resolve(S(8080))] == [(V4, ("0.0.0.0", 8080))]
+    with pytest.raises(ConfigError, match=r"cannot resolve \*:8080/tcp/IPv6: IPv6 is disabled"):
+        resolve(S(8080, ipv="6"))
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (S(8080, "127.0.0.1", ipv="6"), "cannot resolve 127.0.0.1:8080/tcp/IPv6: "),
+        (S("http"), "cannot resolve *:http/tcp: port 'http' is not a number"),
+    ],
+    ids=str,
+)
+def test_resolve_errors_name_the_spec(spec: PortSpec, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        resolve(spec)
+    assert str(caught.value).startswith(message)
+
+
+# -- bind_all: inet ---------------------------------------------------------------------------
+
+
+def test_bind_ipv4_loopback_port_0(bind: Callable[..., Bound]) -> None:
+    """Port 0 binds a kernel-chosen port; the address and describe() show the real one."""
+    ((addr, sock),) = bind(parse_ports("127.0.0.1:0"))
+    port = sock.getsockname()[1]
+    assert port > 0
+    assert addr.sockaddr == ("127.0.0.1", port)
+    assert addr.spec == S(0, "127.0.0.1", orig_port="0")
+    assert describe(addr, sock) == f"127.0.0.1:{port}"
+    assert accept_from(sock, V4, ("127.0.0.1", port)) == "127.0.0.1"
+
+
+@pytest.mark.usefixtures("ipv6")
+def test_bind_ipv6_loopback_port_0(bind: Callable[..., Bound]) -> None:
+    ((addr, sock),) = bind(parse_ports("[::1]:0"))
+    port = sock.getsockname()[1]
+    assert describe(addr, sock) == f"[::1]:{port}"
+    assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    assert accept_from(sock, V6, ("::1", port)) == "::1"
+
+
+@pytest.mark.usefixtures("ipv6")
+def test_wildcard_is_one_dual_stack_socket(bind: Callable[..., Bound]) -> None:
+    """Host * with ipv * gives one [::] socket that accepts IPv4 and IPv6 clients."""
+    ((addr, sock),) = bind(parse_ports(0))
+    port = sock.getsockname()[1]
+    assert (addr.family, addr.v6only) == (V6, False)
+    assert describe(addr, sock) == f"[::]:{port}"
+    assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+    assert accept_from(sock, V4, ("127.0.0.1", port)) == "::ffff:127.0.0.1"
+    assert accept_from(sock, V6, ("::1", port)) == "::1"
+
+
+@pytest.mark.usefixtures("ipv6")
+def test_ipv4_socket_refuses_ipv6_clients(bind: Callable[..., Bound]) -> None:
+    ((addr, sock),) = bind(parse_ports("0/IPv4"))
+    port = sock.getsockname()[1]
+    assert describe(addr, sock) == f"0.0.0.0:{port}"
+    refuses(V6, ("::1", port))
+    assert accept_from(sock, V4, ("127.0.0.1", port)) == "127.0.0.1"
+
+
+@pytest.mark.usefixtures("ipv6")
+def test_ipv6_socket_refuses_ipv4_clients(bind: Callable[..., Bound]) -> None:
+    ((addr, sock),) = bind(parse_ports("0/IPv6"))
+    port = sock.getsockname()[1]
+    assert (addr.family, addr.v6only) == (V6, True)
+    refuses(V4, ("127.0.0.1", port))
+    assert accept_from(sock, V6, ("::1", port)) == "::1"
+
+
+@pytest.mark.usefixtures("ipv6")
+def test_port_0_is_shared_by_every_address_of_one_spec() -> None:
+    """The first address learns the kernel's port; the next ones bind that same number."""
+    spec = S(0, "localhost", orig_port="0")
+    addrs = [
+        BindAddress(spec, V6, ("::1", 0, 0, 0), True),
+        BindAddress(spec, V4, ("127.0.0.1", 0), None),
+    ]
+    bound: Bound = []
+    try:
+        _bind_addresses(addrs, 8, bound)
+        ports = {sock.getsockname()[1] for _, sock in bound}
+        assert len(bound) == 2 and len(ports) == 1
+        assert [addr.sockaddr[1] for addr, _ in bound] == list(ports) * 2
+    finally:
+        for _, sock in bound:
+            sock.close()
+
+
+def test_address_in_use(bind: Callable[..., Bound]) -> None:
+    ((_, taken),) = bind(parse_ports("127.0.0.1:0"))
+    port = taken.getsockname()[1]
+    with pytest.raises(ConfigError) as caught:
+        bind_all(parse_ports(f"127.0.0.1:{port}/ssl"), 8)
+    reason = f"[Errno {errno.EADDRINUSE}] {os.strerror(errno.EADDRINUSE)}"
+    assert str(caught.value) == f"cannot bind 127.0.0.1:{port}/ssl: {reason}"
+
+
+@pytest.mark.usefixtures("ipv6")
+def test_address_in_use_names_the_resolved_address(bind: Callable[..., Bound]) -> None:
+    ((_, taken),) = bind(parse_ports(0))
+    port = taken.getsockname()[1]
+    with pytest.raises(ConfigError, match=rf"^cannot bind \*:{port}/tcp on \[::\]:{port}: "):
+        bind_all(parse_ports(port), 8)
+
+
+def test_a_failure_closes_the_sockets_already_bound(
+    bind: Callable[..., Bound], tmp_path: Path
+) -> None:
+    ((_, taken),) = bind(parse_ports("127.0.0.1:0"))
+    port = taken.getsockname()[1]
+    path = tmp_path / "first.sock"
+    with pytest.raises(ConfigError, match="Address already in use"):
+        bind_all(parse_ports([f"{path}|unix", f"127.0.0.1:{port}"]), 8)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(TIMEOUT)
+        with pytest.raises(ConnectionRefusedError):
+            client.connect(str(path))
+
+
+def test_udp_binds_a_datagram_socket(bind: Callable[..., Bound]) -> None:
+    ((addr, sock),) = bind(parse_ports("127.0.0.1:0/udp"))
+    assert addr.socktype == sock.type == socket.SOCK_DGRAM
+    sock.settimeout(TIMEOUT)
+    with socket.socket(V4, socket.SOCK_DGRAM) as client:
+        client.sendto(b"ping", sock.getsockname())
+        assert sock.recvfrom(16)[0] == b"ping"
+
+
+# -- bind_all: unix ---------------------------------------------------------------------------
+
+
+def test_unix_socket(bind: Callable[..., Bound], tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    ((addr, sock),) = bind(parse_ports(f"{path}|unix"))
+    assert describe(addr, sock) == str(path)
+    accept_from(sock, socket.AF_UNIX, str(path))
+
+
+def test_stale_unix_socket_is_replaced(bind: Callable[..., Bound], tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as previous_run:
+        previous_run.bind(str(path))
+    assert path.is_socket()
+    ((_, sock),) = bind(parse_ports(f"{path}|unix"))
+    accept_from(sock, socket.AF_UNIX, str(path))
+
+
+def test_regular_file_is_never_deleted(tmp_path: Path) -> None:
+    path = tmp_path / "data.txt"
+    path.write_text("keep me")
+    with pytest.raises(ConfigError, match=r"\|unix: '.*data.txt' exists and is not a socket"):
+        bind_all(parse_ports(f"{path}|unix"), 8)
+    assert path.read_text() == "keep me"
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    path = tmp_path / "missing" / "s.sock"
+    with pytest.raises(ConfigError, match=rf"^cannot bind {path}\|unix: \[Errno {errno.ENOENT}\]"):
+        bind_all(parse_ports(f"{path}|unix"), 8)
+
+
+def test_unix_sock_dgram(bind: Callable[..., Bound], tmp_path: Path) -> None:
+    ((addr, sock),) = bind(parse_ports(f"{tmp_path / 'd.sock'}|sock_dgram|unix"))
+    assert addr.socktype == sock.type == socket.SOCK_DGRAM
