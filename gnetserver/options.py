@@ -126,7 +126,7 @@ def as_list(value: Any) -> list[Any]:
 
 DEFAULT_PORT = 20203
 
-_CORE: Sequence[Option] = (
+_SERVER: Sequence[Option] = (
     Option("conf_file", None, as_optional_str,
            "Path of a Net::Server style conf file (`key value` lines, `#` comments), read with "
            "lower precedence than the command line and run() arguments.", "Server"),
@@ -145,6 +145,9 @@ _CORE: Sequence[Option] = (
            "sockets); a list aligns with `port`.", "Server Socket", multi=True),
     Option("listen", socket.SOMAXCONN, int_in(1),
            "Listen backlog of each socket (a per-port dict may override it).", "Server Socket"),
+)
+
+_LIMITS: Sequence[Option] = (
     Option("max_servers", 256, int_in(1),
            "Maximum number of established sessions served at once, across all ports; further "
            "connections wait (they are not refused) until a slot frees.", "Limits"),
@@ -159,13 +162,23 @@ _CORE: Sequence[Option] = (
            "connection is closed (0 = no limit).", "Limits"),
     Option("graceful_timeout", 5.0, seconds_or_zero,
            "Seconds stop() lets in-flight connections finish before they are cut.", "Limits"),
+)
+
+_LOGGING: Sequence[Option] = (
     Option("log_level", 2, int_in(0, 4),
            "Net::Server log level: 0 nothing, 1 errors, 2 notices, 3 per-connection info, "
            "4 debug.", "Logging"),
+)
+
+_TLS: Sequence[Option] = (
     Option("self_signed", False, as_bool,
            "When an ssl port has no certificate, generate a self-signed one in memory at start "
            "(for demos and tests; its SHA-256 fingerprint is logged).", "TLS"),
 )
+
+_ACCESS: Sequence[Option] = ()  # allow/deny/cidr/reverse lookups
+
+_PROCESS: Sequence[Option] = ()  # pid_file, background, setsid, user, group, chroot
 
 _SSL: Sequence[Option] = tuple(
     Option(name, None, passthrough, doc, "TLS")
@@ -173,7 +186,9 @@ _SSL: Sequence[Option] = tuple(
 )
 
 #: Every option of the base server, in documentation order.
-OPTIONS: tuple[Option, ...] = (*_CORE, *_SSL)
+OPTIONS: tuple[Option, ...] = (
+    *_SERVER, *_LIMITS, *_LOGGING, *_ACCESS, *_PROCESS, *_TLS, *_SSL
+)
 
 
 def table(options: Sequence[Option]) -> dict[str, Option]:

@@ -180,6 +180,14 @@ class GServer:
             self.log(2, f"Command-line words not used by the server: {' '.join(self.argv_unused)}")
         needed = 2 * (self.conf["max_servers"] + self.conf["max_handshakes"]) + 64
         raise_open_file_limit(needed)
+        self.initialize_logging()  # log_file, syslog, log_function
+        self.daemonize()  # background/setsid, pid_file
+
+    def initialize_logging(self) -> None:
+        """Framework step (in post_configure): set up the log targets named by the options."""
+
+    def daemonize(self) -> None:
+        """Framework step (in post_configure): background, setsid and the pid file."""
 
     def post_configure_hook(self) -> None:
         """Hook: after options are read (``self.conf`` is complete). Validate custom options."""
@@ -263,7 +271,15 @@ class GServer:
         """Hook: after every port is bound, with the privileges the server started with."""
 
     def post_bind(self) -> None:
-        """Framework step after binding (privilege drop and signals belong here)."""
+        """Framework step after binding: drop privileges, then install signal handlers."""
+        self.drop_privileges()  # chroot, group, user
+        self.register_signals()  # TERM/INT/QUIT/HUP handled in the hub
+
+    def drop_privileges(self) -> None:
+        """Framework step (in post_bind): chroot, then become ``group`` and ``user``."""
+
+    def register_signals(self) -> None:
+        """Framework step (in post_bind): queue signals and handle them in the hub."""
 
     def pre_loop_hook(self) -> None:
         """Hook: right before the server starts accepting connections."""
