@@ -21,6 +21,8 @@ import io
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
     from .listener import Listener
     from .server import GServer
 
@@ -33,6 +35,24 @@ class Stream(Protocol):
     def send(self, data: bytes) -> int: ...
     def sendall(self, data: bytes) -> None: ...
     def settimeout(self, timeout: float | None) -> None: ...
+
+
+class TLSFacts(Protocol):
+    """What ``client.tls`` offers to the TLS facts of a Client (TLSConnection does; another
+    TLS backend sets ``client.tls`` to an object with these read-only properties)."""
+
+    @property
+    def version(self) -> str | None: ...
+    @property
+    def cipher(self) -> str | None: ...
+    @property
+    def server_name(self) -> str | None: ...
+    @property
+    def alpn_protocol(self) -> str | None: ...
+    @property
+    def session_reused(self) -> bool: ...
+    @property
+    def peer_certificate(self) -> x509.Certificate | None: ...
 
 
 class Client:
@@ -49,6 +69,10 @@ class Client:
         sockaddr, sockport: the local address text and port (the socket path for unix).
         allowed: the outcome of allow_deny and allow_deny_hook once they ran.
         data: a dict for handlers to keep per-connection state in.
+
+    TLS facts (read-only, ``None`` on tcp/unix clients): ``tls_version``, ``cipher``,
+    ``server_name``, ``alpn_protocol``, ``session_reused``, ``peer_certificate``,
+    ``peer_subject``, ``peer_issuer``.
     """
 
     def __init__(self, sock: Any, address: Any, listener: Listener, server: GServer) -> None:
@@ -73,6 +97,9 @@ class Client:
 
     def peer_text(self) -> str:
         """The peer as Net::Server logs it: ``[addr]:port`` (or the socket path)."""
+        if self.peerport is None and isinstance(self.address, tuple):
+            # get_client_info has not run yet (errors in post_accept): the accept address.
+            return f"[{self.address[0]}]:{self.address[1]}"
         if self.peerport is None:
             return str(self.peeraddr or self.listener.spec.port)
         return f"[{self.peeraddr}]:{self.peerport}"
@@ -82,6 +109,51 @@ class Client:
         if isinstance(self.sockport, int):
             return f"[{self.sockaddr}]:{self.sockport}"
         return str(self.sockport)
+
+    # -- TLS facts (None when the connection has no TLS) -------------------------------------
+
+    @property
+    def tls_version(self) -> str | None:
+        """The negotiated protocol, e.g. ``"TLSv1.3"``."""
+        return None if self.tls is None else self.tls.version
+
+    @property
+    def cipher(self) -> str | None:
+        """The negotiated cipher suite, e.g. ``"TLS_AES_256_GCM_SHA384"``."""
+        return None if self.tls is None else self.tls.cipher
+
+    @property
+    def server_name(self) -> str | None:
+        """The host name the client sent in SNI (None when it sent none)."""
+        return None if self.tls is None else self.tls.server_name
+
+    @property
+    def alpn_protocol(self) -> str | None:
+        """The ALPN protocol chosen (``SSL_alpn_protocols``), None when none was."""
+        return None if self.tls is None else self.tls.alpn_protocol
+
+    @property
+    def session_reused(self) -> bool | None:
+        """True when the handshake resumed an earlier session (ticket or session id)."""
+        return None if self.tls is None else self.tls.session_reused
+
+    @property
+    def peer_certificate(self) -> x509.Certificate | None:
+        """The client's certificate (with ``SSL_verify_mode``; verified), as a cryptography
+        ``x509.Certificate``; None when the client sent none."""
+        return None if self.tls is None else self.tls.peer_certificate
+
+    @property
+    def peer_subject(self) -> str | None:
+        """The client certificate's subject as an RFC 4514 string, e.g. ``"CN=alice,O=Example"``."""
+        cert = self.peer_certificate
+        return None if cert is None else cert.subject.rfc4514_string()
+
+    @property
+    def peer_issuer(self) -> str | None:
+        """The client certificate's issuer as an RFC 4514 string."""
+        cert = self.peer_certificate
+        return None if cert is None else cert.issuer.rfc4514_string()
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -27,18 +27,24 @@ from .options import Option, as_list
 
 Source = dict[str, list[Any]]
 
-_CONF_LINE = re.compile(r"^\s*(?:--)?(\w+)\s*(?:[=:]\s*|\s+)(.*?)\s*$")
+# The separator is `=`, `:` or whitespace. A `:` followed by another `:` starts an IPv6 value
+# (`cidr_allow ::1/128`, `host ::`), not a separator: Net::Server's own regex reads ":1/128".
+_CONF_LINE = re.compile(r"^\s*(?:--)?(\w+)(?:\s*(?:=|:(?!:))\s*|\s+)(.*?)\s*$")
 _KEY_EQUALS = re.compile(r"^(\w+)=(.*)$", re.S)
 
 
-def unknown_option(name: str, known: Mapping[str, Option], where: str) -> ConfigError:
-    """The error for an option name that is not in the table."""
+def unknown_option(name: str, known: Mapping[str, Option], where: str,
+                   value: Any = None) -> ConfigError:
+    """The error for an option name that is not in the table (``value``: what it was given,
+    when known)."""
+    given = "" if value is None else f" = {value!r}"
     if name.startswith("SSL_"):
         supported = ", ".join(sorted(n for n in known if n.startswith("SSL_")))
-        return ConfigError(f"unsupported TLS option {name!r} ({where}); supported: {supported}")
+        return ConfigError(
+            f"unsupported TLS option {name!r}{given} ({where}); supported: {supported}")
     hint = difflib.get_close_matches(name, list(known), n=1)
     suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-    return ConfigError(f"unknown option {name!r} ({where}){suggestion}")
+    return ConfigError(f"unknown option {name!r}{given} ({where}){suggestion}")
 
 
 def from_mapping(values: Mapping[str, Any], known: Mapping[str, Option], where: str) -> Source:
@@ -47,7 +53,7 @@ def from_mapping(values: Mapping[str, Any], known: Mapping[str, Option], where: 
     for name, value in values.items():
         option = known.get(name)
         if option is None:
-            raise unknown_option(name, known, where)
+            raise unknown_option(name, known, where, value)
         if option.multi:
             source[name] = as_list(value)
         else:
@@ -66,10 +72,15 @@ def command_line_parser(known: Mapping[str, Option], **kwargs: Any) -> argparse.
         if group is None:
             group = groups[option.section] = parser.add_argument_group(option.section)
         default = "none" if option.default in (None, []) else option.default
-        first_sentence = option.doc.split(". ")[0].rstrip(".")
+        # The first sentence ends at ". " -- but not at the one of "e.g. " or "i.e. ".
+        first_sentence = re.split(r"(?<!e\.g)(?<!i\.e)\.\s", option.doc + " ", maxsplit=1)[0]
+        # nargs="?": a bare "--flag" (followed by another option or nothing) means 1, as in
+        # Net::Server's process_args ("--setsid").
         group.add_argument(
             f"--{option.name}", dest=option.name, action="append", metavar="VALUE",
-            default=None, help=f"{first_sentence} (default: {default})",
+            nargs="?", const="1", default=None,
+            # argparse %-formats help texts: a literal % in a doc must be doubled.
+            help=f"{first_sentence} (default: {default})".replace("%", "%%"),
         )
     return parser
 
@@ -77,7 +88,8 @@ def command_line_parser(known: Mapping[str, Option], **kwargs: Any) -> argparse.
 def from_command_line(
     words: Sequence[str], known: Mapping[str, Option], strict: bool
 ) -> tuple[Source, list[str]]:
-    """A source from command-line words: ``--k=v``, ``--k v``, ``k=v``.
+    """A source from command-line words: ``--k=v``, ``--k v``, ``k=v``, and a bare ``--k``
+    followed by another option or by nothing, which means ``1``.
 
     Args:
         words: the words after the program name.
@@ -97,8 +109,10 @@ def from_command_line(
     except argparse.ArgumentError as exc:
         raise ConfigError(f"command line: {exc}") from None
     if strict and rest:
-        word = rest[0].split("=", 1)[0].lstrip("-")
-        raise unknown_option(word, known, "command line")
+        word, equals, value = rest[0].partition("=")
+        if not equals and len(rest) > 1 and not rest[1].startswith("-"):
+            value = rest[1]  # "--name value"
+        raise unknown_option(word.lstrip("-"), known, "command line", value or None)
     source = {name: values for name, values in vars(namespace).items() if values is not None}
     return source, rest
 
@@ -124,7 +138,7 @@ def from_conf_file(path: str | Path, known: Mapping[str, Option]) -> Source:
             raise ConfigError(f"{where}: cannot parse {raw.strip()!r} (expected 'key value')")
         name, value = match.groups()
         if name not in known:
-            raise unknown_option(name, known, where)
+            raise unknown_option(name, known, where, value)
         source.setdefault(name, []).append(value)
     return source
 

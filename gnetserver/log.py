@@ -1,19 +1,34 @@
-"""Net::Server's five log levels over the stdlib :mod:`logging`.
+"""Net::Server's five log levels and its log targets: stderr, a file, syslog.
 
 Rules of this module:
 
 * ``log_level`` 0-4 is Net::Server's scale: 0 fatal, 1 errors and warnings, 2 notices (the
   default), 3 per-connection information, 4 debug. A message is emitted when its level is at or
   below ``log_level``; with ``log_level`` 0 nothing at all is emitted (as in Net::Server).
-* Messages go to the ``gnetserver`` logger at the stdlib level of :data:`STDLIB_LEVELS`, so users
-  configure handlers and formats the usual way. Only when neither that logger nor the root logger
-  has a handler do we attach one to stderr, in Net::Server's ``YYYY/MM/DD-HH:MM:SS msg`` format.
+* Without ``log_file``, messages go to the ``gnetserver`` logger at the stdlib level of
+  :data:`STDLIB_LEVELS`, so users configure handlers and formats the usual way. Only when neither
+  that logger nor the root logger has a handler do we attach one to stderr, in Net::Server's
+  ``YYYY/MM/DD-HH:MM:SS msg`` format.
+* A ``log_file`` target (a path, or ``Sys::Syslog``) belongs to one server: its handler is never
+  attached to a shared logger, so two servers in one process never write to each other's files.
+* A log file is created ``0o640`` and opened for appending; :meth:`LogTargets.reopen` closes and
+  opens it again by name (logrotate renames the file, then the server reopens on HUP).
+* Nothing here raises at run time: a failed write is reported on stderr and the server goes on.
 """
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
+import os
+import re
+import socket
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .errors import ConfigError
 
 NOTICE = 25
 logging.addLevelName(NOTICE, "NOTICE")
@@ -27,7 +42,26 @@ STDLIB_LEVELS: dict[int, int] = {
     4: logging.DEBUG,
 }
 
+#: Net::Server level -> syslog priority (Net::Server::Log::Sys::Syslog's map).
+SYSLOG_PRIORITIES: dict[int, str] = {0: "err", 1: "warning", 2: "notice", 3: "info", 4: "debug"}
+
 LOGGER_NAME = "gnetserver"
+
+#: The ``log_file`` value that selects syslog, as in Net::Server.
+SYSLOG = "Sys::Syslog"
+
+#: ``syslog_logopt`` words Net::Server accepts (openlog(3) options).
+SYSLOG_LOGOPTS = frozenset({"cons", "ndelay", "nowait", "pid", "nofatal"})
+
+#: ``syslog_logsock`` words; any absolute path names an AF_UNIX socket instead.
+SYSLOG_LOGSOCKS = ("native", "unix", "stream", "inet", "tcp", "udp")
+
+#: Where the local syslog daemon listens, first existing wins (Linux, macOS, BSD).
+LOCAL_SYSLOG_PATHS = ("/dev/log", "/var/run/syslog", "/var/run/log")
+
+_PERL_PACKAGE = re.compile(r"^[A-Za-z]\w*(?:::[A-Za-z]\w*)+$")
+_UNPRINTABLE = re.compile(r"[^\n -~]")
+_TIME_FORMAT = "%Y/%m/%d-%H:%M:%S"
 
 
 def get_logger() -> logging.Logger:
@@ -38,7 +72,7 @@ def get_logger() -> logging.Logger:
         logger.setLevel(logging.DEBUG)
     if not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y/%m/%d-%H:%M:%S"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", _TIME_FORMAT))
         logger.addHandler(handler)
     return logger
 
@@ -46,3 +80,269 @@ def get_logger() -> logging.Logger:
 def should_log(level: int, log_level: int) -> bool:
     """Net::Server's rule: nothing at log_level 0, else every level up to log_level."""
     return log_level > 0 and level <= log_level
+
+
+def escape(message: str) -> str:
+    """Net::Server's escaping for file output: bytes outside printable ASCII (newlines kept)
+    become ``%XX``, so a peer cannot forge log lines or terminal escapes."""
+    return _UNPRINTABLE.sub(
+        lambda m: "".join(f"%{byte:02X}" for byte in m.group().encode("utf-8")), message
+    )
+
+
+# -- option converters (used by gnetserver.options) ---------------------------------------------
+
+
+def syslog_facility(value: Any) -> str:
+    """A syslog facility name (``daemon``, ``local0``...) or number, checked."""
+    facility_number(value)
+    return str(value).strip().lower()
+
+
+def facility_number(value: Any) -> int:
+    """A syslog facility name or number -> its number; ValueError for an unknown name."""
+    text = str(value).strip().lower()
+    if text.isdigit():
+        return int(text)
+    names = logging.handlers.SysLogHandler.facility_names
+    if text not in names:
+        raise ValueError(f"unknown syslog facility (known: {', '.join(sorted(names))})")
+    return names[text]
+
+
+def syslog_logopt(value: Any) -> str:
+    """``pid,nofatal`` (separated by commas, ``|`` or spaces), checked and normalised."""
+    return ",".join(sorted(logopt_words(value)))
+
+
+def logopt_words(value: Any) -> frozenset[str]:
+    """``syslog_logopt`` -> its set of openlog options; ValueError for unknown words."""
+    words = {word for word in re.split(r"[,|\s]+", str(value or "").strip()) if word}
+    unknown = sorted(words - SYSLOG_LOGOPTS)
+    if unknown:
+        raise ValueError(f"unknown word(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(sorted(SYSLOG_LOGOPTS))})")
+    return frozenset(words)
+
+
+def syslog_logsock(value: Any) -> str:
+    """``native``/``unix``/``stream``/``inet``/``tcp``/``udp``, or an absolute socket path."""
+    text = "" if value is None else str(value).strip()
+    if text and not text.startswith("/") and text not in SYSLOG_LOGSOCKS:
+        raise ValueError(f"expected one of {', '.join(SYSLOG_LOGSOCKS)} or an absolute path "
+                         "of a unix socket")
+    return text
+
+
+def log_function(value: Any) -> Callable[[int, str], Any] | str | None:
+    """A callable ``(level, msg)``, or the name of a method of the server (checked at start)."""
+    if value is None or value == "":
+        return None
+    if callable(value) or isinstance(value, str):
+        return value
+    raise TypeError("expected a callable (level, msg) or the name of a server method")
+
+
+# -- targets ------------------------------------------------------------------------------------
+
+
+class LogFileHandler(logging.FileHandler):
+    """Append to a log file created ``0o640``; :meth:`reopen` follows a rename (logrotate)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(os.path.abspath(path), mode="a", encoding="utf-8")
+        self.setFormatter(logging.Formatter("%(asctime)s %(message)s", _TIME_FORMAT))
+
+    def _open(self) -> Any:
+        # os.open so a new file gets 0o640, never the world-readable 0o644 of open().
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                     0o640)
+        return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
+
+    def reopen(self) -> None:
+        """Open the same path again (a fresh file if it was renamed), then close the old
+        stream; if opening fails the old stream stays in use and OSError is raised."""
+        stream = self._open()
+        self.acquire()
+        try:
+            old, self.stream = self.stream, stream
+        finally:
+            self.release()
+        if old is not None:
+            old.close()
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (stdlib name)
+        _report_failure(f"cannot write log file {self.baseFilename}")
+
+
+class SyslogHandler(logging.handlers.SysLogHandler):
+    """Net::Server::Log::Sys::Syslog over the stdlib handler: ident, logopt, facility, and
+    Net::Server's level -> priority map."""
+
+    def __init__(self, address: Any, facility: int, ident: str, logopt: frozenset[str],
+                 socktype: int | None = None) -> None:
+        self.logopt = logopt
+        self.error: OSError | None = None
+        super().__init__(address=address, facility=facility, socktype=socktype)
+        # The pid is read per record: the server may fork (background) after this is built.
+        ident = ident.replace("%", "%%")
+        fmt = f"{ident}[%(process)d]: %(message)s" if "pid" in logopt else f"{ident}: %(message)s"
+        self.setFormatter(logging.Formatter(fmt))
+
+    def createSocket(self) -> None:  # noqa: N802 (stdlib name)
+        """Connect; a failure is kept in ``error`` (the stdlib raises for TCP, hides it for
+        unix sockets) and the next message tries again."""
+        self.error = None
+        try:
+            super().createSocket()
+            if self.unixsocket:  # the stdlib leaves a closed socket behind on failure
+                self.socket.getpeername()
+        except OSError as exc:
+            self.error = exc
+            if self.socket is not None:
+                self.socket.close()
+            self.socket = None
+
+    def mapPriority(self, levelName: str) -> str:  # noqa: N802,N803 (stdlib names)
+        level = logging.getLevelName(levelName)
+        for ns_level, stdlib_level in STDLIB_LEVELS.items():
+            if stdlib_level == level:
+                return SYSLOG_PRIORITIES[ns_level]
+        return "warning"
+
+    def connected(self) -> bool:
+        """Whether the socket to the syslog daemon is open (unix sockets connect at start)."""
+        return self.socket is not None and self.socket.fileno() >= 0
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (stdlib name)
+        if "cons" in self.logopt:  # openlog's LOG_CONS: write to the console instead
+            try:
+                with open("/dev/console", "w", encoding="utf-8") as console:
+                    console.write(self.format(record) + "\n")
+                return
+            except OSError:
+                pass
+        _report_failure(f"cannot send to syslog at {self.address}")
+
+
+def _report_failure(what: str) -> None:
+    """One line on stderr for a failed log write (never a traceback, never an exception)."""
+    exc = sys.exc_info()[1]
+    try:
+        sys.stderr.write(f"gnetserver: {what}: {exc}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def syslog_address(logsock: str) -> tuple[Any, int | None]:
+    """``syslog_logsock`` -> (address, socktype) for :class:`SyslogHandler`."""
+    if logsock.startswith("/"):
+        return logsock, None
+    if logsock in ("tcp", "inet"):
+        return ("localhost", logging.handlers.SYSLOG_TCP_PORT), socket.SOCK_STREAM
+    if logsock == "udp":
+        return ("localhost", logging.handlers.SYSLOG_UDP_PORT), socket.SOCK_DGRAM
+    path = next((p for p in LOCAL_SYSLOG_PATHS if os.path.exists(p)), LOCAL_SYSLOG_PATHS[0])
+    return path, (socket.SOCK_STREAM if logsock == "stream" else None)
+
+
+class LogTargets:
+    """The log targets of one server, built from its options by :meth:`from_conf`.
+
+    Attributes:
+        path: the log file's absolute path, or None (stderr or syslog).
+        handler: the file or syslog handler, or None for the shared ``gnetserver`` logger.
+    """
+
+    def __init__(self, handler: logging.Handler | None = None) -> None:
+        self.handler = handler
+        self.path = handler.baseFilename if isinstance(handler, LogFileHandler) else None
+        self.logger = get_logger()
+        self.stderr_follows = False
+
+    @classmethod
+    def from_conf(cls, conf: dict[str, Any]) -> LogTargets:
+        """Open what ``log_file`` names; raises ConfigError naming the option and value."""
+        target = conf.get("log_file")
+        if not target:
+            return cls()
+        if target == SYSLOG:
+            return cls(open_syslog(conf))
+        if _PERL_PACKAGE.match(target):
+            raise ConfigError(f"option 'log_file': log module {target!r} is not supported "
+                              f"(use {SYSLOG!r} or a file path)")
+        try:
+            return cls(LogFileHandler(target))
+        except OSError as exc:
+            raise ConfigError(f"option 'log_file': cannot open {target!r}: "
+                              f"{exc.strerror}") from None
+
+    def emit(self, level: int, message: str) -> None:
+        """Write one message at Net::Server ``level`` to this server's target."""
+        if self.handler is None:
+            self.logger.log(STDLIB_LEVELS[level], message)
+            return
+        if self.path is not None:
+            message = escape(message)
+        record = logging.LogRecord(LOGGER_NAME, STDLIB_LEVELS[level], __file__, 0, message,
+                                   None, None)
+        record.created = time.time()
+        self.handler.handle(record)
+
+    def reopen(self) -> None:
+        """Reopen the log file (logrotate) and stderr with it, or reconnect to syslog."""
+        if isinstance(self.handler, LogFileHandler):
+            self.handler.reopen()
+            if self.stderr_follows:
+                self.point_stderr()
+        elif isinstance(self.handler, SyslogHandler):
+            self.handler.acquire()
+            try:
+                if self.handler.socket is not None:
+                    self.handler.socket.close()
+                self.handler.socket = None  # emit() reconnects
+                self.handler.createSocket()
+            finally:
+                self.handler.release()
+
+    def point_stderr(self) -> None:
+        """Point file descriptor 2 at the log file (Net::Server's STDERR redirect); reopen()
+        keeps it pointed at the current file."""
+        fd = self.fileno()
+        if fd is None:
+            return
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+        os.dup2(fd, 2)
+        self.stderr_follows = True
+
+    def fileno(self) -> int | None:
+        """The log file's descriptor (to point stderr at it), or None."""
+        if isinstance(self.handler, LogFileHandler) and self.handler.stream is not None:
+            return self.handler.stream.fileno()
+        return None
+
+    def close(self) -> None:
+        """Close the file or syslog socket."""
+        if self.handler is not None:
+            self.handler.close()
+
+
+def open_syslog(conf: dict[str, Any]) -> SyslogHandler:
+    """The syslog handler for ``log_file Sys::Syslog``; unreachable syslog is a ConfigError
+    unless ``syslog_logopt`` has ``nofatal`` (then each message tries to reconnect)."""
+    logopt = logopt_words(conf.get("syslog_logopt"))
+    address, socktype = syslog_address(conf.get("syslog_logsock") or "")
+    ident = conf.get("syslog_ident") or "net_server"
+    facility = facility_number(conf.get("syslog_facility") or "daemon")
+    handler = SyslogHandler(address, facility, ident, logopt, socktype)
+    if not handler.connected() and "nofatal" not in logopt:
+        error = handler.error
+        handler.close()
+        raise ConfigError(f"option 'syslog_logsock': cannot reach syslog at {address!r}: "
+                          f"{error} (add 'nofatal' to syslog_logopt to start anyway)")
+    return handler

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import access, log, privileges
 from .tls.context import SUPPORTED_SSL_OPTIONS
 
 
@@ -168,6 +169,27 @@ _LOGGING: Sequence[Option] = (
     Option("log_level", 2, int_in(0, 4),
            "Net::Server log level: 0 nothing, 1 errors, 2 notices, 3 per-connection info, "
            "4 debug.", "Logging"),
+    Option("log_file", None, as_optional_str,
+           "Where the log goes: a file path (appended to, created mode 0640, reopened by "
+           "reopen_logs() for logrotate; stderr is pointed at it too), or `Sys::Syslog`. "
+           "Default: stderr, through the stdlib logger `gnetserver`.", "Logging"),
+    Option("log_function", None, log.log_function,
+           "A callable (level, msg), or the name of a method of the server, that receives every "
+           "log message instead of the log_file/stderr sink (write_to_log_hook).", "Logging"),
+    Option("syslog_logsock", "", log.syslog_logsock,
+           "With log_file Sys::Syslog: `native`/`unix` (the local /dev/log, the default), "
+           "`stream`, `tcp`/`inet` or `udp` (localhost:514), or the absolute path of a unix "
+           "socket.", "Logging"),
+    Option("syslog_ident", "net_server", as_str,
+           "With log_file Sys::Syslog: the ident put before each message.", "Logging"),
+    Option("syslog_logopt", "pid,nofatal", log.syslog_logopt,
+           "With log_file Sys::Syslog: openlog options, comma separated: `pid` (add the pid to "
+           "the ident), `nofatal` (start even when syslog is unreachable), `cons` (write to "
+           "/dev/console when sending fails), `ndelay` and `nowait` (accepted; the socket is "
+           "always opened at start).", "Logging"),
+    Option("syslog_facility", "daemon", log.syslog_facility,
+           "With log_file Sys::Syslog: the facility name (daemon, user, local0-local7...) or "
+           "number.", "Logging"),
 )
 
 _TLS: Sequence[Option] = (
@@ -176,9 +198,56 @@ _TLS: Sequence[Option] = (
            "(for demos and tests; its SHA-256 fingerprint is logged).", "TLS"),
 )
 
-_ACCESS: Sequence[Option] = ()  # allow/deny/cidr/reverse lookups
+_ACCESS: Sequence[Option] = (
+    Option("allow", [], access.regex_rule,
+           "Regular expression a peer must fully match to be let in: its address (an IPv4-mapped "
+           "`::ffff:a.b.c.d` is matched as `a.b.c.d`) or, with reverse_lookups, its host name. "
+           "Repeat for several. Any allow/deny/cidr rule makes the default deny; deny rules win.",
+           "Access", multi=True),
+    Option("deny", [], access.regex_rule,
+           "Regular expression (full match) on the peer address, or host name with "
+           "reverse_lookups, that refuses the peer. Repeat for several; a match wins over every "
+           "allow rule. On ssl ports a peer that the address rules alone deny is closed before "
+           "the TLS handshake and no per-connection hook runs for it (not even "
+           "request_denied_hook). Host-name rules and allow_deny_hook run after the handshake; "
+           "a peer they deny, or any denied peer of a tcp port, gets request_denied_hook "
+           "instead of process_request.", "Access", multi=True),
+    Option("cidr_allow", [], access.cidr_rule,
+           "CIDR block of peers let in: `10.0.0.0/8`, `::1/128`, an address or a range `a-b` "
+           "(several per value with commas). Repeat for several.", "Access", multi=True),
+    Option("cidr_deny", [], access.cidr_rule,
+           "CIDR block of peers refused (same forms as cidr_allow). Repeat for several; a match "
+           "wins over every allow rule.", "Access", multi=True),
+    Option("reverse_lookups", False, access.reverse_lookups_setting,
+           "Look up the peer's host name (client.peerhost) so that allow/deny can match it. "
+           "Lookups are cooperative and bounded (5 s); `double` also turns on "
+           "double_reverse_lookups.", "Access"),
+    Option("double_reverse_lookups", False, access.double_reverse_setting,
+           "Deny peers whose host name does not resolve back to their address (implies "
+           "reverse_lookups). Flags: `detail` logs the addresses of a mismatch, `autofail` "
+           "denies even a match, `debug` logs matches.", "Access"),
+)
 
-_PROCESS: Sequence[Option] = ()  # pid_file, background, setsid, user, group, chroot
+_PROCESS: Sequence[Option] = (
+    Option("pid_file", None, as_optional_str,
+           "File to write the server's pid to. A file holding the pid of a running process "
+           "stops the start; a stale one is overwritten with a warning. Removed at exit, kept "
+           "across a HUP restart.", "Process"),
+    Option("background", False, as_bool,
+           "Fork into the background before binding (the parent exits 0).", "Process"),
+    Option("setsid", False, as_bool,
+           "Like background, then leave the terminal's session (setsid) and point stdin, stdout "
+           "and stderr at /dev/null (stderr at log_file when there is one).", "Process"),
+    Option("user", None, as_optional_str,
+           "User name or uid to run as after binding (ports below 1024 are bound first). "
+           "Default: stay who started the server.", "Process"),
+    Option("group", None, privileges.group_option,
+           "Group name(s) or gid(s) to run as after binding, separated by spaces or commas; the "
+           "first is the primary group. Default: the primary group of user, when user is given.",
+           "Process"),
+    Option("chroot", None, as_optional_str,
+           "Directory to chroot into after binding, before switching user.", "Process"),
+)
 
 _SSL: Sequence[Option] = tuple(
     Option(name, None, passthrough, doc, "TLS")

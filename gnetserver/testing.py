@@ -8,6 +8,7 @@ cross-thread calls are made through a libev/libuv async watcher, which is thread
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -36,6 +37,9 @@ class ServerThread:
         self.error: BaseException | None = None
         self._ready = threading.Event()
         self._wakeup: Any = None
+        self._calls: Any = None
+        self._jobs: list[_Job] = []
+        self._jobs_lock = threading.Lock()
         self._thread = threading.Thread(target=self._body, name="gnetserver", daemon=True)
 
     def start(self, timeout: float = 10.0) -> ServerThread:
@@ -56,6 +60,34 @@ class ServerThread:
         if self._thread.is_alive():
             raise TimeoutError("server thread did not stop in time")
 
+    def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 10.0) -> Any:
+        """Run ``fn(*args)`` in the server's thread, in a greenlet of its hub, and return its
+        result (or raise its exception) here; e.g. ``st.call(st.server.reload_tls)``.
+
+        Raises:
+            RuntimeError: the server is not running.
+            TimeoutError: ``fn`` did not finish within ``timeout`` seconds.
+        """
+        if self._calls is None or not self._thread.is_alive():
+            raise RuntimeError("the server thread is not running")
+        job = _Job(fn, args)
+        with self._jobs_lock:
+            self._jobs.append(job)
+        self._calls.send()  # thread-safe: wakes the server's hub
+        if not job.done.wait(timeout):
+            raise TimeoutError(f"{fn!r} did not finish within {timeout} s in the server thread")
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _run_jobs(self) -> None:
+        """In the hub (async watcher callback): start every queued call in its own greenlet,
+        since a callback of the hub itself must not block or switch."""
+        with self._jobs_lock:
+            jobs, self._jobs = self._jobs, []
+        for job in jobs:
+            gevent.spawn(job.run)
+
     def __enter__(self) -> ServerThread:
         return self.start()
 
@@ -74,10 +106,31 @@ class ServerThread:
         stop = Event()
         self._wakeup = hub.loop.async_()
         self._wakeup.start(stop.set)
+        self._calls = hub.loop.async_()
+        self._calls.start(self._run_jobs)
         self._ready.set()
         stop.wait()
         try:
             self.server.stop(self.stop_timeout)
         finally:
             self._wakeup.close()
+            self._calls.close()
             hub.destroy(destroy_loop=True)
+
+
+class _Job:
+    """One :meth:`ServerThread.call`: the function, then its outcome."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.fn, self.args = fn, args
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn(*self.args)
+        except BaseException as exc:  # handed to the calling thread
+            self.error = exc
+        finally:
+            self.done.set()

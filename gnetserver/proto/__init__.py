@@ -6,13 +6,15 @@
 from __future__ import annotations
 
 from .ssl import SSLProtocol
+from .ssleay import SSLeayProtocol
 from .tcp import TCPProtocol
 from .unix import UnixProtocol
 
 PROTOCOLS: dict[str, type[TCPProtocol]] = {
     "tcp": TCPProtocol,
     "ssl": SSLProtocol,
+    "ssleay": SSLeayProtocol,
     "unix": UnixProtocol,
 }
 
-__all__ = ["PROTOCOLS", "SSLProtocol", "TCPProtocol", "UnixProtocol"]
+__all__ = ["PROTOCOLS", "SSLProtocol", "SSLeayProtocol", "TCPProtocol", "UnixProtocol"]

@@ -276,6 +276,10 @@ class TLSConnection:
             view = view[self._send(view[:_SEND_CHUNK], deadline) :]
 
     def _send(self, data: bytes | bytearray | memoryview, deadline: float | None) -> int:
+        if self._eof and self._broken:
+            # After a ragged EOF OpenSSL 3 has marked the session dead: SSL_write would fail
+            # with an empty error queue ("TLS write failed: []"). The peer is gone: say so.
+            raise BrokenPipeError(errno.EPIPE, "peer closed the TLS connection")
         try:
             return self._run(self._conn.send, (data,), deadline, _io_timeout)
         except SSL.Error as e:

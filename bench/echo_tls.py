@@ -1,0 +1,206 @@
+"""Side-by-side benchmark: gnetserver's TLS echo against a gevent StreamServer with stdlib TLS.
+
+Run from the repository root (about a minute with the defaults; Linux only: it pins CPUs and
+reads ``/proc``)::
+
+    python bench/echo_tls.py                       # all measures, both key types
+    python bench/echo_tls.py --rounds 1 --keys ecdsa --requests 100   # a quick look
+    python bench/echo_tls.py --help                # sizes, rounds, time caps
+
+Both servers run at once, each in its own subprocess pinned to CPU 0, and are measured in turn
+(A, B, A, B...) by one load generator pinned to CPU 1 (a gevent client with the stdlib ``ssl``
+module: one process and greenlets, cheaper per request than either server):
+
+* **gnetserver**: the ``Echo`` class of ``examples/echo_server.py`` (pyOpenSSL, cooperative
+  handshake in the connection greenlet, close_notify + lingering close);
+* **baseline**: ``gevent.server.StreamServer`` whose handler wraps the socket with
+  ``gevent.ssl`` (``do_handshake_on_connect=False``, then ``do_handshake()`` under a 10 s
+  socket timeout) and echoes lines through ``makefile("rb")`` the same way.
+
+Measures (medians over the rounds; server CPU is utime+stime from ``/proc/PID/stat``, so it
+does not depend on how fast the client is):
+
+a. keep-alive: N persistent TLS connections, each doing M line round-trips -> requests/s and
+   server CPU per request;
+b. full handshakes: C concurrent clients, each connecting, handshaking (no session resumption:
+   a fresh stdlib connection never offers a session), echoing one line and closing -> handshakes/s
+   and server CPU per connection, for an ECDSA P-256 and an RSA-2048 certificate;
+c. memory per idle TLS connection: K connections opened (each after one echo), server RSS growth
+   divided by K (first round only, while the heap is still growing).
+
+The table prints as Markdown with the ratios gnetserver/baseline; bench/README.md holds the
+latest results measured on the project's machine and the command used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from loadgen import Load, LoadGenerator  # noqa: E402
+from servers import KEY_TYPES, ServerProcess, write_certificate  # noqa: E402
+
+SERVERS = ("gnetserver", "baseline")
+
+
+@dataclass
+class Results:
+    """Every sample of every measure, per server: {measure: {server: [values]}}."""
+
+    samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    session: str = "?"
+
+    def add(self, measure: str, server: str, value: float) -> None:
+        self.samples.setdefault(measure, {}).setdefault(server, []).append(value)
+
+    def median(self, measure: str, server: str) -> float | None:
+        values = self.samples.get(measure, {}).get(server)
+        return statistics.median(values) if values else None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--rounds", type=int, default=3, help="measurements per server, alternated (3)")
+    add("--connections", type=int, default=50, help="keep-alive connections N (50)")
+    add("--requests", type=int, default=400, help="round-trips per keep-alive connection M (400)")
+    add("--payload", type=int, default=64, help="bytes per line, newline included (64)")
+    add("--depth", type=int, default=1,
+        help="lines in flight per keep-alive connection, one TLS record each (1)")
+    add("--handshakes", type=int, default=1500, help="full handshakes per measurement (1500)")
+    add("--concurrency", type=int, default=16, help="concurrent handshaking clients C (16)")
+    add("--idle", type=int, default=1000, help="idle connections K for memory, 0 skips (1000)")
+    add("--keys", default="ecdsa,rsa", help="certificate key types for handshakes (ecdsa,rsa)")
+    add("--phase-timeout", type=float, default=8.0,
+        help="seconds any one measurement may run before it stops early (8)")
+    add("--no-pin", action="store_true", help="do not pin server and client to CPUs")
+    add("--serve", choices=SERVERS, help=argparse.SUPPRESS)  # internal: server subprocess
+    add("--cert", help=argparse.SUPPRESS)
+    add("--key", help=argparse.SUPPRESS)
+    add("--cpu", type=int, default=-1, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def pin(cpu: int) -> bool:
+    """Pin this process to one CPU; False when that CPU is not available."""
+    if cpu < 0 or cpu not in os.sched_getaffinity(0):
+        return False
+    os.sched_setaffinity(0, {cpu})
+    return True
+
+
+def measure_keepalive(gen: LoadGenerator, proc: ServerProcess, args: argparse.Namespace,
+                      results: Results, idle: bool) -> None:
+    load = gen.keepalive(proc, args.connections, args.requests, args.phase_timeout, args.depth)
+    results.add("keep-alive requests/s", proc.kind, load.rate)
+    results.add("server CPU per request (µs)", proc.kind, load.cpu_per_op_us)
+    results.add("server CPU busy, keep-alive (%)", proc.kind, load.server_busy)
+    results.add("load generator CPU busy, keep-alive (%)", proc.kind, load.client_busy)
+    if idle and args.idle:
+        kb = gen.idle_memory(proc, args.idle, args.phase_timeout)
+        results.add("memory per idle TLS connection (kB)", proc.kind, kb)
+
+
+def measure_handshakes(gen: LoadGenerator, proc: ServerProcess, key: str,
+                       args: argparse.Namespace, results: Results) -> None:
+    load: Load = gen.handshakes(proc, args.handshakes, args.concurrency, args.phase_timeout)
+    label = KEY_TYPES[key]
+    results.add(f"full handshakes/s, {label}", proc.kind, load.rate)
+    results.add(f"server CPU per handshake, {label} (µs)", proc.kind, load.cpu_per_op_us)
+    if load.resumed:
+        results.add(f"resumed sessions, {label} (must be 0)", proc.kind, load.resumed)
+
+
+def run_benchmark(args: argparse.Namespace) -> Results:
+    results = Results()
+    keys = [k.strip() for k in args.keys.split(",") if k.strip()]
+    for key in keys:
+        if key not in KEY_TYPES:
+            sys.exit(f"--keys: unknown key type {key!r} (known: {', '.join(KEY_TYPES)})")
+    gen = LoadGenerator()
+    with tempfile.TemporaryDirectory(prefix="gnetbench-") as tmp:
+        for index, key in enumerate(keys):
+            cert, keyfile = write_certificate(Path(tmp), key)
+            procs = [ServerProcess(kind, cert, keyfile, -1 if args.no_pin else 0)
+                     for kind in SERVERS]
+            try:
+                for proc in procs:
+                    proc.wait_ready()
+                    results.versions[proc.kind] = proc.version
+                for round_number in range(args.rounds):
+                    order = procs if round_number % 2 == 0 else procs[::-1]
+                    for proc in order:
+                        if index == 0:
+                            measure_keepalive(gen, proc, args, results, round_number == 0)
+                        measure_handshakes(gen, proc, key, args, results)
+                        print(f"  {key} round {round_number + 1}/{args.rounds} {proc.kind}: ok",
+                              file=sys.stderr)
+            finally:
+                for proc in procs:
+                    proc.stop()
+    results.session = gen.session_facts
+    return results
+
+
+def format_table(results: Results, args: argparse.Namespace, pinned: bool) -> str:
+    lines = [
+        f"gnetserver vs baseline, one run: {args.rounds} round(s), medians; "
+        f"keep-alive {args.connections} conns x {args.requests} round-trips of "
+        f"{args.payload} B; handshakes {args.handshakes} per measurement, {args.concurrency} "
+        f"concurrent; idle memory over {args.idle} conns.",
+        f"Pinned: {'servers CPU 0, load generator CPU 1' if pinned else 'no'}. "
+        f"Python {sys.version.split()[0]}.",
+    ]
+    for kind in SERVERS:
+        lines.append(f"{kind}: {results.versions.get(kind, '?')}")
+    lines.append(f"Negotiated: {results.session}")
+    lines += ["", "| measure | gnetserver | baseline | gnetserver/baseline |",
+              "|---|---:|---:|---:|"]
+    for measure in results.samples:
+        gnet, base = (results.median(measure, kind) for kind in SERVERS)
+        ratio = f"{gnet / base:.2f}" if gnet is not None and base else "-"
+        lines.append(f"| {measure} | {_num(gnet)} | {_num(base)} | {ratio} |")
+    lines += ["", "Ratios: above 1 is better for rates, below 1 is better for CPU and memory."]
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.serve:
+        from servers import serve
+
+        pin(args.cpu)
+        serve(args.serve, args.cert, args.key)
+        return 0
+    if not sys.platform.startswith("linux"):
+        sys.exit("bench/echo_tls.py needs Linux (/proc, sched_setaffinity)")
+    pinned = not args.no_pin and len(os.sched_getaffinity(0)) >= 2 and pin(1)
+    if not pinned:
+        args.no_pin = True
+    LoadGenerator.payload_size = args.payload
+    started = time.monotonic()
+    results = run_benchmark(args)
+    print(format_table(results, args, pinned))
+    print(f"\n(whole run: {time.monotonic() - started:.0f} s; command: python bench/echo_tls.py "
+          f"{' '.join(argv if argv is not None else sys.argv[1:])})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

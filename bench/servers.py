@@ -1,0 +1,187 @@
+"""The two servers of bench/echo_tls.py, their certificates, and their subprocesses.
+
+``serve(kind, cert, key)`` runs inside a server subprocess (``echo_tls.py --serve KIND``); a
+:class:`ServerProcess` starts one, learns its address from its "Server ready: HOST:PORT/ssl"
+line on stderr, and reads its CPU time and memory from ``/proc``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import re
+import resource
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+KEY_TYPES = {"ecdsa": "ECDSA P-256", "rsa": "RSA-2048"}
+READY = re.compile(r"Server ready: \[?([^\s\]]+?)\]?:(\d+)/ssl")
+VERSION = re.compile(r"^bench-version: (.*)$")
+START_TIMEOUT = 30.0
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# -- certificates ------------------------------------------------------------------------------
+
+
+def write_certificate(folder: Path, key_type: str) -> tuple[str, str]:
+    """A self-signed certificate for localhost/127.0.0.1 with a fresh key; returns the paths."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+
+    if key_type == "rsa":
+        key: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(san), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / f"{key_type}-cert.pem", folder / f"{key_type}-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+# -- inside a server subprocess ----------------------------------------------------------------
+
+
+def serve(kind: str, cert: str, key: str) -> None:
+    """Serve the line echo on 127.0.0.1, kernel-chosen port, until terminated."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # room for the idle-memory test
+    if kind == "gnetserver":
+        serve_gnetserver(cert, key)
+    else:
+        serve_baseline(cert, key)
+
+
+def serve_gnetserver(cert: str, key: str) -> None:
+    """The Echo class of examples/echo_server.py, as users would run it."""
+    import importlib.util
+
+    import gevent
+    import OpenSSL
+    from OpenSSL import SSL
+
+    spec = importlib.util.spec_from_file_location("echo_server", REPO / "examples/echo_server.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    openssl = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
+    print(f"bench-version: gevent {gevent.__version__}, pyOpenSSL {OpenSSL.__version__} over "
+          f"{openssl}", file=sys.stderr, flush=True)
+    module.Echo(port="127.0.0.1:0/ssl", SSL_cert_file=cert, SSL_key_file=key,
+                max_servers=4096).serve_forever()
+
+
+def serve_baseline(cert: str, key: str) -> None:
+    """gevent's StreamServer, the stdlib ssl module through gevent.ssl, the same echo."""
+    import gevent
+    from gevent import ssl as gssl
+    from gevent.server import StreamServer
+
+    context = gssl.SSLContext(gssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+
+    def handle(sock: Any, address: Any) -> None:
+        tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        try:
+            tls.settimeout(10)
+            tls.do_handshake()
+            with tls.makefile("rb") as reader:
+                for line in reader:
+                    tls.sendall(line)
+        except OSError:
+            pass  # the peer went away or sent garbage: nothing to report in a benchmark
+        finally:
+            tls.close()
+
+    server = StreamServer(("127.0.0.1", 0), handle)
+    server.start()
+    print(f"bench-version: gevent {gevent.__version__}, stdlib ssl over {gssl.OPENSSL_VERSION}",
+          file=sys.stderr, flush=True)
+    print(f"Server ready: 127.0.0.1:{server.server_port}/ssl", file=sys.stderr, flush=True)
+    server.serve_forever()
+
+
+# -- seen from the benchmark -------------------------------------------------------------------
+
+
+class ServerProcess:
+    """One server subprocess (``echo_tls.py --serve KIND``), optionally pinned to ``cpu``."""
+
+    def __init__(self, kind: str, cert: str, key: str, cpu: int) -> None:
+        self.kind = kind
+        self.address: tuple[str, int] | None = None
+        self.version = "?"
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(BENCH / "echo_tls.py"), "--serve", kind, "--cert", cert,
+             "--key", key, "--cpu", str(cpu)],
+            env=dict(os.environ, PYTHONPATH=path), stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        self.pid = self.proc.pid
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip())
+            if match := VERSION.search(line):
+                self.version = match[1]
+            if match := READY.search(line):
+                self.address = (match[1], int(match[2]))
+                self._ready.set()
+        self._ready.set()
+
+    def wait_ready(self) -> tuple[str, int]:
+        """Block until the server listens; raise with its stderr if it does not."""
+        self._ready.wait(START_TIMEOUT)
+        if self.address is None:
+            self.stop()
+            raise RuntimeError(f"{self.kind} server did not start:\n" + "\n".join(self.lines))
+        return self.address
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the server process so far (all its threads)."""
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS  # stat fields 14 and 15
+
+    def rss_kb(self) -> int:
+        """Resident memory of the server process in kB."""
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._reader.join(5)

@@ -1,0 +1,310 @@
+"""Which peers may talk to the server: Net::Server's allow/deny rules, as pure functions.
+
+Rules of this module (behaviour: spec/netserver.md section 1.6 step 4):
+
+* No I/O here. The server hands in the peer address text (and the host name, when reverse
+  lookups found one); :mod:`gnetserver.lookup` does the lookups.
+* An IPv4-mapped IPv6 address (``::ffff:a.b.c.d``, how IPv4 peers appear on a dual-stack
+  socket) is matched as ``a.b.c.d``, by the regexes and the CIDR blocks alike.
+* ``allow`` and ``deny`` are regular expressions that must match the **whole** address, or the
+  whole host name when there is one (Python's ``fullmatch``; Perl's ``/^$rule$/`` anchors only
+  the first and last alternatives of ``a|b``, we anchor all of them). Matching is case-sensitive,
+  as in Net::Server. ``cidr_allow`` and ``cidr_deny`` hold CIDR blocks (``10.0.0.0/8``,
+  ``::1/128``, a bare address, or a range ``a-b``) matched against the address; a block only
+  matches addresses of its own IP version.
+* The decision: no rules at all -> allow. Otherwise a matching ``deny`` (host or address) or
+  ``cidr_deny`` -> deny; then a matching ``allow`` (host or address) or ``cidr_allow`` ->
+  allow; otherwise deny. **Deny wins, and any rule makes the default deny.**
+* Double-reverse lookups (``double_reverse_lookups``) are checked before the rules: a peer
+  whose host name does not resolve back to its address is denied whatever the rules say.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+from collections.abc import Iterable, Set
+from dataclasses import dataclass
+from typing import Any
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Words double_reverse_lookups (or ``reverse_lookups double...``) may carry.
+DOUBLE_REVERSE_FLAGS = frozenset({"detail", "autofail", "debug"})
+
+_TRUE = ("1", "yes", "true", "on")
+_FALSE = ("0", "no", "false", "off", "")
+
+# IPv4-mapped IPv6 block: rules written in that form are matched as IPv4.
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+# -- option converters (used by gnetserver.options) ---------------------------------------------
+
+
+def regex_rule(value: Any) -> str | re.Pattern[str]:
+    """Converter of ``allow``/``deny``: a regex text (or compiled pattern), checked to compile."""
+    if isinstance(value, re.Pattern):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"expected a regular expression, not {type(value).__name__}")
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"bad regular expression {value!r}: {exc}") from None
+    return value
+
+
+def cidr_rule(value: Any) -> str:
+    """Converter of ``cidr_allow``/``cidr_deny``: CIDR block(s) text, checked to parse."""
+    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return str(value)
+    if not isinstance(value, str):
+        raise TypeError(f"expected a CIDR block, not {type(value).__name__}")
+    parse_cidr(value)
+    return value.strip()
+
+
+def reverse_lookups_setting(value: Any) -> bool | str:
+    """Converter of ``reverse_lookups``: a boolean, or ``double``/``2`` (plus optional flags),
+    which also turns double-reverse lookups on, as in Net::Server."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    match = re.fullmatch(r"(?:double|2)[\s,:_-]*(.*)", text)
+    if match:
+        _flags(match.group(1))
+        return "double " + match.group(1) if match.group(1) else "double"
+    return _boolean(text)
+
+
+def double_reverse_setting(value: Any) -> bool | str:
+    """Converter of ``double_reverse_lookups``: a boolean, or flags among detail, autofail and
+    debug (``detail,debug``), which also mean on."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return _boolean(text)
+    return ",".join(sorted(_flags(text)))
+
+
+def _boolean(text: str) -> bool:
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError("expected 1/0, yes/no, on/off, true/false or double")
+
+
+def _flags(text: str) -> frozenset[str]:
+    words = frozenset(w for w in re.split(r"[\s,|:]+", text.strip()) if w and w not in _TRUE)
+    unknown = words - DOUBLE_REVERSE_FLAGS
+    if unknown:
+        raise ValueError(f"unknown double-reverse flag(s) {', '.join(sorted(unknown))} "
+                         f"(known: {', '.join(sorted(DOUBLE_REVERSE_FLAGS))})")
+    return words
+
+
+# -- addresses and blocks -----------------------------------------------------------------------
+
+
+def normalise_address(address: str) -> str:
+    """The address as rules see it: ``::ffff:a.b.c.d`` becomes ``a.b.c.d``; others unchanged."""
+    if address.startswith("::ffff:") or address.startswith("::FFFF:"):
+        try:
+            mapped = ipaddress.IPv6Address(address).ipv4_mapped
+        except ValueError:
+            return address
+        if mapped is not None:
+            return str(mapped)
+    return address
+
+
+def parse_cidr(text: str) -> tuple[Network, ...]:
+    """The networks of one cidr_* value: blocks or ranges separated by commas or spaces.
+
+    Raises:
+        ValueError: a part is not a block, an address or a range of one IP version.
+    """
+    parts = [part for part in re.split(r"[\s,]+", text.strip()) if part]
+    if not parts:
+        raise ValueError("expected a CIDR block such as 10.0.0.0/8 or ::1/128")
+    networks: list[Network] = []
+    for part in parts:
+        try:
+            if "-" in part:
+                first, last = (ipaddress.ip_address(p.strip()) for p in part.split("-", 1))
+                networks.extend(ipaddress.summarize_address_range(first, last))  # type: ignore[arg-type]
+            else:
+                networks.append(ipaddress.ip_network(part, strict=False))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"bad CIDR block {part!r}: {exc}") from None
+    return tuple(_unmap(network) for network in networks)
+
+
+def _unmap(network: Network) -> Network:
+    """An IPv4-mapped IPv6 block (``::ffff:10.0.0.0/104``) as the IPv4 block it stands for."""
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+        base = ipaddress.IPv4Address(int(network.network_address) & 0xFFFFFFFF)
+        return ipaddress.IPv4Network((base, network.prefixlen - 96))
+    return network
+
+
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address as an ip_address, scope id dropped; None when it is not an IP address."""
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+# -- the rules ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AccessRules:
+    """Compiled allow/deny/cidr_allow/cidr_deny rules; see the module rules for the decision."""
+
+    allow: tuple[re.Pattern[str], ...] = ()
+    deny: tuple[re.Pattern[str], ...] = ()
+    cidr_allow: tuple[Network, ...] = ()
+    cidr_deny: tuple[Network, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        """True when no rule is set: every peer is allowed."""
+        return not (self.allow or self.deny or self.cidr_allow or self.cidr_deny)
+
+    def allowed(self, address: str, host: str | None = None) -> bool:
+        """Net::Server's decision for a peer address (and its host name, if one was found)."""
+        if self.empty:
+            return True
+        address = normalise_address(address)
+        if self._denied(address, host):
+            return False
+        if any(_matches(rule, address, host) for rule in self.allow):
+            return True
+        return _in_blocks(address, self.cidr_allow)
+
+    def address_verdict(self, address: str, host_pending: bool) -> bool:
+        """The check that can run before a TLS handshake, from the address alone.
+
+        Args:
+            address: the peer address text.
+            host_pending: True when a host name will be looked up later (reverse_lookups on),
+                so an allow rule may still match it.
+
+        Returns:
+            False when the peer is denied whatever its host name turns out to be (a deny or
+            cidr_deny rule matches the address; or, with no host name to come, no allow rule
+            matches); True otherwise (:meth:`allowed` still decides after the handshake).
+        """
+        if not host_pending:
+            return self.allowed(address)
+        return self.empty or not self._denied(normalise_address(address), None)
+
+    def _denied(self, address: str, host: str | None) -> bool:
+        if any(_matches(rule, address, host) for rule in self.deny):
+            return True
+        return _in_blocks(address, self.cidr_deny)
+
+
+def _matches(rule: re.Pattern[str], address: str, host: str | None) -> bool:
+    return bool((host is not None and rule.fullmatch(host)) or rule.fullmatch(address))
+
+
+def _in_blocks(address: str, blocks: tuple[Network, ...]) -> bool:
+    if not blocks:
+        return False
+    ip = _ip(address)
+    return ip is not None and any(ip.version == net.version and ip in net for net in blocks)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(allow: tuple[Any, ...], deny: tuple[Any, ...], cidr_allow: tuple[str, ...],
+              cidr_deny: tuple[str, ...]) -> AccessRules:
+    def patterns(values: tuple[Any, ...]) -> tuple[re.Pattern[str], ...]:
+        return tuple(v if isinstance(v, re.Pattern) else re.compile(v) for v in values)
+
+    def blocks(values: tuple[str, ...]) -> tuple[Network, ...]:
+        return tuple(net for value in values for net in parse_cidr(str(value)))
+
+    return AccessRules(patterns(allow), patterns(deny), blocks(cidr_allow), blocks(cidr_deny))
+
+
+def rules_from_options(allow: Iterable[Any] = (), deny: Iterable[Any] = (),
+                       cidr_allow: Iterable[Any] = (), cidr_deny: Iterable[Any] = ()
+                       ) -> AccessRules:
+    """The compiled rules for these option values (cached: the server calls it per connection).
+
+    Raises:
+        ValueError: a regex or CIDR block does not parse (the option converters check first).
+    """
+    return _compiled(tuple(allow), tuple(deny), tuple(map(str, cidr_allow)),
+                     tuple(map(str, cidr_deny)))
+
+
+# -- reverse and double-reverse lookups ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LookupMode:
+    """What the ``reverse_lookups``/``double_reverse_lookups`` options ask for.
+
+    Attributes:
+        reverse: look the peer's host name up (``client.peerhost``).
+        double: also resolve that name forward and require the peer address among the results.
+        flags: double-reverse flags: ``detail`` (log the addresses on a mismatch), ``autofail``
+            (deny even on a match), ``debug`` (log matches too).
+    """
+
+    reverse: bool = False
+    double: bool = False
+    flags: frozenset[str] = frozenset()
+
+
+def lookup_mode(reverse_lookups: bool | str, double_reverse_lookups: bool | str) -> LookupMode:
+    """Net::Server's post_configure rule: double implies reverse; ``reverse_lookups double``
+    turns double on, its trailing words (if any) overriding double_reverse_lookups' flags."""
+    double, flags = bool(double_reverse_lookups), frozenset[str]()
+    if isinstance(double_reverse_lookups, str):
+        flags = _flags(double_reverse_lookups)
+    if isinstance(reverse_lookups, str) and reverse_lookups.startswith("double"):
+        double = True
+        suffix = _flags(reverse_lookups[len("double"):])
+        flags = suffix or flags
+    return LookupMode(reverse=bool(reverse_lookups) or double, double=double, flags=flags)
+
+
+def double_reverse_check(address: str, original: str, host: str | None,
+                         forward: Set[str] | None, flags: frozenset[str] = frozenset()
+                         ) -> tuple[bool, str | None]:
+    """Net::Server's ``double_reverse_lookup``: does ``host`` resolve back to the peer?
+
+    Args:
+        address: the normalised peer address; original: the address as the socket gave it.
+        host: the reverse name (None when the lookup found none).
+        forward: the addresses ``host`` resolves to (None when that lookup failed).
+        flags: see :class:`LookupMode`.
+
+    Returns:
+        ``(passed, message)``; the message (or None) is for the log, at level 3.
+    """
+    if not host:
+        return False, f"Double reverse missing host from addr {address}"
+    if not forward:
+        return False, f"Double reverse missing reverse addrs from host {host} ({address})"
+    addrs = " ".join(sorted(forward))
+    extra = f",  orig_addr: {original}" if original != address else ""
+    if address not in forward and original not in forward:
+        detail = f",  addrs: ({addrs}){extra}" if "detail" in flags else ""
+        return False, f"Double reverse did not match:  addr: {address},  host: {host}{detail}"
+    if "autofail" in flags:
+        return False, (f"Double reverse autofail:  addr: {address},  host: {host},  "
+                       f"addrs: ({addrs}){extra}")
+    if "debug" in flags:
+        return True, (f"Double reverse debug:  addr: {address},  host: {host},  "
+                      f"addrs: ({addrs}){extra}")
+    return True, None

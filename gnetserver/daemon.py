@@ -1,0 +1,182 @@
+"""Daemon mode as Net::Server does it: the pid file, background/setsid, the standard streams.
+
+Rules of this module:
+
+* Everything here runs in ``post_configure``, before any port is bound, in this order:
+  check the pid file (a live owner stops the start), point stdin/stdout at /dev/null, fork
+  (the parent exits 0), ``setsid``, point stderr at the log file (or /dev/null), write the pid
+  file. Forking before binding is what Net::Server does, whatever its POD says.
+* A pid file is only ever removed by the process whose pid it holds, so a second server that
+  failed to start never deletes the first one's file.
+* After a HUP re-exec (``BOUND_SOCKETS`` in the environment) the process is already a daemon:
+  no fork, no setsid, and a pid file holding its own pid is simply rewritten.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+#: Net::Server treats an empty pid file older than 0.01 day as stale (a crash while writing).
+EMPTY_PID_FILE_GRACE = 864.0
+
+_PID = re.compile(r"\s*(\d{1,10})\b")
+
+
+def restarting() -> bool:
+    """True in the image a HUP re-exec started (it inherits ``BOUND_SOCKETS``)."""
+    return bool(os.environ.get("BOUND_SOCKETS"))
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class PidFile:
+    """The ``pid_file`` of a server.
+
+    Attributes:
+        path: absolute path (taken at start, so a later chdir or chroot cannot move it).
+        written: True once this process wrote its pid there, until it removed the file.
+    """
+
+    path: str
+    written: bool = False
+
+    @classmethod
+    def from_option(cls, value: str) -> PidFile:
+        return cls(os.path.abspath(value))
+
+    def check(self) -> str | None:
+        """Before starting: raise ConfigError if a live process owns the file; remove a stale
+        file and return a warning to log; None when there is nothing to say."""
+        try:
+            with open(self.path, encoding="ascii", errors="replace") as file:
+                text = file.read(64)
+            age = time.time() - os.stat(self.path).st_mtime
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ConfigError(f"option 'pid_file': cannot read {self.path!r}: {exc.strerror}") \
+                from None
+        match = _PID.match(text)
+        pid = int(match.group(1)) if match else 0
+        if pid == os.getpid():
+            return None  # HUP re-exec: the same process, the same file
+        if pid > 0 and process_alive(pid):
+            raise ConfigError(f"option 'pid_file': {self.path!r} holds pid {pid}, a running "
+                              f"process (is the server already running?); not starting")
+        if pid <= 0 and (text.strip() or age < EMPTY_PID_FILE_GRACE):
+            raise ConfigError(f"option 'pid_file': {self.path!r} holds no pid ({text[:20]!r}); "
+                              "remove it if no server is running")
+        self._unlink()
+        what = f"dead process {pid}" if pid else "no process (empty file)"
+        return f'Pid_file "{self.path}" already exists for {what}.  Overwriting!'
+
+    def write(self) -> None:
+        """Write this process's pid (after the fork, so it is the daemon's pid)."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+        try:
+            try:  # O_EXCL: two servers starting at once cannot both believe they own it
+                fd = os.open(self.path, flags | os.O_EXCL, 0o644)
+            except FileExistsError:
+                owner = self.read_pid()
+                if owner != os.getpid():
+                    raise ConfigError(f"option 'pid_file': {self.path!r} was just written by "
+                                      f"another process (pid {owner}); not starting") from None
+                fd = os.open(self.path, flags | os.O_TRUNC, 0o644)  # our own pid: HUP
+            with os.fdopen(fd, "w", encoding="ascii") as file:
+                file.write(f"{os.getpid()}\n")
+        except OSError as exc:
+            raise ConfigError(f"option 'pid_file': cannot write {self.path!r}: {exc.strerror}") \
+                from None
+        self.written = True
+
+    def read_pid(self) -> int | None:
+        """The pid the file holds, or None (no file, no pid in it, unreadable)."""
+        try:
+            with open(self.path, encoding="ascii", errors="replace") as file:
+                match = _PID.match(file.read(64))
+        except OSError:
+            return None
+        return int(match.group(1)) if match else None
+
+    def remove(self) -> str | None:
+        """Remove the file if it still holds our pid; return a problem to log, else None."""
+        if not self.written:
+            return None
+        self.written = False
+        if not os.path.exists(self.path):
+            return None
+        owner = self.read_pid()
+        if owner != os.getpid():
+            return f'Pid_file "{self.path}" no longer holds pid {os.getpid()}: left in place'
+        try:
+            self._unlink()
+        except ConfigError as exc:
+            return str(exc)
+        return None
+
+    def _unlink(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise ConfigError(f"option 'pid_file': cannot remove {self.path!r}: "
+                              f"{exc.strerror}") from None
+
+
+def background(setsid: bool) -> None:
+    """Fork; the parent exits 0 at once, the child goes on (and leaves the session if
+    ``setsid``). Uses gevent's fork so the child's hub works."""
+    from gevent.os import fork_gevent
+
+    _flush_std_streams()
+    pid = fork_gevent()
+    if pid:
+        os._exit(0)  # the parent: nothing of the server's life may run twice (no atexit)
+    if setsid:
+        os.setsid()
+
+
+def stdin_stdout_to_devnull() -> None:
+    """Point file descriptors 0 and 1 at /dev/null (``setsid`` or a ``log_file``)."""
+    _flush_std_streams()
+    _point_at("/dev/null", 0, os.O_RDONLY)
+    _point_at("/dev/null", 1, os.O_WRONLY)
+
+
+def stderr_to(fd: int) -> None:
+    """Point file descriptor 2 at ``fd`` (the log file, or /dev/null under ``setsid``)."""
+    _flush_std_streams()
+    os.dup2(fd, 2)
+
+
+def _point_at(path: str, target: int, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.dup2(fd, target)
+    finally:
+        os.close(fd)
+
+
+def _flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass

@@ -1,0 +1,151 @@
+"""README.rst's option table, rendered from :data:`gnetserver.options.OPTIONS`.
+
+Usage::
+
+    python -m gnetserver.docs            # print the table (reStructuredText)
+    python -m gnetserver.docs --write    # rewrite README.rst between the markers
+    python -m gnetserver.docs --check    # exit 1 when README.rst's table is stale
+
+Rules of this module:
+
+* The table is derived from the option table only (name, default, doc, section), one
+  ``list-table`` per section in the order the sections first appear. Nothing here lists options.
+* README.rst holds the rendered table between the lines :data:`START` and :data:`END`;
+  ``tests/unit/test_docs.py`` fails when the two disagree.
+* A doc's `single backquoted` words become ``inline literals``; characters that would start
+  other inline markup are escaped, so any doc renders as plain text.
+* A default that depends on the machine is shown by name (:data:`MACHINE_DEFAULTS`), so that the
+  README does not change from one machine to the next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .options import OPTIONS, Option
+
+START = ".. options-table-start"
+END = ".. options-table-end"
+
+#: README.rst of the source tree this module belongs to.
+README = Path(__file__).resolve().parent.parent / "README.rst"
+
+#: Options whose default is computed on the machine: shown by the name of what it comes from.
+MACHINE_DEFAULTS = {"listen": "SOMAXCONN"}
+
+_WIDTH = 96
+_INDENT = "       "
+
+
+def default_text(option: Option) -> str:
+    """The default of an option as the docs show it: ``none``, ``on``/``off``, or the value."""
+    value = option.default
+    if option.name in MACHINE_DEFAULTS:
+        return f"``{MACHINE_DEFAULTS[option.name]}``"
+    if value is None or value == "" or value == []:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        value = f"{value:g}"
+    elif isinstance(value, (list, tuple)):
+        value = ", ".join(str(item) for item in value)
+    return f"``{value}``"
+
+
+def doc_text(doc: str) -> str:
+    """A doc string as reStructuredText: `x` -> ``x``, other markup characters escaped."""
+    parts = re.split(r"`([^`]+)`", " ".join(doc.split()))
+    out = []
+    for index, part in enumerate(parts):
+        if index % 2:
+            out.append(f"``{part}``")
+        else:
+            part = part.replace("\\", "\\\\").replace("*", "\\*").replace("|", "\\|")
+            out.append(re.sub(r"(?<=\w)_(?=\W|$)", r"\\_", part))
+    return "".join(out)
+
+
+def _cell(first: str, text: str) -> list[str]:
+    """One list-table cell: ``first`` is the bullet prefix, continuation lines are indented."""
+    lines = textwrap.wrap(text, _WIDTH - len(_INDENT), break_long_words=False,
+                          break_on_hyphens=False) or [""]
+    return [first + lines[0], *(_INDENT + line for line in lines[1:])]
+
+
+def render(options: Sequence[Option] = OPTIONS) -> str:
+    """The option tables, one per section, as reStructuredText (ends with a newline)."""
+    sections: dict[str, list[Option]] = {}
+    for option in options:
+        sections.setdefault(option.section, []).append(option)
+    blocks = []
+    for section, members in sections.items():
+        lines = [f"**{section}**", "", ".. list-table::", "   :header-rows: 1",
+                 "   :widths: 24 14 62", "",
+                 "   * - Option", "     - Default", "     - Meaning"]
+        for option in members:
+            lines += _cell("   * - ", f"``{option.name}``")
+            lines += _cell("     - ", default_text(option))
+            lines += _cell("     - ", doc_text(option.doc))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _bounds(text: str) -> tuple[int, int]:
+    """Offsets of the region strictly between the marker lines; ValueError if they are absent."""
+    start = re.search(rf"^{re.escape(START)}[ \t]*\n", text, re.M)
+    end = re.search(rf"^{re.escape(END)}[ \t]*$", text, re.M)
+    if start is None or end is None or end.start() < start.end():
+        raise ValueError(f"README.rst needs the lines {START!r} and {END!r}, in that order")
+    return start.end(), end.start()
+
+
+def readme_table(text: str) -> str:
+    """The table currently between the markers of a README text (without the blank borders)."""
+    begin, end = _bounds(text)
+    return text[begin:end].strip("\n") + "\n"
+
+
+def replace_table(text: str, table: str) -> str:
+    """The README text with ``table`` between the markers (one blank line on each side)."""
+    begin, end = _bounds(text)
+    return text[:begin] + "\n" + table.strip("\n") + "\n\n" + text[end:]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m gnetserver.docs``."""
+    parser = argparse.ArgumentParser(prog="python -m gnetserver.docs",
+                                     description="Render the option table as reStructuredText.")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--write", action="store_true",
+                       help="rewrite the table in README.rst between the markers")
+    group.add_argument("--check", action="store_true",
+                       help="exit 1 when README.rst's table differs from the options")
+    parser.add_argument("--readme", type=Path, default=README, help="(default: %(default)s)")
+    args: Any = parser.parse_args(argv)
+    table = render()
+    if not (args.write or args.check):
+        sys.stdout.write(table)
+        return 0
+    text = args.readme.read_text(encoding="utf-8")
+    if args.check:
+        stale = readme_table(text) != table
+        if stale:
+            print(f"{args.readme}: the option table is stale; run "
+                  "`python -m gnetserver.docs --write`", file=sys.stderr)
+        return 1 if stale else 0
+    updated = replace_table(text, table)
+    if updated != text:
+        args.readme.write_text(updated, encoding="utf-8")
+    print(f"{args.readme}: option table {'updated' if updated != text else 'up to date'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Privileges after binding, as Net::Server's ``post_bind``: chown, chroot, setgid, setuid.
+
+Rules of this module:
+
+* Names are resolved (and a chroot directory checked) before anything changes, so a typo stops
+  the start with a ConfigError naming the option and the value, and leaves the process as it was.
+* Order: hand the files the server keeps writing (log file, pid file, unix socket files) to the
+  new user, then chroot, then the groups, the gid and last the uid (after setuid, nothing else
+  could change).
+* ``group`` may list several groups (spaces or commas); the first is the primary gid, all of
+  them become the supplementary groups. When ``user`` is given without ``group`` the user's
+  primary group is used: keeping root's gid (Net::Server's default) would leave a root-group
+  process behind the unprivileged uid.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who the server becomes: ``uid``, the primary ``gid`` and the supplementary ``groups``."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+    def differs(self) -> bool:
+        """True when switching would change the process's effective ids."""
+        return self.uid != os.geteuid() or self.gid != os.getegid()
+
+
+def group_option(value: Any) -> str | None:
+    """The ``group`` option: text, or a list of names/gids joined by spaces; None if empty."""
+    if isinstance(value, (list, tuple)):
+        value = " ".join(str(item) for item in value)
+    text = "" if value is None else str(value).strip()
+    return text or None
+
+
+def resolve_user(value: str) -> pwd.struct_passwd | int:
+    """A user name or uid -> its passwd entry (a bare uid unknown to passwd stays an int)."""
+    text = str(value).strip()
+    try:
+        return pwd.getpwuid(int(text)) if text.isdigit() else pwd.getpwnam(text)
+    except KeyError:
+        if text.isdigit():
+            return int(text)
+        raise ConfigError(f"option 'user': no such user {text!r}") from None
+
+
+def resolve_groups(value: str) -> tuple[int, ...]:
+    """``"www, 1001 adm"`` -> gids, first one primary; an unknown name is a ConfigError."""
+    gids = []
+    for word in (w for w in re.split(r"[\s,]+", str(value).strip()) if w):
+        if word.isdigit():
+            gids.append(int(word))
+            continue
+        try:
+            gids.append(grp.getgrnam(word).gr_gid)
+        except KeyError:
+            raise ConfigError(f"option 'group': no such group {word!r} (in {value!r})") from None
+    if not gids:
+        raise ConfigError(f"option 'group': no group in {value!r}")
+    return tuple(dict.fromkeys(gids))  # keep order, drop repeats
+
+
+def resolve(user: str | None, group: str | None) -> Identity | None:
+    """The identity asked for by ``user``/``group``, or None when neither is set."""
+    if user is None and group is None:
+        return None
+    entry = resolve_user(user) if user is not None else os.geteuid()
+    uid = entry.pw_uid if isinstance(entry, pwd.struct_passwd) else entry
+    if group is not None:
+        groups = resolve_groups(group)
+    elif isinstance(entry, pwd.struct_passwd):
+        groups = (entry.pw_gid,)
+    else:
+        groups = (os.getegid(),)
+    return Identity(uid, groups[0], groups)
+
+
+def check_chroot(path: str) -> str:
+    """The absolute chroot directory; a missing one is a ConfigError."""
+    if not os.path.isdir(path):
+        raise ConfigError(f"option 'chroot': {path!r} is not a directory")
+    return os.path.abspath(path)
+
+
+def hand_over(paths: Iterable[str], identity: Identity) -> None:
+    """chown each file to the new uid and primary gid; a failure is a ConfigError."""
+    for path in paths:
+        try:
+            os.chown(path, identity.uid, identity.gid)
+        except OSError as exc:
+            raise ConfigError(f"cannot chown {path!r} to {identity.uid}:{identity.gid} "
+                              f"for option 'user'/'group': {exc.strerror}") from None
+
+
+def enter_chroot(path: str) -> None:
+    """chroot, then chdir to the new root (a cwd outside it would be an escape hatch)."""
+    try:
+        os.chroot(path)
+        os.chdir("/")
+    except OSError as exc:
+        raise ConfigError(f"option 'chroot': cannot chroot to {path!r}: {exc.strerror}") \
+            from None
+
+
+def become(identity: Identity) -> None:
+    """Set groups, gid, then uid (real, effective and saved when root); verify the result.
+
+    Raises:
+        OSError: the kernel refused, or the ids are not what was asked afterwards.
+    """
+    if os.geteuid() == 0:
+        os.setgroups(list(identity.groups))
+    if identity.gid != os.getegid() or identity.gid != os.getgid():
+        os.setgid(identity.gid)
+    if identity.uid != os.geteuid() or identity.uid != os.getuid():
+        os.setuid(identity.uid)
+    now = (os.getuid(), os.geteuid(), os.getgid(), os.getegid())
+    wanted = (identity.uid, identity.uid, identity.gid, identity.gid)
+    if now != wanted:
+        raise OSError(f"ids are uid {now[0]}/{now[1]} gid {now[2]}/{now[3]}, wanted "
+                      f"uid {identity.uid} gid {identity.gid}")

@@ -1,0 +1,273 @@
+"""TLS over TCP with the stdlib ``ssl`` module through ``gevent.ssl`` (Net::Server's ``ssleay``).
+
+The same server as proto ``ssl``, with a second TLS backend: the context comes from
+:func:`~gnetserver.tls.stdlib_context.build_stdlib_context` (built once at bind), each accepted
+socket is wrapped with ``do_handshake_on_connect=False`` and the handshake runs explicitly in
+the connection's own greenlet under ``timeout_handshake`` (pitfalls.md D.12: gevent's implicit
+handshake on wrap has no deadline, so a silent client would hold its greenlet forever).
+
+Rules of this module:
+
+* :class:`SSLeayConnection` is what ``client.tls`` and ``client.stream`` are on an ``ssleay``
+  port. It has the attributes of :class:`~gnetserver.tls.TLSConnection` (``version``,
+  ``cipher``, ``server_name``, ``alpn_protocol``, ``session_reused``, ``peer_certificate``,
+  ``settimeout``/``recv``/``recv_into``/``send``/``sendall``, ``do_handshake``,
+  ``shutdown_tls``, ``close``) and maps errors the same way: EOF (clean or ragged) reads as
+  ``b""``, a peer gone during a write is ``BrokenPipeError``, a timeout is ``TimeoutError``
+  (``HandshakeTimeout`` in the handshake), any other ``ssl.SSLError`` is a
+  :class:`~gnetserver.errors.TLSError` with OpenSSL's reason.
+* Wrapping takes over the accepted socket's fd (gevent detaches the original socket object), so
+  ``post_accept`` replaces ``client.sock`` with the ``ssl`` socket.
+* Close: ``unwrap`` (close_notify; it also waits briefly for the peer's), bounded by
+  ``SHUTDOWN_SECONDS`` and only after a completed handshake, then the same lingering close as
+  tcp (:func:`~gnetserver.proto.tcp.linger_close`). After ``unwrap`` the socket reads and
+  writes plain bytes again, which is what the drain needs.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import ssl
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import gevent
+from cryptography import x509
+
+from ..errors import HandshakeTimeout, TLSError
+from ..tls.stdlib_context import ServerSSLSocket, build_stdlib_context
+from .tcp import TCPProtocol, linger_close
+
+__all__ = ["SHUTDOWN_SECONDS", "SSLeayConnection", "SSLeayProtocol"]
+
+#: Seconds the close_notify exchange may take.
+SHUTDOWN_SECONDS = 1.0
+
+_T = TypeVar("_T")
+_EOF_ERRORS = (ssl.SSLZeroReturnError, ssl.SSLEOFError)
+
+
+def _reason(exc: ssl.SSLError) -> str:
+    """OpenSSL's reason in words, e.g. ``"wrong version number"`` (as proto ssl reports it)."""
+    verify = getattr(exc, "verify_message", None)
+    if verify:
+        return f"certificate verify failed: {verify}"
+    if exc.reason:
+        return str(exc.reason).lower().replace("_", " ")
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+class SSLeayConnection:
+    """Server side of one TLS connection over a ``gevent.ssl`` socket (see the module rules).
+
+    Args:
+        sock: the wrapped, not yet handshaken socket; this object owns it from now on.
+    """
+
+    def __init__(self, sock: ServerSSLSocket) -> None:
+        self._sock = sock
+        self._handshake_done = False
+        self._broken = False
+        self._eof = False
+        self._shutdown_sent = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<SSLeayConnection {self.version or 'handshaking'} fd={self.fileno()}>"
+
+    def do_handshake(self, timeout: float | None) -> None:
+        """Run the server handshake, all of it within ``timeout`` seconds (None: no limit).
+
+        Raises:
+            HandshakeTimeout: the deadline passed.
+            ConnectionAbortedError: the peer closed the connection mid-handshake.
+            OSError: a socket error (``ConnectionResetError``...).
+            TLSError: a protocol failure, with OpenSSL's reason.
+        """
+        expired = HandshakeTimeout(f"TLS handshake did not finish within {timeout} s")
+        self._sock.settimeout(None)  # the gevent.Timeout below is the one deadline
+        try:
+            with gevent.Timeout(timeout, expired):
+                self._sock.do_handshake()
+        except HandshakeTimeout:
+            self._broken = True
+            raise
+        except _EOF_ERRORS as e:
+            self._broken = True
+            raise ConnectionAbortedError(
+                errno.ECONNABORTED, "peer closed the connection during the TLS handshake"
+            ) from e
+        except ssl.SSLError as e:
+            self._broken = True
+            raise TLSError(f"TLS handshake failed: {_reason(e)}") from e
+        except OSError as e:
+            self._broken = True
+            if e.errno in (0, None):  # some Python/OpenSSL pairs report EOF this way
+                raise ConnectionAbortedError(errno.ECONNABORTED, "peer closed the connection "
+                                             "during the TLS handshake") from e
+            raise
+        self._handshake_done = True
+
+    # -- reading and writing -----------------------------------------------------------------
+
+    def recv(self, bufsize: int) -> bytes:
+        """Up to ``bufsize`` decrypted bytes; ``b""`` once the peer has closed.
+
+        Raises TimeoutError after ``gettimeout()`` idle seconds, TLSError/OSError on failure.
+        """
+        return self._read(self._sock.recv, (bufsize,), b"")
+
+    def recv_into(self, buffer: Any, nbytes: int = 0) -> int:
+        """Read into ``buffer``; the count, 0 once the peer has closed (``nbytes`` 0: all)."""
+        return self._read(self._sock.recv_into, (buffer, nbytes or None), 0)
+
+    def _read(self, op: Callable[..., _T], args: tuple[Any, ...], empty: _T) -> _T:
+        if self._eof:
+            return empty
+        try:
+            data = op(*args)
+        except _EOF_ERRORS:
+            self._eof = True
+            return empty
+        except ssl.SSLError as e:
+            self._broken = True
+            raise TLSError(f"TLS read failed: {_reason(e)}") from e
+        if not data:
+            self._eof = True
+        return data
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
+        """Encrypt and send some of ``data``; the count consumed."""
+        return self._write(self._sock.send, data)
+
+    def sendall(self, data: bytes | bytearray | memoryview) -> None:
+        """Send all of ``data``; ``gettimeout()`` bounds the whole call."""
+        self._write(self._sock.sendall, data)
+
+    def _write(self, op: Callable[[Any], _T], data: Any) -> _T:
+        try:
+            return op(data)
+        except _EOF_ERRORS as e:
+            self._broken = True
+            raise BrokenPipeError(errno.EPIPE, "peer closed the TLS connection") from e
+        except ssl.SSLError as e:
+            self._broken = True
+            raise TLSError(f"TLS write failed: {_reason(e)}") from e
+
+    def pending(self) -> int:
+        """Decrypted bytes held by OpenSSL that ``recv`` returns without waiting."""
+        return int(self._sock.pending()) if not self._closed else 0
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def shutdown_tls(self, timeout: float = SHUTDOWN_SECONDS) -> None:
+        """close_notify once (``unwrap``) within ``timeout`` seconds; never raises.
+
+        Does nothing before a completed handshake, after a fatal error or ``close()``.
+        """
+        if self._shutdown_sent or self._broken or self._closed or not self._handshake_done:
+            return
+        self._shutdown_sent = True
+        try:
+            with gevent.Timeout(timeout, False):  # False: leave the block quietly on expiry
+                self._sock.settimeout(None)
+                self._sock.unwrap()
+        except (ssl.SSLError, OSError, ValueError):
+            # The peer is gone or misbehaved: a close_notify that cannot be delivered is moot.
+            self._broken = True
+
+    def close(self) -> None:
+        """Close the socket at once (no alert); safe to call more than once."""
+        if not self._closed:
+            self._closed = True
+            self._sock.close()
+
+    # -- the socket side -----------------------------------------------------------------------
+
+    def settimeout(self, timeout: float | None) -> None:
+        """Per-call timeout of recv/send in seconds (None: wait forever); not the handshake's."""
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be None or >= 0, not {timeout}")
+        self._sock.settimeout(timeout)
+
+    def gettimeout(self) -> float | None:
+        """The per-call timeout set by :meth:`settimeout`."""
+        return self._sock.gettimeout()
+
+    def fileno(self) -> int:
+        """The socket's fd (-1 once closed)."""
+        return int(self._sock.fileno())
+
+    # -- facts about the session (None before the handshake) ----------------------------------
+
+    @property
+    def version(self) -> str | None:
+        """Negotiated protocol, e.g. ``"TLSv1.3"``."""
+        return self._sock.version() if self._handshake_done else None
+
+    @property
+    def cipher(self) -> str | None:
+        """Negotiated cipher suite, e.g. ``"TLS_AES_256_GCM_SHA384"``."""
+        info = self._sock.cipher() if self._handshake_done else None
+        return info[0] if info else None
+
+    @property
+    def server_name(self) -> str | None:
+        """Host name the client sent in SNI, or ``None``."""
+        return self._sock.sni_name
+
+    @property
+    def alpn_protocol(self) -> str | None:
+        """ALPN protocol selected for this connection, or ``None``."""
+        return self._sock.selected_alpn_protocol() if self._handshake_done else None
+
+    @property
+    def session_reused(self) -> bool:
+        """True when the handshake resumed an earlier session (ticket or session id)."""
+        return self._handshake_done and bool(self._sock.session_reused)
+
+    @property
+    def peer_certificate(self) -> x509.Certificate | None:
+        """The client's certificate (only with ``SSL_verify_mode``), or ``None``."""
+        if not self._handshake_done:
+            return None
+        der = self._sock.getpeercert(binary_form=True)
+        return x509.load_der_x509_certificate(der) if der else None
+
+
+class SSLeayProtocol(TCPProtocol):
+    """A stream over TLS with the stdlib ``ssl`` module (Net::Server's proto ``ssleay``)."""
+
+    name = "ssleay"
+
+    def __init__(self, spec: Any, options: Mapping[str, Any], server: Any) -> None:
+        """Build this port's stdlib context from its resolved SSL_* options (ConfigError if
+        bad, or if an option is one only proto ssl supports)."""
+        self.spec = spec
+        self.options = dict(options)
+        self.context = build_stdlib_context(self.options, f"port {spec}")
+        server.log(2, f"port {spec}: TLS by the stdlib ssl module over {ssl.OPENSSL_VERSION}")
+
+    def post_accept(self, client: Any, timeout: float) -> None:
+        """Wrap the socket and run the handshake; raises TLSError/HandshakeTimeout/OSError."""
+        sock = self.context.wrap_socket(client.sock, server_side=True,
+                                        do_handshake_on_connect=False)
+        client.sock = sock  # the wrapper took over the fd; the original is detached
+        # Measured: without TCP_NODELAY the first response on this backend waited 40 ms (Nagle
+        # holding it behind the server's unacknowledged post-handshake messages, the TLS 1.3
+        # session tickets, until the client's delayed ACK). OpenSSL writes whole records, so
+        # disabling Nagle does not split them.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.tls = client.stream = SSLeayConnection(sock)
+        client.tls.do_handshake(timeout)
+
+    def close(self, client: Any) -> None:
+        """close_notify once (bounded), then the lingering close of the socket."""
+        if client.tls is not None:
+            client.tls.shutdown_tls(SHUTDOWN_SECONDS)
+        linger_close(client.sock)
+
+    def abort(self, client: Any) -> None:
+        """Close at once, without a TLS alert."""
+        client.sock.close()

@@ -1,0 +1,309 @@
+"""HUP: re-execute the server in place, keeping its listening sockets (spec 6.2).
+
+Rules of this module:
+
+* The hand-over is Net::Server's ``BOUND_SOCKETS`` environment variable: entries joined by
+  ``"; "``, each ``fd|host|port|PROTO|ipv<x>[|orig_port]`` (host and port as resolved and bound,
+  ``orig_port`` when the configured port was ``0`` or a service name), UNIX sockets as
+  ``fd|*|/path|UNIX|*``. :func:`encode` and :func:`decode` are pure.
+* Old process (:func:`detach_listeners`, :func:`reexec`): every listening socket is dup'ed, the
+  dup made inheritable (FD_CLOEXEC cleared), the originals are closed by the caller; then
+  ``os.execv`` of ``sys.executable`` with the interpreter's original argv (``sys.orig_argv``),
+  from the directory the process started in. The pid does not change. Until the new image
+  accepts, new connections wait in the kernel's listen backlog: none is refused.
+* New process (:func:`bind_ports`, called by ``GServer.bind``): a configured address whose
+  ``host|orig_port-or-port|PROTO|ipv`` matches an inherited entry adopts its fd; the others are
+  bound fresh ("Added new port configuration"); inherited fds no longer configured are closed
+  ("Closing un-mapped port"). ``BOUND_SOCKETS`` is then removed from the environment. TLS
+  contexts are rebuilt by the new image, so new certificates take effect on HUP.
+* A malformed entry is logged and ignored; an fd below 3 is never adopted nor closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .resolve import BindAddress, bind_all, resolve
+from .signals import in_main_thread
+
+#: The environment variable carrying the inherited sockets across the exec.
+ENV = "BOUND_SOCKETS"
+
+#: Where the process started: the exec runs from here, so relative script paths still work.
+START_CWD = os.getcwd()
+
+Log = Callable[[int, str], None]
+Pair = tuple[BindAddress, socket.socket]
+
+
+@dataclass(frozen=True)
+class BoundSocket:
+    """One ``BOUND_SOCKETS`` entry.
+
+    Attributes:
+        fd: the inherited file descriptor.
+        host: the bound address text (``*`` for UNIX sockets).
+        port: the bound port number as text, or the UNIX socket path.
+        proto: the protocol in upper case (``TCP``, ``SSL``, ``UNIX``).
+        ipv: ``ipv4``, ``ipv6``, ``ipv*``; ``*`` for UNIX sockets.
+        orig_port: the configured port text when it was ``0`` or a service name.
+    """
+
+    fd: int
+    host: str
+    port: str
+    proto: str
+    ipv: str
+    orig_port: str | None = None
+
+    @property
+    def key(self) -> str:
+        """What a configured address must match to adopt this fd."""
+        return f"{self.host}|{self.orig_port or self.port}|{self.proto}|{self.ipv}"
+
+    def __str__(self) -> str:
+        fields = [str(self.fd), self.host, self.port, self.proto, self.ipv]
+        return "|".join(fields + ([self.orig_port] if self.orig_port else []))
+
+
+def encode(entries: Iterable[BoundSocket]) -> str:
+    """The ``BOUND_SOCKETS`` value for ``entries``.
+
+    Raises:
+        ValueError: a field contains ``|`` or ``;`` (it could not be read back).
+    """
+    texts = []
+    for entry in entries:
+        fields = (entry.host, entry.port, entry.proto, entry.ipv, entry.orig_port or "")
+        if any("|" in field or ";" in field for field in fields):
+            raise ValueError(f"cannot pass {entry} in {ENV}: '|' or ';' in a field")
+        texts.append(str(entry))
+    return "; ".join(texts)
+
+
+def decode(text: str) -> tuple[list[BoundSocket], list[str]]:
+    """Parse a ``BOUND_SOCKETS`` value: the entries, and the pieces that were malformed."""
+    entries: list[BoundSocket] = []
+    bad: list[str] = []
+    for piece in (p.strip() for p in text.split(";")):
+        if not piece:
+            continue
+        fields = piece.split("|")
+        if len(fields) not in (5, 6) or not fields[0].isdigit() or int(fields[0]) < 3:
+            bad.append(piece)
+            continue
+        orig = fields[5] if len(fields) == 6 and fields[5] else None
+        fd, host, port, proto, ipv = int(fields[0]), fields[1], fields[2], fields[3], fields[4]
+        entries.append(BoundSocket(fd, host, port, proto, ipv, orig))
+    return entries, bad
+
+
+def entry_for(fd: int, address: BindAddress) -> BoundSocket:
+    """The entry describing a bound address (its ``sockaddr`` carries the real port)."""
+    spec = address.spec
+    if spec.is_unix:
+        return BoundSocket(fd, "*", str(address.sockaddr), spec.proto.upper(), "*")
+    host, port = address.sockaddr[0], address.sockaddr[1]
+    return BoundSocket(fd, str(host), str(port), spec.proto.upper(), _ipv_field(address),
+                       spec.orig_port)
+
+
+def _ipv_field(address: BindAddress) -> str:
+    """``ipv*`` for a dual-stack socket, else ``ipv4``/``ipv6`` by family (as Net::Server)."""
+    if address.family == socket.AF_INET6:
+        return "ipv*" if address.v6only is False else "ipv6"
+    return "ipv4"
+
+
+def key_for(address: BindAddress) -> str:
+    """The key of a freshly resolved address (port 0 or a service: its ``orig_port``)."""
+    return entry_for(-1, address).key
+
+
+# -- old process: hand the sockets over -------------------------------------------------------
+
+
+def detach_listeners(listeners: Sequence[Any], log: Log) -> list[BoundSocket]:
+    """Dup every listening socket into an inheritable fd, before the originals are closed.
+
+    Resource handling:
+        The returned entries own their fds: pass them to :func:`reexec` or :func:`close_fds`.
+    """
+    entries = []
+    for listener in listeners:
+        try:
+            entry = entry_for(-1, listener.address)
+            encode([entry])
+            fd = os.dup(listener.sock.fileno())
+        except (ValueError, OSError) as exc:
+            log(1, f"HUP: {listener} will be bound again, not passed on: {exc}")
+            continue
+        os.set_inheritable(fd, True)
+        entries.append(replace(entry, fd=fd))
+    return entries
+
+
+def exec_argv() -> list[str]:
+    """The command that started this interpreter, with ``sys.executable`` as its program."""
+    return [sys.executable, *sys.orig_argv[1:]]
+
+
+def reexec(entries: Sequence[BoundSocket], log: Log) -> None:
+    """Exec the server again with ``BOUND_SOCKETS`` set. Returns only if the exec failed, after
+    logging why and closing the entries' fds.
+
+    HUP is ignored across the exec (an ignored signal stays ignored in the new image) so that a
+    second HUP during the new image's start-up cannot kill it; its loop installs the handler.
+    """
+    argv = exec_argv()
+    os.environ[ENV] = encode(entries)
+    log(0, f"Re-exec server during HUP: {' '.join(argv)}")
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN) if in_main_thread() else None
+    try:
+        os.chdir(START_CWD)
+        os.execv(argv[0], argv)
+    except OSError as exc:
+        log(0, f"Re-exec failed, shutting down instead: {exc}")
+    if previous is not None:
+        signal.signal(signal.SIGHUP, previous)
+    os.environ.pop(ENV, None)
+    close_fds(entries)
+
+
+def close_fds(entries: Iterable[BoundSocket]) -> None:
+    """Close the fds of entries that will not be passed on."""
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            os.close(entry.fd)
+
+
+# -- new process: take the sockets back -------------------------------------------------------
+
+
+def bind_ports(specs: Sequence[Any], backlog: int, log: Log,
+               open_hook: Callable[[], None]) -> list[Pair]:
+    """``bind_all`` for a server that may have been re-executed by a HUP.
+
+    Without ``BOUND_SOCKETS`` this is :func:`gnetserver.resolve.bind_all`. With it:
+    ``open_hook`` (the server's ``restart_open_hook``) runs, matching specs adopt their inherited
+    fds, the others are bound fresh, and the variable is removed from the environment.
+
+    Returns:
+        ``(address, socket)`` pairs in the order of ``specs``, as ``bind_all`` returns them.
+
+    Resource handling:
+        The caller owns the returned sockets; on failure none is left open.
+    """
+    text = os.environ.get(ENV)
+    if text is None:
+        return bind_all(specs, backlog)
+    open_hook()
+    entries, bad = decode(text)
+    for piece in bad:
+        log(1, f"{ENV}: ignoring malformed entry {piece!r}")
+    del os.environ[ENV]  # a child process of ours must not inherit it
+    adopted, fresh = adopt(specs, entries, log)
+    try:
+        pairs = adopted + bind_all(fresh, backlog)
+    except BaseException:
+        for _, sock in adopted:
+            sock.close()
+        raise
+    order = {id(spec): index for index, spec in enumerate(specs)}
+    return sorted(pairs, key=lambda pair: order[id(pair[0].spec)])
+
+
+def adopt(specs: Sequence[Any], entries: Sequence[BoundSocket],
+          log: Log) -> tuple[list[Pair], list[Any]]:
+    """Adopt the inherited fds of every spec whose addresses all match an entry.
+
+    Returns:
+        The adopted pairs and the specs left to bind. Every entry not adopted is closed.
+    """
+    waiting: dict[str, list[BoundSocket]] = {}
+    for entry in entries:
+        waiting.setdefault(entry.key, []).append(entry)
+    adopted: list[Pair] = []
+    fresh = []
+    for spec in specs:
+        addresses = resolve(spec)
+        keys = [key_for(address) for address in addresses]
+        if not all(waiting.get(key) for key in keys) or len(set(keys)) < len(keys):
+            log(2, f"Added new port configuration: {spec}")
+            fresh.append(spec)
+            continue
+        found = [(addr, waiting[key].pop(0)) for addr, key in zip(addresses, keys, strict=True)]
+        pairs = _adopt_spec(found, log)
+        if pairs is None:
+            fresh.append(spec)
+        adopted += pairs or []
+    for entry in (entry for left in waiting.values() for entry in left):
+        log(2, f"Closing un-mapped port {entry}")
+        _close_socket_fd(entry.fd)
+    return adopted, fresh
+
+
+def _adopt_spec(found: list[tuple[BindAddress, BoundSocket]], log: Log) -> list[Pair] | None:
+    """Adopt every fd of one spec, or none: then all its fds are closed (it is bound fresh)."""
+    pairs: list[Pair] = []
+    for index, (address, entry) in enumerate(found):
+        try:
+            pairs.append(adopt_fd(entry, address))
+        except OSError as exc:
+            log(1, f"{ENV}: cannot adopt {entry}, binding {address.spec} again: {exc}")
+            for _, sock in pairs:
+                sock.close()
+            for _, untried in found[index + 1:]:
+                _close_socket_fd(untried.fd)
+            return None
+    for address, sock in pairs:
+        log(3, f"Adopted inherited socket {sock.fileno()} for {address.spec}")
+    return pairs
+
+
+def adopt_fd(entry: BoundSocket, address: BindAddress) -> Pair:
+    """Wrap an inherited fd as the listening socket of ``address``, after checking it is one.
+
+    Returns:
+        The address with the socket's real port, and the socket (FD_CLOEXEC set again).
+
+    Raises:
+        OSError: the fd is closed, not a listening stream socket, or bound elsewhere. A socket
+            that does not fit is closed.
+    """
+    sock = socket.socket(fileno=entry.fd)  # EBADF/ENOTSOCK: raised, nothing taken over
+    try:
+        bound = sock.getsockname()
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        wanted = address.sockaddr if isinstance(address.sockaddr, str) else int(entry.port)
+        got = bound if isinstance(bound, str) else bound[1]
+        if sock.family != address.family or sock.type != socket.SOCK_STREAM or not listening:
+            raise OSError(f"fd {entry.fd} is not a listening stream socket of the right family")
+        if got != wanted:
+            raise OSError(f"fd {entry.fd} is bound to {bound!r}, not {wanted!r}")
+        os.set_inheritable(entry.fd, False)
+    except BaseException:
+        sock.close()
+        raise
+    if not isinstance(bound, str):
+        sockaddr = address.sockaddr
+        address = replace(address, sockaddr=(sockaddr[0], bound[1], *sockaddr[2:]))
+    return address, sock
+
+
+def _close_socket_fd(fd: int) -> None:
+    """Close an inherited fd, but only if it is a socket (never someone else's file)."""
+    try:
+        socket.socket(fileno=fd).close()
+    except OSError:
+        pass  # closed already, or not a socket: leave it alone

@@ -1,0 +1,172 @@
+"""Certificates and private keys: ``SSL_cert_file``/``SSL_key_file``, ``SSL_cert``/``SSL_key``,
+``SSL_passwd_cb``.
+
+Rules of this module:
+
+* A credential is one certificate chain and its key, taken from one mapping of the four keys
+  (the SNI split in :mod:`.sni` hands over one mapping per certificate). Files are PEM: the leaf
+  first, then its chain; without ``SSL_key_file`` the key is looked for in ``SSL_cert_file``
+  (IO::Socket::SSL: "if omitted the PEM cert file is tried").
+* Keys are loaded with cryptography (``load_pem_private_key(password=...)``) and handed to
+  ``Context.use_privatekey`` as cryptography objects: ``set_passwd_cb`` is deprecated since
+  pyOpenSSL 26.3, and passing a ``PKey`` wrapper is deprecated too. ``SSL_passwd_cb`` is called
+  with no arguments and returns the passphrase as ``str`` or ``bytes``; a needless passphrase is
+  ignored, as IO::Socket::SSL does.
+* A key that does not match its certificate is a ConfigError naming both sources. A certificate
+  that has expired or is not valid yet is only a warning (naming it and the date): the server
+  still starts, as IO::Socket::SSL's does, and clients decide.
+* Only PEM is read (no DER or PKCS#12 files).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from OpenSSL import SSL
+
+from ..errors import ConfigError
+from .util import Build, as_bytes, read_file, reason, require_callable
+
+__all__ = ["CREDENTIAL_KEYS", "use_credential"]
+
+#: The keys that make up one credential (and may be dicts keyed by SNI name, see :mod:`.sni`).
+CREDENTIAL_KEYS = ("SSL_cert_file", "SSL_key_file", "SSL_cert", "SSL_key")
+
+
+def use_credential(ctx: SSL.Context, cred: Mapping[str, Any], b: Build) -> x509.Certificate:
+    """Load one chain and key into ``ctx``; return the leaf certificate.
+
+    Raises:
+        ConfigError: missing/unreadable/garbage file, wrong passphrase, a key that does not
+            match the certificate; the message names ``b.where``, the option and the source.
+    """
+    chain, cert_label = _load_chain(cred, b.where)
+    key, key_label = _load_key(cred, b)
+    _warn_if_not_valid_now(chain[0], cert_label, b)
+    try:
+        ctx.use_certificate(chain[0])
+        for extra in chain[1:]:
+            ctx.add_extra_chain_cert(extra)
+    except SSL.Error as e:
+        raise ConfigError(f"{b.where}: cannot use the certificate {cert_label}: {reason(e)}") from e
+    try:
+        # SSL_CTX_use_PrivateKey already refuses a key that does not match the loaded
+        # certificate ("key values mismatch"); check_privatekey states the contract explicitly.
+        ctx.use_privatekey(key)
+        ctx.check_privatekey()
+    except TypeError as e:  # not a private key object
+        raise ConfigError(f"{b.where}: cannot use the private key {key_label}: {e}") from e
+    except SSL.Error as e:
+        raise ConfigError(
+            f"{b.where}: the private key ({key_label}) does not match the certificate "
+            f"({cert_label}): {reason(e)}"
+        ) from e
+    return chain[0]
+
+
+def _warn_if_not_valid_now(leaf: x509.Certificate, label: str, b: Build) -> None:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    subject = leaf.subject.rfc4514_string() or "(empty subject)"
+    if leaf.not_valid_after_utc < now:
+        b.warn(f"{b.where}: WARNING: the certificate {label} ({subject}) expired on "
+               f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC; clients will refuse it")
+    elif leaf.not_valid_before_utc > now:
+        b.warn(f"{b.where}: WARNING: the certificate {label} ({subject}) is not valid before "
+               f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC; clients will refuse it")
+
+
+# ---------------------------------------------------------------------------------------------
+# The chain
+
+
+def _load_chain(cred: Mapping[str, Any], where: str) -> tuple[list[x509.Certificate], str]:
+    """Return the chain (leaf first) and a label naming where it came from."""
+    value, path = cred.get("SSL_cert"), cred.get("SSL_cert_file")
+    if value is not None and path is not None:
+        raise ConfigError(f"{where}: give SSL_cert_file or SSL_cert, not both")
+    if path is not None:
+        label = f"SSL_cert_file {str(path)!r}"
+        return _parse_chain(read_file(path, "SSL_cert_file", where), label, where), label
+    if value is None:
+        raise ConfigError(f"{where}: a TLS port needs SSL_cert_file (or SSL_cert)")
+    if isinstance(value, x509.Certificate):
+        return [value], "SSL_cert"
+    if isinstance(value, (bytes, str)):
+        return _parse_chain(as_bytes(value), "SSL_cert", where), "SSL_cert"
+    chain = list(value) if isinstance(value, (list, tuple)) else []
+    if not chain or not all(isinstance(c, x509.Certificate) for c in chain):
+        raise ConfigError(
+            f"{where}: SSL_cert must be an x509.Certificate, a non-empty list of them or PEM "
+            f"bytes, not {type(value).__name__}"
+        )
+    return chain, "SSL_cert"
+
+
+def _parse_chain(data: bytes, label: str, where: str) -> list[x509.Certificate]:
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {label} holds no valid PEM certificate ({e})") from e
+
+
+# ---------------------------------------------------------------------------------------------
+# The key
+
+
+def _load_key(cred: Mapping[str, Any], b: Build) -> tuple[Any, str]:
+    """Return the private key (a cryptography object) and a label naming its source."""
+    where = b.where
+    value, path = cred.get("SSL_key"), cred.get("SSL_key_file")
+    if value is not None and path is not None:
+        raise ConfigError(f"{where}: give SSL_key_file or SSL_key, not both")
+    if value is not None and not isinstance(value, (bytes, str)):
+        return value, "SSL_key"  # a key object; use_privatekey checks its type
+    if value is not None:
+        data, label = as_bytes(value), "SSL_key"
+    elif path is not None:
+        data, label = read_file(path, "SSL_key_file", where), f"SSL_key_file {str(path)!r}"
+    elif cred.get("SSL_cert_file") is not None:
+        cert_path = cred["SSL_cert_file"]
+        data = read_file(cert_path, "SSL_cert_file", where)
+        label = f"SSL_cert_file {str(cert_path)!r} (no SSL_key_file given)"
+    else:
+        raise ConfigError(f"{where}: SSL_cert needs SSL_key (or SSL_key_file)")
+    return _parse_key(data, label, b.get("SSL_passwd_cb"), where), label
+
+
+def _parse_key(data: bytes, label: str, passwd_cb: Any, where: str) -> Any:
+    password = None if passwd_cb is None else _passphrase(passwd_cb, where)
+    try:
+        return _load_pem_key(data, password, label, where)
+    except TypeError:
+        # cryptography raises TypeError both for "encrypted, no password" and for "password
+        # given, key not encrypted". IO::Socket::SSL ignores a needless passphrase; so do we.
+        if password is None:
+            raise ConfigError(
+                f"{where}: {label} is an encrypted private key; give SSL_passwd_cb"
+            ) from None
+    return _load_pem_key(data, None, label, where)
+
+
+def _load_pem_key(data: bytes, password: bytes | None, label: str, where: str) -> Any:
+    try:
+        return load_pem_private_key(data, password=password)
+    except (ValueError, UnsupportedAlgorithm) as e:
+        hint = "wrong passphrase from SSL_passwd_cb?" if password is not None else str(e)
+        raise ConfigError(f"{where}: cannot load a PEM private key from {label} ({hint})") from e
+
+
+def _passphrase(passwd_cb: Any, where: str) -> bytes:
+    require_callable(passwd_cb, "SSL_passwd_cb", where)
+    try:
+        secret = passwd_cb()
+    except Exception as e:
+        raise ConfigError(f"{where}: SSL_passwd_cb failed: {e!r}") from e
+    if not isinstance(secret, (bytes, str)):
+        raise ConfigError(f"{where}: SSL_passwd_cb must return str or bytes, not {type(secret)}")
+    return as_bytes(secret)

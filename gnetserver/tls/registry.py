@@ -1,0 +1,134 @@
+"""The TLS contexts of one server: shared between ports, rebuilt together, rotated on time.
+
+Rules of this module:
+
+* **One context per distinct TLS configuration.** :meth:`TLSContexts.handle` builds a context
+  the first time it sees a port's resolved ``SSL_*`` options and hands every later port with
+  equal options the same :class:`ContextHandle`. OpenSSL keeps session caches and ticket keys
+  per context, so sessions resume across all the listeners that share one (see
+  :mod:`.tickets`). Options are compared by value for text and numbers and by identity for
+  objects (callables, certificates, keys).
+* **A handle is what a protocol holds**, never the context itself: ``handle.context`` is the
+  current one. Replacing it affects new connections only; a connection keeps the context it
+  was created with (OpenSSL counts its references) until it closes.
+* **Reload is all or nothing.** :meth:`TLSContexts.reload` builds a new context for every
+  handle first; only if all succeed are they swapped in, otherwise the ConfigError of the
+  first failure propagates and nothing changes.
+* **Rotation** (``SSL_ticket_key_rotation``) is checked lazily when a protocol reads
+  ``handle.context`` for a new connection: no timer, no greenlet. A rotation that fails keeps
+  the current context and logs why.
+* Everything runs in the server's hub thread; nothing here blocks on the network (building a
+  context reads a few local files).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from OpenSSL import SSL
+
+from ..errors import ConfigError
+from .context import build_context
+from .tickets import rotation_seconds
+from .util import Warn, default_warn
+
+__all__ = ["ContextHandle", "TLSContexts"]
+
+
+def _freeze(value: Any, keep: list[Any]) -> Any:
+    """A hashable stand-in for an option value; objects count by identity (kept alive in
+    ``keep`` so that their ids stay unique)."""
+    if value is None or isinstance(value, (str, bytes, int, float, bool)):
+        return value
+    if isinstance(value, Mapping):
+        return ("dict", tuple(sorted((repr(k), _freeze(v, keep)) for k, v in value.items())))
+    if isinstance(value, (list, tuple)):
+        return ("seq", tuple(_freeze(v, keep) for v in value))
+    keep.append(value)
+    return ("id", id(value))
+
+
+class ContextHandle:
+    """The current context of one TLS configuration, shared by the ports that have it.
+
+    Attributes:
+        options: the resolved ``SSL_*`` options it is built from.
+        where: the first port that asked for it (error messages start with it).
+        ports: every port that uses it.
+        built_at: ``time.monotonic()`` of the last (re)build.
+        rotation: ``SSL_ticket_key_rotation`` in seconds (0: never).
+    """
+
+    def __init__(self, options: Mapping[str, Any], where: str, warn: Warn) -> None:
+        self.options = dict(options)
+        self.where = where
+        self.ports = [where]
+        self.rotation = rotation_seconds(self.options.get("SSL_ticket_key_rotation"), where)
+        self._warn = warn
+        self._context = self.build()
+        self.built_at = time.monotonic()
+
+    def build(self) -> SSL.Context:
+        """A new context from the options (files are read again); ConfigError if bad."""
+        return build_context(self.options, self.where, self._warn)
+
+    def swap(self, context: SSL.Context) -> None:
+        """Make ``context`` the one new connections get."""
+        self._context = context
+        self.built_at = time.monotonic()
+
+    @property
+    def context(self) -> SSL.Context:
+        """The context for a new connection (rotated first if its time has come)."""
+        if self.rotation and time.monotonic() - self.built_at >= self.rotation:
+            self._rotate()
+        return self._context
+
+    def _rotate(self) -> None:
+        try:
+            self.swap(self.build())
+        except ConfigError as exc:
+            self.built_at = time.monotonic()  # try again one period later
+            self._warn(f"{self.where}: session-ticket key rotation failed, keeping the current "
+                       f"keys and certificates: {exc}")
+
+
+class TLSContexts:
+    """The TLS contexts of one server (the server creates one at bind).
+
+    Args:
+        warn: receives warnings of every context (server: level 1 log lines).
+    """
+
+    def __init__(self, warn: Warn | None = None) -> None:
+        self._warn = default_warn if warn is None else warn
+        self._handles: dict[Any, ContextHandle] = {}
+        self._keep: list[Any] = []
+
+    def handle(self, options: Mapping[str, Any], where: str) -> ContextHandle:
+        """The handle for a port with these resolved options: shared when equal to an earlier
+        port's, else built now (ConfigError if the options are bad)."""
+        key = _freeze({k: v for k, v in options.items() if k.startswith("SSL_")}, self._keep)
+        found = self._handles.get(key)
+        if found is not None:
+            found.ports.append(where)
+            return found
+        created = self._handles[key] = ContextHandle(options, where, self._warn)
+        return created
+
+    @property
+    def handles(self) -> list[ContextHandle]:
+        """Every distinct context handle, in creation order."""
+        return list(self._handles.values())
+
+    def reload(self) -> None:
+        """Rebuild every context from its options and files; all or nothing.
+
+        Raises:
+            ConfigError: a context could not be built; every current context stays.
+        """
+        fresh = [(handle, handle.build()) for handle in self._handles.values()]
+        for handle, context in fresh:
+            handle.swap(context)

@@ -1,0 +1,268 @@
+"""The server and the real clients the conformance suite runs over every stream proto.
+
+:class:`ConformanceServer` answers one command per connection (its first line), each exercising
+one part of the stream contract; :class:`Endpoint` starts it on one proto and connects real
+blocking clients to it: plain sockets for tcp/unix, stdlib ``ssl`` for ssl/ssleay, and
+pyOpenSSL where a client must send close_notify and keep reading (the stdlib cannot).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import ssl
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import trustme
+from OpenSSL import SSL
+
+from gnetserver import GServer
+from gnetserver.client import Client
+
+PROTOS = ("tcp", "unix", "ssl", "ssleay")
+TLS_PROTOS = ("ssl", "ssleay")
+MIB = 1 << 20
+WAIT = 5.0  # bound of every blocking client step; tests normally take milliseconds
+
+
+class ConformanceServer(GServer):
+    """Reads one command line, then serves it (see the ``do_*`` methods)."""
+
+    def process_request(self, client: Client) -> None:
+        """Dispatch on the first word of the first line (``ECHO``, ``BULK n``...)."""
+        words = client.readline().decode().split()
+        if words:
+            getattr(self, f"do_{words[0].lower()}")(client, *words[1:])
+
+    def do_echo(self, client: Client) -> None:
+        """Answer each line with ``echo: <line>`` until ``quit``."""
+        for line in client:
+            client.sendall(b"echo: " + line)
+            if line.strip() == b"quit":
+                break
+
+    def do_bulk(self, client: Client, size: str) -> None:
+        """Read exactly ``size`` bytes with recv_into, answer their sha256, send them back."""
+        data = bytearray(int(size))
+        view, got = memoryview(data), 0
+        while got < len(data):
+            count = client.recv_into(view[got:])
+            if not count:
+                raise ConnectionError(f"EOF after {got} of {len(data)} bytes")
+            got += count
+        client.sendall(hashlib.sha256(data).hexdigest().encode() + b"\n")
+        client.sendall(data)
+
+    def do_eof(self, client: Client) -> None:
+        """Read until the peer's EOF (half-close or close_notify), answer the count and hash."""
+        digest, count = hashlib.sha256(), 0
+        while chunk := client.recv(65536):
+            digest.update(chunk)
+            count += len(chunk)
+        client.sendall(f"{count} {digest.hexdigest()}\n".encode())
+
+    def do_file(self, client: Client) -> None:
+        """Binary then text files from makefile(): one line read and answered through each."""
+        binary = client.makefile("rwb")
+        binary.write(b"file: " + binary.readline())
+        binary.flush()
+        reader = client.makefile("r", encoding="utf-8")
+        writer = client.makefile("w", encoding="utf-8")
+        writer.write(reader.readline().upper())
+        writer.flush()
+
+    def do_facts(self, client: Client) -> None:
+        """Answer the client's facts as one JSON line."""
+        facts: dict[str, Any] = {name: getattr(client, name) for name in (
+            "proto", "peeraddr", "peerport", "sockaddr", "sockport")}
+        tls = client.tls
+        if tls is not None:
+            cert = tls.peer_certificate
+            facts.update(version=tls.version, cipher=tls.cipher, server_name=tls.server_name,
+                         alpn_protocol=tls.alpn_protocol, session_reused=tls.session_reused,
+                         peer_subject=cert.subject.rfc4514_string() if cert else None)
+        client.sendall(json.dumps(facts).encode() + b"\n")
+
+    def do_spew(self, client: Client, size: str) -> None:
+        """Send ``size`` bytes and return without reading what the peer sent meanwhile."""
+        client.sendall(pattern(int(size)))
+
+
+def pattern(size: int) -> bytes:
+    """``size`` recognisable bytes (a counter), so truncation or reordering shows."""
+    block = b"".join(struct.pack(">I", i) for i in range(16384))
+    return (block * (size // len(block) + 1))[:size]
+
+
+def read_until_eof(sock: Any, limit: int = 4 * MIB) -> bytes:
+    """Everything the peer sends until it closes (close_notify or TCP EOF)."""
+    chunks, size = [], 0
+    while size < limit:
+        try:
+            chunk = sock.recv(65536)
+        except ssl.SSLZeroReturnError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def read_line(sock: Any) -> bytes:
+    """One line, read byte by byte (so nothing after it is consumed)."""
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        byte = sock.recv(1)
+        if not byte:
+            break
+        line += byte
+    return bytes(line)
+
+
+def read_exactly(sock: Any, size: int) -> bytes:
+    """Exactly ``size`` bytes, or fewer if the peer closes first."""
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(min(65536, size - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+class Endpoint:
+    """A started server on one proto, and how to reach it.
+
+    Args:
+        server: the started server.
+        proto: its proto (tcp, unix, ssl or ssleay).
+        ca: the CA that issued the server certificate (TLS protos).
+        ca_file: that CA's certificate as a PEM file.
+    """
+
+    def __init__(self, server: GServer, proto: str, ca: trustme.CA, ca_file: str) -> None:
+        self.server, self.proto, self.ca, self.ca_file = server, proto, ca, ca_file
+
+    @property
+    def tls(self) -> bool:
+        return self.proto in TLS_PROTOS
+
+    def raw(self, timeout: float = WAIT) -> socket.socket:
+        """A connected plain socket (TCP or UNIX) to the server's first listener."""
+        bound = self.server.listeners[0].bound
+        if self.proto == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(bound)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        return socket.create_connection(bound[:2], timeout=timeout)
+
+    def client_context(self, **settings: Any) -> ssl.SSLContext:
+        """A stdlib client context trusting the CA; ``settings`` are set as attributes
+        (``maximum_version=...``), ``alpn=[...]`` and ``cert=LeafCert`` are applied too."""
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        alpn, cert = settings.pop("alpn", None), settings.pop("cert", None)
+        if alpn:
+            context.set_alpn_protocols(alpn)
+        if cert is not None:
+            cert.configure_cert(context)
+        for name, value in settings.items():
+            setattr(context, name, value)
+        return context
+
+    def connect(self, context: ssl.SSLContext | None = None, server_hostname: str = "localhost",
+                session: ssl.SSLSession | None = None, timeout: float = WAIT) -> Any:
+        """A connected client: a plain socket, or a stdlib TLS socket after its handshake."""
+        sock = self.raw(timeout)
+        if not self.tls:
+            return sock
+        try:
+            return (context or self.client_context()).wrap_socket(
+                sock, server_hostname=server_hostname, session=session)
+        except BaseException:
+            sock.close()
+            raise
+
+    def half_close_exchange(self, request: bytes, payload: bytes) -> bytes:
+        """Send ``request`` + ``payload``, half-close (TCP FIN, or a TLS close_notify with the
+        connection kept open for reading), then return everything the server answers."""
+        sock = self.raw()
+        if not self.tls:
+            with sock:
+                sock.sendall(request + payload)
+                sock.shutdown(socket.SHUT_WR)
+                return read_until_eof(sock)
+        return _openssl_half_close(sock, self.ca_file, request + payload)
+
+
+def _openssl_half_close(sock: socket.socket, ca_file: str, data: bytes) -> bytes:
+    """The TLS half-close with pyOpenSSL on a blocking socket (SO_RCVTIMEO bounds reads)."""
+    sock.settimeout(None)
+    limit = struct.pack("ll", int(WAIT), 0)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    context.set_verify(SSL.VERIFY_PEER)
+    context.load_verify_locations(ca_file)
+    conn = SSL.Connection(context, sock)
+    conn.set_tlsext_host_name(b"localhost")
+    conn.set_connect_state()
+    chunks = []
+    try:
+        conn.do_handshake()
+        conn.sendall(data)
+        conn.shutdown()  # sends close_notify; reading stays allowed
+        while True:
+            try:
+                chunks.append(conn.recv(65536))
+            except SSL.ZeroReturnError:
+                break
+    finally:
+        sock.close()
+    return b"".join(chunks)
+
+
+def issue_files(ca: trustme.CA, folder: str, name: str, *hosts: str) -> dict[str, str]:
+    """Write a leaf certificate (with chain) and key for ``hosts``; return their paths."""
+    leaf = ca.issue_cert(*hosts)
+    cert, key = os.path.join(folder, f"{name}.pem"), os.path.join(folder, f"{name}.key")
+    with open(cert, "wb") as f:
+        f.write(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(key)
+    return {"cert": cert, "key": key}
+
+
+StartServer = Callable[..., Endpoint]
+
+
+def make_starter(proto: str, serve: Callable[..., GServer], ca: trustme.CA,
+                 certs: dict[str, str], folder: str) -> StartServer:
+    """A function starting ``ConformanceServer`` (or a given class) on ``proto`` with the
+    test certificate and returning its :class:`Endpoint`; unix sockets go in ``folder``."""
+    ca_file = os.path.join(folder, "ca.pem")
+    ca.cert_pem.write_to_path(ca_file)
+    count = 0
+
+    def start(server_class: type[GServer] = ConformanceServer, **options: Any) -> Endpoint:
+        nonlocal count
+        count += 1
+        if proto == "unix":
+            options.setdefault("port", f"{folder}/s{count}.sock|unix")
+        else:
+            options.setdefault("port", f"127.0.0.1:0/{proto}")
+        if proto in TLS_PROTOS and "SSL_cert" not in options:
+            options = {**certs, **options}
+        options.setdefault("log_level", 3)
+        return Endpoint(serve(server_class, **options), proto, ca, ca_file)
+
+    return start

@@ -1,0 +1,314 @@
+"""The ``gnetserver`` command and ``python -m gnetserver`` (issue 2, point 2), as subprocesses.
+
+The demo's fixed ports (8443/8080) may be taken on a shared machine, so the demo's defaults are
+checked through ``--help`` and ``DemoServer.default_values()``, and serving is checked with
+``--port 127.0.0.1:0/...``; the bound ports are read from the "Server ready:" log line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gnetserver.__main__ import DEMO_PORTS, DemoServer
+
+pytestmark = pytest.mark.timeout(30)
+
+PYTHON_M = [sys.executable, "-m", "gnetserver"]
+SCRIPT = shutil.which("gnetserver")
+needs_script = pytest.mark.skipif(SCRIPT is None, reason="gnetserver script not installed "
+                                                         "(pip install -e .)")
+READY = re.compile(r"Server ready: (.*)$")
+FINGERPRINT = re.compile(r"SHA-256 fingerprint ([0-9A-F:]{95})")
+
+
+class ServerProcess:
+    """A gnetserver subprocess whose stderr lines are collected by a reader thread."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env)
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float = 10.0) -> re.Match[str]:
+        """The first stderr line matching ``pattern``; fails if the process exits first."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    if match := pattern.search(line):
+                        return match
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._reader.is_alive():
+                    pytest.fail(f"no line matching {pattern.pattern!r}; stderr: {self.lines}")
+                self._changed.wait(left)
+
+    def ports(self) -> list[tuple[str, int, str]]:
+        """(host, port, proto) of every listener, from the "Server ready:" line."""
+        listed = self.wait_for(READY).group(1).split(", ")
+        found = []
+        for item in listed:
+            host_port, proto = item.rsplit("/", 1)
+            host, port = host_port.rsplit(":", 1)
+            found.append((host.strip("[]"), int(port), proto))
+        return found
+
+    def stop(self) -> None:
+        """Kill the process (no signal handling is assumed) and reap it, bounded."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self._reader.join(5)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+@pytest.fixture
+def start() -> Iterator[Any]:
+    """Start gnetserver subprocesses; every one is killed at teardown."""
+    procs: list[ServerProcess] = []
+
+    def run(argv: list[str], env: dict[str, str] | None = None) -> ServerProcess:
+        proc = ServerProcess(argv, env)
+        procs.append(proc)
+        return proc
+
+    yield run
+    for proc in procs:
+        proc.stop()
+
+
+def run_to_end(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a command that must exit by itself (help, errors), bounded."""
+    return subprocess.run(argv, capture_output=True, text=True, timeout=20, env=env,
+                          stdin=subprocess.DEVNULL)
+
+
+def no_verify_context() -> ssl.SSLContext:
+    """A client context for the self-signed demo certificate (checked by fingerprint instead)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def echo_session(sock: Any, server_name: str = "DemoServer") -> None:
+    """Net::Server's echo: welcome line, ``You said "..."``, ``quit`` closes."""
+    reader = sock.makefile("rb")
+    welcome = reader.readline()
+    assert welcome.startswith(f'Welcome to "{server_name}" ('.encode()), welcome
+    sock.sendall(b"hello world\r\n")
+    assert reader.readline().endswith(b': You said "hello world"\r\n')
+    sock.sendall(b"quit\r\n")
+    assert reader.readline().endswith(b': You said "quit"\r\n')
+    assert reader.read() == b""  # the server closed the connection after quit
+    reader.close()
+
+
+# -- the demo ------------------------------------------------------------------------------------
+
+
+def test_demo_defaults() -> None:
+    """With no arguments the demo serves TLS on 127.0.0.1:8443 (self-signed) and TCP on :8080."""
+    assert DEMO_PORTS == ["127.0.0.1:8443/ssl", "127.0.0.1:8080/tcp"]
+    assert DemoServer().default_values() == {"port": DEMO_PORTS, "self_signed": True}
+    result = run_to_end([*PYTHON_M, "--help"])
+    assert result.returncode == 0, result.stderr
+    assert "127.0.0.1:8443" in result.stdout and "127.0.0.1:8080" in result.stdout
+    for name in ("--port", "--proto", "--log_level", "--max_servers", "--SSL_cert_file",
+                 "--SSL_key_file", "--server", "--monkey-patch"):
+        assert name in result.stdout
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_demo_without_arguments_when_its_ports_are_free(start: Any) -> None:
+    """The real no-argument demo, when 8443 and 8080 are free on this machine right now."""
+    if not (_free(8443) and _free(8080)):
+        pytest.skip("127.0.0.1:8443 or :8080 is in use")
+    server = start(PYTHON_M)
+    try:
+        ports = server.ports()
+    except pytest.fail.Exception:
+        if any("in use" in line for line in server.lines):
+            pytest.skip("8443/8080 was taken meanwhile")
+        raise
+    assert ports == [("127.0.0.1", 8443, "ssl"), ("127.0.0.1", 8080, "tcp")]
+    raw = socket.create_connection(("127.0.0.1", 8443), timeout=5)
+    with no_verify_context().wrap_socket(raw) as tls:
+        echo_session(tls)
+    with socket.create_connection(("127.0.0.1", 8080), timeout=5) as plain:
+        echo_session(plain)
+
+
+def test_conf_file_and_command_line(start: Any, tmp_path: Path) -> None:
+    """Ports from a conf file; the command line's log_level wins over the conf file's."""
+    conf = tmp_path / "demo.conf"
+    conf.write_text("port 127.0.0.1:0/tcp\nlog_level 1\n")
+    server = start([*PYTHON_M, "--conf_file", str(conf), "--log_level=3"])
+    [(host, port, proto)] = server.ports()  # "Server ready" is a level-2 line
+    assert proto == "tcp"
+    with socket.create_connection((host, port), timeout=5) as plain:
+        echo_session(plain)
+    server.wait_for(re.compile(r'CONNECT TCP Peer: "\[127\.0\.0\.1\]:\d+" Local: '))
+
+
+@pytest.mark.parametrize("command", [
+    pytest.param(PYTHON_M, id="python-m"),
+    pytest.param([SCRIPT or "gnetserver"], id="script", marks=needs_script),
+])
+def test_demo_serves_echo_over_tls_and_tcp(command: list[str], start: Any) -> None:
+    """The demo with its ports moved to kernel-chosen ones: same echo on both, and the
+    logged fingerprint is the certificate's the TLS client receives."""
+    server = start([*command, "--port=127.0.0.1:0/ssl", "--port", "127.0.0.1:0/tcp"])
+    (tls_host, tls_port, tls_proto), (tcp_host, tcp_port, tcp_proto) = server.ports()
+    assert (tls_host, tls_proto, tcp_host, tcp_proto) == ("127.0.0.1", "ssl", "127.0.0.1", "tcp")
+    logged = server.wait_for(FINGERPRINT).group(1)
+
+    raw = socket.create_connection((tls_host, tls_port), timeout=5)
+    with no_verify_context().wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        assert hashlib.sha256(der).hexdigest() == logged.replace(":", "").lower()
+        echo_session(tls)
+    with socket.create_connection((tcp_host, tcp_port), timeout=5) as plain:
+        echo_session(plain)
+
+
+def test_cert_files_on_command_line(start: Any, certs: dict[str, str],
+                                    client_context: ssl.SSLContext) -> None:
+    """``--port H:P/ssl --SSL_cert_file c.pem --SSL_key_file k.pem`` serves that certificate
+    (verified against the test CA), and no self-signed one is made."""
+    server = start([*PYTHON_M, "--port", "127.0.0.1:0/ssl",
+                    "--SSL_cert_file", certs["SSL_cert_file"],
+                    f"--SSL_key_file={certs['SSL_key_file']}"])
+    [(host, port, proto)] = server.ports()
+    assert proto == "ssl"
+    raw = socket.create_connection((host, port), timeout=5)
+    with client_context.wrap_socket(raw, server_hostname="localhost") as tls:
+        echo_session(tls)
+    assert not any("self-signed" in line for line in server.lines)
+
+
+USER_MODULE = '''
+    """A user's server for ``--server``."""
+
+    from gnetserver import GServer
+    from gnetserver.options import Option, as_str
+
+
+    class Shout(GServer):
+        """Greets with the custom option ``greeting``, answers lines in upper case."""
+
+        def options(self):
+            return super().options() + [Option("greeting", "hi", as_str, "First line.")]
+
+        def process_request(self, client):
+            client.sendall(self.conf["greeting"].encode() + b"\\n")
+            for line in client:
+                client.sendall(line.upper())
+'''
+
+
+@pytest.fixture
+def user_env(tmp_path: Path) -> dict[str, str]:
+    """An environment whose PYTHONPATH holds the package ``userpkg`` with ``Shout``."""
+    package = tmp_path / "userpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "servers.py").write_text(textwrap.dedent(USER_MODULE))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
+    return env
+
+
+@pytest.mark.parametrize("server_words", [
+    pytest.param(["--server", "userpkg.servers:Shout"], id="space"),
+    pytest.param(["--server=userpkg.servers:Shout"], id="equals"),
+])
+def test_server_option_runs_a_user_subclass(server_words: list[str], start: Any,
+                                            user_env: dict[str, str]) -> None:
+    server = start([*PYTHON_M, *server_words, "--port", "127.0.0.1:0/tcp",
+                    "--greeting=ahoy", "--log_level", "3"], env=user_env)
+    [(host, port, _)] = server.ports()
+    with socket.create_connection((host, port), timeout=5) as sock:
+        reader = sock.makefile("rb")
+        assert reader.readline() == b"ahoy\n"
+        sock.sendall(b"quiet please\n")
+        assert reader.readline() == b"QUIET PLEASE\n"
+        reader.close()
+    server.wait_for(re.compile(r"Shout starting!"))
+    server.wait_for(re.compile(r"CONNECT TCP Peer"))  # --log_level 3 took effect
+
+
+def test_help_of_a_user_subclass_lists_its_options(user_env: dict[str, str]) -> None:
+    result = run_to_end([*PYTHON_M, "--server", "userpkg.servers:Shout", "--help"], env=user_env)
+    assert result.returncode == 0, result.stderr
+    assert "--greeting" in result.stdout and "--port" in result.stdout
+
+
+# -- bad command lines ---------------------------------------------------------------------------
+
+ERROR_ROWS = [
+    ("unknown-space", ["--bogus", "17"], ["bogus", "17"]),
+    ("unknown-equals", ["--bogus=17"], ["bogus", "17"]),
+    ("unknown-ssl", ["--SSL_bogus=1"], ["SSL_bogus", "SSL_cert_file"]),
+    ("bad-level", ["--log_level=9"], ["log_level", "9"]),
+    ("bad-level-space", ["--log_level", "nine"], ["log_level", "nine"]),
+    ("bad-seconds", ["--timeout_handshake", "-1"], ["timeout_handshake", "-1"]),
+    ("bad-port", ["--port", "127.0.0.1:nosuchservice/tcp"],
+     ["127.0.0.1:nosuchservice/tcp", "nosuchservice"]),
+    ("bad-proto", ["--port", "127.0.0.1:0/sctp"], ["sctp"]),
+    ("missing-cert", ["--port", "127.0.0.1:0/ssl", "--SSL_cert_file", "/nonexistent/c.pem"],
+     ["/nonexistent/c.pem", "127.0.0.1:0/ssl"]),
+    ("bad-server", ["--server", "no_such_module_xyz:Thing"], ["no_such_module_xyz"]),
+    ("server-not-a-class-path", ["--server", "gnetserver"], ["gnetserver", "module:Class"]),
+    ("server-not-a-gserver", ["--server", "collections:OrderedDict"], ["GServer"]),
+]
+
+
+@pytest.mark.parametrize("words, expected", [r[1:] for r in ERROR_ROWS],
+                         ids=[r[0] for r in ERROR_ROWS])
+def test_bad_command_line_exits_with_a_message(words: list[str], expected: list[str]) -> None:
+    result = run_to_end([*PYTHON_M, *words])
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("gnetserver: ")
+    for word in expected:
+        assert word in last
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,271 @@
+"""The examples, run as real programs: each starts as a subprocess on a kernel-chosen port
+(learnt from its "Server ready: ..." log line on stderr) and is spoken to by real stdlib
+TCP/TLS clients. The locustfile is only import-checked, and only when locust is installed."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(30)
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+START_TIMEOUT = 15.0  # seconds for an example to print "Server ready" (imports, key generation)
+READY = re.compile(r"Server ready: (.*)$")
+ADDRESS = re.compile(r"\[?([^\s\[\],]+?)\]?:(\d+)/(\w+)")
+FINGERPRINT = re.compile(r"SHA-256 fingerprint ([0-9A-F:]{95})")
+
+
+def example_env() -> dict[str, str]:
+    """The environment of an example: this checkout's gnetserver first on the path."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, PYTHONPATH=path)
+
+
+class Example:
+    """One example running as a subprocess; a thread collects its stderr lines."""
+
+    def __init__(self, script: str, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(EXAMPLES / script), *args], env=example_env(), cwd=REPO,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.lines.append(line)
+            if READY.search(line):
+                self._ready.set()
+        self._ready.set()  # EOF: the program ended (wait_ready reports it)
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_ready(self) -> dict[str, tuple[str, int]]:
+        """Block until "Server ready"; return {proto: (host, port)} of its listeners."""
+        if not self._ready.wait(START_TIMEOUT):
+            raise AssertionError(f"no 'Server ready' line in {START_TIMEOUT} s:\n{self.log}")
+        ready = next((m for line in self.lines if (m := READY.search(line))), None)
+        if ready is None:
+            raise AssertionError(f"the example ended before it was ready:\n{self.log}")
+        return {proto: (host, int(port)) for host, port, proto in ADDRESS.findall(ready[1])}
+
+    def fingerprint(self) -> str:
+        """The SHA-256 fingerprint the example logged for its generated certificate."""
+        match = FINGERPRINT.search(self.log)
+        assert match, f"no fingerprint logged:\n{self.log}"
+        return match[1]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._reader.join(5)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def run_example() -> Iterator[Callable[..., Example]]:
+    """Start examples; every one is stopped at teardown."""
+    started: list[Example] = []
+
+    def start(script: str, *args: str) -> Example:
+        started.append(Example(script, *args))
+        return started[-1]
+
+    yield start
+    for example in started:
+        example.stop()
+
+
+def unverified_context() -> ssl.SSLContext:
+    """A client context for self-signed servers (the test checks the fingerprint instead)."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    return context
+
+
+def tls_client(where: tuple[str, int], context: ssl.SSLContext) -> ssl.SSLSocket:
+    raw = socket.create_connection(where, timeout=10)
+    try:
+        return context.wrap_socket(raw, server_hostname="localhost")
+    except BaseException:
+        raw.close()
+        raise
+
+
+def fingerprint_of(sock: ssl.SSLSocket) -> str:
+    der = sock.getpeercert(binary_form=True)
+    assert der is not None
+    return hashlib.sha256(der).hexdigest().upper()
+
+
+def exchange(sock: socket.socket, lines: list[bytes]) -> list[bytes]:
+    """Send each line and read one line back per line sent."""
+    answers = []
+    with sock.makefile("rb") as reader:
+        for line in lines:
+            sock.sendall(line)
+            answers.append(reader.readline())
+    return answers
+
+
+# -- echo_server.py -----------------------------------------------------------------------------
+
+LINES = [b"hello\n", b"second line\r\n", b"x" * 200_000 + b"\n"]  # the long one: partial writes
+
+
+def test_echo_server_self_signed(run_example: Callable[..., Example]) -> None:
+    """With no certificate, the echo server makes one, logs its fingerprint and echoes lines."""
+    echo = run_example("echo_server.py", "--port", "127.0.0.1:0/ssl")
+    ports = echo.wait_ready()
+    with tls_client(ports["ssl"], unverified_context()) as sock:
+        assert fingerprint_of(sock) == echo.fingerprint().replace(":", "")
+        assert exchange(sock, LINES) == LINES
+
+
+def test_echo_server_with_certificate_files(
+    run_example: Callable[..., Example], certs: dict[str, str], client_context: ssl.SSLContext
+) -> None:
+    """The documented command line: the given certificate is served and verifies."""
+    echo = run_example("echo_server.py", "--port", "127.0.0.1:0/ssl",
+                       "--SSL_cert_file", certs["SSL_cert_file"],
+                       "--SSL_key_file", certs["SSL_key_file"])
+    ports = echo.wait_ready()
+    with tls_client(ports["ssl"], client_context) as sock:
+        assert exchange(sock, LINES[:2]) == LINES[:2]
+    assert "self-signed" not in echo.log
+
+
+def test_echo_server_bad_certificate_path(tmp_path: Path) -> None:
+    """A missing certificate stops the start with a message naming the option and the file."""
+    missing = str(tmp_path / "missing.pem")
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "echo_server.py"), "--port", "127.0.0.1:0/ssl",
+         "--SSL_cert_file", missing], env=example_env(), capture_output=True, timeout=20,
+    )
+    assert done.returncode != 0
+    assert "SSL_cert_file" in done.stderr.decode() and missing in done.stderr.decode()
+    assert "Traceback" not in done.stderr.decode()
+
+
+# -- two_port_server.py -------------------------------------------------------------------------
+
+
+def test_two_port_server_generated_certificate(run_example: Callable[..., Example]) -> None:
+    """A TLS port with a certificate made at start and a plain TCP port, both answering."""
+    server = run_example("two_port_server.py", "--tls-port", "0", "--tcp-port", "0")
+    ports = server.wait_ready()
+    with tls_client(ports["ssl"], unverified_context()) as sock:
+        assert fingerprint_of(sock) == server.fingerprint().replace(":", "")
+        assert exchange(sock, [b"over tls\n"]) == [b"[ssl] over tls\n"]
+    with socket.create_connection(ports["tcp"], timeout=10) as sock:
+        assert exchange(sock, [b"in clear\n", b"again\n"]) == [b"[tcp] in clear\n",
+                                                              b"[tcp] again\n"]
+
+
+def test_two_port_server_given_certificate(
+    run_example: Callable[..., Example], certs: dict[str, str], client_context: ssl.SSLContext
+) -> None:
+    """--cert/--key go into the TLS port's dict; that port presents them, TCP stays plain."""
+    server = run_example("two_port_server.py", "--tls-port", "0", "--tcp-port", "0",
+                         "--cert", certs["SSL_cert_file"], "--key", certs["SSL_key_file"])
+    ports = server.wait_ready()
+    with tls_client(ports["ssl"], client_context) as sock:
+        assert exchange(sock, [b"verified\n"]) == [b"[ssl] verified\n"]
+    with socket.create_connection(ports["tcp"], timeout=10) as sock:
+        assert exchange(sock, [b"plain\n"]) == [b"[tcp] plain\n"]
+    assert "Generated" not in server.log
+
+
+# -- monkey_patched_legacy.py -------------------------------------------------------------------
+
+DELAY = 0.5
+CLIENTS = 40
+
+
+def test_monkey_patched_legacy_serves_clients_concurrently(
+    run_example: Callable[..., Example],
+) -> None:
+    """Blocking time.sleep and socket code in process_request: 40 clients, each delayed 0.5 s,
+    finish together (serially they would need 20 s)."""
+    legacy = run_example("monkey_patched_legacy.py", "--port", "127.0.0.1:0/ssl",
+                         "--legacy_delay", str(DELAY))
+    where = legacy.wait_ready()["ssl"]
+    assert "monkey-patched: socket, ssl, time, threading" in legacy.log
+    answers: dict[int, list[bytes]] = {}
+    context = unverified_context()
+
+    def client(number: int) -> None:
+        with tls_client(where, context) as sock:
+            answers[number] = exchange(sock, [f"client {number}\n".encode()])
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    elapsed = time.monotonic() - started
+    assert answers == {n: [f"CLIENT {n}\n".encode()] for n in range(CLIENTS)}
+    assert elapsed < CLIENTS * DELAY / 4, f"{CLIENTS} clients took {elapsed:.2f} s"
+
+
+def test_monkey_patched_legacy_clients_mode(run_example: Callable[..., Example]) -> None:
+    """The example's own client mode: blocking client code, concurrent under the patch."""
+    legacy = run_example("monkey_patched_legacy.py", "--port", "127.0.0.1:0/ssl",
+                         "--legacy_delay", "0.2")
+    host, port = legacy.wait_ready()["ssl"]
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "monkey_patched_legacy.py"), "clients", "20",
+         f"{host}:{port}"], env=example_env(), capture_output=True, timeout=20,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().startswith("20 answers from 20 clients in ")
+
+
+# -- locustfile.py ------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(importlib.util.find_spec("locust") is None,
+                    reason="locust is not installed (pip install locust)")
+def test_locustfile_imports() -> None:
+    """Import the locustfile in a subprocess (locust monkey-patches on import) and check it
+    defines a locust User and parses --host forms."""
+    path = str(EXAMPLES / "locustfile.py")
+    check = (
+        "import importlib.util, locust\n"
+        f"spec = importlib.util.spec_from_file_location('lf', {path!r})\n"
+        "lf = importlib.util.module_from_spec(spec); spec.loader.exec_module(lf)\n"
+        "assert issubclass(lf.TLSEchoUser, locust.User)\n"
+        "assert lf.parse_host('127.0.0.1:8443') == ('127.0.0.1', 8443)\n"
+        "assert lf.parse_host('tls://[::1]:9443') == ('::1', 9443)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", check], env=example_env(),
+                          capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stderr.decode()

@@ -1,0 +1,197 @@
+"""Measured, nothing lost (issue 4, point 7): HUP and QUIT under load, on a TLS port.
+
+The server runs as a real subprocess (``python -m gnetserver --server ...``, see
+test_signals.py) with a pid file. Twenty client threads (stdlib ssl, verified against the test
+CA) each do request/response round-trips in a loop, one TLS connection per request, and every
+request is recorded with the last stage it reached and what came back. Then:
+
+(a) a HUP in the middle: every request gets its full response, none is refused, and the pid
+    stays the same (responses come from both process images: their tokens differ);
+(b) a QUIT in the middle, with requests held 0.3 s in the server: every request whose TLS
+    handshake completed gets its full response; only connections made after the QUIT fail;
+(c) afterwards: after the HUP the pid file still holds the same pid and the port answers;
+    after TERM or QUIT the process is gone, the port refuses and the pid file is removed.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_signals import read_all, refused, server_processes
+
+pytestmark = pytest.mark.timeout(40)
+
+CLIENTS = 20
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, certs: dict[str, str]) -> Iterator[Any]:
+    with server_processes(tmp_path, certs) as start:
+        yield start
+
+
+@dataclass
+class Record:
+    """One request: how far it got (connect, handshake, sent), what came back, when."""
+
+    payload: str
+    stage: str
+    response: str | None
+    error: BaseException | None
+    started: float
+    ended: float
+
+
+class Load:
+    """``CLIENTS`` threads doing one-request connections in a loop until :meth:`finish`.
+
+    With ``stop_on_error`` a client stops at its first failed request (used once the server
+    is told to quit, so the load ends when the port closes).
+    """
+
+    def __init__(self, where: tuple[str, int, str], context: ssl.SSLContext,
+                 delay: float, stop_on_error: bool = False) -> None:
+        self.address, self.context, self.delay = where[:2], context, delay
+        self.stop_on_error = stop_on_error
+        self.records: list[Record] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True)
+                         for i in range(CLIENTS)]
+
+    def start(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def finish(self, timeout: float = 20.0) -> list[Record]:
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        assert not any(t.is_alive() for t in self._threads), "clients did not stop in time"
+        return self.records
+
+    def count(self, test: Callable[[Record], bool] = lambda r: r.response is not None) -> int:
+        with self._lock:
+            return sum(1 for r in self.records if test(r))
+
+    def _client(self, index: int) -> None:
+        number = 0
+        while not self._stop.is_set():
+            number += 1
+            record = self._request(f"c{index}-r{number}")
+            with self._lock:
+                self.records.append(record)
+            if record.error is not None and self.stop_on_error:
+                return
+
+    def _request(self, payload: str) -> Record:
+        stage, started = "connect", time.monotonic()
+        try:
+            raw = socket.create_connection(self.address, timeout=15)
+            try:
+                stage = "handshake"
+                tls = self.context.wrap_socket(raw, server_hostname="localhost")
+            except BaseException:
+                raw.close()
+                raise
+            with tls:
+                stage = "sent"
+                tls.sendall(f"{self.delay} {payload}\n".encode())
+                response = read_all(tls)
+            return Record(payload, stage, response, None, started, time.monotonic())
+        except (OSError, ssl.SSLError) as exc:
+            return Record(payload, stage, None, exc, started, time.monotonic())
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)  # polling a counter: the condition itself is the synchronisation
+
+
+def full_response(record: Record, pid: int) -> str | None:
+    """The token of a complete, correct response, else None."""
+    match = re.fullmatch(rf"{pid} (\w+) {re.escape(record.payload)}\n", record.response or "")
+    return match.group(1) if match else None
+
+
+def summary(records: list[Record]) -> str:
+    bad = [r for r in records if r.error is not None or r.response is None][:5]
+    return f"{len(records)} requests; first failures: " + "; ".join(
+        f"{r.payload} at {r.stage}: {r.error!r} {r.response!r}" for r in bad)
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def test_hup_under_load_loses_and_refuses_nothing(
+        start_server: Any, client_context: ssl.SSLContext, tmp_path: Path) -> None:
+    pid_file = tmp_path / "server.pid"
+    server = start_server("--port", "127.0.0.1:0/ssl", "--graceful_timeout", "10",
+                          "--pid_file", str(pid_file))
+    where, first = server.ports()[0], server.token()
+    assert read_pid(pid_file) == server.pid
+    load = Load(where, client_context, delay=0.02).start()
+    try:
+        wait_until(lambda: load.count() >= 60, 20, "60 requests before the HUP")
+        server.send(signal.SIGHUP)
+        assert server.ports(2)[0] == where  # same port, same socket
+        second = server.token(2)
+        wait_until(lambda: load.count(lambda r: second in (r.response or "")) >= 60, 20,
+                   "60 requests answered by the re-executed server")
+    finally:
+        records = load.finish()
+    tokens = [full_response(r, server.pid) for r in records]
+    assert all(tokens), summary(records)  # every request: a full response from our pid
+    assert not [r for r in records if isinstance(r.error, ConnectionRefusedError)]
+    assert set(tokens) == {first, second}, "responses from both images, one pid"
+    # (c) after the HUP: same process, pid file kept with the same pid, port listening.
+    assert server.proc.poll() is None and server.count("Re-exec server during HUP") == 1
+    assert read_pid(pid_file) == server.pid
+    assert full_response(Load(where, client_context, 0)._request("after"), server.pid)
+    # (c) after TERM: the port is closed and the pid file removed.
+    server.send(signal.SIGTERM)
+    assert server.wait_exit() == 0
+    assert refused(where) and not pid_file.exists()
+
+
+def test_quit_under_load_finishes_every_started_request(
+        start_server: Any, client_context: ssl.SSLContext, tmp_path: Path) -> None:
+    pid_file = tmp_path / "server.pid"
+    server = start_server("--port", "127.0.0.1:0/ssl", "--graceful_timeout", "10",
+                          "--pid_file", str(pid_file))
+    where, token = server.ports()[0], server.token()
+    load = Load(where, client_context, delay=0.3, stop_on_error=True).start()
+    try:
+        wait_until(lambda: load.count() >= 40, 20, "40 requests before the QUIT")
+        quit_at = time.monotonic()
+        server.send(signal.SIGQUIT)
+        assert server.wait_exit(15) == 0
+    finally:
+        records = load.finish()
+    started = [r for r in records if r.stage == "sent"]  # the TLS handshake completed
+    assert all(full_response(r, server.pid) == token for r in started), summary(started)
+    failed = [r for r in records if r.stage != "sent"]
+    assert all(r.ended > quit_at for r in failed), summary(failed)  # only after the QUIT
+    in_flight = [r for r in started if r.started < quit_at < r.ended]
+    assert len(in_flight) >= CLIENTS // 2, f"{len(in_flight)} requests were in flight"
+    # (c) after QUIT: the port is closed and the pid file removed.
+    assert refused(where) and not pid_file.exists()

@@ -1,0 +1,147 @@
+"""Logging (issue 2, point 12): Net::Server's log_level 0-4 over stdlib logging, default 2, one
+CONNECT line per connection at level 3 with the peer and local addresses."""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import address, tls_connect
+
+from gnetserver import GServer
+from gnetserver.log import LOGGER_NAME, NOTICE, STDLIB_LEVELS
+from gnetserver.testing import ServerThread
+
+pytestmark = pytest.mark.timeout(20)
+
+EXPECTED_LEVELS = {0: logging.CRITICAL, 1: logging.ERROR, 2: NOTICE, 3: logging.INFO,
+                   4: logging.DEBUG}
+
+
+@pytest.fixture
+def records(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Captures every record of the gnetserver logger (from any thread) during the test."""
+    caplog.set_level(logging.DEBUG, logger=LOGGER_NAME)
+    return caplog
+
+
+def ours(records: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The gnetserver records of the test's call phase so far."""
+    return [r for r in records.records if r.name == LOGGER_NAME]
+
+
+def configured(**options: object) -> GServer:
+    server = GServer(commandline=[], **options)
+    server.configure()
+    return server
+
+
+def test_levels_map_onto_stdlib() -> None:
+    assert STDLIB_LEVELS == EXPECTED_LEVELS
+    assert NOTICE == 25 and logging.getLevelName(NOTICE) == "NOTICE"
+    assert logging.INFO < NOTICE < logging.WARNING
+
+
+@pytest.mark.parametrize("log_level", range(5))
+def test_log_level_filters_messages(log_level: int, records: pytest.LogCaptureFixture) -> None:
+    """A message of level n is emitted when 0 < n <= log_level (Net::Server: nothing at 0)."""
+    server = configured(log_level=log_level)
+    for level in range(5):
+        server.log(level, f"message at {level}")
+    emitted = [(r.getMessage(), r.levelno) for r in ours(records)]
+    expected = [(f"message at {level}", EXPECTED_LEVELS[level])
+                for level in range(5) if log_level and level <= log_level]
+    assert emitted == expected
+
+
+def test_default_log_level_is_2(records: pytest.LogCaptureFixture) -> None:
+    server = GServer()
+    server.log(2, "before configure")
+    server.log(3, "hidden before configure")
+    server = configured()
+    assert server.conf["log_level"] == 2
+    server.log(2, "notice")
+    server.log(3, "hidden")
+    assert [r.getMessage() for r in ours(records)] == ["before configure", "notice"]
+
+
+def test_connect_line_per_connection_at_level_3(
+    records: pytest.LogCaptureFixture, tmp_path: Path, certs: dict[str, str],
+    client_context: ssl.SSLContext,
+) -> None:
+    path = str(tmp_path / "log.sock")
+    server = GServer(port=["127.0.0.1:0/tcp", "127.0.0.1:0/ssl", f"{path}|unix"], log_level=3,
+                     **certs)
+    peers = []
+    with ServerThread(server):
+        local_tcp, local_ssl = address(server, 0), address(server, 1)
+        for _ in range(2):
+            with socket.create_connection(local_tcp, timeout=5) as sock:
+                peers.append(("TCP", sock.getsockname(), local_tcp))
+                assert sock.recv(100).startswith(b"Welcome")  # logged before the welcome
+        with tls_connect(server, client_context, 1) as tls:
+            peers.append(("SSL", tls.getsockname(), local_ssl))
+            assert tls.recv(100).startswith(b"Welcome")
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(path)
+            assert sock.recv(100).startswith(b"Welcome")
+    connects = [r for r in ours(records) if "CONNECT" in r.getMessage()]
+    assert all(r.levelno == logging.INFO for r in connects)
+    expected = [f'CONNECT {proto} Peer: "[{peer[0]}]:{peer[1]}" Local: "[{local[0]}]:{local[1]}"'
+                for proto, peer, local in peers]
+    messages = [r.getMessage() for r in connects]
+    assert messages[:3] == expected
+    assert len(messages) == 4 and messages[3].startswith("CONNECT UNIX") and path in messages[3]
+
+
+@pytest.mark.parametrize("log_level", [0, 1, 2])
+def test_no_connect_line_below_level_3(log_level: int,
+                                       records: pytest.LogCaptureFixture) -> None:
+    with ServerThread(GServer(port="127.0.0.1:0/tcp", log_level=log_level)) as running:
+        with socket.create_connection(address(running.server), timeout=5) as sock:
+            assert sock.recv(100).startswith(b"Welcome")
+    messages = [r.getMessage() for r in ours(records)]
+    assert not any("CONNECT" in m for m in messages)
+    if log_level == 0:
+        assert messages == []
+    else:
+        assert all(r.levelno >= EXPECTED_LEVELS[log_level] for r in ours(records))
+    if log_level == 2:
+        assert any(m.startswith("Server ready: 127.0.0.1:") for m in messages)
+
+
+class Failing(GServer):
+    def process_request(self, client: object) -> None:
+        raise RuntimeError("boom")
+
+
+def test_log_level_0_is_silent_even_on_errors(records: pytest.LogCaptureFixture,
+                                              certs: dict[str, str]) -> None:
+    server = Failing(port=["127.0.0.1:0/tcp", "127.0.0.1:0/ssl"], log_level=0, **certs)
+    with ServerThread(server):
+        with socket.create_connection(address(server, 0), timeout=5) as sock:
+            assert sock.recv(100) == b""  # the failing handler's connection is closed
+        with socket.create_connection(address(server, 1), timeout=5) as sock:
+            sock.sendall(b"not a ClientHello\r\n\r\n")
+            sock.recv(100)
+    assert ours(records) == []
+
+
+def test_default_handler_writes_net_server_format_to_stderr() -> None:
+    """With no logging configured at all, messages go to stderr as ``YYYY/MM/DD-HH:MM:SS msg``."""
+    code = ("from gnetserver import GServer\n"
+            "s = GServer(commandline=[], log_level=3)\n"
+            "s.configure()\n"
+            "s.log(3, 'shown at 3')\n"
+            "s.log(4, 'hidden at 4')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"\d{4}/\d\d/\d\d-\d\d:\d\d:\d\d shown at 3\n", result.stderr)

@@ -1,0 +1,262 @@
+"""Option sources and precedence (issue 2, point 4), through the real ``run()``.
+
+``run()`` is stopped right after ``post_configure_hook`` (as Net::Server's own
+``t/Port_Configuration.t`` stops before binding), so every row goes through the same
+configure path as a real start: constructor > command line > run() > conf_file >
+default_values().
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gnetserver import GServer, config
+from gnetserver.errors import ConfigError
+from gnetserver.options import OPTIONS, Option, as_str, table
+
+pytestmark = pytest.mark.timeout(10)
+
+SOURCES = ("new", "argv", "run", "conf", "defaults")  # highest precedence first
+
+
+class Configured(Exception):
+    """Raised by post_configure_hook to end run() once the options are known."""
+
+
+class ConfigOnly(GServer):
+    """A server that stops right after configuration and keeps ``self.conf``."""
+
+    defaults: dict[str, Any] = {}
+
+    def default_values(self) -> dict[str, Any]:
+        return dict(self.defaults)
+
+    def post_configure_hook(self) -> None:
+        raise Configured
+
+
+def configure(cls: type[ConfigOnly] = ConfigOnly, *, new: dict[str, Any] | None = None,
+              argv: list[str] | None = None, run: dict[str, Any] | None = None,
+              defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the server's configure phase with these sources; return ``server.conf``."""
+    server_cls = type("Row", (cls,), {"defaults": defaults or {}})
+    server = server_cls(commandline=argv or [], **(new or {}))
+    with pytest.raises(Configured):
+        server.run(**(run or {}))
+    return server.conf
+
+
+def write_conf(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "server.conf"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+# -- precedence: one row per subset of the five sources -----------------------------------------
+
+SUBSETS = [combo for size in range(len(SOURCES) + 1)
+           for combo in itertools.combinations(SOURCES, size)]
+
+
+def _sources_for(combo: tuple[str, ...], tmp_path: Path, scalar: bool) -> dict[str, Any]:
+    """Each source sets the option to its own value(s): source number i gives 11+i (scalar)
+    or ports 1001+100*i and 1002+100*i (list, two values in the source)."""
+    kwargs: dict[str, Any] = {"new": {}, "argv": [], "run": {}, "defaults": {}}
+    conf_lines = []
+    for source in combo:
+        i = SOURCES.index(source)
+        if scalar:
+            value: Any = 11 + i
+            words = [f"--max_servers={value}"]
+            lines = [f"max_servers {value}"]
+        else:
+            value = [f"127.0.0.1:{1001 + 100 * i}", f"127.0.0.1:{1002 + 100 * i}"]
+            words = [f"--port={value[0]}", "--port", value[1]]
+            lines = [f"port {value[0]}", f"port: {value[1]}"]
+        if source == "argv":
+            kwargs["argv"] += words
+        elif source == "conf":
+            conf_lines += lines
+        else:
+            kwargs[source]["max_servers" if scalar else "port"] = value
+    if conf_lines:
+        kwargs["new"]["conf_file"] = write_conf(tmp_path, "\n".join(conf_lines) + "\n")
+    return kwargs
+
+
+@pytest.mark.parametrize("combo", SUBSETS, ids=lambda c: "+".join(c) or "none")
+def test_precedence_scalar(combo: tuple[str, ...], tmp_path: Path) -> None:
+    conf = configure(**_sources_for(combo, tmp_path, scalar=True))
+    expected = 11 + SOURCES.index(combo[0]) if combo else 256  # 256: the table's default
+    assert conf["max_servers"] == expected
+
+
+@pytest.mark.parametrize("combo", SUBSETS, ids=lambda c: "+".join(c) or "none")
+def test_precedence_list(combo: tuple[str, ...], tmp_path: Path) -> None:
+    """The winning source gives the whole list; lower sources are not appended."""
+    conf = configure(**_sources_for(combo, tmp_path, scalar=False))
+    if not combo:
+        assert conf["port"] == []
+        return
+    i = SOURCES.index(combo[0])
+    assert conf["port"] == [f"127.0.0.1:{1001 + 100 * i}", f"127.0.0.1:{1002 + 100 * i}"]
+
+
+def test_conf_file_named_by_any_source_is_read(tmp_path: Path) -> None:
+    path = write_conf(tmp_path, "log_level 4\n")
+    assert configure(argv=[f"--conf_file={path}"])["log_level"] == 4
+    assert configure(run={"conf_file": path})["log_level"] == 4
+    assert configure(defaults={"conf_file": path})["log_level"] == 4
+
+
+# -- within one source ---------------------------------------------------------------------------
+
+
+def test_list_options_accumulate_within_a_source(tmp_path: Path) -> None:
+    ports = ["127.0.0.1:1/tcp", "127.0.0.1:2/ssl", "/tmp/x.sock|unix"]
+    assert configure(argv=["--port", ports[0], f"--port={ports[1]}", "--port", ports[2]])[
+        "port"] == ports
+    assert configure(new={"port": ports})["port"] == ports
+    assert configure(run={"port": tuple(ports)})["port"] == ports
+    conf_file = write_conf(tmp_path, "".join(f"port {p}\n" for p in ports))
+    assert configure(new={"conf_file": conf_file})["port"] == ports
+    assert configure(argv=["--host", "127.0.0.1", "--host=::1"])["host"] == ["127.0.0.1", "::1"]
+
+
+def test_scalar_options_take_the_last_value_within_a_source(tmp_path: Path) -> None:
+    assert configure(argv=["--log_level", "1", "--log_level=3"])["log_level"] == 3
+    conf_file = write_conf(tmp_path, "log_level 1\nlog_level=4\n")
+    assert configure(new={"conf_file": conf_file})["log_level"] == 4
+
+
+def test_conf_file_syntax(tmp_path: Path) -> None:
+    """``key value``, ``key=value``, ``key: value``, ``--key value``, comments, ``\\#``."""
+    conf_file = write_conf(tmp_path, (
+        "# a comment\n\n"
+        "log_level 3   # trailing comment\n"
+        "max_servers=7\n"
+        "timeout_idle: 2.5\n"
+        "--listen 9\n"
+        "SSL_cipher_list ECDHE+AESGCM\\#x\n"
+    ))
+    conf = configure(new={"conf_file": conf_file})
+    assert (conf["log_level"], conf["max_servers"], conf["timeout_idle"], conf["listen"]) == (
+        3, 7, 2.5, 9)
+    assert conf["SSL_cipher_list"] == "ECDHE+AESGCM#x"
+
+
+def test_values_are_converted_once_from_any_source() -> None:
+    conf = configure(argv=["--self_signed=yes", "--timeout_handshake", "2"])
+    assert conf["self_signed"] is True and conf["timeout_handshake"] == 2.0
+    assert configure(new={"self_signed": 0})["self_signed"] is False
+
+
+def test_bare_flag_means_1() -> None:
+    """Net::Server's ``--setsid`` style: a bare flag before another option or at the end."""
+    conf = configure(argv=["--self_signed", "--log_level", "3"])
+    assert conf["self_signed"] is True and conf["log_level"] == 3
+    assert configure(argv=["--log_level=3", "--self_signed"])["self_signed"] is True
+
+
+@pytest.mark.parametrize("name", sorted(o.name for o in OPTIONS if o.cli))
+def test_every_option_reads_both_command_line_forms(name: str) -> None:
+    known = table(OPTIONS)
+    for words in (["--" + name + "=v1", "--" + name, "v2"], [name + "=v1", "--" + name, "v2"]):
+        source, rest = config.from_command_line(words, known, strict=True)
+        assert rest == []
+        assert source == {name: ["v1", "v2"]}
+
+
+def test_unused_command_line_words_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """run() reads sys.argv like Net::Server: words that are not options are left alone, and
+    said so in the log (the ``gnetserver`` command itself refuses them: see test_cli)."""
+    caplog.set_level(logging.DEBUG, logger="gnetserver")
+    configure(argv=["--log_level=2", "--not_an_option=1", "file.txt"])
+    assert any("--not_an_option=1 file.txt" in r.getMessage() for r in caplog.records)
+
+
+# -- errors name the option and the value --------------------------------------------------------
+
+ERROR_ROWS = [
+    # (id, sources, words the message must contain)
+    ("new-unknown", {"new": {"bogus_option": 17}}, ["bogus_option", "17", "constructor"]),
+    ("new-typo", {"new": {"max_server": 5}}, ["max_server", "max_servers"]),
+    ("new-bad-int", {"new": {"max_servers": "many"}}, ["max_servers", "many"]),
+    ("new-zero", {"new": {"max_servers": 0}}, ["max_servers", "0"]),
+    ("new-list-for-scalar", {"new": {"log_level": [1, 2]}}, ["log_level", "[1, 2]"]),
+    ("run-bad-level", {"run": {"log_level": 7}}, ["log_level", "7", "run()"]),
+    ("run-unknown", {"run": {"colour": "red"}}, ["colour", "red", "run()"]),
+    ("argv-bad-seconds", {"argv": ["--timeout_handshake=soon"]},
+     ["timeout_handshake", "soon", "command line"]),
+    ("argv-bad-bool", {"argv": ["--self_signed", "maybe"]}, ["self_signed", "maybe"]),
+    ("defaults-bad", {"defaults": {"listen": "deep"}}, ["listen", "deep", "default_values"]),
+    ("defaults-unknown", {"defaults": {"max_kids": 3}}, ["max_kids", "3", "default_values"]),
+    ("new-unknown-ssl", {"new": {"SSL_bogus": "x"}}, ["SSL_bogus", "SSL_cert_file",
+                                                      "SSL_key_file", "SSL_version"]),
+    ("run-unknown-ssl", {"run": {"SSL_verify_depth": 3}}, ["SSL_verify_depth", "SSL_ca_file"]),
+]
+
+
+@pytest.mark.parametrize("sources, words", [r[1:] for r in ERROR_ROWS],
+                         ids=[r[0] for r in ERROR_ROWS])
+def test_bad_options_stop_the_start(sources: dict[str, Any], words: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        configure(**sources)
+    for word in words:
+        assert word in str(info.value)
+
+
+CONF_ERROR_ROWS = [
+    ("unknown", "max_servers 3\nbogus_key 12\n", ["bogus_key", "12", "line 2"]),
+    ("bad-value", "listen abc\n", ["listen", "abc"]),
+    ("unknown-ssl", "SSL_foo bar\n", ["SSL_foo", "bar", "SSL_cert_file"]),
+    ("no-value", "justakey\n", ["justakey", "line 1"]),
+]
+
+
+@pytest.mark.parametrize("text, words", [r[1:] for r in CONF_ERROR_ROWS],
+                         ids=[r[0] for r in CONF_ERROR_ROWS])
+def test_bad_conf_file_stops_the_start(text: str, words: list[str], tmp_path: Path) -> None:
+    conf_file = write_conf(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        configure(new={"conf_file": conf_file})
+    for word in [*words, conf_file]:
+        assert word in str(info.value)
+
+
+def test_missing_conf_file(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.conf")
+    with pytest.raises(ConfigError, match="conf_file") as info:
+        configure(argv=[f"--conf_file={missing}"])
+    assert missing in str(info.value)
+
+
+# -- options added by a subclass -----------------------------------------------------------------
+
+
+class WithGreeting(ConfigOnly):
+    """A subclass adding its own option to the table."""
+
+    def options(self) -> list[Option]:
+        return super().options() + [
+            Option("greeting", "hello", as_str, "First line sent to clients.", "Custom"),
+        ]
+
+
+def test_custom_option_from_every_source(tmp_path: Path) -> None:
+    assert configure(WithGreeting)["greeting"] == "hello"
+    assert configure(WithGreeting, argv=["--greeting", "hi there"])["greeting"] == "hi there"
+    assert configure(WithGreeting, argv=["greeting=hey"])["greeting"] == "hey"
+    conf_file = write_conf(tmp_path, "greeting salut\n")
+    assert configure(WithGreeting, new={"conf_file": conf_file})["greeting"] == "salut"
+    assert configure(WithGreeting, new={"greeting": "a"}, run={"greeting": "b"})[
+        "greeting"] == "a"
+    with pytest.raises(ConfigError, match="greeting"):
+        configure(WithGreeting, new={"greeting": ["a", "b"]})
+    with pytest.raises(ConfigError, match="greeting"):
+        configure(new={"greeting": "not known to the base class"})

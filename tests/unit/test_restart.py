@@ -1,0 +1,244 @@
+"""BOUND_SOCKETS (issue 4, point 6): the pure format, and fd adoption with real sockets.
+
+Adoption is tested in this process: a listening socket is dup'ed the way a HUP hands it over,
+``BOUND_SOCKETS`` names the dup, and ``bind_ports`` must take that very socket back.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gnetserver import restart, signals
+from gnetserver.listener import Listener
+from gnetserver.ports import parse_ports
+from gnetserver.resolve import BindAddress, resolve
+from gnetserver.restart import BoundSocket, decode, encode
+
+pytestmark = pytest.mark.timeout(10)
+
+#: Observed with the real Net::Server (spec 6.2).
+NET_SERVER = "8|127.0.0.1|29450|SSL|ipv4; 3|::|29451|TCP|ipv*; 4|127.0.0.1|38481|TCP|ipv4|0"
+
+
+# -- the format ---------------------------------------------------------------------------------
+
+
+def test_decode_reads_net_server_value() -> None:
+    entries, bad = decode(NET_SERVER)
+    assert bad == []
+    assert entries == [
+        BoundSocket(8, "127.0.0.1", "29450", "SSL", "ipv4"),
+        BoundSocket(3, "::", "29451", "TCP", "ipv*"),
+        BoundSocket(4, "127.0.0.1", "38481", "TCP", "ipv4", "0"),
+    ]
+    assert [e.key for e in entries] == [
+        "127.0.0.1|29450|SSL|ipv4", "::|29451|TCP|ipv*", "127.0.0.1|0|TCP|ipv4"]
+
+
+def test_encode_writes_net_server_value() -> None:
+    assert encode(decode(NET_SERVER)[0]) == NET_SERVER
+
+
+def test_unix_entry_round_trip() -> None:
+    entry = BoundSocket(5, "*", "/run/app.sock", "UNIX", "*")
+    assert encode([entry]) == "5|*|/run/app.sock|UNIX|*"
+    assert decode("5|*|/run/app.sock|UNIX|*") == ([entry], [])
+
+
+@pytest.mark.parametrize("piece", [
+    "x|127.0.0.1|80|TCP|ipv4",  # fd not a number
+    "2|127.0.0.1|80|TCP|ipv4",  # stdin/stdout/stderr are never sockets to adopt
+    "7|127.0.0.1|80|TCP",  # a field missing
+    "7|127.0.0.1|80|TCP|ipv4|0|extra",  # one too many
+])
+def test_decode_sets_malformed_entries_aside(piece: str) -> None:
+    entries, bad = decode(f"9|127.0.0.1|81|TCP|ipv4;{piece};  ;")
+    assert entries == [BoundSocket(9, "127.0.0.1", "81", "TCP", "ipv4")]
+    assert bad == [piece]
+
+
+def test_encode_refuses_a_field_it_could_not_read_back() -> None:
+    with pytest.raises(ValueError, match="'|' or ';'"):
+        encode([BoundSocket(5, "*", "/tmp/a|b.sock", "UNIX", "*")])
+
+
+def test_fresh_port_zero_address_matches_entry_with_its_real_port() -> None:
+    """Port 0 is matched by orig_port, so the new image keeps the port the kernel chose."""
+    spec = parse_ports("127.0.0.1:0/ssl")[0]
+    (address,) = resolve(spec)
+    entry = restart.entry_for(7, address)  # the old image: real port from bind_all
+    real = restart.entry_for(7, BindAddress(spec, address.family, ("127.0.0.1", 4321), None))
+    assert str(real) == "7|127.0.0.1|4321|SSL|ipv4|0"
+    assert restart.key_for(address) == entry.key == real.key == "127.0.0.1|0|SSL|ipv4"
+
+
+def test_fixed_port_key_uses_the_port() -> None:
+    spec = parse_ports("127.0.0.1:8443/tcp")[0]
+    (address,) = resolve(spec)
+    assert restart.key_for(address) == "127.0.0.1|8443|TCP|ipv4"
+
+
+# -- adoption with real sockets -----------------------------------------------------------------
+
+
+@pytest.fixture
+def handed_over() -> Iterator[list[int]]:
+    """fds made for a test; closed at teardown if the code under test did not take them."""
+    fds: list[int] = []
+    yield fds
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def listening_dup(fds: list[int], family: int = socket.AF_INET, address: object = None,
+                  listen: bool = True) -> tuple[int, object]:
+    """A bound socket dup'ed into an inheritable fd, as detach_listeners does; the original
+    is closed, so the dup alone keeps the port."""
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind(address if address is not None else ("127.0.0.1", 0))
+        if listen:
+            sock.listen(8)
+        fd = os.dup(sock.fileno())
+        name = sock.getsockname()
+    os.set_inheritable(fd, True)
+    fds.append(fd)
+    return fd, name
+
+
+def fd_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_bind_ports_without_bound_sockets_binds_fresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(restart.ENV, raising=False)
+    calls: list[str] = []
+    pairs = restart.bind_ports(parse_ports("127.0.0.1:0/tcp"), 8, lambda *a: None,
+                               lambda: calls.append("hook"))
+    try:
+        assert calls == [] and len(pairs) == 1 and pairs[0][1].getsockname()[1] > 0
+    finally:
+        pairs[0][1].close()
+
+
+def test_bind_ports_adopts_matching_and_binds_the_rest(
+        monkeypatch: pytest.MonkeyPatch, handed_over: list[int], tmp_path: Path) -> None:
+    kept_fd, (_, kept_port) = listening_dup(handed_over)
+    gone_fd, (_, gone_port) = listening_dup(handed_over)  # a port no longer configured
+    unix_path = str(tmp_path / "s.sock")
+    unix_fd, _ = listening_dup(handed_over, socket.AF_UNIX, unix_path)
+    monkeypatch.setenv(restart.ENV, f"{kept_fd}|127.0.0.1|{kept_port}|SSL|ipv4|0; "
+                                    f"{gone_fd}|127.0.0.1|{gone_port}|TCP|ipv4; "
+                                    f"{unix_fd}|*|{unix_path}|UNIX|*")
+    specs = parse_ports([f"{unix_path}|unix", "127.0.0.1:0/ssl", "127.0.0.1:0/tcp"])
+    messages: list[str] = []
+    hooks: list[str] = []
+    pairs = restart.bind_ports(specs, 8, lambda level, msg: messages.append(msg),
+                               lambda: hooks.append(os.environ.get(restart.ENV, "")))
+    try:
+        assert hooks and hooks[0]  # restart_open_hook ran before adoption
+        assert restart.ENV not in os.environ
+        assert [pair[0].spec for pair in pairs] == specs  # spec order kept
+        (unix_addr, unix_sock), (ssl_addr, ssl_sock), (tcp_addr, tcp_sock) = pairs
+        assert unix_sock.fileno() == unix_fd and unix_sock.getsockname() == unix_path
+        assert ssl_sock.fileno() == kept_fd and ssl_addr.sockaddr == ("127.0.0.1", kept_port)
+        assert not os.get_inheritable(kept_fd)  # FD_CLOEXEC back on
+        assert tcp_sock.fileno() not in (kept_fd, gone_fd, unix_fd)  # bound fresh
+        assert not fd_open(gone_fd) or gone_fd in (s.fileno() for _, s in pairs)
+        assert any("Closing un-mapped port" in m and f"{gone_fd}|" in m for m in messages)
+        assert any("Added new port configuration" in m for m in messages)
+        with socket.create_connection(("127.0.0.1", kept_port), timeout=2):
+            pass  # the adopted socket still listens
+    finally:
+        for _, sock in pairs:
+            sock.close()
+        handed_over.clear()  # adopted or closed by the code under test
+
+
+def test_adopt_fd_refuses_a_socket_that_does_not_listen(handed_over: list[int]) -> None:
+    fd, (_, port) = listening_dup(handed_over, listen=False)
+    (address,) = resolve(parse_ports("127.0.0.1:0/tcp")[0])
+    with pytest.raises(OSError, match="not a listening stream socket"):
+        restart.adopt_fd(BoundSocket(fd, "127.0.0.1", str(port), "TCP", "ipv4", "0"), address)
+    assert not fd_open(fd)  # a socket that does not fit is closed
+    handed_over.clear()
+
+
+def test_adopt_fd_refuses_a_socket_bound_elsewhere(handed_over: list[int]) -> None:
+    fd, (_, port) = listening_dup(handed_over)
+    (address,) = resolve(parse_ports("127.0.0.1:0/tcp")[0])
+    with pytest.raises(OSError, match="bound to"):
+        restart.adopt_fd(BoundSocket(fd, "127.0.0.1", str(port + 1), "TCP", "ipv4", "0"),
+                         address)
+    handed_over.clear()
+
+
+def test_unmapped_fd_that_is_not_a_socket_is_left_alone(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    path.write_text("x")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        monkeypatch.setenv(restart.ENV, f"{fd}|127.0.0.1|1|TCP|ipv4")
+        pairs = restart.bind_ports(parse_ports("127.0.0.1:0/tcp"), 8, lambda *a: None,
+                                   lambda: None)
+        for _, sock in pairs:
+            sock.close()
+        assert fd_open(fd)
+    finally:
+        os.close(fd)
+
+
+def test_detach_listeners_hands_over_inheritable_dups(handed_over: list[int]) -> None:
+    spec = parse_ports("127.0.0.1:0/ssl")[0]
+    pairs = restart.bind_ports([spec], 8, lambda *a: None, lambda: None)
+    (address, sock), = pairs
+    listener = Listener(spec, address, sock, protocol=None)
+    try:
+        (entry,) = restart.detach_listeners([listener], lambda *a: None)
+        handed_over.append(entry.fd)
+        assert entry.fd != sock.fileno() and os.get_inheritable(entry.fd)
+        assert str(entry) == f"{entry.fd}|127.0.0.1|{sock.getsockname()[1]}|SSL|ipv4|0"
+    finally:
+        sock.close()
+    with socket.create_connection(address.sockaddr, timeout=2):  # type: ignore[arg-type]
+        pass  # the dup alone keeps the socket listening
+
+
+def test_exec_argv_is_the_interpreter_command() -> None:
+    import sys
+
+    assert restart.exec_argv() == [sys.executable, *sys.orig_argv[1:]]
+
+
+# -- the signal queue ---------------------------------------------------------------------------
+
+
+def test_signal_queue_only_queues() -> None:
+    queue = signals.SignalQueue()
+    queue.queue("HUP")
+    queue.queue("TERM")
+    assert queue.event.is_set()
+    assert queue.pop_all() == ["HUP", "TERM"]
+    assert not queue.event.is_set() and queue.pop_all() == []
+
+
+def test_signal_queue_install_is_refused_off_the_main_thread() -> None:
+    import threading
+
+    result: list[bool] = []
+    thread = threading.Thread(target=lambda: result.append(signals.SignalQueue().install()))
+    thread.start()
+    thread.join(5)
+    assert result == [False]
