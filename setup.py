@@ -14,8 +14,12 @@ setup(
     install_requires=[
         "gevent>=24.2",
         "greenlet>=3.0",
-        "pyOpenSSL>=24.3",
-        "cryptography>=43",
+        # pyOpenSSL 25.2: Context.set_tls13_ciphersuites (SSL_ciphersuites); 24.3 already gave
+        # cryptography objects to use_certificate/use_privatekey/get_peer_certificate and
+        # X509Store.add_crl. It requires cryptography 45.0.7; we use x509
+        # load_pem_x509_certificates (39), not_valid_*_utc (42), OCSP next_update_utc (43).
+        "pyOpenSSL>=25.2",
+        "cryptography>=45.0.7",
     ],
     extras_require={
         "test": [

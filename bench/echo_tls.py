@@ -51,6 +51,14 @@ from servers import KEY_TYPES, ServerProcess, write_certificate  # noqa: E402
 
 SERVERS = ("gnetserver", "baseline")
 
+#: gnetserver's targets from design.md section 5 (server CPU per operation, memory).
+GOALS = {
+    "server CPU per request (µs)": "≤ 15",
+    "server CPU per handshake, ECDSA P-256 (µs)": "≤ 310",
+    "server CPU per handshake, RSA-2048 (µs)": "≤ 620",
+    "memory per idle TLS connection (kB)": "≤ 20",
+}
+
 
 @dataclass
 class Results:
@@ -84,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--phase-timeout", type=float, default=8.0,
         help="seconds any one measurement may run before it stops early (8)")
     add("--no-pin", action="store_true", help="do not pin server and client to CPUs")
+    add("--samples", action="store_true", help="also print every round's value")
+    add("--baseline-nagle", action="store_true",
+        help="leave Nagle on in the baseline (default: it sets TCP_NODELAY, as nginx does)")
     add("--serve", choices=SERVERS, help=argparse.SUPPRESS)  # internal: server subprocess
     add("--cert", help=argparse.SUPPRESS)
     add("--key", help=argparse.SUPPRESS)
@@ -131,7 +142,8 @@ def run_benchmark(args: argparse.Namespace) -> Results:
     with tempfile.TemporaryDirectory(prefix="gnetbench-") as tmp:
         for index, key in enumerate(keys):
             cert, keyfile = write_certificate(Path(tmp), key)
-            procs = [ServerProcess(kind, cert, keyfile, -1 if args.no_pin else 0)
+            extra = ("--baseline-nagle",) if args.baseline_nagle else ()
+            procs = [ServerProcess(kind, cert, keyfile, -1 if args.no_pin else 0, extra)
                      for kind in SERVERS]
             try:
                 for proc in procs:
@@ -164,13 +176,19 @@ def format_table(results: Results, args: argparse.Namespace, pinned: bool) -> st
     for kind in SERVERS:
         lines.append(f"{kind}: {results.versions.get(kind, '?')}")
     lines.append(f"Negotiated: {results.session}")
-    lines += ["", "| measure | gnetserver | baseline | gnetserver/baseline |",
-              "|---|---:|---:|---:|"]
-    for measure in results.samples:
+    lines += ["", "| measure | gnetserver | baseline | gnetserver/baseline | goal |",
+              "|---|---:|---:|---:|---:|"]
+    for measure, by_server in results.samples.items():
         gnet, base = (results.median(measure, kind) for kind in SERVERS)
         ratio = f"{gnet / base:.2f}" if gnet is not None and base else "-"
-        lines.append(f"| {measure} | {_num(gnet)} | {_num(base)} | {ratio} |")
-    lines += ["", "Ratios: above 1 is better for rates, below 1 is better for CPU and memory."]
+        goal = GOALS.get(measure, "")
+        lines.append(f"| {measure} | {_num(gnet)} | {_num(base)} | {ratio} | {goal} |")
+        if args.samples:
+            shown = "; ".join(f"{kind} {', '.join(_num(v) for v in by_server.get(kind, []))}"
+                              for kind in SERVERS)
+            lines.append(f"|   samples: {shown} | | | | |")
+    lines += ["", "Ratios: above 1 is better for rates, below 1 is better for CPU and memory. "
+              "Goal: gnetserver's target in design.md section 5."]
     return "\n".join(lines)
 
 
@@ -186,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         from servers import serve
 
         pin(args.cpu)
-        serve(args.serve, args.cert, args.key)
+        serve(args.serve, args.cert, args.key, nodelay=not args.baseline_nagle)
         return 0
     if not sys.platform.startswith("linux"):
         sys.exit("bench/echo_tls.py needs Linux (/proc, sched_setaffinity)")

@@ -61,14 +61,14 @@ def write_certificate(folder: Path, key_type: str) -> tuple[str, str]:
 # -- inside a server subprocess ----------------------------------------------------------------
 
 
-def serve(kind: str, cert: str, key: str) -> None:
+def serve(kind: str, cert: str, key: str, nodelay: bool = True) -> None:
     """Serve the line echo on 127.0.0.1, kernel-chosen port, until terminated."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # room for the idle-memory test
     if kind == "gnetserver":
         serve_gnetserver(cert, key)
     else:
-        serve_baseline(cert, key)
+        serve_baseline(cert, key, nodelay)
 
 
 def serve_gnetserver(cert: str, key: str) -> None:
@@ -90,8 +90,15 @@ def serve_gnetserver(cert: str, key: str) -> None:
                 max_servers=4096).serve_forever()
 
 
-def serve_baseline(cert: str, key: str) -> None:
-    """gevent's StreamServer, the stdlib ssl module through gevent.ssl, the same echo."""
+def serve_baseline(cert: str, key: str, nodelay: bool = True) -> None:
+    """gevent's StreamServer, the stdlib ssl module through gevent.ssl, the same echo.
+
+    With ``nodelay`` the accepted socket gets TCP_NODELAY, as nginx's ``tcp_nodelay on``:
+    without it the first answer after a TLS 1.3 handshake waits for the client's delayed ACK
+    (about 40 ms) behind the session tickets, and the handshake rate measures that wait.
+    """
+    import socket
+
     import gevent
     from gevent import ssl as gssl
     from gevent.server import StreamServer
@@ -100,6 +107,8 @@ def serve_baseline(cert: str, key: str) -> None:
     context.load_cert_chain(cert, key)
 
     def handle(sock: Any, address: Any) -> None:
+        if nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         try:
             tls.settimeout(10)
@@ -126,7 +135,8 @@ def serve_baseline(cert: str, key: str) -> None:
 class ServerProcess:
     """One server subprocess (``echo_tls.py --serve KIND``), optionally pinned to ``cpu``."""
 
-    def __init__(self, kind: str, cert: str, key: str, cpu: int) -> None:
+    def __init__(self, kind: str, cert: str, key: str, cpu: int,
+                 extra: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self.address: tuple[str, int] | None = None
         self.version = "?"
@@ -135,7 +145,7 @@ class ServerProcess:
         path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(
             [sys.executable, str(BENCH / "echo_tls.py"), "--serve", kind, "--cert", cert,
-             "--key", key, "--cpu", str(cpu)],
+             "--key", key, "--cpu", str(cpu), *extra],
             env=dict(os.environ, PYTHONPATH=path), stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )

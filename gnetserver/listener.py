@@ -27,11 +27,15 @@ class Listener:
     sock: socket.socket
     protocol: Any
     stream_server: Any = field(default=None, repr=False)
+    #: The address as bound: ``(host, port)`` (IPv6: 4-tuple) or a unix path. Read once at
+    #: construction, so it stays available after the socket is closed.
+    bound: Any = field(init=False)
+    _text: str = field(init=False, repr=False)
 
-    @property
-    def bound(self) -> Any:
-        """The address as bound: ``(host, port)`` (IPv6: 4-tuple) or a unix path."""
-        return self.sock.getsockname()
+    def __post_init__(self) -> None:
+        self.bound = self.sock.getsockname()
+        where = describe(self.address, self.sock)
+        self._text = f"{where}|unix" if self.spec.proto == "unix" else f"{where}/{self.spec.proto}"
 
     @property
     def port(self) -> int | str:
@@ -51,4 +55,4 @@ class Listener:
         return self.spec.proto
 
     def __str__(self) -> str:
-        return f"{describe(self.address, self.sock)}/{self.spec.proto}"
+        return self._text

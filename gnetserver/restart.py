@@ -170,6 +170,8 @@ def reexec(entries: Sequence[BoundSocket], log: Log) -> None:
             stream.flush()
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN) if in_main_thread() else None
     try:
+        if not argv[0] or len(argv) < 2:  # an embedded interpreter, or a bare REPL
+            raise OSError(f"no command line to run again: {sys.orig_argv!r}")
         os.chdir(START_CWD)
         os.execv(argv[0], argv)
     except OSError as exc:

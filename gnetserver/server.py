@@ -320,12 +320,21 @@ class GServer:
             else:
                 value = getattr(self, name, None)
                 if callable(value):
-                    value = value(spec.host, spec.port, spec.proto)
+                    value = self._ssl_method_value(name, value, spec)
             if value is not None:
                 resolved[name] = value
         if not ({"SSL_cert_file", "SSL_cert"} & resolved.keys()) and self.conf["self_signed"]:
             resolved["SSL_cert"], resolved["SSL_key"] = self.self_signed_certificate()
         return resolved
+
+    def _ssl_method_value(self, name: str, method: Any, spec: PortSpec) -> Any:
+        """Net::Server calls an SSL_* method with (host, port, proto) and uses what it returns
+        (for callback options: the callback itself)."""
+        try:
+            return method(spec.host, spec.port, spec.proto)
+        except TypeError as exc:
+            raise ConfigError(f"port {spec}: {name} is called as {name}(host, port, proto) and "
+                              f"must return the option's value: {exc}") from exc
 
     def self_signed_certificate(self) -> tuple[Any, Any]:
         """A self-signed certificate and key, made once per server, fingerprint logged."""
@@ -682,7 +691,8 @@ class GServer:
 
     # == signals and restart (gnetserver.signals, gnetserver.restart) ==========================
 
-    #: True once a HUP asked for a re-exec; server_close then keeps the pid file and sockets.
+    #: True once a HUP asked for a re-exec: server_close hands the sockets to the new image
+    #: (the exec never returns, so the pid file stays).
     restarting: bool = False
     #: The queue the signal handlers fill (main thread only; set by register_signals).
     _signal_queue: signals.SignalQueue | None = None

@@ -270,4 +270,6 @@ class SSLeayProtocol(TCPProtocol):
 
     def abort(self, client: Any) -> None:
         """Close at once, without a TLS alert."""
+        if client.tls is not None:
+            client.tls.close()
         client.sock.close()

@@ -7,6 +7,10 @@ of a server between its ports and rebuilds them on ``reload_tls()``.
 
 Rules of this module:
 
+* **Every option from every source**: the server resolves each name per port (the port's dict,
+  else the server-wide option, else a subclass method called as ``SSL_x(host, port, proto)``
+  that returns the value -- for a callback option, the callback -- or a plain attribute) and
+  hands the result here (``GServer.ssl_options``).
 * **Names are IO::Socket::SSL's, verbatim.** :data:`SUPPORTED_SSL_OPTIONS` lists the ones we
   implement, each with its meaning and default; the server's option table and README's option
   list are generated from it. IO::Socket::SSL options we cannot honour are in
@@ -87,7 +91,7 @@ SUPPORTED_SSL_OPTIONS: dict[str, str] = {
     " (default: OpenSSL's, all AEAD)",
     "SSL_honor_cipher_order": "1: the server's cipher order wins; 0: the client's (default: 1)",
     "SSL_ecdh_curve": "key exchange groups in preference order, e.g. 'X25519:P-256' (default: "
-    "OpenSSL's list)",
+    "X25519MLKEM768:X25519:P-256:P-384, without the ML-KEM hybrid where OpenSSL lacks it)",
     "SSL_dh_file": "PEM DH parameters enabling the DHE suites, which need an RSA "
     "certificate (default: none, ECDHE only)",
     "SSL_alpn_protocols": "ALPN protocols in preference order, a list or 'h2,http/1.1'; the "
@@ -106,9 +110,9 @@ SUPPORTED_SSL_OPTIONS: dict[str, str] = {
     "SSL_ca_path) (default: 0, or 1 when SSL_crl_file is given)",
     "SSL_session_id_context": "1 to 32 bytes naming the session cache; resumption needs it "
     "(default: one fixed value for every port)",
-    "SSL_ticket_key_rotation": "seconds after which a context is rebuilt with fresh "
-    "session-ticket keys and an empty session cache (older sessions then get a full handshake); "
-    "0: keys last until reload_tls() (default: 0)",
+    "SSL_ticket_key_rotation": "seconds after which a context is rebuilt from its options (files "
+    "read again) with fresh session-ticket keys and an empty session cache; older sessions then "
+    "get a full handshake; 0: keys last until reload_tls() (default: 0)",
     "SSL_ocsp_staple_file": "DER OCSP response for the certificate, stapled when a client asks; "
     "re-read by reload_tls()" + _SNI + " (default: none)",
     "SSL_ocsp_staple_callback": "callable(cert, server_name) -> DER OCSP response or None, "

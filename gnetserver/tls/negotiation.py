@@ -136,10 +136,18 @@ def apply_honor_cipher_order(ctx: SSL.Context, b: Build) -> None:
         ctx.set_options(SSL.OP_CIPHER_SERVER_PREFERENCE)
 
 
+#: Default key exchange groups, best first. OpenSSL's own default list also offers X448 and
+#: secp521r1, which Mozilla's "intermediate" profile rejects (sslyze flags them). The ML-KEM
+#: hybrid is kept where the OpenSSL in use has it.
+DEFAULT_GROUPS = (b"X25519MLKEM768:X25519:P-256:P-384", b"X25519:P-256:P-384")
+
+
 def apply_ecdh_curve(ctx: SSL.Context, b: Build) -> None:
     """``SSL_ecdh_curve``: the key exchange groups, e.g. ``X25519:P-256``."""
     groups = b.get("SSL_ecdh_curve")
     if groups is None:
+        if not any(_set_groups_list(ctx, default, b.where) for default in DEFAULT_GROUPS):
+            raise ConfigError(f"{b.where}: OpenSSL accepts none of the default groups")
         return
     try:
         ok = _set_groups_list(ctx, str(groups).encode("ascii"), b.where)

@@ -61,7 +61,6 @@ SUPPORTED_SSLEAY_OPTIONS: dict[str, str] = {
     "SSL_alpn_protocols": "ALPN protocols offered, e.g. ['h2', 'http/1.1'] or 'h2,http/1.1'",
 }
 
-_CREDENTIALS = ("SSL_cert_file", "SSL_key_file", "SSL_cert", "SSL_key")
 _NIST_CURVES = {"p-256": "prime256v1", "p-384": "secp384r1", "p-521": "secp521r1"}
 
 

@@ -79,12 +79,11 @@ class ConformanceServer(GServer):
         """Answer the client's facts as one JSON line."""
         facts: dict[str, Any] = {name: getattr(client, name) for name in (
             "proto", "peeraddr", "peerport", "sockaddr", "sockport")}
-        tls = client.tls
-        if tls is not None:
-            cert = tls.peer_certificate
-            facts.update(version=tls.version, cipher=tls.cipher, server_name=tls.server_name,
-                         alpn_protocol=tls.alpn_protocol, session_reused=tls.session_reused,
-                         peer_subject=cert.subject.rfc4514_string() if cert else None)
+        if client.tls is not None:  # the Client's TLS facts, whichever backend is below
+            facts.update(version=client.tls_version, cipher=client.cipher,
+                         server_name=client.server_name, alpn_protocol=client.alpn_protocol,
+                         session_reused=client.session_reused, peer_subject=client.peer_subject,
+                         peer_issuer=client.peer_issuer)
         client.sendall(json.dumps(facts).encode() + b"\n")
 
     def do_spew(self, client: Client, size: str) -> None:
@@ -150,6 +149,7 @@ class Endpoint:
 
     @property
     def tls(self) -> bool:
+        """True on the TLS protos (ssl, ssleay)."""
         return self.proto in TLS_PROTOS
 
     def raw(self, timeout: float = WAIT) -> socket.socket:

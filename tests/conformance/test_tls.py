@@ -31,6 +31,7 @@ from conformance_harness import (
     read_line,
     read_until_eof,
 )
+from cryptography import x509
 
 from gnetserver import GServer
 from gnetserver.client import Client
@@ -125,16 +126,14 @@ def _rejected(endpoint: Endpoint, context: ssl.SSLContext) -> bool:
         return True
 
 
-def test_client_certificates_required(start: StartServer, proto: str) -> None:
+@pytest.mark.parametrize("verify_mode", [2, 3])
+def test_client_certificates_required(start: StartServer, folder: str,
+                                      verify_mode: int) -> None:
     trusted, stranger = trustme.CA(), trustme.CA()
-    folder = tempfile.mkdtemp(prefix="gns-")
-    try:
-        ca_file = f"{folder}/clients.pem"
-        trusted.cert_pem.write_to_path(ca_file)
-        CountingServer.served = 0
-        endpoint = start(CountingServer, SSL_verify_mode=3, SSL_ca_file=ca_file)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)  # loaded at start; not needed afterwards
+    ca_file = f"{folder}/clients.pem"
+    trusted.cert_pem.write_to_path(ca_file)
+    CountingServer.served = 0
+    endpoint = start(CountingServer, SSL_verify_mode=verify_mode, SSL_ca_file=ca_file)
     good = trusted.issue_cert("client.test", common_name="client.test")
     bad = stranger.issue_cert("client.test", common_name="client.test")
     assert _rejected(endpoint, endpoint.client_context())  # no certificate
@@ -142,6 +141,8 @@ def test_client_certificates_required(start: StartServer, proto: str) -> None:
     assert CountingServer.served == 0
     seen = facts(endpoint, context=endpoint.client_context(cert=good))
     assert "CN=client.test" in seen["peer_subject"]
+    issuer = x509.load_pem_x509_certificate(trusted.cert_pem.bytes()).subject
+    assert seen["peer_issuer"] == issuer.rfc4514_string()
     assert CountingServer.served == 1
 
 

@@ -269,3 +269,22 @@ def test_locustfile_imports() -> None:
     done = subprocess.run([sys.executable, "-c", check], env=example_env(),
                           capture_output=True, timeout=30)
     assert done.returncode == 0, done.stderr.decode()
+
+
+# -- bench/echo_tls.py --------------------------------------------------------------------------
+
+
+def test_bench_echo_tls_smoke() -> None:
+    """The benchmark runs end to end at a tiny size and prints its comparison table (a smoke
+    test: the numbers of such a short run mean nothing)."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "echo_tls.py"), "--no-pin", "--rounds", "1",
+         "--keys", "ecdsa", "--connections", "4", "--requests", "20", "--handshakes", "10",
+         "--concurrency", "2", "--idle", "10", "--phase-timeout", "5"],
+        env=example_env(), capture_output=True, timeout=25,
+    )
+    out = done.stdout.decode()
+    assert done.returncode == 0, done.stderr.decode()
+    assert "| server CPU per request (µs) |" in out
+    assert "| server CPU per handshake, ECDSA P-256 (µs) |" in out
+    assert "Negotiated: TLSv1.3" in out

@@ -19,6 +19,7 @@ from conftest import read_until_eof, tls_connect
 
 from gnetserver import GServer
 from gnetserver.client import Client
+from gnetserver.testing import ServerThread
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -214,11 +215,11 @@ def test_hook_order_of_run_and_of_two_tls_connections(
     assert first.closed and second.closed
 
 
-def test_start_and_stop_run_the_same_steps_without_the_loop(serve: Callable[..., GServer]) -> None:
+def test_start_and_stop_run_the_same_steps_without_the_loop() -> None:
     """The embedding API: start() runs every step up to pre_loop_hook, stop() the close."""
-    server = serve(Recorder, port=["127.0.0.1:0/tcp", "127.0.0.1:0/tcp"])
-    assert names(server.calls) == SERVER_ORDER[:9]
-    server.stop(1.0)
+    server = Recorder(port=["127.0.0.1:0/tcp", "127.0.0.1:0/tcp"], log_level=0)
+    with ServerThread(server):  # start() and stop() run in the server's own thread and hub
+        assert names(server.calls) == SERVER_ORDER[:9]
     assert names(server.calls) == SERVER_ORDER[:9] + ["server_close", "pre_server_close_hook"]
 
 

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import gevent
 import pytest
 
 from gnetserver import GServer
@@ -119,8 +120,8 @@ class ServerProcess:
         """(host, port or path, proto) of every listener, from the n-th "Server ready:" line."""
         found: list[tuple[str, Any, str]] = []
         for item in self.wait_for(READY, generation).group(1).split(", "):
-            where, proto = item.rsplit("/", 1)
-            if where.startswith("/"):
+            where, proto = item.rsplit("|" if item.endswith("|unix") else "/", 1)
+            if proto == "unix":
                 found.append(("", where, proto))
             else:
                 host, port = where.rsplit(":", 1)
@@ -386,3 +387,36 @@ def test_register_signals_is_a_noop_off_the_main_thread(serve: Any) -> None:
     assert "Not in the main thread: signal handlers not installed" in server.messages
     after = {name: signal.getsignal(getattr(signal, f"SIG{name}")) for name in before}
     assert after == before
+
+
+class HupInProcess(Recording):
+    """Sends itself a HUP once its loop runs (the handlers are installed by then)."""
+
+    def pre_loop_hook(self) -> None:
+        def hup() -> None:
+            assert self._signal_queue is not None and self._signal_queue.installed
+            os.kill(os.getpid(), signal.SIGHUP)
+
+        gevent.spawn(hup)
+
+    def restart_close_hook(self) -> None:
+        self.log(2, "restart_close_hook")
+
+
+def test_failed_reexec_shuts_down_cleanly(monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    """run() in the main thread: HUP is handled in the loop; when the exec cannot happen (no
+    command line to run again), the server closes as after TERM: sockets closed, pid file
+    removed, BOUND_SOCKETS gone, the previous signal handlers back."""
+    monkeypatch.setattr(sys, "orig_argv", [sys.executable])  # nothing to re-execute
+    before = signal.getsignal(signal.SIGHUP)
+    pid_file = tmp_path / "server.pid"
+    server = HupInProcess(commandline=[], port="127.0.0.1:0/tcp", pid_file=str(pid_file))
+    with gevent.Timeout(10):
+        server.run()
+    assert "Received a SIG HUP: restarting in place" in server.messages
+    assert "restart_close_hook" in server.messages
+    assert any(m.startswith("Re-exec failed, shutting down instead") for m in server.messages)
+    assert refused(("127.0.0.1", server.listeners[0].port, "tcp"))
+    assert not pid_file.exists() and "BOUND_SOCKETS" not in os.environ
+    assert signal.getsignal(signal.SIGHUP) == before

@@ -22,6 +22,7 @@ from conftest import address, tls_connect
 
 from gnetserver import GServer
 from gnetserver.errors import ConfigError
+from gnetserver.tls import SUPPORTED_SSL_OPTIONS
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -182,3 +183,37 @@ def test_no_tls_line_for_a_server_without_tls(serve: Any,
     caplog.set_level(logging.DEBUG, logger="gnetserver")
     serve(GServer(port="127.0.0.1:0/tcp"))
     assert not [m for m in caplog.messages if m.startswith("TLS by")]
+
+
+# -- every option from every source (configuration only, nothing bound) ------------------------
+
+
+def resolved(server: GServer) -> dict[str, Any]:
+    """The SSL_* options the server resolves for its first port."""
+    server.commandline = []
+    server.configure()
+    server.pre_bind()
+    return server.ssl_options(server.port_specs[0])
+
+
+@pytest.mark.parametrize("name", sorted(SUPPORTED_SSL_OPTIONS))
+def test_every_option_from_every_source(name: str) -> None:
+    value = object()
+    assert resolved(GServer(port="127.0.0.1:0/ssl", **{name: value}))[name] is value
+    port = {"host": "127.0.0.1", "port": 0, "proto": "ssl", name: value}
+    assert resolved(GServer(port=[port], **{name: "server-wide"}))[name] is value
+
+    def method(self: GServer, host: str, port: int, proto: str) -> Any:
+        return (value, host, port, proto)
+
+    with_method = type("WithMethod", (GServer,), {name: method})
+    assert resolved(with_method(port="127.0.0.1:0/ssl"))[name] == (value, "127.0.0.1", 0, "ssl")
+    with_attribute = type("WithAttribute", (GServer,), {name: "attribute"})
+    assert resolved(with_attribute(port="127.0.0.1:0/ssl"))[name] == "attribute"
+
+
+def test_a_method_with_the_wrong_signature(serve: Any, certs: dict[str, str]) -> None:
+    wrong = type("Wrong", (GServer,), {"SSL_passwd_cb": staticmethod(lambda: "secret")})
+    with pytest.raises(ConfigError, match="SSL_passwd_cb is called as SSL_passwd_cb\\(host, "
+                                          "port, proto\\) and must return the option's value"):
+        serve(wrong(port="127.0.0.1:0/ssl", **certs))

@@ -198,7 +198,7 @@ ERROR_ROWS = [
     ("defaults-unknown", {"defaults": {"max_kids": 3}}, ["max_kids", "3", "default_values"]),
     ("new-unknown-ssl", {"new": {"SSL_bogus": "x"}}, ["SSL_bogus", "SSL_cert_file",
                                                       "SSL_key_file", "SSL_version"]),
-    ("run-unknown-ssl", {"run": {"SSL_verify_depth": 3}}, ["SSL_verify_depth", "SSL_ca_file"]),
+    ("run-unknown-ssl", {"run": {"SSL_frobnicate": 3}}, ["SSL_frobnicate", "SSL_ca_file"]),
 ]
 
 

@@ -18,6 +18,7 @@ from gnetserver.listener import Listener
 from gnetserver.ports import parse_ports
 from gnetserver.resolve import BindAddress, resolve
 from gnetserver.restart import BoundSocket, decode, encode
+from tests.conftest import needs_ipv6
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -81,6 +82,15 @@ def test_fixed_port_key_uses_the_port() -> None:
     spec = parse_ports("127.0.0.1:8443/tcp")[0]
     (address,) = resolve(spec)
     assert restart.key_for(address) == "127.0.0.1|8443|TCP|ipv4"
+
+
+@needs_ipv6
+def test_ipv6_and_dual_stack_keys() -> None:
+    """Net::Server's observed ``3|::|29451|TCP|ipv*``: a dual-stack socket says ``ipv*``."""
+    (v6,) = resolve(parse_ports("[::1]:0/ssl")[0])
+    assert restart.key_for(v6) == "::1|0|SSL|ipv6"
+    dual = [a for a in resolve(parse_ports("*:0/tcp")[0]) if a.v6only is False]
+    assert [restart.key_for(a) for a in dual] in ([], ["::|0|TCP|ipv*"])
 
 
 # -- adoption with real sockets -----------------------------------------------------------------

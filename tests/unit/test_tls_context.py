@@ -7,6 +7,7 @@ stdlib ``ssl`` client in a plain thread.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import re
 import socket
@@ -25,8 +26,10 @@ from OpenSSL import SSL, crypto
 
 from gnetserver.errors import ConfigError, TLSError
 from gnetserver.tls import (
+    REFUSED_SSL_OPTIONS,
     SUPPORTED_SSL_OPTIONS,
     TLSConnection,
+    TLSContexts,
     build_context,
     fingerprint_sha256,
     make_self_signed,
@@ -609,3 +612,440 @@ def test_fingerprint_sha256() -> None:
     assert re.fullmatch(r"([0-9A-F]{2}:){31}[0-9A-F]{2}", fingerprint)
     der = cert.public_bytes(serialization.Encoding.DER)
     assert fingerprint.replace(":", "") == hashlib.sha256(der).hexdigest().upper()
+
+
+# ---------------------------------------------------------------------------------------------
+# Options we cannot honour, and the escape hatch
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("SSL_ticket_keycb", "pyOpenSSL exposes no session-ticket key callback"),
+        ("SSL_npn_protocols", "NPN is obsolete"),
+        ("SSL_verifycn_scheme", "client-side option"),
+        ("SSL_reuse_ctx", "the server builds and shares contexts itself"),
+    ],
+)
+def test_refused_options_say_why(files: dict[str, Any], name: str, reason: str) -> None:
+    with pytest.raises(ConfigError, match=f"{name} cannot be honoured: .*{reason}") as err:
+        build_context({**files, name: object()}, WHERE)
+    _assert_names(err)
+    assert name not in SUPPORTED_SSL_OPTIONS
+    build_context({**files, name: None}, WHERE)  # None: not given
+
+
+def test_refused_and_supported_tables_are_disjoint() -> None:
+    assert not set(REFUSED_SSL_OPTIONS) & set(SUPPORTED_SSL_OPTIONS)
+
+
+def test_create_ctx_callback_sees_every_context(ca: trustme.CA, pems: Pems,
+                                                tmp_path: Path) -> None:
+    other = ca.issue_cert("a.example")
+    seen: list[SSL.Context] = []
+    opts = {
+        "SSL_cert": {"": pems.cert.read_bytes(), "a.example": other.cert_chain_pems[0].bytes()},
+        "SSL_key": {"": pems.key.read_bytes(), "a.example": other.private_key_pem.bytes()},
+        "SSL_create_ctx_callback": seen.append,
+    }
+    default = build_context(opts, WHERE)
+    assert len(seen) == 2 and seen[0] is default
+
+
+def test_create_ctx_callback_that_fails(files: dict[str, Any]) -> None:
+    def broken(ctx: SSL.Context) -> None:
+        raise RuntimeError("nope")
+
+    with pytest.raises(ConfigError, match="SSL_create_ctx_callback failed: nope"):
+        build_context({**files, "SSL_create_ctx_callback": broken}, WHERE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad values of the newer options
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"SSL_alpn_protocols": 42}, "invalid SSL_alpn_protocols 42"),
+        ({"SSL_alpn_protocols": ""}, "invalid SSL_alpn_protocols ''"),
+        ({"SSL_alpn_protocols": ["h2", ""]}, "invalid SSL_alpn_protocols"),
+        ({"SSL_session_id_context": "x" * 33}, "invalid SSL_session_id_context"),
+        ({"SSL_session_id_context": 7}, "invalid SSL_session_id_context 7"),
+        ({"SSL_ticket_key_rotation": -1}, "invalid SSL_ticket_key_rotation -1"),
+        ({"SSL_ticket_key_rotation": "soon"}, "invalid SSL_ticket_key_rotation 'soon'"),
+        ({"SSL_dh_file": "/nonexistent/dh.pem"}, "SSL_dh_file '/nonexistent/dh.pem': cannot read"),
+        ({"SSL_verify_callback": lambda *a: True}, "SSL_verify_callback is never called"),
+        ({"SSL_verify_mode": 3, "SSL_ca_file": None, "SSL_verify_callback": 5},
+         "needs SSL_ca_file"),
+        ({"SSL_crl_file": "/nonexistent/crl.pem"}, "SSL_crl_file is only used with client"),
+        ({"SSL_check_crl": 1}, "SSL_check_crl is only used with client"),
+        ({"SSL_passwd_cb": "secret"}, "SSL_passwd_cb must be callable, not str"),
+        ({"SSL_create_ctx_callback": 1}, "SSL_create_ctx_callback must be callable, not int"),
+        ({"SSL_ocsp_staple_file": "/nonexistent/o.der"},
+         "SSL_ocsp_staple_file '/nonexistent/o.der': cannot read"),
+        ({"SSL_ocsp_staple_callback": "x"}, "SSL_ocsp_staple_callback must be callable"),
+        ({"SSL_ocsp_staple_file": "a", "SSL_ocsp_staple_callback": print}, "not both"),
+    ],
+)
+def test_invalid_values_of_newer_options(files: dict[str, Any], extra: dict[str, Any],
+                                         message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_context({**files, **extra}, WHERE)
+    _assert_names(err, message)
+
+
+def test_garbage_dh_file(files: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "dh.pem"
+    path.write_bytes(b"garbage\n")
+    with pytest.raises(ConfigError, match="cannot use SSL_dh_file .*: no start line") as err:
+        build_context({**files, "SSL_dh_file": str(path)}, WHERE)
+    _assert_names(err, str(path))
+
+
+def test_crl_file_errors(files: dict[str, Any], pems: Pems, tmp_path: Path) -> None:
+    path = tmp_path / "crl.pem"
+    path.write_bytes(b"not a crl\n")
+    opts = {**files, "SSL_ca_file": str(pems.ca), "SSL_verify_mode": 3}
+    with pytest.raises(ConfigError, match="holds no PEM CRL"):
+        build_context({**opts, "SSL_crl_file": str(path)}, WHERE)
+    path.write_bytes(b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n")
+    with pytest.raises(ConfigError, match="invalid CRL"):
+        build_context({**opts, "SSL_crl_file": str(path)}, WHERE)
+
+
+# ---------------------------------------------------------------------------------------------
+# DH parameters (DHE needs an RSA certificate)
+
+FFDHE2048 = b"""-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+"""
+
+
+def test_dh_file_enables_dhe(tmp_path: Path) -> None:
+    rsa_ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    leaf = rsa_ca.issue_cert("localhost", key_type=trustme.KeyType.RSA)
+    cert = tmp_path / "rsa.pem"
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(cert))
+    dh_file = tmp_path / "dh.pem"
+    dh_file.write_bytes(FFDHE2048)
+    dhe = "DHE-RSA-AES128-GCM-SHA256"
+    client = client_context(rsa_ca, max_version=ssl.TLSVersion.TLSv1_2, ciphers=dhe)
+    ctx = build_context({"SSL_cert_file": str(cert), "SSL_dh_file": str(dh_file)}, WHERE)
+    assert ok(*handshake(ctx, client)).cipher == dhe
+    # The twin: without SSL_dh_file no DHE suite can be negotiated.
+    refused(*handshake(build_context({"SSL_cert_file": str(cert)}, WHERE), client))
+
+
+# ---------------------------------------------------------------------------------------------
+# ALPN, client certificates (verify callback, CRL)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("h2,http/1.1", [b"h2", b"http/1.1"]),
+    (" h2  http/1.1 ", [b"h2", b"http/1.1"]),
+    (["h2", b"x"], [b"h2", b"x"]),
+    (("http/1.1",), [b"http/1.1"]),
+])
+def test_parse_alpn(value: Any, expected: list[bytes]) -> None:
+    from gnetserver.tls.negotiation import parse_alpn
+
+    assert parse_alpn(value, WHERE) == expected
+
+
+def test_verify_callback_arguments(ca: trustme.CA, pems: Pems) -> None:
+    calls: list[tuple[bool, str, int, str]] = []
+
+    def record(ok: bool, cert: x509.Certificate, depth: int, error: str) -> bool:
+        calls.append((ok, cert.subject.rfc4514_string(), depth, error))
+        return ok
+
+    opts = {"SSL_cert_file": str(pems.cert), "SSL_key_file": str(pems.key),
+            "SSL_ca_file": str(pems.ca), "SSL_verify_mode": 3, "SSL_verify_callback": record}
+    ok(*handshake(build_context(opts, WHERE), _client_with_cert(ca)))
+    ca_subject = x509.load_pem_x509_certificate(ca.cert_pem.bytes()).subject.rfc4514_string()
+    assert calls[0] == (True, ca_subject, 1, "ok")
+    assert calls[-1][2] == 0 and calls[-1][0] is True
+
+
+def test_verify_callback_may_accept_what_openssl_refuses(ca: trustme.CA, pems: Pems) -> None:
+    stranger = client_context(ca)
+    trustme.CA().issue_cert("eve@example.org").configure_cert(stranger)
+    opts = {"SSL_cert_file": str(pems.cert), "SSL_key_file": str(pems.key),
+            "SSL_ca_file": str(pems.ca), "SSL_verify_mode": 3}
+    refused(*handshake(build_context(opts, WHERE), stranger))
+    errors: list[str] = []
+
+    def anyone(ok: bool, cert: x509.Certificate, depth: int, error: str) -> bool:
+        errors.append(error)
+        return True
+
+    ctx = build_context({**opts, "SSL_verify_callback": anyone}, WHERE)
+    assert ok(*handshake(ctx, stranger)).peer is not None
+    assert errors[0] == "unable to get issuer cert locally"
+
+
+# ---------------------------------------------------------------------------------------------
+# OCSP stapling, seen by a pyOpenSSL client that asks for a staple
+
+
+def ocsp_response(ca: trustme.CA, leaf: trustme.LeafCert, *, days: float = 1.0) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509 import ocsp
+
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    ca_key = serialization.load_pem_private_key(ca.private_key_pem.bytes(), password=None)
+    cert = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = ocsp.OCSPResponseBuilder().add_response(
+        cert=cert, issuer=ca_cert, algorithm=hashes.SHA256(),
+        cert_status=ocsp.OCSPCertStatus.GOOD, this_update=now - datetime.timedelta(days=2),
+        next_update=now + datetime.timedelta(days=days), revocation_time=None,
+        revocation_reason=None,
+    ).responder_id(ocsp.OCSPResponderEncoding.HASH, ca_cert)
+    response = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    return response.public_bytes(serialization.Encoding.DER)
+
+
+def stapled(ctx: SSL.Context, name: bytes = b"localhost") -> bytes:
+    """Handshake with a pyOpenSSL client that requests OCSP; return the staple (b"": none)."""
+    got: list[bytes] = []
+    listener = gsocket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+
+    def run_client() -> None:
+        client_ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        client_ctx.set_ocsp_client_callback(lambda conn, data, _: got.append(data) or True)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            # pyOpenSSL needs a blocking socket; the server side closes it in any case.
+            raw.settimeout(None)
+            conn = SSL.Connection(client_ctx, raw)
+            conn.set_tlsext_host_name(name)
+            conn.request_ocsp()
+            conn.set_connect_state()
+            conn.do_handshake()
+            conn.shutdown()
+
+    thread = threading.Thread(target=run_client, daemon=True)
+    thread.start()
+    try:
+        sock, _ = listener.accept()
+        with TLSConnection(sock, ctx) as conn:
+            conn.do_handshake(5)
+            conn.shutdown_tls()
+    finally:
+        listener.close()
+        thread.join(5)
+    assert len(got) == 1
+    return got[0]
+
+
+@pytest.fixture
+def staple_file(ca: trustme.CA, pems: Pems, tmp_path: Path) -> Path:
+    path = tmp_path / "staple.der"
+    path.write_bytes(ocsp_response(ca, pems.leaf))
+    return path
+
+
+def test_ocsp_staple_file(files: dict[str, Any], staple_file: Path) -> None:
+    ctx = build_context({**files, "SSL_ocsp_staple_file": str(staple_file)}, WHERE)
+    assert stapled(ctx) == staple_file.read_bytes()
+    assert stapled(build_context(files, WHERE)) == b""  # the twin: nothing configured
+
+
+def test_expired_ocsp_staple_is_not_sent(ca: trustme.CA, pems: Pems, files: dict[str, Any],
+                                         tmp_path: Path) -> None:
+    path = tmp_path / "old.der"
+    path.write_bytes(ocsp_response(ca, pems.leaf, days=-1))
+    warnings: list[str] = []
+    ctx = build_context({**files, "SSL_ocsp_staple_file": str(path)}, WHERE, warnings.append)
+    assert len(warnings) == 1 and f"SSL_ocsp_staple_file {str(path)!r} expired on" in warnings[0]
+    assert stapled(ctx) == b""
+
+
+def test_ocsp_staple_for_another_certificate(ca: trustme.CA, files: dict[str, Any],
+                                             tmp_path: Path) -> None:
+    path = tmp_path / "other.der"
+    path.write_bytes(ocsp_response(ca, ca.issue_cert("other.example")))
+    with pytest.raises(ConfigError, match="is for serial number .* but the certificate has"):
+        build_context({**files, "SSL_ocsp_staple_file": str(path)}, WHERE)
+
+
+def test_ocsp_staple_file_garbage_or_unsuccessful(files: dict[str, Any], tmp_path: Path) -> None:
+    from cryptography.x509 import ocsp
+
+    path = tmp_path / "bad.der"
+    path.write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match="is not a DER OCSP response"):
+        build_context({**files, "SSL_ocsp_staple_file": str(path)}, WHERE)
+    unauthorized = ocsp.OCSPResponseBuilder.build_unsuccessful(
+        ocsp.OCSPResponseStatus.UNAUTHORIZED)
+    path.write_bytes(unauthorized.public_bytes(serialization.Encoding.DER))
+    with pytest.raises(ConfigError, match="unsuccessful OCSP response \\(UNAUTHORIZED\\)"):
+        build_context({**files, "SSL_ocsp_staple_file": str(path)}, WHERE)
+
+
+def test_ocsp_staple_callback(pems: Pems, files: dict[str, Any], staple_file: Path) -> None:
+    calls: list[tuple[x509.Certificate, str | None]] = []
+
+    def staple(cert: x509.Certificate, server_name: str | None) -> bytes:
+        calls.append((cert, server_name))
+        return staple_file.read_bytes()
+
+    ctx = build_context({**files, "SSL_ocsp_staple_callback": staple}, WHERE)
+    assert stapled(ctx) == staple_file.read_bytes()
+    leaf = x509.load_pem_x509_certificate(pems.leaf.cert_chain_pems[0].bytes())
+    assert calls == [(leaf, "localhost")]
+
+
+@pytest.mark.parametrize(("answer", "logged"), [
+    (RuntimeError("cache down"), "raised RuntimeError('cache down'); no OCSP staple sent"),
+    ("text", "returned str, not bytes"),
+    (None, None),
+])
+def test_ocsp_staple_callback_failures_send_no_staple(files: dict[str, Any], answer: Any,
+                                                      logged: str | None) -> None:
+    def staple(cert: x509.Certificate, server_name: str | None) -> Any:
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    warnings: list[str] = []
+    ctx = build_context({**files, "SSL_ocsp_staple_callback": staple}, WHERE, warnings.append)
+    assert stapled(ctx) == b""
+    assert [logged in w for w in warnings] == ([] if logged is None else [True])
+
+
+def test_ocsp_staple_per_sni_name(ca: trustme.CA, pems: Pems, staple_file: Path,
+                                  tmp_path: Path) -> None:
+    other = ca.issue_cert("a.example")
+    other_staple = tmp_path / "a.der"
+    other_staple.write_bytes(ocsp_response(ca, other))
+    opts = {
+        "SSL_cert": {"": pems.cert.read_bytes(), "a.example": other.cert_chain_pems[0].bytes()},
+        "SSL_key": {"": pems.key.read_bytes(), "a.example": other.private_key_pem.bytes()},
+        "SSL_ocsp_staple_file": {"": str(staple_file), "a.example": str(other_staple)},
+    }
+    ctx = build_context(opts, WHERE)
+    assert stapled(ctx, b"a.example") == other_staple.read_bytes()
+    assert stapled(ctx, b"localhost") == staple_file.read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# SNI: splitting the per-certificate keys by name (pure)
+
+
+def test_split_without_dicts() -> None:
+    from gnetserver.tls.sni import split_by_name
+
+    split = split_by_name({"SSL_cert_file": "c.pem", "SSL_version": "TLSv1_3"}, WHERE)
+    assert list(split) == [""]
+    assert split[""][0]["SSL_cert_file"] == "c.pem" and split[""][0]["SSL_key_file"] is None
+
+
+def test_split_by_name_with_scalars_and_ecc_twins() -> None:
+    from gnetserver.tls.sni import split_by_name
+
+    opts = {
+        "SSL_cert_file": {"": "d.pem", "B.Example.": "b.pem", "b.example%ecc": "b-ec.pem"},
+        "SSL_key_file": {"b.example": "b.key"},
+        "SSL_ocsp_staple_callback": print,
+    }
+    split = split_by_name(opts, WHERE)
+    assert list(split) == ["", "b.example"]
+    assert [c["SSL_cert_file"] for c in split["b.example"]] == ["b.pem", "b-ec.pem"]
+    assert [c["SSL_key_file"] for c in split["b.example"]] == ["b.key", None]
+    assert split[""][0]["SSL_key_file"] is None
+    assert all(c["SSL_ocsp_staple_callback"] is print for cs in split.values() for c in cs)
+
+
+@pytest.mark.parametrize(("opts", "message"), [
+    ({"SSL_cert_file": {"a%rsa": "x"}}, "only the suffix '%ecc' is known"),
+    ({"SSL_cert_file": {1: "x"}}, "dict keys are SNI host names"),
+    ({"SSL_cert_file": {"a%ecc": "x"}}, "adds a certificate to 'a', which has none"),
+    ({"SSL_cert_file": {"": "x"}, "SSL_ocsp_staple_file": {"b": "o.der"}},
+     "SSL_ocsp_staple_file has an entry for 'b', which has no certificate"),
+])
+def test_split_errors(opts: dict[str, Any], message: str) -> None:
+    from gnetserver.tls.sni import split_by_name
+
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        split_by_name(opts, WHERE)
+    _assert_names(err)
+
+
+def test_sni_errors_name_the_host(pems: Pems, tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.pem")
+    opts = {"SSL_cert_file": {"": str(pems.combined), "a.example": missing}}
+    with pytest.raises(ConfigError) as err:
+        build_context(opts, WHERE)
+    _assert_names(err, "(SNI name 'a.example')", missing, "cannot read")
+
+
+# ---------------------------------------------------------------------------------------------
+# TLSContexts: sharing, reload, rotation
+
+
+def test_equal_options_share_one_context(files: dict[str, Any]) -> None:
+    contexts = TLSContexts()
+    def callback() -> str:
+        return "unused"
+
+    first = contexts.handle({**files, "SSL_passwd_cb": callback}, "port a")
+    same = contexts.handle({**files, "SSL_passwd_cb": callback}, "port b")
+    other = contexts.handle({**files, "SSL_passwd_cb": lambda: "x"}, "port c")
+    assert first is same and first is not other
+    assert first.ports == ["port a", "port b"]
+    assert first.context is same.context
+    assert len(contexts.handles) == 2
+
+
+def test_reload_swaps_every_context_or_none(files: dict[str, Any], pems: Pems,
+                                            tmp_path: Path) -> None:
+    contexts = TLSContexts()
+    copy = tmp_path / "copy.pem"
+    copy.write_bytes(pems.combined.read_bytes())
+    a = contexts.handle(files, "port a")
+    b = contexts.handle({"SSL_cert_file": str(copy)}, "port b")
+    before = (a.context, b.context)
+    copy.write_bytes(b"broken")
+    with pytest.raises(ConfigError, match="port b: SSL_cert_file"):
+        contexts.reload()
+    assert (a.context, b.context) == before
+    copy.write_bytes(pems.combined.read_bytes())
+    contexts.reload()
+    assert a.context is not before[0] and b.context is not before[1]
+
+
+def test_rotation_rebuilds_after_its_period(files: dict[str, Any], pems: Pems) -> None:
+    contexts = TLSContexts()
+    handle = contexts.handle({**files, "SSL_ticket_key_rotation": 60}, WHERE)
+    first = handle.context
+    assert handle.context is first  # within the period
+    handle.built_at -= 61  # as if a minute had passed
+    assert handle.context is not first
+    never = contexts.handle(files, "port never")
+    never.built_at -= 10**6
+    assert never.context is never.context  # 0: no rotation
+
+
+def test_failed_rotation_keeps_the_context_and_warns(pems: Pems, tmp_path: Path) -> None:
+    warnings: list[str] = []
+    copy = tmp_path / "copy.pem"
+    copy.write_bytes(pems.combined.read_bytes())
+    handle = TLSContexts(warnings.append).handle(
+        {"SSL_cert_file": str(copy), "SSL_ticket_key_rotation": 1}, WHERE)
+    first = handle.context
+    copy.write_bytes(b"broken")
+    handle.built_at -= 2
+    assert handle.context is first
+    assert len(warnings) == 1 and "session-ticket key rotation failed" in warnings[0]
+    assert handle.context is first and len(warnings) == 1  # retried one period later
