@@ -28,6 +28,8 @@ setup(
             "trustme>=1.1",
             "psutil>=5.9",
             "ruff>=0.6",
+            "locust>=2.20",
+            "docutils>=0.18",
         ],
         "bench": ["psutil>=5.9"],
     },

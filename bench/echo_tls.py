@@ -8,17 +8,18 @@ reads ``/proc``)::
     python bench/echo_tls.py --help                # sizes, rounds, time caps
 
 Both servers run at once, each in its own subprocess pinned to CPU 0, and are measured in turn
-(A, B, A, B...) by one load generator pinned to CPU 1 (a gevent client with the stdlib ``ssl``
-module: one process and greenlets, cheaper per request than either server):
+(A, B / B, A...) by one load generator pinned to CPU 1 (a gevent client with the stdlib ``ssl``
+module, one process; its own CPU use is reported, so a saturated client would show):
 
 * **gnetserver**: the ``Echo`` class of ``examples/echo_server.py`` (pyOpenSSL, cooperative
   handshake in the connection greenlet, close_notify + lingering close);
 * **baseline**: ``gevent.server.StreamServer`` whose handler wraps the socket with
   ``gevent.ssl`` (``do_handshake_on_connect=False``, then ``do_handshake()`` under a 10 s
-  socket timeout) and echoes lines through ``makefile("rb")`` the same way.
+  socket timeout) and echoes lines through ``makefile("rb")`` the same way; it sets
+  TCP_NODELAY on accepted sockets as nginx does (``--baseline-nagle`` leaves Nagle on).
 
-Measures (medians over the rounds; server CPU is utime+stime from ``/proc/PID/stat``, so it
-does not depend on how fast the client is):
+Measures (medians over the rounds; server CPU is utime+stime from ``/proc/PID/stat``, which
+depends far less on the client and the machine's other load than the rates do):
 
 a. keep-alive: N persistent TLS connections, each doing M line round-trips -> requests/s and
    server CPU per request;
@@ -43,8 +44,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # loadgen, servers beside this file
 
 from loadgen import Load, LoadGenerator  # noqa: E402
 from servers import KEY_TYPES, ServerProcess, write_certificate  # noqa: E402
@@ -76,17 +76,27 @@ class Results:
         return statistics.median(values) if values else None
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The sizes of the run (see ``--help``), plus the hidden flags of a server subprocess."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = parser.add_argument
-    add("--rounds", type=int, default=3, help="measurements per server, alternated (3)")
-    add("--connections", type=int, default=50, help="keep-alive connections N (50)")
-    add("--requests", type=int, default=400, help="round-trips per keep-alive connection M (400)")
-    add("--payload", type=int, default=64, help="bytes per line, newline included (64)")
-    add("--depth", type=int, default=1,
+    add("--rounds", type=positive, default=3, help="measurements per server, alternated (3)")
+    add("--connections", type=positive, default=50, help="keep-alive connections N (50)")
+    add("--requests", type=positive, default=400,
+        help="round-trips per keep-alive connection M (400)")
+    add("--payload", type=positive, default=64, help="bytes per line, newline included (64)")
+    add("--depth", type=positive, default=1,
         help="lines in flight per keep-alive connection, one TLS record each (1)")
-    add("--handshakes", type=int, default=1500, help="full handshakes per measurement (1500)")
-    add("--concurrency", type=int, default=16, help="concurrent handshaking clients C (16)")
+    add("--handshakes", type=positive, default=1500, help="full handshakes per measurement (1500)")
+    add("--concurrency", type=positive, default=16, help="concurrent handshaking clients C (16)")
     add("--idle", type=int, default=1000, help="idle connections K for memory, 0 skips (1000)")
     add("--keys", default="ecdsa,rsa", help="certificate key types for handshakes (ecdsa,rsa)")
     add("--phase-timeout", type=float, default=8.0,
@@ -112,6 +122,7 @@ def pin(cpu: int) -> bool:
 
 def measure_keepalive(gen: LoadGenerator, proc: ServerProcess, args: argparse.Namespace,
                       results: Results, idle: bool) -> None:
+    """Measures (a), and (c) when ``idle``, of one server; samples go to ``results``."""
     load = gen.keepalive(proc, args.connections, args.requests, args.phase_timeout, args.depth)
     results.add("keep-alive requests/s", proc.kind, load.rate)
     results.add("server CPU per request (µs)", proc.kind, load.cpu_per_op_us)
@@ -124,6 +135,7 @@ def measure_keepalive(gen: LoadGenerator, proc: ServerProcess, args: argparse.Na
 
 def measure_handshakes(gen: LoadGenerator, proc: ServerProcess, key: str,
                        args: argparse.Namespace, results: Results) -> None:
+    """Measure (b) of one server with one key type; samples go to ``results``."""
     load: Load = gen.handshakes(proc, args.handshakes, args.concurrency, args.phase_timeout)
     label = KEY_TYPES[key]
     results.add(f"full handshakes/s, {label}", proc.kind, load.rate)
@@ -133,12 +145,13 @@ def measure_handshakes(gen: LoadGenerator, proc: ServerProcess, key: str,
 
 
 def run_benchmark(args: argparse.Namespace) -> Results:
+    """Per key type: start both servers, measure them in alternating order, stop them."""
     results = Results()
     keys = [k.strip() for k in args.keys.split(",") if k.strip()]
     for key in keys:
         if key not in KEY_TYPES:
             sys.exit(f"--keys: unknown key type {key!r} (known: {', '.join(KEY_TYPES)})")
-    gen = LoadGenerator()
+    gen = LoadGenerator(args.payload)
     with tempfile.TemporaryDirectory(prefix="gnetbench-") as tmp:
         for index, key in enumerate(keys):
             cert, keyfile = write_certificate(Path(tmp), key)
@@ -165,6 +178,7 @@ def run_benchmark(args: argparse.Namespace) -> Results:
 
 
 def format_table(results: Results, args: argparse.Namespace, pinned: bool) -> str:
+    """The run's conditions, then a Markdown table of medians, ratios and goals."""
     lines = [
         f"gnetserver vs baseline, one run: {args.rounds} round(s), medians; "
         f"keep-alive {args.connections} conns x {args.requests} round-trips of "
@@ -199,6 +213,7 @@ def _num(value: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (or, with the hidden ``--serve``, be one of its servers)."""
     args = parse_args(argv)
     if args.serve:
         from servers import serve
@@ -211,7 +226,6 @@ def main(argv: list[str] | None = None) -> int:
     pinned = not args.no_pin and len(os.sched_getaffinity(0)) >= 2 and pin(1)
     if not pinned:
         args.no_pin = True
-    LoadGenerator.payload_size = args.payload
     started = time.monotonic()
     results = run_benchmark(args)
     print(format_table(results, args, pinned))

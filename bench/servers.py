@@ -61,10 +61,17 @@ def write_certificate(folder: Path, key_type: str) -> tuple[str, str]:
 # -- inside a server subprocess ----------------------------------------------------------------
 
 
+def raise_fd_limit(wanted: int = 65536) -> None:
+    """Raise the soft open-file limit toward ``wanted`` (never above the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def serve(kind: str, cert: str, key: str, nodelay: bool = True) -> None:
     """Serve the line echo on 127.0.0.1, kernel-chosen port, until terminated."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # room for the idle-memory test
+    raise_fd_limit()  # room for the idle-memory measurement
     if kind == "gnetserver":
         serve_gnetserver(cert, key)
     else:

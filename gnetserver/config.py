@@ -39,6 +39,11 @@ def unknown_option(name: str, known: Mapping[str, Option], where: str,
     when known)."""
     given = "" if value is None else f" = {value!r}"
     if name.startswith("SSL_"):
+        from .tls.context import refusal_reason
+
+        why = refusal_reason(name)
+        if why is not None:
+            return ConfigError(f"TLS option {name!r}{given} ({where}) cannot be honoured: {why}")
         supported = ", ".join(sorted(n for n in known if n.startswith("SSL_")))
         return ConfigError(
             f"unsupported TLS option {name!r}{given} ({where}); supported: {supported}")

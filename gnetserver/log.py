@@ -112,7 +112,8 @@ def facility_number(value: Any) -> int:
 
 def syslog_logopt(value: Any) -> str:
     """``pid,nofatal`` (separated by commas, ``|`` or spaces), checked and normalised."""
-    return ",".join(sorted(logopt_words(value)))
+    logopt_words(value)
+    return ",".join(dict.fromkeys(w for w in re.split(r"[,|\s]+", str(value).strip()) if w))
 
 
 def logopt_words(value: Any) -> frozenset[str]:
@@ -184,6 +185,7 @@ class SyslogHandler(logging.handlers.SysLogHandler):
         self.logopt = logopt
         self.error: OSError | None = None
         super().__init__(address=address, facility=facility, socktype=socktype)
+        self.append_nul = False  # syslog(3) sends no trailing NUL; rsyslog would log "#000"
         # The pid is read per record: the server may fork (background) after this is built.
         ident = ident.replace("%", "%%")
         fmt = f"{ident}[%(process)d]: %(message)s" if "pid" in logopt else f"{ident}: %(message)s"
@@ -222,12 +224,13 @@ class SyslogHandler(logging.handlers.SysLogHandler):
                 return
             except OSError:
                 pass
-        _report_failure(f"cannot send to syslog at {self.address}")
+        _report_failure(f"cannot send to syslog at {self.address}",
+                        self.error if self.socket is None else None)
 
 
-def _report_failure(what: str) -> None:
+def _report_failure(what: str, exc: BaseException | None = None) -> None:
     """One line on stderr for a failed log write (never a traceback, never an exception)."""
-    exc = sys.exc_info()[1]
+    exc = exc or sys.exc_info()[1]
     try:
         sys.stderr.write(f"gnetserver: {what}: {exc}\n")
         sys.stderr.flush()
@@ -305,6 +308,11 @@ class LogTargets:
                 self.handler.createSocket()
             finally:
                 self.handler.release()
+
+    def rebase(self, rebase: Callable[[str, str], str], root: str) -> None:
+        """After a chroot: reopen_logs() must find the log file under its new name."""
+        if isinstance(self.handler, LogFileHandler) and self.path is not None:
+            self.path = self.handler.baseFilename = rebase(self.path, root)
 
     def point_stderr(self) -> None:
         """Point file descriptor 2 at the log file (Net::Server's STDERR redirect); reopen()

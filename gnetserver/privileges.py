@@ -19,7 +19,7 @@ import grp
 import os
 import pwd
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,6 +116,17 @@ def enter_chroot(path: str) -> None:
             from None
 
 
+def prepare() -> None:
+    """Load what the server would otherwise load lazily once it serves: the gevent hub and
+    its loop, the resolver and the thread pool. After the switch the new user may be unable
+    to read the Python installation (an interpreter under /root), and the chroot hides it."""
+    import gevent
+
+    hub = gevent.get_hub()
+    hub.resolver  # noqa: B018 (the property imports and builds the resolver)
+    hub.threadpool  # noqa: B018
+
+
 def become(identity: Identity) -> None:
     """Set groups, gid, then uid (real, effective and saved when root); verify the result.
 
@@ -133,3 +144,44 @@ def become(identity: Identity) -> None:
     if now != wanted:
         raise OSError(f"ids are uid {now[0]}/{now[1]} gid {now[2]}/{now[3]}, wanted "
                       f"uid {identity.uid} gid {identity.gid}")
+
+
+def drop(identity: Identity | None, chroot: str | None, files: Iterable[str],
+         log: Callable[[int, str], None]) -> None:
+    """The whole switch, in order: check, hand ``files`` over, chroot, setgid/setuid.
+
+    Raises:
+        ConfigError: a missing chroot, a failed chown or chroot, or a failed switch while
+            root. A failed switch when not root is logged at level 1 (Net::Server logs it).
+    """
+    new_root = check_chroot(chroot) if chroot else None
+    changing = identity is not None and identity.differs()
+    if changing or new_root is not None:
+        prepare()  # load lazily-imported modules while they are reachable
+    if changing:
+        assert identity is not None
+        hand_over(files, identity)
+    if new_root is not None:
+        log(2, f"Chrooting to {new_root}")
+        enter_chroot(new_root)
+    if not changing:
+        return
+    assert identity is not None
+    log(2, f'Setting gid to "{" ".join(map(str, identity.groups))}", uid to "{identity.uid}"')
+    try:
+        become(identity)
+    except OSError as exc:
+        message = f"cannot become uid {identity.uid} gid {identity.gid}: {exc}"
+        if os.geteuid() == 0:
+            raise ConfigError(f"options 'user'/'group': {message}") from None
+        log(1, f"Couldn't switch user: {message}")
+
+
+def rebase(path: str, root: str) -> str:
+    """A path as seen after ``chroot(root)``: ``/srv/jail/run/x.pid`` -> ``/run/x.pid``; a
+    path outside the new root is returned unchanged (it can no longer be reached)."""
+    root = os.path.abspath(root)
+    if os.path.commonpath([root, path]) != root:
+        return path
+    relative = os.path.relpath(path, root)
+    return "/" if relative == "." else "/" + relative

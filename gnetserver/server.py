@@ -385,29 +385,19 @@ class GServer:
         ConfigErrors; a failed switch when not root is logged (level 1)."""
         c = self.conf
         identity = privileges.resolve(c["user"], c["group"])
-        new_root = privileges.check_chroot(c["chroot"]) if c["chroot"] else None
         if identity is None and os.geteuid() == 0:
             self.log(2, "Running as root: set 'user' (and 'group') to drop privileges")
-        changing = identity is not None and identity.differs()
-        if changing:
-            files = [str(lst.address.sockaddr) for lst in self.listeners if lst.proto == "unix"]
-            files += [p.path for p in (self.pid_file,) if p is not None and p.written]
-            files += [t.path for t in (self.log_targets,) if t is not None and t.path]
-            privileges.hand_over(files, identity)
-        if new_root is not None:
-            self.log(2, f"Chrooting to {new_root}")
-            privileges.enter_chroot(new_root)
-        if not changing:
-            return
-        groups = " ".join(str(gid) for gid in identity.groups)
-        self.log(2, f'Setting gid to "{groups}", uid to "{identity.uid}"')
-        try:
-            privileges.become(identity)
-        except OSError as exc:
-            message = f"cannot become uid {identity.uid} gid {identity.gid}: {exc}"
-            if os.geteuid() == 0:
-                raise ConfigError(f"options 'user'/'group': {message}") from None
-            self.log(1, f"Couldn't switch user: {message}")
+        files = [str(lst.address.sockaddr) for lst in self.listeners if lst.proto == "unix"]
+        if self.pid_file is not None and self.pid_file.written:
+            files.append(self.pid_file.path)
+        if self.log_targets is not None and self.log_targets.path:
+            files.append(self.log_targets.path)
+        privileges.drop(identity, c["chroot"], files, self.log)
+        if c["chroot"]:  # the files the server still opens by name, seen from the new root
+            if self.pid_file is not None:
+                self.pid_file.path = privileges.rebase(self.pid_file.path, c["chroot"])
+            if self.log_targets is not None:
+                self.log_targets.rebase(privileges.rebase, c["chroot"])
 
     def register_signals(self) -> None:
         """Framework step (in post_bind): set up Net::Server's signals (spec 6.1): TERM and INT

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..tls import TLSConnection, TLSContexts
-from .tcp import TCPProtocol, linger_close
+from .tcp import TCPProtocol, linger_close, set_nodelay
 
 #: Seconds the close_notify alert may take to be written.
 SHUTDOWN_SECONDS = 1.0
@@ -34,6 +34,7 @@ class SSLProtocol(TCPProtocol):
 
     def post_accept(self, client: Any, timeout: float) -> None:
         """Run the TLS handshake; raises TLSError/HandshakeTimeout/OSError on failure."""
+        set_nodelay(client.sock)
         client.tls = TLSConnection(client.sock, self.context)
         client.stream = client.tls
         client.tls.do_handshake(timeout)

@@ -19,6 +19,20 @@ from ..errors import ConfigError
 LINGER_SECONDS = 1.0
 
 
+def set_nodelay(sock: Any) -> None:
+    """Turn Nagle off on an accepted TCP socket.
+
+    Measured: with Nagle on, the first response after a TLS 1.3 handshake waited ~40 ms behind
+    the server's unacknowledged session tickets until the client's delayed ACK, halving the
+    handshake rate. Replies are written whole (OpenSSL writes whole records; handlers call
+    sendall), so turning Nagle off does not split them.
+    """
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass  # the peer already reset the connection: the next read says so
+
+
 def linger_close(sock: Any) -> None:
     """Half-close, read and discard until EOF or LINGER_SECONDS, then close. Never raises."""
     try:
@@ -54,7 +68,8 @@ class TCPProtocol:
             )
 
     def post_accept(self, client: Any, timeout: float) -> None:
-        """Nothing to negotiate on a plain stream."""
+        """Nothing to negotiate on a plain stream; only Nagle is turned off."""
+        set_nodelay(client.sock)
 
     def close(self, client: Any) -> None:
         """Half-close, drain briefly, close."""

@@ -22,6 +22,9 @@ class UnixProtocol(TCPProtocol):
         if options.get("unix_type") == "sock_dgram":
             raise ConfigError(f"port {spec}: datagram unix sockets are not supported")
 
+    def post_accept(self, client: Any, timeout: float) -> None:
+        """Nothing to negotiate, and no Nagle on a unix socket."""
+
     def close_listener(self, listener: Any) -> None:
         """Close the socket and remove its file (only if it is still a socket)."""
         path = listener.address.sockaddr

@@ -241,18 +241,23 @@ def _run_create_ctx_callback(ctx: SSL.Context, b: Build) -> None:
                           f"({type(e).__name__})") from e
 
 
+def refusal_reason(key: str) -> str | None:
+    """Why an IO::Socket::SSL option cannot be honoured, or None when it is not a known refusal."""
+    return REFUSED_SSL_OPTIONS.get(key) or next(
+        (text for prefix, text in _REFUSED_PREFIXES.items() if key.startswith(prefix)), None
+    )
+
+
 def check_names(opts: Mapping[str, Any], where: str) -> None:
     """Refuse ``SSL_*`` keys that are not supported (with the reason when we know it)."""
     for key in sorted(opts):
-        why = REFUSED_SSL_OPTIONS.get(key) or next(
-            (text for prefix, text in _REFUSED_PREFIXES.items() if key.startswith(prefix)), None
-        )
+        why = refusal_reason(key)
         if why is not None and opts[key] is not None:
             raise ConfigError(f"{where}: {key} cannot be honoured: {why}")
     unknown = sorted(
         key for key in opts
         if key.startswith("SSL_") and key not in SUPPORTED_SSL_OPTIONS
-        and key not in REFUSED_SSL_OPTIONS and not key.startswith(tuple(_REFUSED_PREFIXES))
+        and refusal_reason(key) is None
     )
     if unknown:
         raise ConfigError(

@@ -1,0 +1,210 @@
+"""Log targets (issue 4, point 2): a real log file (append, mode 0640, reopened after a
+logrotate-style rename), syslog over a real AF_UNIX datagram socket owned by the test,
+log_function (callable or method name) and an overridden write_to_log_hook."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import address
+
+from gnetserver import ConfigError, GServer
+
+pytestmark = pytest.mark.timeout(20)
+
+LOCAL = "127.0.0.1:0/tcp"
+
+
+def wait_for_text(path: Path, pattern: str, timeout: float = 5.0) -> str:
+    """The file's text once ``pattern`` appears in it (polled, bounded)."""
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        if re.search(pattern, text):
+            return text
+        time.sleep(0.02)
+    raise AssertionError(f"{pattern!r} not in {path}: {text!r}")
+
+
+def say_hello(server: GServer) -> bytes:
+    """One real connection to the echo server: the welcome line."""
+    with socket.create_connection(address(server), timeout=5) as sock:
+        welcome = sock.makefile("rb").readline()
+        sock.sendall(b"quit\r\n")
+        return welcome
+
+
+@pytest.fixture
+def syslog_socket(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
+    """A syslog daemon stand-in: an AF_UNIX datagram socket the server sends to."""
+    path = str(tmp_path / "syslog.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(5)
+    yield path, sock
+    sock.close()
+
+
+def receive_until(sock: socket.socket, needle: str, limit: int = 50) -> list[str]:
+    """Datagrams received until one contains ``needle`` (bounded by count and the timeout)."""
+    seen = []
+    for _ in range(limit):
+        seen.append(sock.recv(65536).decode("utf-8"))
+        if needle in seen[-1]:
+            return seen
+    raise AssertionError(f"{needle!r} not received in {seen}")
+
+
+def test_log_file_is_created_0640_and_gets_every_line(serve: Any, tmp_path: Path) -> None:
+    log_file = tmp_path / "server.log"
+    umask = os.umask(0o022)
+    try:
+        server = serve(GServer, port=LOCAL, log_file=str(log_file), log_level=3)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(log_file.stat().st_mode) == 0o640
+    assert say_hello(server).startswith(b"Welcome")
+    text = wait_for_text(log_file, r"CONNECT TCP Peer")
+    assert re.search(rf"^\d{{4}}/\d\d/\d\d-\d\d:\d\d:\d\d GServer starting! pid\({os.getpid()}\)",
+                     text, re.M)
+    assert "Server ready: 127.0.0.1:" in text
+
+
+def test_log_file_is_appended_and_escapes_control_bytes(serve: Any, tmp_path: Path) -> None:
+    log_file = tmp_path / "server.log"
+    log_file.write_text("line from before\n")
+    log_file.chmod(0o600)
+    server = serve(GServer, port=LOCAL, log_file=str(log_file))
+    server.log(2, "peer said \x1b[2J\rforged\x00 é")
+    text = wait_for_text(log_file, "peer said")
+    assert text.startswith("line from before\n")
+    assert "peer said %1B[2J%0Dforged%00 %C3%A9" in text
+    assert stat.S_IMODE(log_file.stat().st_mode) == 0o600  # an existing file keeps its mode
+
+
+def test_reopen_logs_follows_a_logrotate_rename(serve: Any, tmp_path: Path) -> None:
+    log_file, rotated = tmp_path / "server.log", tmp_path / "server.log.1"
+    server = serve(GServer, port=LOCAL, log_file=str(log_file), log_level=3)
+    server.log(2, "before rotation")
+    os.rename(log_file, rotated)
+    server.log(2, "still into the renamed file")
+    server.reopen_logs()
+    assert say_hello(server).startswith(b"Welcome")
+    fresh = wait_for_text(log_file, "CONNECT TCP Peer")
+    old = rotated.read_text()
+    assert "before rotation" in old and "still into the renamed file" in old
+    assert "Reopened the log" in fresh and "before rotation" not in fresh
+    assert stat.S_IMODE(log_file.stat().st_mode) & 0o007 == 0
+
+
+def test_syslog_to_a_local_unix_socket(serve: Any, syslog_socket: Any) -> None:
+    path, receiver = syslog_socket
+    server = serve(GServer, port=LOCAL, log_file="Sys::Syslog", syslog_logsock=path,
+                   syslog_ident="gtest", syslog_facility="local3", syslog_logopt="pid",
+                   log_level=3)
+    startup = receive_until(receiver, "Server ready")
+    local3 = 19 * 8
+    pid = os.getpid()
+    # Net::Server's map: 2 -> notice (5), 1 -> warning (4), 0 -> err (3), 3 -> info (6).
+    assert f"<{local3 + 5}>gtest[{pid}]: GServer starting! pid({pid})" in startup
+    server.log(1, "a warning")
+    assert receive_until(receiver, "a warning")[-1] == f"<{local3 + 4}>gtest[{pid}]: a warning"
+    server.log(0, "a fatal one")
+    assert receive_until(receiver, "fatal")[-1] == f"<{local3 + 3}>gtest[{pid}]: a fatal one"
+    say_hello(server)
+    assert receive_until(receiver, "CONNECT")[-1].startswith(f"<{local3 + 6}>gtest[{pid}]: ")
+
+
+def test_syslog_defaults_are_net_servers(serve: Any, syslog_socket: Any) -> None:
+    path, receiver = syslog_socket
+    server = serve(GServer, port=LOCAL, log_file="Sys::Syslog", syslog_logsock=path)
+    assert server.conf["syslog_ident"] == "net_server"
+    assert server.conf["syslog_logopt"] == "pid,nofatal"
+    daemon_facility = 3 * 8
+    ready = receive_until(receiver, "Server ready")[-1]
+    assert ready.startswith(f"<{daemon_facility + 5}>net_server[{os.getpid()}]: Server ready")
+
+
+def test_unreachable_syslog_fails_unless_nofatal(serve: Any, tmp_path: Path) -> None:
+    path = str(tmp_path / "later.sock")
+    with pytest.raises(ConfigError, match=r"syslog_logsock.*later\.sock.*nofatal"):
+        serve(GServer, port=LOCAL, log_file="Sys::Syslog", syslog_logsock=path,
+              syslog_logopt="pid")
+    server = serve(GServer, port=LOCAL, log_file="Sys::Syslog", syslog_logsock=path,
+                   syslog_logopt="nofatal")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(path)  # the syslog daemon comes up after the server
+        receiver.settimeout(5)
+        server.log(2, "reconnected")
+        assert receive_until(receiver, "reconnected")[-1] == "<29>net_server: reconnected"
+
+
+def test_log_function_callable_replaces_the_sink(serve: Any, tmp_path: Path) -> None:
+    log_file = tmp_path / "server.log"
+    calls: list[tuple[int, str]] = []
+    server = serve(GServer, port=LOCAL, log_file=str(log_file),
+                   log_function=lambda level, msg: calls.append((level, msg)))
+    server.log(1, "to the function")
+    assert (1, "to the function") in calls
+    assert any(msg.startswith("Server ready") and level == 2 for level, msg in calls)
+    assert "to the function" not in log_file.read_text()
+
+
+class Recording(GServer):
+    """A server whose log goes to a list: through a log method, or through the sink hook."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.lines: list[tuple[str, int, str]] = []
+
+    def my_log(self, level: int, message: str) -> None:
+        if "explode" in message:
+            raise RuntimeError("log backend down")
+        self.lines.append(("my_log", level, message))
+
+    def write_to_log_hook(self, level: int, message: str) -> None:
+        self.lines.append(("hook", level, message))
+
+
+def test_log_function_method_name_and_write_to_log_hook(serve: Any) -> None:
+    server = serve(Recording, port=LOCAL, log_function="my_log", log_level=3)
+    say_hello(server)
+    server.log(2, "explode please")
+    kinds = {(kind, msg.split(" ")[0]) for kind, _, msg in server.lines}
+    assert ("my_log", "CONNECT") in kinds and ("my_log", "Server") in kinds
+    assert ("hook", 1, "Error in log_function: RuntimeError: log backend down") in server.lines
+    assert ("hook", 2, "explode please") in server.lines  # the message is not lost
+
+
+def test_write_to_log_hook_is_the_default_sink(serve: Any) -> None:
+    server = serve(Recording, port=LOCAL, log_level=4)
+    server.log(4, "debug line")
+    server.log(0, "fatal line")
+    assert ("hook", 4, "debug line") in server.lines and ("hook", 0, "fatal line") in server.lines
+    assert any(m.startswith("Recording starting! pid(") for _, _, m in server.lines)
+
+
+@pytest.mark.parametrize(("options", "pattern"), [
+    ({"log_file": "Log::Log4perl"}, r"'log_file'.*Log::Log4perl.*Sys::Syslog"),
+    ({"log_file": "{tmp}/no/such/dir/x.log"}, r"'log_file'.*no/such/dir/x\.log"),
+    ({"log_function": "no_such_method"}, r"'log_function'.*no_such_method.*GServer"),
+    ({"log_function": 42}, r"'log_function'.*42"),
+    ({"syslog_facility": "nope"}, r"'syslog_facility'.*nope.*local0"),
+    ({"syslog_logopt": "pid,bogus"}, r"'syslog_logopt'.*bogus"),
+    ({"syslog_logsock": "carrier-pigeon"}, r"'syslog_logsock'.*carrier-pigeon"),
+])
+def test_bad_log_options_stop_the_start(serve: Any, tmp_path: Path, options: dict[str, Any],
+                                        pattern: str) -> None:
+    options = {k: v.format(tmp=tmp_path) if isinstance(v, str) else v
+               for k, v in options.items()}
+    with pytest.raises(ConfigError, match=pattern):
+        serve(GServer, port=LOCAL, **options)
