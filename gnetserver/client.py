@@ -7,7 +7,8 @@ Rules of this module:
   underneath: a plain gevent socket for tcp/unix, a :class:`~gnetserver.tls.TLSConnection`
   for ssl, installed by the protocol's ``post_accept``.
 * It carries Net::Server's facts about the connection (``peeraddr``, ``peerport``,
-  ``sockaddr``, ``sockport``, ``proto``), filled in by the server's ``get_client_info``.
+  ``sockaddr``, ``sockport``, ``proto``, and with reverse lookups ``peerhost``), filled in by
+  the server's ``get_client_info``.
 * ``readline`` keeps surplus bytes in the client's own buffer, and ``recv`` serves that buffer
   first, so mixing the two never loses data. A file from ``makefile`` buffers on its own, as a
   socket's does: do not mix reads through a file with direct reads.
@@ -67,6 +68,11 @@ class Client:
         proto: "tcp", "ssl" or "unix".
         peeraddr, peerport: the peer's address text and port (None for unix sockets).
         sockaddr, sockport: the local address text and port (the socket path for unix).
+        peerhost: the peer's host name, with ``reverse_lookups`` (set by get_client_info,
+            before post_accept_hook); None without lookups, for unix sockets, or when the
+            lookup found no name.
+        peerhost_rev: with double-reverse lookups, the addresses ``peerhost`` resolves to
+            (a set of address texts; None when that lookup found none or did not run).
         allowed: the outcome of allow_deny and allow_deny_hook once they ran.
         data: a dict for handlers to keep per-connection state in.
 
@@ -87,6 +93,8 @@ class Client:
         self.peerport: int | None = None
         self.sockaddr: str | None = None
         self.sockport: int | str | None = None
+        self.peerhost: str | None = None
+        self.peerhost_rev: set[str] | None = None
         self.allowed: bool | None = None
         self.data: dict[str, Any] = {}
         self.closed = False

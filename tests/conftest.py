@@ -1,39 +1,52 @@
-"""Shared fixtures: a trustme CA, certificate files, servers in threads, real clients."""
+"""Shared fixtures: a trustme CA, certificate files, servers in threads and in subprocesses.
+
+The helpers the tests call (``address``, ``tls_connect``, ``read_until_eof``, ``needs_ipv6``...)
+live in the ``support`` package beside this file: import them from there
+(``from support.net import address``). They are re-exported here for older code, but
+``from conftest import ...`` breaks as soon as a second conftest.py exists: pytest names every
+conftest.py module ``conftest``, so such an import finds whichever was loaded last.
+"""
 
 from __future__ import annotations
 
-import socket
+import shutil
 import ssl
+import sys
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
 
-from gnetserver import GServer
-from gnetserver.testing import ServerThread
+_TESTS = str(Path(__file__).resolve().parent)
+if _TESTS not in sys.path:  # ``import support`` must work whatever pytest's import mode
+    sys.path.insert(0, _TESTS)
 
-HOSTS = ("localhost", "127.0.0.1", "::1")
+from support.conformance import StartServer, make_starter  # noqa: E402
+from support.handshake import Pems, write_pems  # noqa: E402
+from support.net import (  # noqa: E402,F401  (re-exported for older imports from conftest)
+    HOSTS,
+    IPV6,
+    address,
+    needs_ipv6,
+    read_until_eof,
+    tls_connect,
+)
+from support.process import ServerProcess  # noqa: E402
+from support.sigserver import SignalServerProcess  # noqa: E402
+from support.tls import trusting, write_leaf  # noqa: E402
 
+from gnetserver import GServer  # noqa: E402
+from gnetserver.testing import ServerThread  # noqa: E402
 
-def ipv6_available() -> bool:
-    """True when a socket can be bound on ::1."""
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-            sock.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-IPV6 = ipv6_available()
-needs_ipv6 = pytest.mark.skipif(not IPV6, reason="no IPv6 loopback on this machine")
+# -- certificates ----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def ca() -> trustme.CA:
+    """The test CA: it issues every server and client certificate the tests trust."""
     return trustme.CA()
 
 
@@ -41,18 +54,28 @@ def ca() -> trustme.CA:
 def certs(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """PEM files of a server certificate for localhost/127.0.0.1/::1: cert (with chain), key."""
     folder = tmp_path_factory.mktemp("certs")
-    leaf = ca.issue_cert(*HOSTS)
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    leaf.private_key_pem.write_to_path(str(key))
-    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-    return {"SSL_cert_file": str(cert), "SSL_key_file": str(key)}
+    return write_leaf(ca.issue_cert(*HOSTS), folder / "cert.pem", folder / "key.pem")
 
 
 @pytest.fixture(scope="session")
 def client_context(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
+    """A stdlib client context that trusts the test CA (and checks the host name)."""
+    return trusting(ca)
+
+
+@pytest.fixture
+def pems(ca: trustme.CA, tmp_path: Path) -> Pems:
+    """A leaf for localhost/127.0.0.1 as cert, key, combined and CA PEM files in tmp_path."""
+    return write_pems(ca, tmp_path)
+
+
+@pytest.fixture
+def pem_files(pems: Pems) -> dict[str, Any]:
+    """The ``pems`` leaf as the options SSL_cert_file and SSL_key_file."""
+    return {"SSL_cert_file": str(pems.cert), "SSL_key_file": str(pems.key)}
+
+
+# -- servers in threads ----------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -72,34 +95,44 @@ def serve() -> Iterator[Callable[..., GServer]]:
         thread.stop()
 
 
-def address(server: GServer, index: int = 0) -> tuple[str, int]:
-    """(host, port) of a server's listener."""
-    bound = server.listeners[index].bound
-    return bound[0], bound[1]
+@pytest.fixture
+def short_tmp_path() -> Iterator[str]:
+    """A short private folder (unix socket paths are limited to about 100 bytes)."""
+    path = tempfile.mkdtemp(prefix="gns-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
-def tls_connect(server: GServer, context: ssl.SSLContext, index: int = 0,
-                server_hostname: str = "localhost", timeout: float = 5.0) -> ssl.SSLSocket:
-    """A real stdlib TLS client connected to a listener of the server."""
-    raw = socket.create_connection(address(server, index), timeout=timeout)
-    try:
-        return context.wrap_socket(raw, server_hostname=server_hostname)
-    except BaseException:
-        raw.close()
-        raise
+@pytest.fixture
+def start_endpoint(proto: str, serve: Callable[..., GServer], ca: trustme.CA,
+                   certs: dict[str, str], short_tmp_path: str) -> StartServer:
+    """The conformance suite's starter: ConformanceServer (or a given class) on the proto of
+    the module's ``proto`` fixture, returned as an Endpoint."""
+    return make_starter(proto, serve, ca, certs, short_tmp_path)
 
 
-def read_until_eof(sock: Any, limit: int = 1 << 22) -> bytes:
-    """Everything the peer sends until it closes."""
-    chunks, size = [], 0
-    while size < limit:
-        try:
-            chunk = sock.recv(65536)
-        except ssl.SSLZeroReturnError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
+# -- servers in subprocesses -----------------------------------------------------------------
 
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., Any]]:
+    """``spawn(*args, factory=ServerProcess, **kwargs)`` starts ``factory(*args, **kwargs)``, a
+    ServerProcess (or subclass); every one is stopped at teardown."""
+    started: list[ServerProcess] = []
+
+    def start(*args: Any, factory: Callable[..., ServerProcess] = ServerProcess,
+              **kwargs: Any) -> Any:
+        started.append(factory(*args, **kwargs))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def start_sigserver(spawn: Callable[..., Any], tmp_path: Path,
+                    certs: dict[str, str]) -> Callable[..., SignalServerProcess]:
+    """``start_sigserver(*args)``: the signal tests' server (support.sigserver) started in
+    tmp_path with the test certificate and the command line ``args``; killed at teardown."""
+    return lambda *args: spawn(tmp_path, certs, *args, factory=SignalServerProcess)

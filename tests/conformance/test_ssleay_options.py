@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 import trustme
-from conformance_harness import ConformanceServer, Endpoint, issue_files, read_line
 from cryptography.hazmat.primitives import serialization
+from support.conformance import ConformanceServer, Endpoint, issue_files
+from support.net import read_line
 
 from gnetserver import GServer
 from gnetserver.errors import ConfigError

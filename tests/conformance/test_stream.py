@@ -1,6 +1,6 @@
 """One stream contract, run over every proto: tcp, unix, ssl (pyOpenSSL) and ssleay (stdlib ssl).
 
-Each test starts :class:`~conformance_harness.ConformanceServer` on the proto of its parameter
+Each test starts :class:`~support.conformance.ConformanceServer` on the proto of its parameter
 and talks to it with a real blocking client. What must hold on every proto: bytes arrive intact
 both ways (small lines and 1 MiB payloads), the server sees the client's EOF (a TCP half-close
 or a TLS close_notify) and can still answer, readline and makefile work, the client facts are
@@ -12,26 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
-import trustme
-from conformance_harness import (
+from support.conformance import (
     MIB,
     PROTOS,
     Endpoint,
     StartServer,
-    make_starter,
     pattern,
     read_exactly,
-    read_line,
-    read_until_eof,
 )
-
-from gnetserver import GServer
+from support.net import read_line, read_until_eof
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -42,22 +34,8 @@ def proto(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def folder() -> Iterator[str]:
-    """A short private folder (unix socket paths are limited to about 100 bytes)."""
-    path = tempfile.mkdtemp(prefix="gns-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def start(proto: str, serve: Callable[..., GServer], ca: trustme.CA, certs: dict[str, str],
-          folder: str) -> StartServer:
-    return make_starter(proto, serve, ca, certs, folder)
-
-
-@pytest.fixture
-def endpoint(start: StartServer) -> Endpoint:
-    return start()
+def endpoint(start_endpoint: StartServer) -> Endpoint:
+    return start_endpoint()
 
 
 def test_echo_small_lines(endpoint: Endpoint) -> None:
@@ -121,8 +99,8 @@ def test_client_facts(endpoint: Endpoint) -> None:
         assert "version" not in facts
 
 
-def test_idle_client_is_closed_after_timeout_idle(start: StartServer) -> None:
-    endpoint = start(timeout_idle=0.3)
+def test_idle_client_is_closed_after_timeout_idle(start_endpoint: StartServer) -> None:
+    endpoint = start_endpoint(timeout_idle=0.3)
     with endpoint.connect() as sock:
         begun = time.monotonic()
         assert read_until_eof(sock) == b""  # a clean EOF, no reset
@@ -130,8 +108,8 @@ def test_idle_client_is_closed_after_timeout_idle(start: StartServer) -> None:
     assert 0.2 < waited < 4.0
 
 
-def test_idle_timeout_restarts_with_each_read(start: StartServer) -> None:
-    endpoint = start(timeout_idle=0.5)
+def test_idle_timeout_restarts_with_each_read(start_endpoint: StartServer) -> None:
+    endpoint = start_endpoint(timeout_idle=0.5)
     with endpoint.connect() as sock:
         sock.sendall(b"ECHO\n")
         for word in (b"one", b"two", b"three"):

@@ -10,30 +10,24 @@ close that sends close_notify.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import ssl
 import struct
-import tempfile
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import trustme
-from conformance_harness import (
+from cryptography import x509
+from support.conformance import (
     TLS_PROTOS,
     ConformanceServer,
     Endpoint,
     StartServer,
     issue_files,
-    make_starter,
-    read_line,
-    read_until_eof,
 )
-from cryptography import x509
+from support.net import poll, read_line, read_until_eof
 
-from gnetserver import GServer
 from gnetserver.client import Client
 from gnetserver.errors import ConfigError
 
@@ -45,24 +39,11 @@ def proto(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def folder() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="gns-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def start(proto: str, serve: Callable[..., GServer], ca: trustme.CA, certs: dict[str, str],
-          folder: str) -> StartServer:
-    return make_starter(proto, serve, ca, certs, folder)
-
-
-def start_or_skip(start: StartServer, feature: str, **options: Any) -> Endpoint:
+def start_or_skip(start_endpoint: StartServer, feature: str, **options: Any) -> Endpoint:
     """Start; skip (naming the backend's own message) when proto ssl refuses an option that its
     context builder does not implement yet. ssleay must accept everything used here."""
     try:
-        return start(**options)
+        return start_endpoint(**options)
     except ConfigError as e:
         if "/ssl:" in str(e) or "/ssl " in str(e):
             pytest.skip(f"proto ssl does not support {feature} yet: {e}")
@@ -88,18 +69,19 @@ class CountingServer(ConformanceServer):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_alpn_picks_a_protocol_both_sides_speak(start: StartServer) -> None:
-    endpoint = start_or_skip(start, "SSL_alpn_protocols", SSL_alpn_protocols=["h2", "http/1.1"])
+def test_alpn_picks_a_protocol_both_sides_speak(start_endpoint: StartServer) -> None:
+    endpoint = start_or_skip(start_endpoint, "SSL_alpn_protocols",
+                             SSL_alpn_protocols=["h2", "http/1.1"])
     chosen = facts(endpoint, context=endpoint.client_context(alpn=["http/1.1", "spdy/3"]))
     assert chosen["alpn_protocol"] == "http/1.1"
     assert facts(endpoint)["alpn_protocol"] is None  # the twin: a client offering nothing
 
 
-def test_sni_selects_the_certificate(start: StartServer, ca: trustme.CA, certs: dict[str, str],
-                                     folder: str) -> None:
-    other = issue_files(ca, folder, "other", "other.test")
+def test_sni_selects_the_certificate(start_endpoint: StartServer, ca: trustme.CA,
+                                     certs: dict[str, str], short_tmp_path: str) -> None:
+    other = issue_files(ca, short_tmp_path, "other", "other.test")
     endpoint = start_or_skip(
-        start, "SNI dicts",
+        start_endpoint, "SNI dicts",
         SSL_cert_file={"": certs["SSL_cert_file"], "other.test": other["cert"]},
         SSL_key_file={"": certs["SSL_key_file"], "other.test": other["key"]})
     # A verifying client accepts only the certificate of the name it asked for.
@@ -127,13 +109,13 @@ def _rejected(endpoint: Endpoint, context: ssl.SSLContext) -> bool:
 
 
 @pytest.mark.parametrize("verify_mode", [2, 3])
-def test_client_certificates_required(start: StartServer, folder: str,
+def test_client_certificates_required(start_endpoint: StartServer, short_tmp_path: str,
                                       verify_mode: int) -> None:
     trusted, stranger = trustme.CA(), trustme.CA()
-    ca_file = f"{folder}/clients.pem"
+    ca_file = f"{short_tmp_path}/clients.pem"
     trusted.cert_pem.write_to_path(ca_file)
     CountingServer.served = 0
-    endpoint = start(CountingServer, SSL_verify_mode=verify_mode, SSL_ca_file=ca_file)
+    endpoint = start_endpoint(CountingServer, SSL_verify_mode=verify_mode, SSL_ca_file=ca_file)
     good = trusted.issue_cert("client.test", common_name="client.test")
     bad = stranger.issue_cert("client.test", common_name="client.test")
     assert _rejected(endpoint, endpoint.client_context())  # no certificate
@@ -146,8 +128,8 @@ def test_client_certificates_required(start: StartServer, folder: str,
     assert CountingServer.served == 1
 
 
-def test_session_resumption(start: StartServer) -> None:
-    endpoint = start()
+def test_session_resumption(start_endpoint: StartServer) -> None:
+    endpoint = start_endpoint()
     context = endpoint.client_context()
     with endpoint.connect(context=context) as sock:
         sock.sendall(b"FACTS\n")
@@ -159,24 +141,24 @@ def test_session_resumption(start: StartServer) -> None:
         assert sock.session_reused
 
 
-def test_version_pinned_to_tls12(start: StartServer) -> None:
-    endpoint = start(SSL_version="TLSv1_2")
-    assert facts(endpoint)["version"] == "TLSv1.2"
-    only13 = endpoint.client_context(minimum_version=ssl.TLSVersion.TLSv1_3)
+@pytest.mark.parametrize(("spec", "negotiated", "refused_client"), [
+    pytest.param("TLSv1_2", "TLSv1.2", {"minimum_version": ssl.TLSVersion.TLSv1_3},
+                 id="pinned-to-tls12"),
+    pytest.param("SSLv23:!TLSv1:!TLSv1_1:!TLSv1_2", "TLSv1.3",
+                 {"maximum_version": ssl.TLSVersion.TLSv1_2}, id="range-without-tls12"),
+])
+def test_ssl_version(start_endpoint: StartServer, spec: str, negotiated: str,
+                     refused_client: dict[str, Any]) -> None:
+    """SSL_version decides what is negotiated, and a client limited to the versions it
+    leaves out is refused."""
+    endpoint = start_endpoint(SSL_version=spec)
+    assert facts(endpoint)["version"] == negotiated
     with pytest.raises(ssl.SSLError):
-        endpoint.connect(context=only13).close()
+        endpoint.connect(context=endpoint.client_context(**refused_client)).close()
 
 
-def test_version_range_without_tls12(start: StartServer) -> None:
-    endpoint = start(SSL_version="SSLv23:!TLSv1:!TLSv1_1:!TLSv1_2")
-    assert facts(endpoint)["version"] == "TLSv1.3"
-    only12 = endpoint.client_context(maximum_version=ssl.TLSVersion.TLSv1_2)
-    with pytest.raises(ssl.SSLError):
-        endpoint.connect(context=only12).close()
-
-
-def test_cipher_list_for_tls12(start: StartServer) -> None:
-    endpoint = start(SSL_version="TLSv1_2", SSL_cipher_list="ECDHE+CHACHA20")
+def test_cipher_list_for_tls12(start_endpoint: StartServer) -> None:
+    endpoint = start_endpoint(SSL_version="TLSv1_2", SSL_cipher_list="ECDHE+CHACHA20")
     assert facts(endpoint)["cipher"] == "ECDHE-ECDSA-CHACHA20-POLY1305"
     aes_only = endpoint.client_context()
     aes_only.set_ciphers("ECDHE+AESGCM")
@@ -184,17 +166,17 @@ def test_cipher_list_for_tls12(start: StartServer) -> None:
         endpoint.connect(context=aes_only).close()
 
 
-def test_default_ciphers_are_forward_secret_aead(start: StartServer) -> None:
-    endpoint = start()
+def test_default_ciphers_are_forward_secret_aead(start_endpoint: StartServer) -> None:
+    endpoint = start_endpoint()
     cbc = endpoint.client_context(maximum_version=ssl.TLSVersion.TLSv1_2)
     cbc.set_ciphers("ECDHE+AES128+SHA256:ECDHE+AES+SHA:AES128-GCM-SHA256")  # CBC, static RSA
     with pytest.raises(ssl.SSLError):
         endpoint.connect(context=cbc).close()
 
 
-def test_silent_client_dropped_after_timeout_handshake(start: StartServer) -> None:
+def test_silent_client_dropped_after_timeout_handshake(start_endpoint: StartServer) -> None:
     CountingServer.served = 0
-    endpoint = start(CountingServer, timeout_handshake=0.3)
+    endpoint = start_endpoint(CountingServer, timeout_handshake=0.3)
     with endpoint.raw() as silent:
         begun = time.monotonic()
         assert silent.recv(100) == b""
@@ -203,23 +185,21 @@ def test_silent_client_dropped_after_timeout_handshake(start: StartServer) -> No
     assert CountingServer.served == 1
 
 
-def test_plaintext_client_fails_the_handshake(start: StartServer,
+def test_plaintext_client_fails_the_handshake(start_endpoint: StartServer,
                                               caplog: pytest.LogCaptureFixture) -> None:
     CountingServer.served = 0
-    endpoint = start(CountingServer)
+    endpoint = start_endpoint(CountingServer)
     with endpoint.raw() as plain:
         plain.sendall(b"GET / HTTP/1.0\r\n\r\n")
         answer = read_until_eof(plain)
     assert not answer.startswith(b"HTTP") and b"Welcome" not in answer  # an alert at most
-    deadline = time.monotonic() + 5
-    while "TLS handshake failed" not in caplog.text and time.monotonic() < deadline:
-        time.sleep(0.01)  # polling for the server thread's log line, bounded
+    poll(lambda: "TLS handshake failed" in caplog.text, 5)  # the server thread's log line
     assert "TLS handshake failed" in caplog.text
     assert CountingServer.served == 0
 
 
-def test_server_close_sends_close_notify(start: StartServer) -> None:
-    endpoint = start()
+def test_server_close_sends_close_notify(start_endpoint: StartServer) -> None:
+    endpoint = start_endpoint()
     context = endpoint.client_context()
     raw = endpoint.raw()
     # suppress_ragged_eofs=False: a close without close_notify would raise SSLEOFError.
@@ -229,14 +209,14 @@ def test_server_close_sends_close_notify(start: StartServer) -> None:
         assert read_until_eof(sock) == b"echo: quit\n"
 
 
-def test_client_close_notify_is_a_clean_eof(start: StartServer) -> None:
-    endpoint = start()
+def test_client_close_notify_is_a_clean_eof(start_endpoint: StartServer) -> None:
+    endpoint = start_endpoint()
     answer = endpoint.half_close_exchange(b"EOF\n", b"payload")
     assert answer.startswith(b"7 ")
 
 
-def test_abrupt_client_close_does_not_hurt_the_server(start: StartServer) -> None:
-    endpoint = start()
+def test_abrupt_client_close_does_not_hurt_the_server(start_endpoint: StartServer) -> None:
+    endpoint = start_endpoint()
     for _ in range(3):
         with endpoint.connect() as sock:
             sock.sendall(b"ECHO\nhello\n")

@@ -13,7 +13,6 @@ import re
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,9 @@ from typing import Any
 import gevent
 import pytest
 from gevent.event import Event
+from support.net import address, needs_ipv6, poll, read_until_eof, tls_connect
 
 from gnetserver import GServer
-from tests.conftest import address, needs_ipv6, read_until_eof, tls_connect
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -64,16 +63,8 @@ class Recorder(GServer):
         self._note("post_client_connection_hook")
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 5.0) -> Any:
-    """Poll ``condition`` until it is true or the deadline passes; return its last value."""
-    deadline = time.monotonic() + timeout
-    while not (value := condition()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return value
-
-
 def logged(caplog: pytest.LogCaptureFixture, pattern: str) -> bool:
-    return wait_until(lambda: any(re.search(pattern, m) for m in caplog.messages))
+    return poll(lambda: any(re.search(pattern, m) for m in caplog.messages))
 
 
 def talk(server: GServer, context: ssl.SSLContext, host: str = "localhost") -> bytes:
@@ -171,7 +162,7 @@ def test_tcp_port_keeps_net_server_order(serve: Serve, caplog: pytest.LogCapture
     server = serve(Recorder, port="127.0.0.1:0", cidr_deny="127.0.0.1", log_level=3)
     with socket.create_connection(address(server), timeout=5) as conn:
         assert read_until_eof(conn) == b"denied\n"
-    assert wait_until(lambda: len(server.events) == 4)
+    assert poll(lambda: len(server.events) == 4)
     assert server.events == ["post_accept_hook", "request_denied_hook",
                              "post_process_request_hook", "post_client_connection_hook"]
     assert logged(caplog, r"Denied \[127\.0\.0\.1\]:\d+ by the allow/deny rules$")
@@ -198,7 +189,7 @@ def test_allow_deny_hook_runs_after_handshake(serve: Serve, tls: dict[str, Any],
     """allow_deny_hook decides after the handshake; its denial gets request_denied_hook over TLS."""
     server = serve(DenyingHook, port="127.0.0.1:0", cidr_allow="127.0.0.1", **tls)
     assert talk(server, client_context) == b"denied\n"
-    assert wait_until(lambda: len(server.events) == 5)
+    assert poll(lambda: len(server.events) == 5)
     assert server.events == ["post_accept_hook", "allow_deny_hook", "request_denied_hook",
                              "post_process_request_hook", "post_client_connection_hook"]
 
@@ -219,7 +210,7 @@ def test_host_name_rules_run_after_handshake(serve: Serve, tls: dict[str, Any],
     server = serve(Recorder, port="127.0.0.1:0", reverse_lookups=1, deny=re.escape(name),
                    cidr_allow="127.0.0.0/8", **tls)
     assert talk(server, client_context) == b"denied\n"
-    assert "request_denied_hook" in wait_until(lambda: server.events)
+    assert "request_denied_hook" in poll(lambda: server.events)
     assert logged(caplog, rf"Denied \[127\.0\.0\.1\]:\d+ \({re.escape(name)}\)")
     allowed = serve(Recorder, port="127.0.0.1:0", reverse_lookups=1, allow=re.escape(name),
                     **tls)

@@ -14,14 +14,16 @@ raw byte: it can tell a close_notify from a bare FIN, and a FIN from a reset.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import address, read_until_eof, tls_connect
+from support.net import address, poll, read_until_eof, tls_connect
 
 from gnetserver import GServer
 from gnetserver.proto.ssl import SHUTDOWN_SECONDS
@@ -139,15 +141,6 @@ def connect(server: GServer, context: ssl.SSLContext) -> Any:
     return Plain(sock)
 
 
-def poll(condition: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)  # polling a condition with a deadline, not synchronising by sleeping
-    return True
-
-
 def read_exactly(client: Any, size: int) -> bytes:
     data = bytearray()
     while len(data) < size:
@@ -155,6 +148,19 @@ def read_exactly(client: Any, size: int) -> bytes:
         assert chunk, f"closed after {len(data)} of {size} bytes"
         data += chunk
     return bytes(data)
+
+
+@contextlib.contextmanager
+def answered_ping(server: GServer, context: ssl.SSLContext) -> Iterator[Any]:
+    """A client whose ``ping`` got its ``short`` answer (the handler has returned); its
+    socket is closed on exit."""
+    client = connect(server, context)
+    try:
+        client.sendall(b"ping\n")
+        assert read_exactly(client, 6) == b"short\n"
+        yield client
+    finally:
+        client.sock.close()
 
 
 @pytest.fixture(params=["ssl", "tcp"])
@@ -187,27 +193,21 @@ def test_response_survives_unread_request_data(
 def test_idle_client_that_never_closes_is_let_go_after_the_linger(
     responder: Responder, client_context: ssl.SSLContext
 ) -> None:
-    client = connect(responder, client_context)
-    try:
-        client.sendall(b"ping\n")
-        assert read_exactly(client, 6) == b"short\n"
+    with answered_ping(responder, client_context) as client:
         assert client.recv(100) == b""  # close_notify (TLS) / FIN (TCP) arrives at once
         # The client neither closes nor sends: the server waits for it at most the linger.
         assert poll(lambda: responder.held, SHUTDOWN_SECONDS + LINGER_SECONDS + 2), (
             "the connection greenlet is still held")
         assert LINGER_SECONDS - 0.1 <= responder.held[0] <= LINGER_SECONDS + 0.5
-    finally:
-        client.sock.close()
 
 
 @pytest.mark.timeout(20)
 def test_flooding_client_is_cut_after_the_linger(
     responder: Responder, client_context: ssl.SSLContext
 ) -> None:
-    client = connect(responder, client_context)
     errors: list[BaseException] = []
 
-    def flood() -> None:  # never reads, never stops sending (bounded to 10 s)
+    def flood(client: Any) -> None:  # never reads, never stops sending (bounded to 10 s)
         end = time.monotonic() + 10
         try:
             while time.monotonic() < end:
@@ -215,17 +215,13 @@ def test_flooding_client_is_cut_after_the_linger(
         except OSError as exc:  # the server cut the connection: the expected end
             errors.append(exc)
 
-    try:
-        client.sendall(b"ping\n")
-        assert read_exactly(client, 6) == b"short\n"
-        sender = threading.Thread(target=flood, daemon=True)
+    with answered_ping(responder, client_context) as client:
+        sender = threading.Thread(target=flood, args=(client,), daemon=True)
         sender.start()
         sender.join(SHUTDOWN_SECONDS + LINGER_SECONDS + 5)
         assert not sender.is_alive() and errors, "the server never cut the flooding client"
         assert poll(lambda: responder.held, 2)
         assert responder.held[0] <= SHUTDOWN_SECONDS + LINGER_SECONDS + 0.5
-    finally:
-        client.sock.close()
 
 
 class Holder(GServer):

@@ -16,13 +16,12 @@ import ssl
 import subprocess
 import sys
 import textwrap
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.process import FINGERPRINT
+from support.tls import unverified
 
 from gnetserver.__main__ import DEMO_PORTS, DemoServer
 
@@ -32,91 +31,12 @@ PYTHON_M = [sys.executable, "-m", "gnetserver"]
 SCRIPT = shutil.which("gnetserver")
 needs_script = pytest.mark.skipif(SCRIPT is None, reason="gnetserver script not installed "
                                                          "(pip install -e .)")
-READY = re.compile(r"Server ready: (.*)$")
-FINGERPRINT = re.compile(r"SHA-256 fingerprint ([0-9A-F:]{95})")
-
-
-class ServerProcess:
-    """A gnetserver subprocess whose stderr lines are collected by a reader thread."""
-
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=env)
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait_for(self, pattern: re.Pattern[str], timeout: float = 10.0) -> re.Match[str]:
-        """The first stderr line matching ``pattern``; fails if the process exits first."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self.lines:
-                    if match := pattern.search(line):
-                        return match
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._reader.is_alive():
-                    pytest.fail(f"no line matching {pattern.pattern!r}; stderr: {self.lines}")
-                self._changed.wait(left)
-
-    def ports(self) -> list[tuple[str, int, str]]:
-        """(host, port, proto) of every listener, from the "Server ready:" line."""
-        listed = self.wait_for(READY).group(1).split(", ")
-        found = []
-        for item in listed:
-            host_port, proto = item.rsplit("/", 1)
-            host, port = host_port.rsplit(":", 1)
-            found.append((host.strip("[]"), int(port), proto))
-        return found
-
-    def stop(self) -> None:
-        """Kill the process (no signal handling is assumed) and reap it, bounded."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        self._reader.join(5)
-        for pipe in (self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
-
-
-@pytest.fixture
-def start() -> Iterator[Any]:
-    """Start gnetserver subprocesses; every one is killed at teardown."""
-    procs: list[ServerProcess] = []
-
-    def run(argv: list[str], env: dict[str, str] | None = None) -> ServerProcess:
-        proc = ServerProcess(argv, env)
-        procs.append(proc)
-        return proc
-
-    yield run
-    for proc in procs:
-        proc.stop()
 
 
 def run_to_end(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run a command that must exit by itself (help, errors), bounded."""
     return subprocess.run(argv, capture_output=True, text=True, timeout=20, env=env,
                           stdin=subprocess.DEVNULL)
-
-
-def no_verify_context() -> ssl.SSLContext:
-    """A client context for the self-signed demo certificate (checked by fingerprint instead)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def echo_session(sock: Any, server_name: str = "DemoServer") -> None:
@@ -157,11 +77,11 @@ def _free(port: int) -> bool:
     return True
 
 
-def test_demo_without_arguments_when_its_ports_are_free(start: Any) -> None:
+def test_demo_without_arguments_when_its_ports_are_free(spawn: Any) -> None:
     """The real no-argument demo, when 8443 and 8080 are free on this machine right now."""
     if not (_free(8443) and _free(8080)):
         pytest.skip("127.0.0.1:8443 or :8080 is in use")
-    server = start(PYTHON_M)
+    server = spawn(PYTHON_M)
     try:
         ports = server.ports()
     except pytest.fail.Exception:
@@ -170,17 +90,17 @@ def test_demo_without_arguments_when_its_ports_are_free(start: Any) -> None:
         raise
     assert ports == [("127.0.0.1", 8443, "ssl"), ("127.0.0.1", 8080, "tcp")]
     raw = socket.create_connection(("127.0.0.1", 8443), timeout=5)
-    with no_verify_context().wrap_socket(raw) as tls:
+    with unverified().wrap_socket(raw) as tls:
         echo_session(tls)
     with socket.create_connection(("127.0.0.1", 8080), timeout=5) as plain:
         echo_session(plain)
 
 
-def test_conf_file_and_command_line(start: Any, tmp_path: Path) -> None:
+def test_conf_file_and_command_line(spawn: Any, tmp_path: Path) -> None:
     """Ports from a conf file; the command line's log_level wins over the conf file's."""
     conf = tmp_path / "demo.conf"
     conf.write_text("port 127.0.0.1:0/tcp\nlog_level 1\n")
-    server = start([*PYTHON_M, "--conf_file", str(conf), "--log_level=3"])
+    server = spawn([*PYTHON_M, "--conf_file", str(conf), "--log_level=3"])
     [(host, port, proto)] = server.ports()  # "Server ready" is a level-2 line
     assert proto == "tcp"
     with socket.create_connection((host, port), timeout=5) as plain:
@@ -192,16 +112,16 @@ def test_conf_file_and_command_line(start: Any, tmp_path: Path) -> None:
     pytest.param(PYTHON_M, id="python-m"),
     pytest.param([SCRIPT or "gnetserver"], id="script", marks=needs_script),
 ])
-def test_demo_serves_echo_over_tls_and_tcp(command: list[str], start: Any) -> None:
+def test_demo_serves_echo_over_tls_and_tcp(command: list[str], spawn: Any) -> None:
     """The demo with its ports moved to kernel-chosen ones: same echo on both, and the
     logged fingerprint is the certificate's the TLS client receives."""
-    server = start([*command, "--port=127.0.0.1:0/ssl", "--port", "127.0.0.1:0/tcp"])
+    server = spawn([*command, "--port=127.0.0.1:0/ssl", "--port", "127.0.0.1:0/tcp"])
     (tls_host, tls_port, tls_proto), (tcp_host, tcp_port, tcp_proto) = server.ports()
     assert (tls_host, tls_proto, tcp_host, tcp_proto) == ("127.0.0.1", "ssl", "127.0.0.1", "tcp")
     logged = server.wait_for(FINGERPRINT).group(1)
 
     raw = socket.create_connection((tls_host, tls_port), timeout=5)
-    with no_verify_context().wrap_socket(raw) as tls:
+    with unverified().wrap_socket(raw) as tls:
         der = tls.getpeercert(binary_form=True)
         assert der is not None
         assert hashlib.sha256(der).hexdigest() == logged.replace(":", "").lower()
@@ -210,11 +130,11 @@ def test_demo_serves_echo_over_tls_and_tcp(command: list[str], start: Any) -> No
         echo_session(plain)
 
 
-def test_cert_files_on_command_line(start: Any, certs: dict[str, str],
+def test_cert_files_on_command_line(spawn: Any, certs: dict[str, str],
                                     client_context: ssl.SSLContext) -> None:
     """``--port H:P/ssl --SSL_cert_file c.pem --SSL_key_file k.pem`` serves that certificate
     (verified against the test CA), and no self-signed one is made."""
-    server = start([*PYTHON_M, "--port", "127.0.0.1:0/ssl",
+    server = spawn([*PYTHON_M, "--port", "127.0.0.1:0/ssl",
                     "--SSL_cert_file", certs["SSL_cert_file"],
                     f"--SSL_key_file={certs['SSL_key_file']}"])
     [(host, port, proto)] = server.ports()
@@ -261,9 +181,9 @@ def user_env(tmp_path: Path) -> dict[str, str]:
     pytest.param(["--server", "userpkg.servers:Shout"], id="space"),
     pytest.param(["--server=userpkg.servers:Shout"], id="equals"),
 ])
-def test_server_option_runs_a_user_subclass(server_words: list[str], start: Any,
+def test_server_option_runs_a_user_subclass(server_words: list[str], spawn: Any,
                                             user_env: dict[str, str]) -> None:
-    server = start([*PYTHON_M, *server_words, "--port", "127.0.0.1:0/tcp",
+    server = spawn([*PYTHON_M, *server_words, "--port", "127.0.0.1:0/tcp",
                     "--greeting=ahoy", "--log_level", "3"], env=user_env)
     [(host, port, _)] = server.ports()
     with socket.create_connection((host, port), timeout=5) as sock:

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.net import address, tls_connect
 
 from gnetserver import GServer
 from gnetserver.errors import ConfigError
-from tests.conftest import address, tls_connect
 
 pytestmark = pytest.mark.timeout(30)
 

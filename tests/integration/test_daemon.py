@@ -6,23 +6,22 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.net import open_stream, wait_until
+from support.process import gnetserver_to_files, read_pid
 
 from gnetserver import ConfigError, GServer
 from gnetserver.testing import ServerThread
 
 pytestmark = pytest.mark.timeout(30)
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -37,36 +36,14 @@ class Exited:
 def gnetserver(*args: str, folder: Path) -> Exited:
     """Run ``python -m gnetserver ARGS`` until it exits (the parent of a daemon exits at once);
     its stdout/stderr go to files so that a daemon child holds no pipe of ours."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    with open(folder / "err.txt", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "gnetserver", *args], cwd=ROOT, env=env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            returncode = proc.wait(timeout=20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
-    return Exited(proc.pid, returncode, (folder / "err.txt").read_text())
-
-
-def poll(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """The first truthy value of ``condition()``, polled until ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def read_pid(pid_file: Path) -> int | None:
+    proc = gnetserver_to_files(*args, folder=folder)
     try:
-        text = pid_file.read_text()
-    except FileNotFoundError:
-        return None
-    return int(text) if text.endswith("\n") and text.strip().isdigit() else None
+        returncode = proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    return Exited(proc.pid, returncode, (folder / "err.txt").read_text())
 
 
 def alive(pid: int) -> bool:
@@ -98,15 +75,13 @@ def daemons() -> Iterator[list[int]]:
                 break
             os.kill(pid, signum)
             try:
-                poll(lambda pid=pid: not alive(pid), timeout=5, what=f"pid {pid} to exit")
+                wait_until(lambda pid=pid: not alive(pid), 5, f"pid {pid} to exit")
             except AssertionError:
                 continue
 
 
-def welcome(where: Any, family: int = socket.AF_INET) -> str:
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.settimeout(5)
-        sock.connect(where)
+def welcome(where: Any) -> str:
+    with open_stream(where, 5) as sock:
         line = sock.makefile("rb").readline().decode()
         sock.sendall(b"quit\r\n")
         return line
@@ -114,7 +89,7 @@ def welcome(where: Any, family: int = socket.AF_INET) -> str:
 
 def stop_daemon(pid: int) -> None:
     os.kill(pid, signal.SIGTERM)
-    poll(lambda: not alive(pid), what=f"daemon {pid} to exit")
+    wait_until(lambda: not alive(pid), what=f"daemon {pid} to exit")
 
 
 def test_background_daemon(tmp_path: Path, daemons: list[int]) -> None:
@@ -124,11 +99,12 @@ def test_background_daemon(tmp_path: Path, daemons: list[int]) -> None:
                         str(log_file), "--port", "127.0.0.1:0/tcp", folder=tmp_path)
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started < 10  # the parent exits at once
-    pid = poll(lambda: read_pid(pid_file), what="the pid file")
+    pid = wait_until(lambda: read_pid(pid_file), what="the pid file")
     daemons.append(pid)
     assert pid != result.pid and alive(pid)
-    log = poll(lambda: re.search(r"Server ready: 127\.0\.0\.1:(\d+)/tcp", log_file.read_text()),
-               what="Server ready in the log")
+    log = wait_until(
+        lambda: re.search(r"Server ready: 127\.0\.0\.1:(\d+)/tcp", log_file.read_text()),
+        what="Server ready in the log")
     text = log_file.read_text()
     assert text.index("Process Backgrounded") < text.index(f"starting! pid({pid})")
     assert welcome(("127.0.0.1", int(log.group(1)))).startswith(f'Welcome to "DemoServer" ({pid})')
@@ -146,10 +122,10 @@ def test_setsid_daemon_without_log_file(tmp_path: Path, daemons: list[int]) -> N
     result = gnetserver("--setsid", "--pid_file", str(pid_file), "--port",
                         f"{sock_path}|unix", folder=tmp_path)
     assert result.returncode == 0, result.stderr
-    pid = poll(lambda: read_pid(pid_file), what="the pid file")
+    pid = wait_until(lambda: read_pid(pid_file), what="the pid file")
     daemons.append(pid)
-    poll(lambda: os.path.exists(sock_path), what="the unix socket")
-    assert welcome(sock_path, socket.AF_UNIX).startswith(f'Welcome to "DemoServer" ({pid})')
+    wait_until(lambda: os.path.exists(sock_path), what="the unix socket")
+    assert welcome(sock_path).startswith(f'Welcome to "DemoServer" ({pid})')
     assert session_of(pid) == pid  # its own session
     assert fd_target(pid, 0) == fd_target(pid, 1) == fd_target(pid, 2) == "/dev/null"
     stop_daemon(pid)
@@ -176,10 +152,10 @@ def test_stale_pid_file_is_overwritten_with_a_warning(tmp_path: Path, daemons: l
     result = gnetserver("--background", "1", "--pid_file", str(pid_file), "--log_file",
                         str(log_file), "--port", "127.0.0.1:0/tcp", folder=tmp_path)
     assert result.returncode == 0, result.stderr
-    pid = poll(lambda: read_pid(pid_file) if read_pid(pid_file) != dead_pid else None,
-               what="the new pid in the pid file")
+    pid = wait_until(lambda: read_pid(pid_file) if read_pid(pid_file) != dead_pid else None,
+                     what="the new pid in the pid file")
     daemons.append(pid)
-    poll(lambda: "Server ready" in log_file.read_text(), what="Server ready")
+    wait_until(lambda: "Server ready" in log_file.read_text(), what="Server ready")
     assert (f'Pid_file "{pid_file}" already exists for dead process {dead_pid}.  Overwriting!'
             in log_file.read_text())
     stop_daemon(pid)
@@ -191,11 +167,12 @@ def test_pid_file_is_kept_across_a_hup_restart(tmp_path: Path, daemons: list[int
     result = gnetserver("--background", "--pid_file", str(pid_file), "--log_file",
                         str(log_file), "--port", "127.0.0.1:0/tcp", folder=tmp_path)
     assert result.returncode == 0, result.stderr
-    pid = poll(lambda: read_pid(pid_file), what="the pid file")
+    pid = wait_until(lambda: read_pid(pid_file), what="the pid file")
     daemons.append(pid)
-    poll(lambda: "Server ready" in log_file.read_text(), what="Server ready")
+    wait_until(lambda: "Server ready" in log_file.read_text(), what="Server ready")
     os.kill(pid, signal.SIGHUP)
-    poll(lambda: log_file.read_text().count("Server ready") == 2, what="the restarted server")
+    wait_until(lambda: log_file.read_text().count("Server ready") == 2,
+               what="the restarted server")
     assert read_pid(pid_file) == pid and alive(pid)  # same process, same file
     assert "Overwriting" not in log_file.read_text()
     stop_daemon(pid)

@@ -7,69 +7,39 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib.util
-import os
-import re
 import socket
 import ssl
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support.process import FINGERPRINT, REPO, ServerProcess, python_env
+from support.tls import unverified
 
 pytestmark = pytest.mark.timeout(30)
 
-REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
-START_TIMEOUT = 15.0  # seconds for an example to print "Server ready" (imports, key generation)
-READY = re.compile(r"Server ready: (.*)$")
-ADDRESS = re.compile(r"\[?([^\s\[\],]+?)\]?:(\d+)/(\w+)")
-FINGERPRINT = re.compile(r"SHA-256 fingerprint ([0-9A-F:]{95})")
 
 
 def example_env() -> dict[str, str]:
     """The environment of an example: this checkout's gnetserver first on the path."""
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    return dict(os.environ, PYTHONPATH=path)
+    return python_env(REPO)
 
 
-class Example:
-    """One example running as a subprocess; a thread collects its stderr lines."""
+class Example(ServerProcess):
+    """One example running as a subprocess (see ServerProcess), stopped with SIGTERM."""
 
     def __init__(self, script: str, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(EXAMPLES / script), *args], env=example_env(), cwd=REPO,
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        self.lines: list[str] = []
-        self._ready = threading.Event()
-        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
-        self._reader.start()
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            self.lines.append(line)
-            if READY.search(line):
-                self._ready.set()
-        self._ready.set()  # EOF: the program ended (wait_ready reports it)
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
+        super().__init__([sys.executable, str(EXAMPLES / script), *args], env=example_env(),
+                         cwd=REPO, terminate=True)
 
     def wait_ready(self) -> dict[str, tuple[str, int]]:
         """Block until "Server ready"; return {proto: (host, port)} of its listeners."""
-        if not self._ready.wait(START_TIMEOUT):
-            raise AssertionError(f"no 'Server ready' line in {START_TIMEOUT} s:\n{self.log}")
-        ready = next((m for line in self.lines if (m := READY.search(line))), None)
-        if ready is None:
-            raise AssertionError(f"the example ended before it was ready:\n{self.log}")
-        return {proto: (host, int(port)) for host, port, proto in ADDRESS.findall(ready[1])}
+        return {proto: (host, port) for host, port, proto in self.ports()}
 
     def fingerprint(self) -> str:
         """The SHA-256 fingerprint the example logged for its generated certificate."""
@@ -77,38 +47,11 @@ class Example:
         assert match, f"no fingerprint logged:\n{self.log}"
         return match[1]
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._reader.join(5)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
-
 
 @pytest.fixture
-def run_example() -> Iterator[Callable[..., Example]]:
+def run_example(spawn: Callable[..., Example]) -> Callable[..., Example]:
     """Start examples; every one is stopped at teardown."""
-    started: list[Example] = []
-
-    def start(script: str, *args: str) -> Example:
-        started.append(Example(script, *args))
-        return started[-1]
-
-    yield start
-    for example in started:
-        example.stop()
-
-
-def unverified_context() -> ssl.SSLContext:
-    """A client context for self-signed servers (the test checks the fingerprint instead)."""
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    return context
+    return lambda script, *args: spawn(script, *args, factory=Example)
 
 
 def tls_client(where: tuple[str, int], context: ssl.SSLContext) -> ssl.SSLSocket:
@@ -145,7 +88,7 @@ def test_echo_server_self_signed(run_example: Callable[..., Example]) -> None:
     """With no certificate, the echo server makes one, logs its fingerprint and echoes lines."""
     echo = run_example("echo_server.py", "--port", "127.0.0.1:0/ssl")
     ports = echo.wait_ready()
-    with tls_client(ports["ssl"], unverified_context()) as sock:
+    with tls_client(ports["ssl"], unverified()) as sock:
         assert fingerprint_of(sock) == echo.fingerprint().replace(":", "")
         assert exchange(sock, LINES) == LINES
 
@@ -182,7 +125,7 @@ def test_two_port_server_generated_certificate(run_example: Callable[..., Exampl
     """A TLS port with a certificate made at start and a plain TCP port, both answering."""
     server = run_example("two_port_server.py", "--tls-port", "0", "--tcp-port", "0")
     ports = server.wait_ready()
-    with tls_client(ports["ssl"], unverified_context()) as sock:
+    with tls_client(ports["ssl"], unverified()) as sock:
         assert fingerprint_of(sock) == server.fingerprint().replace(":", "")
         assert exchange(sock, [b"over tls\n"]) == [b"[ssl] over tls\n"]
     with socket.create_connection(ports["tcp"], timeout=10) as sock:
@@ -220,7 +163,7 @@ def test_monkey_patched_legacy_serves_clients_concurrently(
     where = legacy.wait_ready()["ssl"]
     assert "monkey-patched: socket, ssl, time, threading" in legacy.log
     answers: dict[int, list[bytes]] = {}
-    context = unverified_context()
+    context = unverified()
 
     def client(number: int) -> None:
         with tls_client(where, context) as sock:

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import address, read_until_eof, tls_connect
+from support.net import address, poll, read_until_eof, tls_connect
+from support.tls import client_hello
 
 from gnetserver import GServer
 
@@ -126,15 +127,6 @@ def hello_then_vanish(server: GServer, hello: bytes) -> None:
         assert sock.recv(1), "the server did not answer the ClientHello"
 
 
-def client_hello() -> bytes:
-    context = ssl.create_default_context()
-    outgoing = ssl.MemoryBIO()
-    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="localhost")
-    with contextlib.suppress(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()
-
-
 HELLO = client_hello()
 HALF = HELLO[: len(HELLO) // 2]
 GARBAGE = b"\x00\xffTHIS IS NOT A CLIENTHELLO" * 20
@@ -150,15 +142,6 @@ BAD_PEERS: dict[str, tuple[Callable[[GServer, ssl.SSLContext], Any], bool]] = {
     "mid request, close": (lambda s, c: mid_request_client(s, c, reset=False), True),
     "mid request, reset": (lambda s, c: mid_request_client(s, c, reset=True), True),
 }
-
-
-def poll(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)  # polling a condition with a deadline, not synchronising by sleeping
-    return True
 
 
 def has_traceback(record: logging.LogRecord) -> bool:

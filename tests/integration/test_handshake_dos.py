@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import address, tls_connect
+from support.net import address, tls_connect
+from support.tls import client_hello
 
 from gnetserver import GServer
 from gnetserver.options import OPTIONS, table
@@ -37,18 +38,6 @@ class Counting(GServer):
     def process_request(self, client: Any) -> None:
         type(self).served += 1
         client.sendall(b"echo " + client.readline())
-
-
-def client_hello() -> bytes:
-    """The first flight of a real stdlib TLS client (its ClientHello record)."""
-    context = ssl.create_default_context()
-    outgoing = ssl.MemoryBIO()
-    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="localhost")
-    with contextlib.suppress(ssl.SSLWantReadError):
-        tls.do_handshake()
-    hello = outgoing.read()
-    assert hello[:1] == b"\x16" and len(hello) > 100  # a TLS handshake record
-    return hello
 
 
 @contextlib.contextmanager

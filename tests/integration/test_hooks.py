@@ -9,13 +9,12 @@ from __future__ import annotations
 import inspect
 import ssl
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import gevent
 import pytest
-from conftest import read_until_eof, tls_connect
+from support.net import read_until_eof, tls_connect, wait_until
 
 from gnetserver import GServer
 from gnetserver.client import Client
@@ -158,14 +157,6 @@ class RunThread:
             raise self.error
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not reached in time")
-        time.sleep(0.01)
-
-
 def names(calls: list[tuple[str, Any]]) -> list[str]:
     return [name for name, _ in calls]
 
@@ -187,7 +178,7 @@ def test_hook_order_of_run_and_of_two_tls_connections(
             assert read_until_eof(denied) == b"denied\r\n"
         wait_until(lambda: len(server.clients) == 2 and all(
             names(c.data.get("calls", []))[-1:] == ["post_client_connection_hook"]
-            for c in server.clients))
+            for c in server.clients), 5.0, "both connections to end")
     finally:
         runner.stop()
 

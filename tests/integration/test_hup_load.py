@@ -1,8 +1,8 @@
 """Measured, nothing lost (issue 4, point 7): HUP and QUIT under load, on a TLS port.
 
 The server runs as a real subprocess (``python -m gnetserver --server ...``, see
-test_signals.py) with a pid file. Twenty client threads (stdlib ssl, verified against the test
-CA) each do request/response round-trips in a loop, one TLS connection per request, and every
+support/sigserver.py) with a pid file. Twenty client threads (stdlib ssl, verified against the
+test CA) each do request/response round-trips in a loop, one TLS connection per request, and every
 request is recorded with the last stage it reached and what came back. Then:
 
 (a) a HUP in the middle: every request gets its full response, none is refused, and the pid
@@ -21,23 +21,19 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_signals import read_all, refused, server_processes
+from support.net import read_until_eof, wait_until
+from support.process import Where, read_pid
+from support.sigserver import SignalServerProcess, refused
 
 pytestmark = pytest.mark.timeout(40)
 
 CLIENTS = 20
-
-
-@pytest.fixture
-def start_server(tmp_path: Path, certs: dict[str, str]) -> Iterator[Any]:
-    with server_processes(tmp_path, certs) as start:
-        yield start
 
 
 @dataclass
@@ -109,18 +105,10 @@ class Load:
             with tls:
                 stage = "sent"
                 tls.sendall(f"{self.delay} {payload}\n".encode())
-                response = read_all(tls)
+                response = read_until_eof(tls).decode()
             return Record(payload, stage, response, None, started, time.monotonic())
         except (OSError, ssl.SSLError) as exc:
             return Record(payload, stage, None, exc, started, time.monotonic())
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)  # polling a counter: the condition itself is the synchronisation
 
 
 def full_response(record: Record, pid: int) -> str | None:
@@ -135,19 +123,18 @@ def summary(records: list[Record]) -> str:
         f"{r.payload} at {r.stage}: {r.error!r} {r.response!r}" for r in bad)
 
 
-def read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
+def start_with_pid_file(start_sigserver: Any,
+                        tmp_path: Path) -> tuple[SignalServerProcess, Path, Where, str]:
+    """The server on a TLS port with a pid file: (server, pid file, port, first token)."""
+    pid_file = tmp_path / "server.pid"
+    server = start_sigserver("--port", "127.0.0.1:0/ssl", "--graceful_timeout", "10",
+                             "--pid_file", str(pid_file))
+    return server, pid_file, server.ports()[0], server.token()
 
 
 def test_hup_under_load_loses_and_refuses_nothing(
-        start_server: Any, client_context: ssl.SSLContext, tmp_path: Path) -> None:
-    pid_file = tmp_path / "server.pid"
-    server = start_server("--port", "127.0.0.1:0/ssl", "--graceful_timeout", "10",
-                          "--pid_file", str(pid_file))
-    where, first = server.ports()[0], server.token()
+        start_sigserver: Any, client_context: ssl.SSLContext, tmp_path: Path) -> None:
+    server, pid_file, where, first = start_with_pid_file(start_sigserver, tmp_path)
     assert read_pid(pid_file) == server.pid
     load = Load(where, client_context, delay=0.02).start()
     try:
@@ -174,11 +161,8 @@ def test_hup_under_load_loses_and_refuses_nothing(
 
 
 def test_quit_under_load_finishes_every_started_request(
-        start_server: Any, client_context: ssl.SSLContext, tmp_path: Path) -> None:
-    pid_file = tmp_path / "server.pid"
-    server = start_server("--port", "127.0.0.1:0/ssl", "--graceful_timeout", "10",
-                          "--pid_file", str(pid_file))
-    where, token = server.ports()[0], server.token()
+        start_sigserver: Any, client_context: ssl.SSLContext, tmp_path: Path) -> None:
+    server, pid_file, where, token = start_with_pid_file(start_sigserver, tmp_path)
     load = Load(where, client_context, delay=0.3, stop_on_error=True).start()
     try:
         wait_until(lambda: load.count() >= 40, 20, "40 requests before the QUIT")

@@ -8,13 +8,12 @@ import os
 import re
 import socket
 import stat
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import address
+from support.net import address, poll
 
 from gnetserver import ConfigError, GServer
 
@@ -25,14 +24,16 @@ LOCAL = "127.0.0.1:0/tcp"
 
 def wait_for_text(path: Path, pattern: str, timeout: float = 5.0) -> str:
     """The file's text once ``pattern`` appears in it (polled, bounded)."""
-    deadline = time.monotonic() + timeout
     text = ""
-    while time.monotonic() < deadline:
+
+    def found() -> re.Match[str] | None:
+        nonlocal text
         text = path.read_text(encoding="utf-8") if path.exists() else ""
-        if re.search(pattern, text):
-            return text
-        time.sleep(0.02)
-    raise AssertionError(f"{pattern!r} not in {path}: {text!r}")
+        return re.search(pattern, text)
+
+    if not poll(found, timeout):
+        raise AssertionError(f"{pattern!r} not in {path}: {text!r}")
+    return text
 
 
 def say_hello(server: GServer) -> bytes:

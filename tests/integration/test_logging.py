@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import address, tls_connect
+from support.net import address, tls_connect
 
 from gnetserver import GServer
 from gnetserver.log import LOGGER_NAME, NOTICE, STDLIB_LEVELS

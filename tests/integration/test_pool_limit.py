@@ -18,7 +18,8 @@ import time
 from typing import Any
 
 import pytest
-from conftest import address, tls_connect
+from support import net
+from support.net import address, poll, tls_connect
 
 from gnetserver import GServer
 
@@ -55,13 +56,7 @@ def connect(server: GServer, index: int, context: ssl.SSLContext) -> socket.sock
 def read_line(sock: socket.socket, timeout: float = 2.0) -> bytes:
     """One line (the server sends one line per step, so nothing is read past it)."""
     sock.settimeout(timeout)
-    line = b""
-    while not line.endswith(b"\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        line += chunk
-    return line
+    return net.read_line(sock)
 
 
 def next_line(socks: list[Any], timeout: float) -> tuple[Any, bytes] | None:
@@ -96,15 +91,6 @@ def finish(sock: socket.socket, tag: bytes) -> None:
     sock.close()
 
 
-def poll(condition: Any, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)  # polling a condition with a deadline, not synchronising by sleeping
-    return True
-
-
 @pytest.mark.timeout(20)
 def test_max_servers_bounds_sessions_across_ports(
     serve: Any, certs: dict[str, str], client_context: ssl.SSLContext
@@ -120,7 +106,7 @@ def test_max_servers_bounds_sessions_across_ports(
     # Two more, one per port: connected (and TLS done), not refused, but not served.
     waiting = [connect(server, 1, client_context), connect(server, 0, client_context)]
     try:
-        assert poll(lambda: server.negotiated == 5)
+        assert poll(lambda: server.negotiated == 5, 3.0)
         assert silent(waiting)
         for n, sock in enumerate(sessions[:2]):
             released = time.monotonic()
@@ -149,7 +135,7 @@ def test_full_pool_stops_accepting_and_resumes(
     first = tls_connect(server, client_context)
     assert read_line(first) == b"in 1\n"
     second = tls_connect(server, client_context)  # handshake done, waiting for the slot
-    assert poll(lambda: server.negotiated == 2)
+    assert poll(lambda: server.negotiated == 2, 3.0)
 
     # The pool is full: the third connects (kernel backlog) but is not accepted, so its
     # handshake cannot progress. It must not be refused either.
@@ -167,7 +153,7 @@ def test_full_pool_stops_accepting_and_resumes(
             if not handshake.done():
                 third_raw.close()  # unblock the thread before the executor joins it
     try:
-        assert poll(lambda: server.negotiated == 3)
+        assert poll(lambda: server.negotiated == 3, 3.0)
         assert silent([third])  # the slot is still held by the second
         finish(second, b"second")
         assert read_line(third) == b"in 1\n"

@@ -12,14 +12,14 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.net import open_stream, wait_until
+from support.process import gnetserver_to_files
 
 from gnetserver import ConfigError, GServer
 from gnetserver.privileges import rebase
@@ -27,7 +27,6 @@ from gnetserver.testing import ServerThread
 
 pytestmark = pytest.mark.timeout(30)
 
-ROOT = Path(__file__).resolve().parents[2]
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(
     not IS_ROOT, reason="needs root: binds a port below 1024, then switches user and group")
@@ -49,16 +48,6 @@ def _nobody() -> tuple[str, int, str, int] | None:
 
 NOBODY = _nobody()
 needs_nobody = pytest.mark.skipif(NOBODY is None, reason="no 'nobody' user/group here")
-
-
-def poll(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def free_low_port() -> int:
@@ -99,11 +88,7 @@ def run_server() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(*args: str, folder: Path) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        with open(folder / "err.txt", "wb") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "gnetserver", *args], cwd=ROOT,
-                                    env=env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=err)
+        proc = gnetserver_to_files(*args, folder=folder)
         procs.append(proc)
         return proc
 
@@ -118,10 +103,8 @@ def run_server() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
                 proc.wait(5)
 
 
-def echo(where: Any, family: int = socket.AF_INET) -> str:
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.settimeout(5)
-        sock.connect(where)
+def echo(where: Any) -> str:
+    with open_stream(where, 5) as sock:
         reader = sock.makefile("rb")
         reader.readline()
         sock.sendall(b"hello\r\n")
@@ -136,7 +119,7 @@ def wait_ready(proc: subprocess.Popen[bytes], log_file: Path) -> str:
         text = log_file.read_text() if log_file.exists() else ""
         return text if "Server ready" in text else None
 
-    return poll(ready, what="Server ready")
+    return wait_until(ready, what="Server ready")
 
 
 @needs_root
@@ -157,7 +140,7 @@ def test_root_binds_a_low_port_then_serves_as_nobody(shared_dir: Path, run_serve
     assert status["Uid"] == [uid] * 4 and status["Gid"] == [gid] * 4
     assert sorted(status["Groups"]) == sorted({gid, extra})
     assert "You said" in echo(("127.0.0.1", port))
-    assert "You said" in echo(sock_path, socket.AF_UNIX)
+    assert "You said" in echo(sock_path)
     for path in (log_file, pid_file, Path(sock_path)):  # handed over before the switch
         assert (path.stat().st_uid, path.stat().st_gid) == (uid, gid), path
     proc.send_signal(signal.SIGTERM)
@@ -180,7 +163,7 @@ def test_numeric_ids_and_chroot(shared_dir: Path, run_server: Any) -> None:
     assert os.readlink(f"/proc/{proc.pid}/root") == str(shared_dir)
     assert ids(proc.pid)["Uid"] == [uid] * 4 and ids(proc.pid)["Groups"] == [gid]
     assert "You said" in echo(("127.0.0.1", port))
-    poll(lambda: "CONNECT TCP" in log_file.read_text(), what="the CONNECT line")
+    wait_until(lambda: "CONNECT TCP" in log_file.read_text(), what="the CONNECT line")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
     assert not pid_file.exists()  # found again inside the chroot and removed

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import address, needs_ipv6, tls_connect
+from support.net import address, needs_ipv6, tls_connect
 
 from gnetserver import GServer
 from gnetserver.errors import ConfigError

@@ -3,261 +3,50 @@
 TERM and INT stop at once; QUIT stops accepting and lets in-flight connections finish within
 ``graceful_timeout``; HUP re-executes the server in place (same pid) keeping its listening
 sockets through ``BOUND_SOCKETS``, calling restart_close_hook and restart_open_hook. The
-server under test answers one request per connection, ``<delay> <payload>`` ->
-``<pid> <token> <payload>``, where the token is new in every process image: a HUP changes
-the token, never the pid. ``ServerProcess`` is also used by test_hup_load.py.
+server under test (support/sigserver.py, also used by test_hup_load.py) answers one request
+per connection, ``<delay> <payload>`` -> ``<pid> <token> <payload>``, where the token is new
+in every process image: a HUP changes the token, never the pid.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import signal
-import socket
 import ssl
-import subprocess
 import sys
-import textwrap
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import gevent
 import pytest
+from support.process import Where
+from support.sigserver import InFlight, SignalServerProcess, refused, request
 
 from gnetserver import GServer
 
 pytestmark = pytest.mark.timeout(30)
 
-REPO = Path(__file__).resolve().parents[2]
-READY = re.compile(r"Server ready: (.*)$")
-GENERATION = re.compile(r"generation (\w+)$")
 
-SERVER_MODULE = textwrap.dedent('''
-    """The server the signal tests run (written next to the test's files)."""
-    import os
-    import uuid
-
-    import gevent
-
-    from gnetserver import GServer
-
-    TOKEN = uuid.uuid4().hex[:12]  # one per process image: a HUP re-exec makes a new one
-
-
-    class SignalServer(GServer):
-        """One request per connection: '<delay> <payload>' -> '<pid> <token> <payload>'."""
-
-        def pre_loop_hook(self):
-            self.log(2, f"generation {TOKEN}")
-
-        def process_request(self, client):
-            line = client.readline().decode().strip()
-            delay, _, payload = line.partition(" ")
-            self.log(3, f"request {payload}")
-            gevent.sleep(float(delay or 0))
-            client.sendall(f"{os.getpid()} {TOKEN} {payload}\\n".encode())
-
-        def restart_open_hook(self):
-            self.log(2, f"restart_open_hook {TOKEN} {os.environ.get('BOUND_SOCKETS')}")
-
-        def restart_close_hook(self):
-            self.log(2, f"restart_close_hook {TOKEN}")
-''')
-
-
-class ServerProcess:
-    """``python -m gnetserver --server sigserver:SignalServer ...`` with its stderr collected
-    line by line by a reader thread. Always :meth:`close` it (kills it if still running)."""
-
-    def __init__(self, folder: Path, *args: str) -> None:
-        (folder / "sigserver.py").write_text(SERVER_MODULE)
-        paths = [str(folder), str(REPO), os.environ.get("PYTHONPATH", "")]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-        env.pop("BOUND_SOCKETS", None)
-        argv = [sys.executable, "-m", "gnetserver", "--server", "sigserver:SignalServer", *args]
-        self.proc = subprocess.Popen(argv, cwd=folder, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.pid = self.proc.pid
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait_for(self, pattern: re.Pattern[str] | str, count: int = 1,
-                 timeout: float = 15.0) -> re.Match[str]:
-        """The ``count``-th stderr line matching ``pattern``; fails if the process ends first."""
-        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                found = [m for m in map(regex.search, self.lines) if m]
-                if len(found) >= count:
-                    return found[count - 1]
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._reader.is_alive():
-                    pytest.fail(f"no line #{count} matching {regex.pattern!r}; "
-                                f"stderr: {self.lines}")
-                self._changed.wait(left)
-
-    def count(self, pattern: str) -> int:
-        with self._changed:
-            return sum(1 for line in self.lines if re.search(pattern, line))
-
-    def ports(self, generation: int = 1) -> list[tuple[str, Any, str]]:
-        """(host, port or path, proto) of every listener, from the n-th "Server ready:" line."""
-        found: list[tuple[str, Any, str]] = []
-        for item in self.wait_for(READY, generation).group(1).split(", "):
-            where, proto = item.rsplit("|" if item.endswith("|unix") else "/", 1)
-            if proto == "unix":
-                found.append(("", where, proto))
-            else:
-                host, port = where.rsplit(":", 1)
-                found.append((host.strip("[]"), int(port), proto))
-        return found
-
-    def token(self, generation: int = 1) -> str:
-        return self.wait_for(GENERATION, generation).group(1)
-
-    def send(self, signum: int) -> None:
-        os.kill(self.pid, signum)
-
-    def wait_exit(self, timeout: float = 15.0) -> int:
-        return self.proc.wait(timeout)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        self._reader.join(5)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
-
-
-@contextlib.contextmanager
-def server_processes(folder: Path, certs: dict[str, str]) -> Iterator[Any]:
-    """A function starting ServerProcess(es) with the test certificate; every one is killed
-    on exit."""
-    started: list[ServerProcess] = []
-
-    def start(*args: str) -> ServerProcess:
-        cert_args = ["--SSL_cert_file", certs["SSL_cert_file"],
-                     "--SSL_key_file", certs["SSL_key_file"]]
-        server = ServerProcess(folder, *cert_args, *args)
-        started.append(server)
-        return server
-
-    try:
-        yield start
-    finally:
-        for server in started:
-            server.close()
-
-
-@pytest.fixture
-def start_server(tmp_path: Path, certs: dict[str, str]) -> Iterator[Any]:
-    with server_processes(tmp_path, certs) as start:
-        yield start
-
-
-def connect(where: tuple[str, Any, str], context: ssl.SSLContext | None = None,
-            timeout: float = 10.0) -> socket.socket:
-    """A connected client socket (TLS for ssl listeners, verified against the test CA)."""
-    host, port, proto = where
-    if proto == "unix":
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(port)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-    raw = socket.create_connection((host, port), timeout=timeout)
-    if proto != "ssl":
-        return raw
-    assert context is not None
-    try:
-        return context.wrap_socket(raw, server_hostname="localhost")
-    except BaseException:
-        raw.close()
-        raise
-
-
-def read_all(sock: socket.socket) -> str:
-    chunks = []
-    while True:
-        try:
-            chunk = sock.recv(4096)
-        except ssl.SSLZeroReturnError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks).decode()
-
-
-def request(where: tuple[str, Any, str], context: ssl.SSLContext | None, payload: str,
-            delay: float = 0.0) -> str:
-    """One request on its own connection; the whole response."""
-    with connect(where, context) as sock:
-        sock.sendall(f"{delay} {payload}\n".encode())
-        return read_all(sock)
-
-
-def refused(where: tuple[str, Any, str]) -> bool:
-    try:
-        connect(where, None, timeout=2).close()
-    except (ConnectionRefusedError, FileNotFoundError):
-        return True
-    return False
-
-
-class InFlight(threading.Thread):
-    """A request running in a thread; ``result`` is the response or the exception."""
-
-    def __init__(self, where: tuple[str, Any, str], context: ssl.SSLContext | None,
-                 payload: str, delay: float) -> None:
-        super().__init__(daemon=True)
-        self.args_ = (where, context, payload, delay)
-        self.result: str | BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.result = request(*self.args_)
-        except BaseException as exc:  # handed to the test
-            self.result = exc
-
-    def outcome(self, timeout: float = 15.0) -> str | BaseException | None:
-        self.join(timeout)
-        assert not self.is_alive(), "request did not end in time"
-        return self.result
+def hold_a_request(start_sigserver: Any, client_context: ssl.SSLContext,
+                   graceful: str) -> tuple[SignalServerProcess, Where, InFlight]:
+    """A server with ``graceful_timeout`` ``graceful`` and a request held in it for 30 s."""
+    server = start_sigserver("--port", "127.0.0.1:0/ssl", "--graceful_timeout", graceful,
+                             "--log_level", "3")
+    where = server.ports()[0]
+    held = InFlight(where, client_context, "held", 30)
+    held.start()
+    server.wait_for(r"request held$")
+    return server, where, held
 
 
 # -- TERM, INT, QUIT ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("signame", ["TERM", "INT"])
-def test_term_and_int_stop_at_once(start_server: Any, client_context: ssl.SSLContext,
+def test_term_and_int_stop_at_once(start_sigserver: Any, client_context: ssl.SSLContext,
                                    signame: str) -> None:
-    server = start_server("--port", "127.0.0.1:0/ssl", "--graceful_timeout", "20",
-                          "--log_level", "3")
-    where = server.ports()[0]
-    held = InFlight(where, client_context, "held", 30)
-    held.start()
-    server.wait_for(r"request held$")
+    server, where, held = hold_a_request(start_sigserver, client_context, "20")
     began = time.monotonic()
     server.send(getattr(signal, f"SIG{signame}"))
     assert server.wait_exit() == 0
@@ -267,10 +56,10 @@ def test_term_and_int_stop_at_once(start_server: Any, client_context: ssl.SSLCon
     assert refused(where)
 
 
-def test_quit_lets_in_flight_requests_finish(start_server: Any,
+def test_quit_lets_in_flight_requests_finish(start_sigserver: Any,
                                              client_context: ssl.SSLContext) -> None:
-    server = start_server("--port", "127.0.0.1:0/ssl", "--graceful_timeout", "10",
-                          "--log_level", "3")
+    server = start_sigserver("--port", "127.0.0.1:0/ssl", "--graceful_timeout", "10",
+                             "--log_level", "3")
     where = server.ports()[0]
     slow = InFlight(where, client_context, "slow", 1.5)
     slow.start()
@@ -282,13 +71,9 @@ def test_quit_lets_in_flight_requests_finish(start_server: Any,
     assert server.wait_exit() == 0
 
 
-def test_quit_waits_no_longer_than_graceful_timeout(start_server: Any,
+def test_quit_waits_no_longer_than_graceful_timeout(start_sigserver: Any,
                                                     client_context: ssl.SSLContext) -> None:
-    server = start_server("--port", "127.0.0.1:0/ssl", "--graceful_timeout", "1",
-                          "--log_level", "3")
-    held = InFlight(server.ports()[0], client_context, "held", 30)
-    held.start()
-    server.wait_for(r"request held$")
+    server, _, held = hold_a_request(start_sigserver, client_context, "1")
     began = time.monotonic()
     server.send(signal.SIGQUIT)
     assert server.wait_exit() == 0
@@ -296,13 +81,9 @@ def test_quit_waits_no_longer_than_graceful_timeout(start_server: Any,
     assert not isinstance(held.outcome(), str) or held.result == ""
 
 
-def test_term_during_quit_drain_stops_at_once(start_server: Any,
+def test_term_during_quit_drain_stops_at_once(start_sigserver: Any,
                                               client_context: ssl.SSLContext) -> None:
-    server = start_server("--port", "127.0.0.1:0/ssl", "--graceful_timeout", "20",
-                          "--log_level", "3")
-    held = InFlight(server.ports()[0], client_context, "held", 30)
-    held.start()
-    server.wait_for(r"request held$")
+    server, _, held = hold_a_request(start_sigserver, client_context, "20")
     server.send(signal.SIGQUIT)
     server.wait_for("Waiting up to 20s")
     began = time.monotonic()
@@ -316,11 +97,11 @@ def test_term_during_quit_drain_stops_at_once(start_server: Any,
 
 
 def test_hup_reexecs_in_place_keeping_every_socket(
-        start_server: Any, client_context: ssl.SSLContext, tmp_path: Path) -> None:
+        start_sigserver: Any, client_context: ssl.SSLContext, tmp_path: Path) -> None:
     unix_path = str(tmp_path / "s.sock")
-    server = start_server("--port", "127.0.0.1:0/ssl", "--port", "127.0.0.1:0/tcp",
-                          "--port", f"{unix_path}|unix", "--graceful_timeout", "10",
-                          "--log_level", "3")
+    server = start_sigserver("--port", "127.0.0.1:0/ssl", "--port", "127.0.0.1:0/tcp",
+                             "--port", f"{unix_path}|unix", "--graceful_timeout", "10",
+                             "--log_level", "3")
     ports, first = server.ports(), server.token()
     inflight = InFlight(ports[0], client_context, "inflight", 1.0)
     inflight.start()
@@ -350,13 +131,13 @@ def test_hup_reexecs_in_place_keeping_every_socket(
 
 
 def test_hup_applies_a_changed_port_configuration(
-        start_server: Any, client_context: ssl.SSLContext, tmp_path: Path) -> None:
+        start_sigserver: Any, client_context: ssl.SSLContext, tmp_path: Path) -> None:
     """Net::Server's rules: kept ports keep their socket, new ones are bound, dropped ones are
     closed; the conf file is read again."""
     conf = tmp_path / "server.conf"
     unix_path = str(tmp_path / "new.sock")
     conf.write_text("port 127.0.0.1:0/ssl\nport 127.0.0.1:0/tcp\ngraceful_timeout 5\n")
-    server = start_server("--conf_file", str(conf))
+    server = start_sigserver("--conf_file", str(conf))
     kept, dropped = server.ports()
     conf.write_text(f"port 127.0.0.1:0/ssl\nport {unix_path}|unix\ngraceful_timeout 5\n")
     server.send(signal.SIGHUP)

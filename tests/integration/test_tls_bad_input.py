@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 import trustme
-from conftest import tls_connect
 from cryptography.hazmat.primitives import serialization
+from support.net import tls_connect
+from support.tls import trusting
 
 from gnetserver import GServer
 from gnetserver.errors import ConfigError
@@ -116,10 +117,8 @@ def test_expired_certificate_is_a_warning(serve: Any, ca: trustme.CA, tmp_path: 
     text = warnings[0].getMessage()
     assert text.startswith(f"{PORT}: WARNING: the certificate SSL_cert_file {str(cert)!r}")
     assert f"expired on {expiry:%Y-%m-%d %H:%M:%S} UTC" in text
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
     with pytest.raises(ssl.SSLCertVerificationError, match="certificate has expired"):
-        tls_connect(server, context)
+        tls_connect(server, trusting(ca))
 
 
 def test_valid_certificate_gives_no_warning(serve: Any, certs: dict[str, str],

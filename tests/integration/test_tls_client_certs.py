@@ -12,33 +12,34 @@ from __future__ import annotations
 
 import datetime
 import logging
-import queue
 import ssl
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
-from conftest import tls_connect
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from support.net import poll, tls_connect
+from support.servers import QueueServer
+from support.tls import trusting
 
 from gnetserver import GServer
 
 pytestmark = pytest.mark.timeout(20)
 
 
-class WhoServer(GServer):
+class WhoServer(QueueServer):
     """Greets the client by the subject of its certificate; records what it saw."""
 
     def __init__(self, **options: Any) -> None:
         super().__init__(log_level=3, **options)
-        self.seen: queue.Queue[tuple[str | None, str | None, Any]] = queue.Queue()
 
-    def process_request(self, client: Any) -> None:
-        self.seen.put((client.peer_subject, client.peer_issuer, client.peer_certificate))
-        client.sendall(f"hello {client.peer_subject}\n".encode())
+    def observe(self, client: Any) -> tuple[str | None, str | None, Any]:
+        return client.peer_subject, client.peer_issuer, client.peer_certificate
+
+    def reply(self, client: Any) -> bytes:
+        return f"hello {client.peer_subject}\n".encode()
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +52,9 @@ def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
 def client(ca: trustme.CA, cert_from: trustme.CA | None = None,
            name: str = "alice") -> ssl.SSLContext:
     """A client trusting the server's CA, with a certificate for ``name`` from ``cert_from``."""
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    if cert_from is not None:
-        cert_from.issue_cert(f"{name}@example.org", common_name=name).configure_cert(context)
-    return context
+    if cert_from is None:
+        return trusting(ca)
+    return trusting(ca, cert=cert_from.issue_cert(f"{name}@example.org", common_name=name))
 
 
 def talk(server: GServer, context: ssl.SSLContext) -> bytes | Exception:
@@ -68,13 +67,10 @@ def talk(server: GServer, context: ssl.SSLContext) -> bytes | Exception:
 
 
 def wait_for_log(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 5) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = [m for m in caplog.messages if text in m]
-        if found:
-            return found[0]
-        time.sleep(0.02)
-    raise AssertionError(f"no log line with {text!r} in {caplog.messages}")
+    found = poll(lambda: [m for m in caplog.messages if text in m], timeout)
+    if not found:
+        raise AssertionError(f"no log line with {text!r} in {caplog.messages}")
+    return found[0]
 
 
 def assert_refused(server: WhoServer, outcome: bytes | Exception,

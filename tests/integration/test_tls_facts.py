@@ -9,7 +9,6 @@ Every server runs in a thread (``serve``); real stdlib TLS clients connect on 12
 from __future__ import annotations
 
 import logging
-import queue
 import socket
 import ssl
 from typing import Any
@@ -18,7 +17,9 @@ import cryptography
 import OpenSSL
 import pytest
 import trustme
-from conftest import address, tls_connect
+from support.net import address, tls_connect
+from support.servers import QueueServer
+from support.tls import trusting, unverified
 
 from gnetserver import GServer
 from gnetserver.errors import ConfigError
@@ -30,16 +31,11 @@ FACTS = ("tls_version", "cipher", "server_name", "alpn_protocol", "session_reuse
          "peer_certificate", "peer_subject", "peer_issuer")
 
 
-class FactsServer(GServer):
+class FactsServer(QueueServer):
     """Puts the client's TLS facts on ``self.seen`` and answers one line."""
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.seen: queue.Queue[dict[str, Any]] = queue.Queue()
-
-    def process_request(self, client: Any) -> None:
-        self.seen.put({name: getattr(client, name) for name in FACTS})
-        client.sendall(b"ok\n")
+    def observe(self, client: Any) -> dict[str, Any]:
+        return {name: getattr(client, name) for name in FACTS}
 
 
 def exchange(server: FactsServer, context: ssl.SSLContext, index: int = 0,
@@ -68,10 +64,7 @@ def test_facts_of_a_tls_client(serve: Any, certs: dict[str, str],
 
 def test_tls_1_2_facts_and_no_sni(serve: Any, certs: dict[str, str], ca: trustme.CA) -> None:
     server = serve(FactsServer(port="127.0.0.1:0/ssl", **certs))
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    context.check_hostname = False
-    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context = trusting(ca, check_hostname=False, maximum_version=ssl.TLSVersion.TLSv1_2)
     tls, facts = exchange(server, context, server_hostname=None)
     assert facts["tls_version"] == "TLSv1.2"
     assert facts["cipher"].startswith("ECDHE-ECDSA-")  # the default list: FS + AEAD only
@@ -100,9 +93,7 @@ def test_alpn(serve: Any, certs: dict[str, str], ca: trustme.CA, offered: list[s
               chosen: str | None) -> None:
     server = serve(FactsServer(port="127.0.0.1:0/ssl", SSL_alpn_protocols="http/1.1,h2",
                                **certs))
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    context.set_alpn_protocols(offered)
+    context = trusting(ca, alpn=offered)
     with tls_connect(server, context) as tls:
         assert tls.recv(10) == b"ok\n"
         assert tls.selected_alpn_protocol() == chosen
@@ -124,10 +115,7 @@ class MethodOptions(FactsServer):
 
 
 def _alpn_of(server: FactsServer, index: int) -> str | None:
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    context.set_alpn_protocols(["h2", "http/1.1"])
-    with tls_connect(server, context, index) as tls:
+    with tls_connect(server, unverified(alpn=["h2", "http/1.1"]), index) as tls:
         tls.recv(10)
         return tls.selected_alpn_protocol()
 

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 import trustme
-from conftest import address, read_until_eof, tls_connect
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from support.net import address, read_until_eof, tls_connect
+from support.tls import trusting, write_leaf
 
 from gnetserver import GServer
 from gnetserver.errors import ConfigError
@@ -23,21 +24,19 @@ from gnetserver.tls.context import SUPPORTED_SSL_OPTIONS
 pytestmark = pytest.mark.timeout(20)
 
 
-def write_leaf(ca: trustme.CA, folder: Path, name: str) -> dict[str, Any]:
+def issue_leaf(ca: trustme.CA, folder: Path, name: str) -> dict[str, Any]:
     """A distinct leaf certificate for localhost/127.0.0.1 as PEM files, and its DER."""
     leaf = ca.issue_cert("localhost", "127.0.0.1", common_name=name)
-    cert, key = folder / f"{name}-cert.pem", folder / f"{name}-key.pem"
-    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-    leaf.private_key_pem.write_to_path(str(key))
+    files = write_leaf(leaf, folder / f"{name}-cert.pem", folder / f"{name}-key.pem")
     der = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()).public_bytes(
         Encoding.DER)
-    return {"SSL_cert_file": str(cert), "SSL_key_file": str(key), "der": der}
+    return {**files, "der": der}
 
 
 @pytest.fixture(scope="module")
 def leaves(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("leaves")
-    return {name: write_leaf(ca, folder, name) for name in ("one", "two", "three")}
+    return {name: issue_leaf(ca, folder, name) for name in ("one", "two", "three")}
 
 
 def files(leaf: dict[str, Any]) -> dict[str, str]:
@@ -176,17 +175,11 @@ def tls_server(serve: Callable[..., GServer], leaves: dict[str, Any]) -> GServer
 
 def client(ca: trustme.CA, low: ssl.TLSVersion | None = None,
            high: ssl.TLSVersion | None = None, ciphers: str | None = None) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
+    versions = {"minimum_version": low, "maximum_version": high}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.1 is deprecated: on purpose
-        if low is not None:
-            context.minimum_version = low
-        if high is not None:
-            context.maximum_version = high
-    if ciphers is not None:
-        context.set_ciphers(ciphers)
-    return context
+        return trusting(ca, ciphers=ciphers,
+                        **{name: value for name, value in versions.items() if value is not None})
 
 
 def test_tls_11_client_is_refused(tls_server: GServer, ca: trustme.CA) -> None:

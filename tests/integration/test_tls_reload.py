@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 import trustme
-from conftest import address
 from cryptography import x509
+from support.net import address
+from support.tls import write_leaf
 
 from gnetserver import GServer
 from gnetserver.testing import ServerThread
@@ -32,15 +33,12 @@ class Echo(GServer):
             client.sendall(line)
 
 
-def write_leaf(ca: trustme.CA, folder: Path, name: str = "localhost") -> tuple[dict[str, str],
+def new_leaf(ca: trustme.CA, folder: Path, name: str = "localhost") -> tuple[dict[str, str],
                                                                               int]:
     """Write a fresh certificate for ``name`` to cert.pem/key.pem; return (files, serial)."""
     leaf = ca.issue_cert(name)
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-    key.write_bytes(leaf.private_key_pem.bytes())
     serial = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()).serial_number
-    return {"SSL_cert_file": str(cert), "SSL_key_file": str(key)}, serial
+    return write_leaf(leaf, folder / "cert.pem", folder / "key.pem"), serial
 
 
 def connect(server: GServer, context: ssl.SSLContext, index: int = 0) -> ssl.SSLSocket:
@@ -83,11 +81,11 @@ def test_new_connections_get_the_new_certificate(running: Any, ca: trustme.CA, t
                                                  client_context: ssl.SSLContext,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="gnetserver")
-    files, first = write_leaf(ca, tmp_path)
+    files, first = new_leaf(ca, tmp_path)
     st = running(Echo(port="127.0.0.1:0/ssl", **files))
     with connect(st.server, client_context) as established:
         assert echo(established, b"one\n") == b"one\n"
-        _, second = write_leaf(ca, tmp_path)
+        _, second = new_leaf(ca, tmp_path)
         assert serial_now(st.server, client_context) == first  # nothing changes by itself
         assert st.call(st.server.reload_tls) is True
         assert serial_now(st.server, client_context) == second
@@ -111,7 +109,7 @@ def test_a_failed_reload_keeps_the_old_certificate(running: Any, ca: trustme.CA,
                                                    client_context: ssl.SSLContext,
                                                    caplog: pytest.LogCaptureFixture,
                                                    damage: Any, reason: str) -> None:
-    files, first = write_leaf(ca, tmp_path)
+    files, first = new_leaf(ca, tmp_path)
     st = running(Echo(port="127.0.0.1:0/ssl", **files))
     with connect(st.server, client_context) as established:
         if damage == "other key":
@@ -125,7 +123,7 @@ def test_a_failed_reload_keeps_the_old_certificate(running: Any, ca: trustme.CA,
     assert len(failures) == 1, caplog.messages
     assert "still serving the previous certificates" in failures[0]
     assert "port 127.0.0.1:0/ssl" in failures[0] and reason in failures[0]
-    _, fixed = write_leaf(ca, tmp_path)  # repaired files: the next reload succeeds
+    _, fixed = new_leaf(ca, tmp_path)  # repaired files: the next reload succeeds
     assert st.call(st.server.reload_tls) is True
     assert serial_now(st.server, client_context) == fixed
 
@@ -134,16 +132,16 @@ def test_reload_is_all_or_nothing_across_ports(running: Any, ca: trustme.CA, tmp
                                                client_context: ssl.SSLContext) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    files_a, first_a = write_leaf(ca, tmp_path / "a")
-    files_b, first_b = write_leaf(ca, tmp_path / "b")
+    files_a, first_a = new_leaf(ca, tmp_path / "a")
+    files_b, first_b = new_leaf(ca, tmp_path / "b")
     port_b = {"host": "127.0.0.1", "port": 0, "proto": "ssl", **files_b}
     st = running(Echo(port=["127.0.0.1:0/ssl", port_b], **files_a))
-    _, second_a = write_leaf(ca, tmp_path / "a")  # port a: a good new certificate
+    _, second_a = new_leaf(ca, tmp_path / "a")  # port a: a good new certificate
     Path(files_b["SSL_key_file"]).write_bytes(b"broken\n")  # port b: a broken key
     assert st.call(st.server.reload_tls) is False
     assert serial_now(st.server, client_context, 0) == first_a  # not half reloaded
     assert serial_now(st.server, client_context, 1) == first_b
-    _, second_b = write_leaf(ca, tmp_path / "b")
+    _, second_b = new_leaf(ca, tmp_path / "b")
     assert st.call(st.server.reload_tls) is True
     assert serial_now(st.server, client_context, 0) == second_a
     assert serial_now(st.server, client_context, 1) == second_b
@@ -152,8 +150,8 @@ def test_reload_is_all_or_nothing_across_ports(running: Any, ca: trustme.CA, tmp
 def test_reload_covers_every_sni_name(running: Any, ca: trustme.CA, tmp_path: Path,
                                       client_context: ssl.SSLContext) -> None:
     (tmp_path / "a").mkdir()
-    default, first = write_leaf(ca, tmp_path)
-    named, first_named = write_leaf(ca, tmp_path / "a", "a.example")
+    default, first = new_leaf(ca, tmp_path)
+    named, first_named = new_leaf(ca, tmp_path / "a", "a.example")
     sni = {key: {"": default[key], "a.example": named[key]} for key in default}
     st = running(Echo(port="127.0.0.1:0/ssl", **sni))
 
@@ -163,8 +161,8 @@ def test_reload_covers_every_sni_name(running: Any, ca: trustme.CA, tmp_path: Pa
             return serial_of(tls)
 
     assert (serial_for("localhost"), serial_for("a.example")) == (first, first_named)
-    _, second = write_leaf(ca, tmp_path)
-    _, second_named = write_leaf(ca, tmp_path / "a", "a.example")
+    _, second = new_leaf(ca, tmp_path)
+    _, second_named = new_leaf(ca, tmp_path / "a", "a.example")
     assert st.call(st.server.reload_tls) is True
     assert (serial_for("localhost"), serial_for("a.example")) == (second, second_named)
 

@@ -8,7 +8,6 @@ options, a rotated context.
 
 from __future__ import annotations
 
-import queue
 import socket
 import ssl
 import time
@@ -16,31 +15,24 @@ from typing import Any
 
 import pytest
 import trustme
-from conftest import address
-
-from gnetserver import GServer
+from support.net import address
+from support.servers import QueueServer
+from support.tls import trusting
 
 pytestmark = pytest.mark.timeout(20)
 
 TWO_PORTS = ["127.0.0.1:0/ssl", "127.0.0.1:0/ssl"]
 
 
-class ResumeServer(GServer):
+class ResumeServer(QueueServer):
     """Records whether each handshake resumed a session."""
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.reused: queue.Queue[bool | None] = queue.Queue()
-
-    def process_request(self, client: Any) -> None:
-        self.reused.put(client.session_reused)
-        client.sendall(b"ok\n")
+    def observe(self, client: Any) -> bool | None:
+        return client.session_reused
 
 
 def client(ca: trustme.CA, version: ssl.TLSVersion, tickets: bool = True) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    context.minimum_version = context.maximum_version = version
+    context = trusting(ca, minimum_version=version, maximum_version=version)
     if not tickets:
         context.options |= ssl.OP_NO_TICKET  # TLS 1.2: resume by session id instead
     return context
@@ -55,7 +47,7 @@ def visit(server: ResumeServer, context: ssl.SSLContext, index: int = 0,
         # Reading the answer also reads the TLS 1.3 NewSessionTicket messages sent before it.
         assert tls.recv(10) == b"ok\n"
         reused, new_session = tls.session_reused, tls.session
-    assert server.reused.get(timeout=5) is reused
+    assert server.seen.get(timeout=5) is reused
     assert new_session is not None
     return reused, new_session
 

@@ -8,16 +8,17 @@ names in the certificate itself.
 
 from __future__ import annotations
 
-import queue
 import ssl
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
-from conftest import tls_connect
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from support.net import tls_connect
+from support.servers import QueueServer
+from support.tls import trusting, write_leaf
 
 from gnetserver import GServer
 
@@ -32,25 +33,17 @@ def sni_files(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> dict[
     folder = tmp_path_factory.mktemp("sni")
     cert_files, key_files = {}, {}
     for key, identity in (("", "localhost"), *((name, name) for name in NAMES)):
-        leaf = ca.issue_cert(identity)
         stem = identity.replace(".", "_")
-        cert, private = folder / f"{stem}.pem", folder / f"{stem}.key"
-        cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-        private.write_bytes(leaf.private_key_pem.bytes())
-        cert_files[key], key_files[key] = str(cert), str(private)
+        files = write_leaf(ca.issue_cert(identity), folder / f"{stem}.pem", folder / f"{stem}.key")
+        cert_files[key], key_files[key] = files["SSL_cert_file"], files["SSL_key_file"]
     return {"SSL_cert_file": cert_files, "SSL_key_file": key_files}
 
 
-class NameServer(GServer):
+class NameServer(QueueServer):
     """Records the SNI name each client sent."""
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.names: queue.Queue[str | None] = queue.Queue()
-
-    def process_request(self, client: Any) -> None:
-        self.names.put(client.server_name)
-        client.sendall(b"ok\n")
+    def observe(self, client: Any) -> str | None:
+        return client.server_name
 
 
 def dns_names(tls: ssl.SSLSocket) -> list[str]:
@@ -70,10 +63,7 @@ def received(server: GServer, context: ssl.SSLContext, name: str | None) -> list
 
 def unverified(ca: trustme.CA) -> ssl.SSLContext:
     """Trusts the CA but does not check the name: to see which certificate comes back."""
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    context.check_hostname = False
-    return context
+    return trusting(ca, check_hostname=False)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -82,7 +72,7 @@ def test_each_name_gets_its_certificate(serve: Any, sni_files: dict[str, Any],
     server = serve(NameServer(port="127.0.0.1:0/ssl", **sni_files))
     # client_context checks the host name: the handshake only succeeds with the right one.
     assert received(server, client_context, name) == [name]
-    assert server.names.get(timeout=5) == name
+    assert server.seen.get(timeout=5) == name
 
 
 def test_names_match_case_insensitively(serve: Any, sni_files: dict[str, Any],
@@ -96,7 +86,7 @@ def test_unknown_or_absent_name_gets_the_default(serve: Any, sni_files: dict[str
                                                  ca: trustme.CA, name: str | None) -> None:
     server = serve(NameServer(port="127.0.0.1:0/ssl", **sni_files))
     assert received(server, unverified(ca), name) == ["localhost"]
-    assert server.names.get(timeout=5) == name
+    assert server.seen.get(timeout=5) == name
 
 
 def test_the_wrong_certificate_fails_verification(serve: Any, sni_files: dict[str, Any],
@@ -145,10 +135,7 @@ def test_a_second_ecdsa_certificate_for_a_name(serve: Any, tmp_path: Path) -> No
     server = serve(NameServer(port="127.0.0.1:0/ssl", SSL_cert_file=files))
     for cipher, leaf in (("ECDHE-RSA-AES128-GCM-SHA256", rsa),
                          ("ECDHE-ECDSA-AES128-GCM-SHA256", ecdsa)):
-        context = ssl.create_default_context()
-        ca.configure_trust(context)
-        context.maximum_version = ssl.TLSVersion.TLSv1_2
-        context.set_ciphers(cipher)
+        context = trusting(ca, maximum_version=ssl.TLSVersion.TLSv1_2, ciphers=cipher)
         with tls_connect(server, context) as tls:
             assert tls.recv(10) == b"ok\n"
             expected = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())

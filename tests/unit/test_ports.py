@@ -72,12 +72,6 @@ STRING_FORMS = [
 ]
 
 
-@pytest.mark.parametrize(("port", "defaults", "expected"), STRING_FORMS)
-def test_string_forms(port: Any, defaults: dict[str, Any], expected: list[PortSpec]) -> None:
-    """Every string form of spec 3.2 gives the records of its table row."""
-    assert parse_ports(port, **defaults) == expected
-
-
 # -- host/proto/ipv options: tokens, alignment, precedence (3.1, 3.4) --------------------------
 
 OPTION_FORMS = [
@@ -109,12 +103,6 @@ OPTION_FORMS = [
     row([1], S(1), host=[], proto=[], ipv=[]),
     row([]),
 ]
-
-
-@pytest.mark.parametrize(("port", "defaults", "expected"), OPTION_FORMS)
-def test_option_forms(port: Any, defaults: dict[str, Any], expected: list[PortSpec]) -> None:
-    """host/proto/ipv apply by position (last one reused), and may carry IPv tokens."""
-    assert parse_ports(port, **defaults) == expected
 
 
 # -- the dict form of 3.3 --------------------------------------------------------------------
@@ -151,9 +139,18 @@ DICT_FORMS = [
 ]
 
 
-@pytest.mark.parametrize(("port", "defaults", "expected"), DICT_FORMS)
-def test_dict_forms(port: Any, defaults: dict[str, Any], expected: list[PortSpec]) -> None:
-    """A dict sets one port's fields; other keys go to ``options``, sorted by name."""
+FORMS = [
+    pytest.param(*form.values, id=f"{kind} {form.id}")
+    for kind, table in (("string", STRING_FORMS), ("option", OPTION_FORMS), ("dict", DICT_FORMS))
+    for form in table
+]
+
+
+@pytest.mark.parametrize(("port", "defaults", "expected"), FORMS)
+def test_forms(port: Any, defaults: dict[str, Any], expected: list[PortSpec]) -> None:
+    """Every form gives the records of its table row: the string forms of spec 3.2; host/
+    proto/ipv options, which apply by position (last one reused) and may carry IPv tokens;
+    a dict, which sets one port's fields, other keys going to ``options``, sorted by name."""
     assert parse_ports(port, **defaults) == expected
 
 

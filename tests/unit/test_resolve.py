@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from support.net import IPV6
 
 from gnetserver.errors import ConfigError
 from gnetserver.ports import PortSpec, parse_ports
@@ -26,13 +27,8 @@ TIMEOUT = 5.0
 @pytest.fixture
 def ipv6() -> None:
     """Skip the test unless this machine can bind ::1."""
-    if not socket.has_ipv6:
-        pytest.skip("socket.has_ipv6 is false: Python was built without IPv6")
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError as exc:
-        pytest.skip(f"cannot bind ::1 on this machine: {exc}")
+    if not IPV6:
+        pytest.skip("no IPv6 loopback on this machine")
 
 
 @pytest.fixture
@@ -162,22 +158,27 @@ def test_wildcard_is_one_dual_stack_socket(bind: Callable[..., Bound]) -> None:
     assert accept_from(sock, V6, ("::1", port)) == "::1"
 
 
+@pytest.mark.parametrize(
+    ("spec", "family", "v6only", "shown", "served", "refused"),
+    [
+        ("0/IPv4", V4, None, "0.0.0.0", (V4, "127.0.0.1"), (V6, "::1")),
+        ("0/IPv6", V6, True, "[::]", (V6, "::1"), (V4, "127.0.0.1")),
+    ],
+    ids=["ipv4-refuses-ipv6", "ipv6-refuses-ipv4"],
+)
 @pytest.mark.usefixtures("ipv6")
-def test_ipv4_socket_refuses_ipv6_clients(bind: Callable[..., Bound]) -> None:
-    ((addr, sock),) = bind(parse_ports("0/IPv4"))
+def test_one_family_socket_refuses_the_other(
+    bind: Callable[..., Bound], spec: str, family: int, v6only: bool | None, shown: str,
+    served: tuple[int, str], refused: tuple[int, str],
+) -> None:
+    """``/IPv4`` and ``/IPv6`` bind one socket of that family only: clients of the other
+    family are refused."""
+    ((addr, sock),) = bind(parse_ports(spec))
     port = sock.getsockname()[1]
-    assert describe(addr, sock) == f"0.0.0.0:{port}"
-    refuses(V6, ("::1", port))
-    assert accept_from(sock, V4, ("127.0.0.1", port)) == "127.0.0.1"
-
-
-@pytest.mark.usefixtures("ipv6")
-def test_ipv6_socket_refuses_ipv4_clients(bind: Callable[..., Bound]) -> None:
-    ((addr, sock),) = bind(parse_ports("0/IPv6"))
-    port = sock.getsockname()[1]
-    assert (addr.family, addr.v6only) == (V6, True)
-    refuses(V4, ("127.0.0.1", port))
-    assert accept_from(sock, V6, ("::1", port)) == "::1"
+    assert (addr.family, addr.v6only) == (family, v6only)
+    assert describe(addr, sock) == f"{shown}:{port}"
+    refuses(refused[0], (refused[1], port))
+    assert accept_from(sock, served[0], (served[1], port)) == served[1]
 
 
 @pytest.mark.usefixtures("ipv6")

@@ -12,13 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.net import needs_ipv6
 
 from gnetserver import restart, signals
 from gnetserver.listener import Listener
 from gnetserver.ports import parse_ports
 from gnetserver.resolve import BindAddress, resolve
 from gnetserver.restart import BoundSocket, decode, encode
-from tests.conftest import needs_ipv6
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -16,13 +16,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import gevent.socket as gsocket
 import pytest
 import trustme
 from OpenSSL import SSL
+from support.tls import trusting
 
 from gnetserver.errors import HandshakeTimeout, TLSError
 from gnetserver.tls import TLSConnection, build_context
@@ -37,25 +37,14 @@ WAIT = 5.0  # upper bound for every blocking step; tests normally take milliseco
 # Fixtures and harness
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 @pytest.fixture
-def server_ctx(ca: trustme.CA, tmp_path: Path) -> SSL.Context:
-    leaf = ca.issue_cert("localhost", "127.0.0.1")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-    key.write_bytes(leaf.private_key_pem.bytes())
-    return build_context({"SSL_cert_file": str(cert), "SSL_key_file": str(key)}, "port test")
+def server_ctx(pem_files: dict[str, Any]) -> SSL.Context:
+    return build_context(pem_files, "port test")
 
 
 @pytest.fixture
 def client_ctx(ca: trustme.CA) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
-    return ctx
+    return trusting(ca)
 
 
 @pytest.fixture
@@ -307,8 +296,11 @@ def test_close_notify_reads_as_empty(
     client.result()
 
 
-def _reset_after(ready: threading.Event, done: threading.Event, client_ctx: Any) -> Any:
-    """A client that handshakes, waits for ``ready``, then resets the TCP connection."""
+@contextmanager
+def reset_by_peer(listener: Any, server_ctx: SSL.Context, client_ctx: Any) -> Iterator[Any]:
+    """Yield ``(conn, client)`` once the client completed the handshake and then reset the
+    TCP connection (SO_LINGER 0)."""
+    ready, done = threading.Event(), threading.Event()
 
     def run(port: int) -> None:
         with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw:
@@ -318,17 +310,17 @@ def _reset_after(ready: threading.Event, done: threading.Event, client_ctx: Any)
             tls.close()
         done.set()
 
-    return run
+    with serve(listener, server_ctx, run) as (conn, client):
+        conn.do_handshake(WAIT)
+        ready.set()
+        assert done.wait(WAIT)
+        yield conn, client
 
 
 def test_shutdown_tls_on_a_reset_peer_does_not_raise(
     listener: Any, server_ctx: SSL.Context, client_ctx: Any
 ) -> None:
-    ready, done = threading.Event(), threading.Event()
-    with serve(listener, server_ctx, _reset_after(ready, done, client_ctx)) as (conn, client):
-        conn.do_handshake(WAIT)
-        ready.set()
-        assert done.wait(WAIT)
+    with reset_by_peer(listener, server_ctx, client_ctx) as (conn, client):
         start = time.monotonic()
         conn.shutdown_tls(timeout=1.0)
         conn.shutdown_tls(timeout=1.0)  # a second call does nothing
@@ -339,12 +331,8 @@ def test_shutdown_tls_on_a_reset_peer_does_not_raise(
 def test_send_to_a_reset_peer_is_a_connection_error(
     listener: Any, server_ctx: SSL.Context, client_ctx: Any
 ) -> None:
-    ready, done = threading.Event(), threading.Event()
-    with serve(listener, server_ctx, _reset_after(ready, done, client_ctx)) as (conn, client):
-        conn.do_handshake(WAIT)
+    with reset_by_peer(listener, server_ctx, client_ctx) as (conn, client):
         conn.settimeout(WAIT)
-        ready.set()
-        assert done.wait(WAIT)
         with pytest.raises(ConnectionError):
             for _ in range(1000):  # the first writes may still fit in the socket buffer
                 conn.sendall(b"x" * 16384)

@@ -22,6 +22,8 @@ from OpenSSL import SSL
 
 from gnetserver import GServer
 from gnetserver.client import Client
+from support.net import open_stream, read_until_eof
+from support.tls import trusting, write_leaf
 
 PROTOS = ("tcp", "unix", "ssl", "ssleay")
 TLS_PROTOS = ("ssl", "ssleay")
@@ -97,32 +99,6 @@ def pattern(size: int) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
-def read_until_eof(sock: Any, limit: int = 4 * MIB) -> bytes:
-    """Everything the peer sends until it closes (close_notify or TCP EOF)."""
-    chunks, size = [], 0
-    while size < limit:
-        try:
-            chunk = sock.recv(65536)
-        except ssl.SSLZeroReturnError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
-
-
-def read_line(sock: Any) -> bytes:
-    """One line, read byte by byte (so nothing after it is consumed)."""
-    line = bytearray()
-    while not line.endswith(b"\n"):
-        byte = sock.recv(1)
-        if not byte:
-            break
-        line += byte
-    return bytes(line)
-
-
 def read_exactly(sock: Any, size: int) -> bytes:
     """Exactly ``size`` bytes, or fewer if the peer closes first."""
     data = bytearray()
@@ -155,30 +131,12 @@ class Endpoint:
     def raw(self, timeout: float = WAIT) -> socket.socket:
         """A connected plain socket (TCP or UNIX) to the server's first listener."""
         bound = self.server.listeners[0].bound
-        if self.proto == "unix":
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
-            try:
-                sock.connect(bound)
-            except BaseException:
-                sock.close()
-                raise
-            return sock
-        return socket.create_connection(bound[:2], timeout=timeout)
+        return open_stream(bound if self.proto == "unix" else bound[:2], timeout)
 
     def client_context(self, **settings: Any) -> ssl.SSLContext:
         """A stdlib client context trusting the CA; ``settings`` are set as attributes
         (``maximum_version=...``), ``alpn=[...]`` and ``cert=LeafCert`` are applied too."""
-        context = ssl.create_default_context()
-        self.ca.configure_trust(context)
-        alpn, cert = settings.pop("alpn", None), settings.pop("cert", None)
-        if alpn:
-            context.set_alpn_protocols(alpn)
-        if cert is not None:
-            cert.configure_cert(context)
-        for name, value in settings.items():
-            setattr(context, name, value)
-        return context
+        return trusting(self.ca, **settings)
 
     def connect(self, context: ssl.SSLContext | None = None, server_hostname: str = "localhost",
                 session: ssl.SSLSession | None = None, timeout: float = WAIT) -> Any:
@@ -234,12 +192,9 @@ def _openssl_half_close(sock: socket.socket, ca_file: str, data: bytes) -> bytes
 
 def issue_files(ca: trustme.CA, folder: str, name: str, *hosts: str) -> dict[str, str]:
     """Write a leaf certificate (with chain) and key for ``hosts``; return their paths."""
-    leaf = ca.issue_cert(*hosts)
-    cert, key = os.path.join(folder, f"{name}.pem"), os.path.join(folder, f"{name}.key")
-    with open(cert, "wb") as f:
-        f.write(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-    leaf.private_key_pem.write_to_path(key)
-    return {"cert": cert, "key": key}
+    files = write_leaf(ca.issue_cert(*hosts), os.path.join(folder, f"{name}.pem"),
+                       os.path.join(folder, f"{name}.key"))
+    return {"cert": files["SSL_cert_file"], "key": files["SSL_key_file"]}
 
 
 StartServer = Callable[..., Endpoint]
