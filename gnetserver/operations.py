@@ -30,7 +30,6 @@ from . import daemon, log, privileges
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    import logging
 
     from .listener import Listener
 
@@ -56,7 +55,6 @@ class OperationsMixin:
     if TYPE_CHECKING:  # provided by the server class
         conf: dict[str, Any]
         listeners: list[Listener]
-        _logger: logging.Logger
 
     # -- logging ---------------------------------------------------------------------------
 
@@ -98,7 +96,9 @@ class OperationsMixin:
         (stderr unless configured otherwise). Runs in whatever greenlet logs; must not block
         for long. Override to send the log elsewhere."""
         if self.log_targets is None:
-            self._logger.log(log.STDLIB_LEVELS[level], message)
+            # Looked up when used, not when the server is built: a program may configure
+            # logging after creating its server, and must not get each line twice.
+            log.get_logger().log(log.STDLIB_LEVELS[level], message)
         else:
             self.log_targets.emit(level, message)
 

@@ -28,7 +28,7 @@ from gevent.lock import BoundedSemaphore
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
-from . import log, restart
+from . import restart
 from .access_control import AccessControlMixin
 from .binding import BindingMixin
 from .client import Client
@@ -90,7 +90,6 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
         self.listeners: list[Listener] = []
         self.requests = 0
         self.argv_unused: list[str] = []
-        self._logger = log.get_logger()
         self._pool: Pool | None = None
         self._slots: BoundedSemaphore | None = None
         self._stop_requested = Event()

@@ -19,10 +19,13 @@ pytestmark = pytest.mark.timeout(30)
 VALUE = r"\[?VALUE\]?"  # the metavar, optional or not
 FIX = "run `python -m gnetserver.docs --write` and commit README.rst"
 
+#: The checkout's README (the installed package may live elsewhere, in site-packages).
+README = Path(__file__).resolve().parents[2] / "README.rst"
+
 
 def test_readme_option_table_is_current() -> None:
     """README.rst's table (between the markers) is exactly what the options table renders."""
-    text = docs.README.read_text(encoding="utf-8")
+    text = README.read_text(encoding="utf-8")
     try:
         current = docs.readme_table(text)
     except ValueError as exc:

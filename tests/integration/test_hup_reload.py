@@ -1,0 +1,235 @@
+"""New certificates on HUP (issue 3 point 6, issue 4 point 6), against a real subprocess.
+
+``python -m gnetserver`` (the demo's echo) serves a TLS port with certificate A from the test
+CA. A client connects and keeps its connection open; the certificate and key files are then
+replaced on disk by certificate B (same CA, other subject and serial) and the server gets a
+SIGHUP. What the code does (gnetserver/signal_handling.py ``handle_hup``, server.py
+``server_close``, restart.py): the listening socket is dup'ed and kept open, established
+connections get ``graceful_timeout`` seconds to end by themselves (they are cut, without a
+close_notify, when it runs out), then the process re-executes itself (same pid) and the new
+image adopts the socket and builds its TLS contexts from the files again. Connections made
+meanwhile wait in the kernel's listen backlog: none is refused, each gets certificate B.
+
+The twin: the files are replaced by a broken key. The re-executed image then fails in ``bind``
+(the TLS context is built before any socket is adopted) with a ConfigError and the process
+exits with status 2, as Net::Server does when its restarted image cannot start. It does NOT
+keep serving with the old contexts, unlike ``reload_tls()`` (see test_tls_reload.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from support.net import HOSTS, wait_until
+from support.process import READY, REPO, ServerProcess, Where, python_env, read_pid
+from support.sigserver import refused
+
+pytestmark = pytest.mark.timeout(30)
+
+GRACEFUL = 2.0  # graceful_timeout of the server under test, in seconds
+
+
+def der_of(leaf: trustme.LeafCert) -> bytes:
+    """The DER bytes of a leaf certificate (what a client receives)."""
+    return ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode("ascii"))
+
+
+def install(cert: Path, key: Path, cert_pem: bytes, key_pem: bytes) -> None:
+    """Replace both files on disk the way a deployment does: write aside, then rename."""
+    for path, data in ((cert, cert_pem), (key, key_pem)):
+        aside = path.with_suffix(".new")
+        aside.write_bytes(data)
+        os.replace(aside, path)
+
+
+def install_leaf(cert: Path, key: Path, leaf: trustme.LeafCert) -> None:
+    install(cert, key, b"".join(blob.bytes() for blob in leaf.cert_chain_pems),
+            leaf.private_key_pem.bytes())
+
+
+class Session:
+    """One TLS connection to the echo server, kept open: its certificate and welcome line."""
+
+    def __init__(self, where: Where, context: ssl.SSLContext, timeout: float = 10.0) -> None:
+        raw = socket.create_connection(where[:2], timeout=timeout)
+        try:  # ragged EOFs raise: a cut (no close_notify) must be told from a clean close
+            self.tls = context.wrap_socket(raw, server_hostname="localhost",
+                                           suppress_ragged_eofs=False)
+        except BaseException:
+            raw.close()
+            raise
+        self.der = self.tls.getpeercert(binary_form=True)
+        self.reader = self.tls.makefile("rb")
+        self.welcome = self.reader.readline().decode()
+
+    def say(self, text: str) -> str:
+        """One echo round trip: the server's answer line."""
+        self.tls.sendall(f"{text}\r\n".encode())
+        return self.reader.readline().decode()
+
+    def end(self) -> tuple[str, float]:
+        """Wait for the server to end the connection: how ("close_notify", "cut" for a TCP
+        EOF or reset without close_notify, or the unexpected data) and when."""
+        try:
+            data = self.tls.recv(1024)
+            how = f"data {data!r}" if data else "cut"
+        except ssl.SSLZeroReturnError:
+            how = "close_notify"
+        except (ssl.SSLEOFError, ConnectionResetError):
+            how = "cut"
+        return how, time.monotonic()
+
+    def close(self) -> None:
+        self.reader.close()
+        self.tls.close()
+
+
+def probe(where: Where, context: ssl.SSLContext) -> tuple[bytes | None, str]:
+    """A new connection: the certificate it gets and the welcome line (which names the pid)."""
+    session = Session(where, context)
+    try:
+        return session.der, session.welcome
+    finally:
+        session.close()
+
+
+class Knocker(threading.Thread):
+    """Plain TCP connects in a loop (connect, close) until stopped: counts every attempt and
+    keeps the ones that failed, so a refused connection during a restart cannot hide."""
+
+    def __init__(self, where: Where, limit: int = 400) -> None:
+        super().__init__(daemon=True)
+        self.where, self.limit = where, limit
+        self.attempts = 0
+        self.failures: list[BaseException] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set() and self.attempts < self.limit:
+            self.attempts += 1
+            try:
+                socket.create_connection(self.where[:2], timeout=5).close()
+            except OSError as exc:
+                self.failures.append(exc)
+            self.done.wait(0.01)  # paces the loop; the attempts are the measurement
+
+    def finish(self) -> tuple[int, list[BaseException]]:
+        self.done.set()
+        self.join(10)
+        assert not self.is_alive()
+        return self.attempts, self.failures
+
+
+def start_server(spawn: Any, folder: Path, cert: Path, key: Path, *args: str) -> ServerProcess:
+    """``python -m gnetserver`` on 127.0.0.1:0/ssl with the given files, its stderr collected."""
+    env = python_env(REPO)
+    env.pop("BOUND_SOCKETS", None)
+    return spawn([sys.executable, "-m", "gnetserver", "--port", "127.0.0.1:0/ssl",
+                  "--SSL_cert_file", str(cert), "--SSL_key_file", str(key),
+                  "--graceful_timeout", f"{GRACEFUL:g}", *args],
+                 env=env, cwd=folder, terminate=True)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    return tmp_path / "server.crt", tmp_path / "server.key"
+
+
+@pytest.fixture
+def pool() -> Any:
+    with ThreadPoolExecutor(max_workers=6) as executor:
+        yield executor
+
+
+def test_hup_serves_new_certificate_without_refusing_or_cutting_early(
+        spawn: Any, ca: trustme.CA, client_context: ssl.SSLContext, tmp_path: Path,
+        files: tuple[Path, Path], pool: ThreadPoolExecutor) -> None:
+    cert, key = files
+    leaf_a = ca.issue_cert(*HOSTS, common_name="cert A", organization_unit_name="before HUP")
+    leaf_b = ca.issue_cert(*HOSTS, common_name="cert B", organization_unit_name="after HUP")
+    assert der_of(leaf_a) != der_of(leaf_b)
+    install_leaf(cert, key, leaf_a)
+    server = start_server(spawn, tmp_path, cert, key)
+    where = server.ports()[0]
+    pid = server.pid
+    busy, idle = Session(where, client_context), Session(where, client_context)
+    assert busy.der == idle.der == der_of(leaf_a)
+    assert busy.welcome == f'Welcome to "DemoServer" ({pid})\r\n'
+    assert busy.say("before") == f'DemoServer:{pid}: You said "before"\r\n'
+
+    install_leaf(cert, key, leaf_b)
+    knocker = Knocker(where)
+    knocker.start()
+    idle_end: Future[tuple[str, float]] = pool.submit(idle.end)
+    hup_at = time.monotonic()
+    server.send(signal.SIGHUP)
+    server.wait_for(rf"Waiting up to {GRACEFUL:g}s for 2 connection\(s\) to finish")
+    probes = [pool.submit(probe, where, client_context)]  # waits in the backlog
+    # The established connection keeps working through the drain, until it ends itself.
+    assert busy.der == der_of(leaf_a)
+    assert busy.say("during the HUP") == f'DemoServer:{pid}: You said "during the HUP"\r\n'
+    assert busy.say("quit") == f'DemoServer:{pid}: You said "quit"\r\n'
+    assert busy.end()[0] == "close_notify"  # closed by the server after quit, as always
+    busy.close()
+    server.wait_for("Re-exec server during HUP")
+    probes.append(pool.submit(probe, where, client_context))  # while the new image starts
+    assert server.ports(2) == [where]
+    probes.append(pool.submit(probe, where, client_context))
+    # The idle connection was cut (no close_notify) once graceful_timeout ran out, not before.
+    how, ended_at = idle_end.result(15)
+    idle.close()
+    assert how == "cut" and GRACEFUL - 0.2 <= ended_at - hup_at < GRACEFUL + 5, (how, ended_at)
+    attempts, failures = knocker.finish()
+    for future in probes:
+        der, welcome = future.result(15)
+        assert der == der_of(leaf_b)
+        assert welcome == f'Welcome to "DemoServer" ({pid})\r\n'  # same pid
+    assert attempts > 20 and failures == [], (attempts, failures)
+    assert server.proc.poll() is None and server.count(READY.pattern) == 2
+    server.send(signal.SIGTERM)
+    assert server.wait_exit(10) == 0
+    assert refused(where)
+
+
+def test_hup_with_a_broken_key_stops_the_server(
+        spawn: Any, ca: trustme.CA, client_context: ssl.SSLContext, tmp_path: Path,
+        files: tuple[Path, Path], pool: ThreadPoolExecutor) -> None:
+    cert, key = files
+    leaf = ca.issue_cert(*HOSTS)
+    install_leaf(cert, key, leaf)
+    pid_file = tmp_path / "server.pid"
+    server = start_server(spawn, tmp_path, cert, key, "--pid_file", str(pid_file))
+    where = server.ports()[0]
+    assert read_pid(pid_file) == server.pid
+    held = Session(where, client_context)
+
+    broken = b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n"
+    install(cert, key, b"".join(blob.bytes() for blob in leaf.cert_chain_pems), broken)
+    server.send(signal.SIGHUP)
+    server.wait_for(r"Waiting up to .* for 1 connection\(s\) to finish")
+    waiting = pool.submit(probe, where, client_context)  # in the backlog during the restart
+    assert held.say("still here").endswith('You said "still here"\r\n')
+    assert held.say("quit").endswith('You said "quit"\r\n')
+    held.close()
+    # The new image cannot build its TLS context: it reports why and exits with status 2.
+    assert server.wait_exit(15) == 2
+    error = server.wait_for(r"^gnetserver: (.*)$").group(1)
+    assert "SSL_key_file" in error and str(key) in error, error
+    assert server.count("Re-exec server during HUP") == 1
+    assert server.count(READY.pattern) == 1  # never served again
+    # The connection waiting in the backlog is reset, not served; then the port is closed.
+    with pytest.raises((ssl.SSLError, OSError)):
+        waiting.result(15)
+    assert refused(where)
+    wait_until(lambda: not pid_file.exists(), 5, "the pid file to be removed")
