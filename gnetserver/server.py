@@ -140,7 +140,8 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
             self._closed.wait()
 
     def _start_up(self) -> None:
-        """Everything before the loop; on failure, whatever was bound is released."""
+        """Everything before the loop; on failure, whatever was bound is released and a pid
+        file this process wrote is removed."""
         try:
             self.configure_hook()  # user: set up state before parsing
             self.configure()  # options from every source, with Net::Server's precedence
@@ -153,6 +154,7 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
             self.pre_loop_hook()  # user: last preparation before serving
         except BaseException:
             self._release_listeners()
+            self.remove_pid_file()
             raise
 
     # == configuration (options, default_values, configure: gnetserver.option_sources) ========

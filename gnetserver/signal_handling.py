@@ -18,15 +18,19 @@ Rules of this module (behaviour: spec/netserver.md section 6):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import gevent
 
-from . import signals
+from . import config, signals
+from .errors import ConfigError
+from .options import Option, table
 
 if TYPE_CHECKING:
     from gevent.event import Event
     from gevent.pool import Pool
+
+    from .tls import TLSContexts
 
 
 class SignalHandlingMixin:
@@ -43,6 +47,10 @@ class SignalHandlingMixin:
         _pool: Pool | None
         _stop_requested: Event
         _stop_timeout: float | None
+        conf: dict[str, Any]
+        tls_contexts: TLSContexts | None
+
+        def options(self) -> list[Option]: ...
 
         def log(self, level: int, message: str) -> None: ...
         def reopen_logs(self) -> None: ...
@@ -95,8 +103,27 @@ class SignalHandlingMixin:
         reopened at once (logrotate)."""
         self.log(2, "Received a SIG HUP: restarting in place")
         self.reopen_logs()  # messages until the exec go to the new file
+        problem = self.restart_problem()
+        if problem is not None:
+            self.log(1, f"HUP ignored, still serving with the current configuration: {problem}")
+            return
         self.restarting = True
         self._stop_requested.set()
+
+    def restart_problem(self) -> str | None:
+        """What would make the re-executed server fail to start, found before exec: the conf
+        file must parse and every TLS context must build from the files now on disk (a
+        renewed certificate with the wrong key must not take the server down). None if none.
+        """
+        try:
+            conf_file = self.conf.get("conf_file")
+            if conf_file:
+                config.from_conf_file(conf_file, table(self.options()))
+            if self.tls_contexts is not None:
+                self.tls_contexts.check()
+        except ConfigError as exc:
+            return str(exc)
+        return None
 
     def restart_open_hook(self) -> None:
         """Hook: in the re-executed server after a HUP, in bind, before the inherited sockets
