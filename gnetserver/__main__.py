@@ -2,6 +2,12 @@
 
 With no arguments it starts the demo: Net::Server's echo over TLS on 127.0.0.1:8443 and over
 plain TCP on 127.0.0.1:8080, with a self-signed certificate made in memory at start.
+
+A ``--server`` class is built as ``Class(commandline=words)``. Its option table (for ``--help``
+and for refusing unknown words) is read first without building it: ``options()`` is called on
+an instance made by ``cls.__new__(cls)``, whose ``__init__`` has not run. So ``--help`` works
+for any class, and a class whose ``__init__`` needs other arguments gets a clear error, not a
+traceback, when asked to run.
 """
 
 import sys
@@ -13,12 +19,13 @@ if "--monkey-patch" in sys.argv[1:]:
     monkey.patch_all()
 
 import importlib  # noqa: E402
+import inspect  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
 from gnetserver import config  # noqa: E402
 from gnetserver.errors import ConfigError  # noqa: E402
-from gnetserver.options import table  # noqa: E402
+from gnetserver.options import Option, table  # noqa: E402
 from gnetserver.server import GServer  # noqa: E402
 
 DEMO_PORTS = ["127.0.0.1:8443/ssl", "127.0.0.1:8080/tcp"]
@@ -45,6 +52,28 @@ def load_class(path: str) -> type[GServer]:
     return cls
 
 
+def option_table(cls: type[GServer]) -> dict[str, Option]:
+    """The option table of a server class, read without running its ``__init__`` (which may
+    need arguments this command cannot give): ``options()`` runs on a bare instance."""
+    return table(cls.__new__(cls).options())
+
+
+def check_constructible(cls: type[GServer], path: str) -> None:
+    """Refuse, before anything starts, a class that ``Class(commandline=words)`` cannot
+    build (its ``__init__`` needs other arguments). The signature is checked rather than a
+    TypeError caught, so that a TypeError raised inside ``__init__`` keeps its traceback."""
+    try:
+        inspect.signature(cls).bind(commandline=[])
+    except TypeError as exc:
+        raise ConfigError(
+            f"--server {path!r}: the gnetserver command builds the server as "
+            f"{cls.__name__}(commandline=...) but {cls.__module__}.{cls.__qualname__} "
+            f"cannot be built so ({exc}); give its other arguments defaults, or construct it "
+            f"in your own script and call run()") from None
+    except ValueError:
+        pass  # no signature to inspect (a C-level __init__): let construction tell
+
+
 def split_own_flags(words: Sequence[str]) -> tuple[str | None, list[str]]:
     """Take ``--server X`` / ``--server=X`` and ``--monkey-patch`` out of the words."""
     server, rest, it = None, [], iter(words)
@@ -64,11 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         server_path, rest = split_own_flags(words)
         cls = load_class(server_path) if server_path else DemoServer
-        known = table(cls().options())
+        known = option_table(cls)
         if "-h" in rest or "--help" in rest:
             print_help(known)
             return 0
         config.from_command_line(rest, known, strict=True)  # unknown words fail here
+        check_constructible(cls, server_path or "")
         cls(commandline=rest).run()
     except ConfigError as exc:
         print(f"gnetserver: {exc}", file=sys.stderr)

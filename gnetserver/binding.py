@@ -4,7 +4,8 @@ Rules of this module (behaviour: spec/netserver.md, ports and binding):
 
 * :meth:`BindingMixin.pre_bind` only parses: the ``port``/``host``/``proto``/``ipv`` options
   become ``port_specs`` (:mod:`gnetserver.ports`, pure); duplicates are logged and skipped, an
-  unknown protocol is a ConfigError.
+  unknown protocol is a ConfigError, and so are server-wide ``SSL_*`` options a user gave when
+  no port is TLS (``check_ssl_options_used``).
 * :meth:`BindingMixin.bind` builds every protocol object first (ssl ports build their TLS
   contexts there), so that a bad option fails before any port is bound; then it binds, or
   adopts the sockets inherited over a HUP re-exec (:mod:`gnetserver.restart`), and appends one
@@ -41,6 +42,7 @@ class BindingMixin:
 
         def log(self, level: int, message: str) -> None: ...
         def ssl_options(self, spec: PortSpec) -> dict[str, Any]: ...
+        def check_ssl_options_used(self) -> None: ...
         def restart_open_hook(self) -> None: ...
 
     def pre_bind(self) -> None:
@@ -60,15 +62,16 @@ class BindingMixin:
             if spec.proto not in PROTOCOLS:
                 raise ConfigError(f"port {spec}: proto {spec.proto!r} is not supported "
                                   f"(supported: {', '.join(PROTOCOLS)})")
+        self.check_ssl_options_used()  # SSL_* given with no TLS port: refused, not ignored
 
     def bind(self) -> None:
         """Build every protocol (TLS contexts: fail before binding anything), then bind and
         listen on every resolved address of every port spec."""
-        # One TLSContexts per server: ssl ports with equal SSL_* options share a context, so
-        # sessions resume across listeners; reload_tls() rebuilds them all.
+        # One TLSContexts per server: ssl (and ssleay) ports with equal SSL_* options share a
+        # context, so sessions resume across listeners; reload_tls() rebuilds them all.
         self.tls_contexts = TLSContexts(lambda text: self.log(1, text))
         protocols = {id(spec): self.make_protocol(spec) for spec in self.port_specs}
-        if any(spec.proto == "ssl" for spec in self.port_specs):
+        if any(spec.proto == "ssl" for spec in self.port_specs):  # ssleay logs its own
             self.log(2, f"TLS by {tls_library_versions()}")
         # After a HUP re-exec (BOUND_SOCKETS set): restart_open_hook, then matching specs adopt
         # their inherited sockets and only the others are bound (gnetserver.restart).

@@ -66,8 +66,10 @@ class Client:
         stream: what reads and writes go through (the socket, or its TLSConnection).
         tls: the TLSConnection on ssl ports after the handshake, else None.
         proto: "tcp", "ssl" or "unix".
-        peeraddr, peerport: the peer's address text and port (None for unix sockets).
-        sockaddr, sockport: the local address text and port (the socket path for unix).
+        peeraddr, peerport: the peer's address text and port. None on unix sockets, as in
+            Net::Server: a unix peer has no address (its CONNECT line names the socket path).
+        sockaddr, sockport: the local address text and port; on unix sockets sockaddr is None
+            and sockport is the socket path.
         peerhost: the peer's host name, with ``reverse_lookups`` (set by get_client_info,
             before post_accept_hook); None without lookups, for unix sockets, or when the
             lookup found no name.
@@ -104,7 +106,8 @@ class Client:
         return f"<Client {self.proto} peer={self.peer_text()} local={self.local_text()}>"
 
     def peer_text(self) -> str:
-        """The peer as Net::Server logs it: ``[addr]:port`` (or the socket path)."""
+        """The peer as Net::Server logs it: ``[addr]:port``; on a unix socket, which has no
+        peer address, the socket path."""
         if self.peerport is None and isinstance(self.address, tuple):
             # get_client_info has not run yet (errors in post_accept): the accept address.
             return f"[{self.address[0]}]:{self.address[1]}"

@@ -13,7 +13,9 @@ Rules of this module:
   attached to a shared logger, so two servers in one process never write to each other's files.
 * A log file is created ``0o640`` and opened for appending; :meth:`LogTargets.reopen` closes and
   opens it again by name (logrotate renames the file, then the server reopens on HUP).
-* Nothing here raises at run time: a failed write is reported on stderr and the server goes on.
+* Nothing here raises or waits at run time: a failed write is reported on stderr (once until
+  writing works again) and the server goes on; syslog never blocks the hub
+  (:mod:`gnetserver.syslog_socket` drops, counts and reports what syslog does not take).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import ConfigError
+from .syslog_socket import SyslogSocket, drop_text, report_failure
 
 NOTICE = 25
 logging.addLevelName(NOTICE, "NOTICE")
@@ -88,6 +91,18 @@ def escape(message: str) -> str:
     return _UNPRINTABLE.sub(
         lambda m: "".join(f"%{byte:02X}" for byte in m.group().encode("utf-8")), message
     )
+
+
+def write_fallback(message: str, reason: str | None = None) -> None:
+    """Last resort when a log sink failed or was re-entered: ``reason`` (when given) then the
+    message, on stderr, in Net::Server's format. Never raises, never logs."""
+    try:
+        if reason:
+            sys.stderr.write(f"gnetserver: {reason}\n")
+        sys.stderr.write(f"{time.strftime(_TIME_FORMAT)} {escape(message)}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 # -- option converters (used by gnetserver.options) ---------------------------------------------
@@ -153,6 +168,8 @@ class LogFileHandler(logging.FileHandler):
     def __init__(self, path: str) -> None:
         super().__init__(os.path.abspath(path), mode="a", encoding="utf-8")
         self.setFormatter(logging.Formatter("%(asctime)s %(message)s", _TIME_FORMAT))
+        self.failing = False  # a failure was said on stderr; said again only after a success
+        self._error = False  # the current emit failed
 
     def _open(self) -> Any:
         # os.open so a new file gets 0o640, never the world-readable 0o644 of open().
@@ -172,70 +189,90 @@ class LogFileHandler(logging.FileHandler):
         if old is not None:
             old.close()
 
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write one record; a failure goes to handleError (never raises)."""
+        self._error = False
+        super().emit(record)
+        if not self._error:
+            self.failing = False
+
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (stdlib name)
-        _report_failure(f"cannot write log file {self.baseFilename}")
+        # Once per outage (a full disk must not double every log line on stderr).
+        self._error = True
+        if not self.failing:
+            self.failing = True
+            report_failure(f"cannot write log file {self.baseFilename} (said once until a "
+                           "write works again)")
 
 
-class SyslogHandler(logging.handlers.SysLogHandler):
-    """Net::Server::Log::Sys::Syslog over the stdlib handler: ident, logopt, facility, and
-    Net::Server's level -> priority map."""
+class SyslogHandler(logging.Handler):
+    """Net::Server::Log::Sys::Syslog: ident, logopt, facility and Net::Server's level ->
+    priority map, sent through a :class:`~gnetserver.syslog_socket.SyslogSocket`, which
+    never makes the caller wait (a message syslog has no room for is dropped and counted,
+    and the count reported to syslog later)."""
 
     def __init__(self, address: Any, facility: int, ident: str, logopt: frozenset[str],
                  socktype: int | None = None) -> None:
-        self.logopt = logopt
-        self.error: OSError | None = None
-        super().__init__(address=address, facility=facility, socktype=socktype)
-        self.append_nul = False  # syslog(3) sends no trailing NUL; rsyslog would log "#000"
+        super().__init__()
+        self.address, self.facility, self.logopt = address, facility, logopt
         # The pid is read per record: the server may fork (background) after this is built.
         ident = ident.replace("%", "%%")
         fmt = f"{ident}[%(process)d]: %(message)s" if "pid" in logopt else f"{ident}: %(message)s"
         self.setFormatter(logging.Formatter(fmt))
+        self.sender = SyslogSocket(address, socktype, self._notice)
 
-    def createSocket(self) -> None:  # noqa: N802 (stdlib name)
-        """Connect; a failure is kept in ``error`` (the stdlib raises for TCP, hides it for
-        unix sockets) and the next message tries again."""
-        self.error = None
+    def emit(self, record: logging.LogRecord) -> None:
+        """Send one record; never raises, never waits (see SyslogSocket)."""
         try:
-            super().createSocket()
-            if self.unixsocket:  # the stdlib leaves a closed socket behind on failure
-                self.socket.getpeername()
-        except OSError as exc:
-            self.error = exc
-            if self.socket is not None:
-                self.socket.close()
-            self.socket = None
+            if not self.sender.send(self._encode(record.levelno, self.format(record))):
+                if "cons" in self.logopt:  # openlog's LOG_CONS: the console gets it instead
+                    _write_console(self.format(record))
+        except Exception:
+            self.handleError(record)
 
-    def mapPriority(self, levelName: str) -> str:  # noqa: N802,N803 (stdlib names)
-        level = logging.getLevelName(levelName)
-        for ns_level, stdlib_level in STDLIB_LEVELS.items():
-            if stdlib_level == level:
-                return SYSLOG_PRIORITIES[ns_level]
-        return "warning"
+    def _encode(self, levelno: int, text: str) -> bytes:
+        """``<priority>text`` as syslog(3) sends it (no trailing NUL: rsyslog logs "#000")."""
+        ns_level = next((ns for ns, std in STDLIB_LEVELS.items() if std == levelno), 1)
+        names = logging.handlers.SysLogHandler.priority_names
+        return (f"<{(self.facility << 3) | names[SYSLOG_PRIORITIES[ns_level]]}>{text}"
+                .encode("utf-8", "backslashreplace"))
+
+    def _notice(self, count: int) -> bytes:
+        """The warning (level 1) that reports ``count`` dropped messages."""
+        record = logging.LogRecord(LOGGER_NAME, logging.ERROR, __file__, 0, drop_text(count),
+                                   None, None)
+        return self._encode(logging.ERROR, self.format(record))
 
     def connected(self) -> bool:
-        """Whether the socket to the syslog daemon is open (unix sockets connect at start)."""
-        return self.socket is not None and self.socket.fileno() >= 0
+        """Whether a socket to the syslog daemon is open (unix sockets connect at start)."""
+        return self.sender.socket is not None
+
+    def dropped(self) -> int:
+        """How many messages syslog did not take (since start)."""
+        return self.sender.dropped
+
+    def reconnect(self) -> None:
+        """Reconnect (HUP: syslog may have been restarted), without waiting."""
+        with self.lock:
+            self.sender.connect()
+
+    def close(self) -> None:
+        """Report drops not reported yet (to syslog or stderr) and close the socket."""
+        with self.lock:
+            self.sender.close()
+        super().close()
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (stdlib name)
-        if "cons" in self.logopt:  # openlog's LOG_CONS: write to the console instead
-            try:
-                with open("/dev/console", "w", encoding="utf-8") as console:
-                    console.write(self.format(record) + "\n")
-                return
-            except OSError:
-                pass
-        _report_failure(f"cannot send to syslog at {self.address}",
-                        self.error if self.socket is None else None)
+        report_failure(f"cannot send to syslog at {self.address}")
 
 
-def _report_failure(what: str, exc: BaseException | None = None) -> None:
-    """One line on stderr for a failed log write (never a traceback, never an exception)."""
-    exc = exc or sys.exc_info()[1]
+def _write_console(text: str) -> None:
+    """openlog's LOG_CONS: one line on /dev/console; stderr when that cannot be opened."""
     try:
-        sys.stderr.write(f"gnetserver: {what}: {exc}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
+        with open("/dev/console", "w", encoding="utf-8") as console:
+            console.write(text + "\n")
+    except OSError:
+        report_failure("cannot write to /dev/console")
 
 
 def syslog_address(logsock: str) -> tuple[Any, int | None]:
@@ -300,14 +337,7 @@ class LogTargets:
             if self.stderr_follows:
                 self.point_stderr()
         elif isinstance(self.handler, SyslogHandler):
-            self.handler.acquire()
-            try:
-                if self.handler.socket is not None:
-                    self.handler.socket.close()
-                self.handler.socket = None  # emit() reconnects
-                self.handler.createSocket()
-            finally:
-                self.handler.release()
+            self.handler.reconnect()
 
     def rebase(self, rebase: Callable[[str, str], str], root: str) -> None:
         """After a chroot: reopen_logs() must find the log file under its new name."""
@@ -334,8 +364,12 @@ class LogTargets:
             return self.handler.stream.fileno()
         return None
 
+    def dropped(self) -> int:
+        """How many messages syslog did not take (0 for other targets)."""
+        return self.handler.dropped() if isinstance(self.handler, SyslogHandler) else 0
+
     def close(self) -> None:
-        """Close the file or syslog socket."""
+        """Close the file or syslog socket (syslog: report drops not reported yet)."""
         if self.handler is not None:
             self.handler.close()
 
@@ -349,7 +383,7 @@ def open_syslog(conf: dict[str, Any]) -> SyslogHandler:
     facility = facility_number(conf.get("syslog_facility") or "daemon")
     handler = SyslogHandler(address, facility, ident, logopt, socktype)
     if not handler.connected() and "nofatal" not in logopt:
-        error = handler.error
+        error = handler.sender.error
         handler.close()
         raise ConfigError(f"option 'syslog_logsock': cannot reach syslog at {address!r}: "
                           f"{error} (add 'nofatal' to syslog_logopt to start anyway)")

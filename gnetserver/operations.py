@@ -4,7 +4,8 @@ Rules of this module (behaviour: spec/netserver.md, logging and process sections
 
 * Every message goes through :meth:`OperationsMixin.log`: filtered by ``log_level``, then to
   ``log_function`` (a broken one is reported and bypassed), else to ``write_to_log_hook``, the
-  one sink users override. Logging never raises and never blocks the hub for long.
+  one sink users override. Logging never raises (a sink that raises or re-enters log() gets
+  the message written to stderr instead) and never blocks the hub (syslog included).
 * The steps run in Net::Server's order, called by the server's lifecycle (server.py):
   ``initialize_logging`` then ``daemonize`` in post_configure (before binding),
   ``drop_privileges`` in post_bind (after binding), ``remove_pid_file`` at the end of
@@ -26,6 +27,8 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import gevent
+
 from . import daemon, log, privileges
 from .errors import ConfigError
 
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
 class OperationsMixin:
     """The process steps of :class:`~gnetserver.server.GServer`: ``initialize_logging``,
     ``daemonize``, ``drop_privileges``, ``remove_pid_file``, ``log``, ``write_to_log_hook``,
-    ``reopen_logs``."""
+    ``reopen_logs``, ``close_logs``."""
 
     #: The pid file written by daemonize (None without ``pid_file``).
     pid_file: daemon.PidFile | None = None
@@ -51,6 +54,8 @@ class OperationsMixin:
     log_targets: log.LogTargets | None = None
     #: The resolved ``log_function`` (set by initialize_logging).
     _log_callable: Callable[[int, str], Any] | None = None
+    #: write_to_log_hook raised and that was said on stderr (until it works again).
+    _sink_failing: bool = False
 
     if TYPE_CHECKING:  # provided by the server class
         conf: dict[str, Any]
@@ -72,29 +77,60 @@ class OperationsMixin:
             function = method
         targets = log.LogTargets.from_conf(self.conf)
         if self.log_targets is not None:
-            self.log_targets.close()
+            try:
+                self.log_targets.close()
+            except OSError as exc:  # the last flush of a log file on a full disk
+                log.write_fallback(f"Couldn't close the log: {exc}")
         self.log_targets, self._log_callable = targets, function
 
     def log(self, level: int, message: str) -> None:
         """Log ``message`` at Net::Server ``level`` (0-4) if ``log_level`` allows it: to
-        ``log_function`` when one is set, else (or when it raises) to write_to_log_hook."""
+        ``log_function`` when one is set, else (or when it raises) to write_to_log_hook.
+        Never raises: a sink that raises, or logs from inside itself, gets the message
+        written to stderr instead (see _to_sink)."""
         if not log.should_log(level, self.conf.get("log_level", 2)):
             return
-        function = self._log_callable
-        if function is not None:
-            try:
-                function(level, message)
-                return
-            except Exception as exc:  # a broken log function must not break the server
-                self.write_to_log_hook(1, f"Error in log_function: {type(exc).__name__}: {exc}")
-        self.write_to_log_hook(level, message)
+        inside = self.__dict__.setdefault("_logging_greenlets", set())
+        me = gevent.getcurrent()
+        if me in inside:  # a sink or log_function that logs: never recurse into it
+            log.write_fallback(message)
+            return
+        inside.add(me)
+        try:
+            function = self._log_callable
+            if function is not None:
+                try:
+                    function(level, message)
+                    return
+                except Exception as exc:  # a broken log function must not break the server
+                    self._to_sink(1, f"Error in log_function: {type(exc).__name__}: {exc}")
+            self._to_sink(level, message)
+        finally:
+            inside.discard(me)
+
+    def _to_sink(self, level: int, message: str) -> None:
+        """write_to_log_hook, guarded: when it raises, the reason (once, until it works
+        again) and the message go to stderr."""
+        try:
+            self.write_to_log_hook(level, message)
+        except Exception as exc:
+            reason = None
+            if not self._sink_failing:
+                reason = (f"write_to_log_hook failed: {type(exc).__name__}: {exc} (messages "
+                          "go to stderr until it works again)")
+            self._sink_failing = True
+            log.write_fallback(message, reason)
+        else:
+            self._sink_failing = False
 
     def write_to_log_hook(self, level: int, message: str) -> None:
         """Hook: the default log sink, called by log() for every message that passes
         ``log_level``: the log file (one ``YYYY/MM/DD-HH:MM:SS msg`` line, bytes outside
         printable ASCII escaped as ``%XX``), syslog, or the ``gnetserver`` stdlib logger
         (stderr unless configured otherwise). Runs in whatever greenlet logs; must not block
-        for long. Override to send the log elsewhere."""
+        for long. Override to send the log elsewhere. If it raises, log() writes the message
+        to stderr instead (and the reason, once until it works again); a message it logs
+        itself through log() goes straight to stderr."""
         if self.log_targets is None:
             # Looked up when used, not when the server is built: a program may configure
             # logging after creating its server, and must not get each line twice.
@@ -114,6 +150,16 @@ class OperationsMixin:
             self.log(1, f"Couldn't reopen the log ({self.log_targets.path or 'syslog'}): {exc}")
             return
         self.log(3, "Reopened the log")
+
+    def close_logs(self) -> None:
+        """Framework step, last in server_close: close the log file or syslog socket (syslog
+        first reports the messages it had to drop). A message logged afterwards opens the
+        target again. Never raises."""
+        if self.log_targets is not None:
+            try:
+                self.log_targets.close()
+            except OSError as exc:  # the last flush of a log file on a full disk
+                log.write_fallback(f"Couldn't close the log: {exc}")
 
     # -- the process -----------------------------------------------------------------------
 

@@ -143,7 +143,9 @@ _SERVER: Sequence[Option] = (
            "`port`.", "Server Socket", multi=True),
     Option("ipv", ["*"], passthrough,
            "IP version(s): 4, 6, `*` (one dual-stack socket where the OS allows) or 46 (two "
-           "sockets); a list aligns with `port`.", "Server Socket", multi=True),
+           "sockets); a list aligns with `port`. When no source sets it, the environment "
+           "variable IPV gives the default, as in Net::Server (then `*`).", "Server Socket",
+           multi=True),
     Option("listen", socket.SOMAXCONN, int_in(1),
            "Listen backlog of each socket (a per-port dict may override it).", "Server Socket"),
 )
@@ -159,8 +161,9 @@ _LIMITS: Sequence[Option] = (
     Option("timeout_handshake", 10.0, seconds,
            "Seconds a client gets to complete its TLS handshake before it is dropped.", "Limits"),
     Option("timeout_idle", 60.0, seconds_or_zero,
-           "Seconds a read on an established connection may wait for data before the "
-           "connection is closed (0 = no limit).", "Limits"),
+           "Seconds a read or a write on an established connection may wait for the peer "
+           "(data to read, room to write) before the connection is closed (0 = no limit).",
+           "Limits"),
     Option("graceful_timeout", 5.0, seconds_or_zero,
            "Seconds stop() lets in-flight connections finish before they are cut.", "Limits"),
 )
@@ -176,10 +179,13 @@ _LOGGING: Sequence[Option] = (
     Option("log_function", None, log.log_function,
            "A callable (level, msg), or the name of a method of the server, that receives every "
            "log message instead of the log_file/stderr sink (write_to_log_hook).", "Logging"),
-    Option("syslog_logsock", "", log.syslog_logsock,
-           "With log_file Sys::Syslog: `native`/`unix` (the local /dev/log, the default), "
+    Option("syslog_logsock", "native", log.syslog_logsock,
+           "With log_file Sys::Syslog: `native`/`unix` (the local syslog socket, the default: "
+           "/dev/log, else /var/run/syslog or /var/run/log), "
            "`stream`, `tcp`/`inet` or `udp` (localhost:514), or the absolute path of a unix "
-           "socket.", "Logging"),
+           "socket. Sending never makes the server wait: messages syslog has no room for are "
+           "dropped, counted, and the count logged (level 1) once syslog takes messages again, "
+           "or at close.", "Logging"),
     Option("syslog_ident", "net_server", as_str,
            "With log_file Sys::Syslog: the ident put before each message.", "Logging"),
     Option("syslog_logopt", "pid,nofatal", log.syslog_logopt,
@@ -254,9 +260,81 @@ _SSL: Sequence[Option] = tuple(
     for name, doc in sorted(SUPPORTED_SSL_OPTIONS.items())
 )
 
+#: Section of the options Net::Server conf files carry for other personalities or protocols:
+#: accepted from every source so such files work unchanged, without effect, and named in one
+#: level-1 log line at start (OptionSourcesMixin.warn_inert_options). Subclasses may add theirs.
+NETSERVER_COMPAT = "Net::Server compatibility"
+
+_ONE_PROCESS = ("gnetserver serves every connection in a greenlet of one process: there are no "
+                "child processes.")
+_ONE_ACCEPTOR = "Only one process accepts, so there is nothing to take turns on."
+_NO_DEQUEUE = ("There are no dequeue children: start periodic work in a greenlet from "
+               "pre_loop_hook.")
+_NO_STDIO = ("One process serves many connections at once, so the process's standard streams "
+             "are never the client's: handlers use the client object.")
+_NO_UDP = "gnetserver serves no udp ports (tcp, ssl, ssleay and unix stream only)."
+
+
+def _compat(name: str, meaning: str, why: str, multi: bool = False) -> Option:
+    """An option accepted for Net::Server compatibility; ``meaning`` says what it did there."""
+    return Option(name, [] if multi else None, as_str,
+                  f"Net::Server {meaning}; no effect here. {why}", NETSERVER_COMPAT, multi)
+
+
+_NETSERVER_COMPAT: Sequence[Option] = (
+    _compat("min_servers", "PreFork: child processes always kept running", _ONE_PROCESS),
+    _compat("min_spare_servers", "PreFork: idle children kept waiting for connections",
+            _ONE_PROCESS),
+    _compat("max_spare_servers", "PreFork: idle children above which some are stopped",
+            _ONE_PROCESS),
+    _compat("max_requests", "PreFork/PreForkSimple: connections a child serves before it is "
+            "replaced", _ONE_PROCESS),
+    _compat("serialize", "PreFork/PreForkSimple: how children take turns to accept (flock, "
+            "semaphore, pipe, none)", _ONE_ACCEPTOR),
+    _compat("lock_file", "PreFork/PreForkSimple: the file of serialize flock",
+            f"No file is created. {_ONE_ACCEPTOR}"),
+    _compat("server_type", "MultiType: the personalities to try, in order (Fork, PreFork...)",
+            "gnetserver has one: a greenlet per connection in one process (like Net::Server's "
+            "Thread), at most max_servers at once.", multi=True),
+    _compat("check_for_dead", "Fork/PreFork: seconds between checks that children are alive",
+            _ONE_PROCESS),
+    _compat("check_for_waiting", "PreFork: seconds the parent waits for news from its children",
+            _ONE_PROCESS),
+    _compat("check_for_spawn", "PreFork: seconds between recounts of the children",
+            _ONE_PROCESS),
+    _compat("min_child_ttl", "PreFork: seconds after a spawn before idle children may be "
+            "stopped", _ONE_PROCESS),
+    _compat("child_communication", "PreFork: a socketpair between the parent and each child",
+            f"{_ONE_PROCESS} Greenlets share the server object."),
+    _compat("max_dequeue", "Fork/PreFork: the most children running the dequeue hook at once",
+            _NO_DEQUEUE),
+    _compat("check_for_dequeue", "Fork/PreFork: seconds between runs of the dequeue hook",
+            _NO_DEQUEUE),
+    _compat("sig_passthrough", "Fork/PreFork: signals the parent forwards to its children",
+            _ONE_PROCESS, multi=True),
+    _compat("leave_children_open_on_hup", "base: on HUP, let forked children finish "
+            "instead of stopping them", f"{_ONE_PROCESS} On HUP, connections in flight get "
+            "graceful_timeout to finish."),
+    _compat("no_close_by_child", "base: forbid a forked child from shutting the whole server down",
+            _ONE_PROCESS),
+    _compat("no_client_stdout", "base: do not connect STDIN/STDOUT to the client", _NO_STDIO),
+    _compat("tie_client_stdout", "base: connect STDIN/STDOUT to the client through tied handles",
+            _NO_STDIO),
+    _compat("ipv6_package", "base: the Perl module for IPv6 sockets (IO::Socket::IP or "
+            "IO::Socket::INET6)", "Python's socket module does IPv6 itself; see ipv."),
+    _compat("udp_recv_len", "Proto::UDP: the largest datagram read", _NO_UDP),
+    _compat("udp_recv_flags", "Proto::UDP: the recv flags", _NO_UDP),
+    _compat("udp_broadcast", "Proto::UDP: set SO_BROADCAST", _NO_UDP),
+    _compat("unix_type", "Proto::UNIX: legacy server-wide socket type (SOCK_STREAM or "
+            "SOCK_DGRAM)", "unix ports are stream sockets named in the port spec "
+            "(`/path|unix`); datagram unix sockets are not served."),
+    _compat("unix_path", "Proto::UNIX: legacy server-wide socket path",
+            "Name the socket in the port spec instead: `/path|unix`."),
+)
+
 #: Every option of the base server, in documentation order.
 OPTIONS: tuple[Option, ...] = (
-    *_SERVER, *_LIMITS, *_LOGGING, *_ACCESS, *_PROCESS, *_TLS, *_SSL
+    *_SERVER, *_LIMITS, *_LOGGING, *_ACCESS, *_PROCESS, *_TLS, *_SSL, *_NETSERVER_COMPAT
 )
 
 

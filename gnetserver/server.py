@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from typing import Any
@@ -39,6 +40,9 @@ from .option_sources import OptionSourcesMixin
 from .ports import PortSpec
 from .signal_handling import SignalHandlingMixin
 from .tls_setup import TLSSetupMixin
+
+#: The longest line the default echo (``process_request``) reads, its end included.
+ECHO_LINE_LIMIT = 64 * 1024
 
 
 class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixin,
@@ -96,6 +100,13 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
         self._closed = Event()
         self._stop_timeout: float | None = None
         self._looping = False
+        # Closing state, shared by every stop()/server_close() caller: the first one closes,
+        # later ones wait on _closed and may only move the drain's deadline closer.
+        self._closing = False
+        self._closer: Any = None  # the greenlet running server_close
+        self._looper: Any = None  # the greenlet running loop
+        self._drain_deadline = float("inf")
+        self._deadline_moved = Event()
 
     # == entry points ===========================================================================
 
@@ -125,19 +136,49 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
         if self.commandline is None:
             self.commandline = []
         self._start_up()
-        self._start_accepting()
+        if not self._closing:  # stop() in a start-up hook has closed everything already
+            self._start_accepting()
         return self
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop accepting, let connections finish for ``timeout`` seconds (default
-        ``graceful_timeout``), then cut them and close every listener."""
-        self._stop_timeout = timeout
+        ``graceful_timeout``), then cut them and close every listener; returns once closed.
+
+        Any greenlet of the server's hub may call it, any number of times: a later call waits
+        for the close already running, and its ``timeout`` can only bring that close's end
+        closer. An explicit stop also cancels a HUP restart still draining. Called from a
+        connection's own greenlet (an ``exit`` command), it returns at once: the server closes
+        in another greenlet and drains this connection like the others, so return promptly.
+        """
+        self._shorten_stop(timeout)
+        self.restarting = False
+        self._stop_requested.set()
         if not self._looping:
             self.server_close()
-            return
-        self._stop_requested.set()
-        if self._pool is None or gevent.getcurrent() not in self._pool:
+        elif self._may_wait():  # the loop ends and run() closes the server
             self._closed.wait()
+
+    def _shorten_stop(self, timeout: float | None) -> None:
+        """Keep the shortest timeout asked for; during a drain, move its deadline closer."""
+        if timeout is None:
+            return
+        if self._stop_timeout is None or timeout < self._stop_timeout:
+            self._stop_timeout = timeout
+        deadline = time.monotonic() + timeout
+        if deadline < self._drain_deadline:
+            self._drain_deadline = deadline
+            self._deadline_moved.set()
+
+    def _in_pool(self) -> bool:
+        """True in a connection's greenlet."""
+        return self._pool is not None and gevent.getcurrent() in self._pool
+
+    def _may_wait(self) -> bool:
+        """False in a greenlet the close itself waits for or runs in (a connection's, the
+        loop's, the closer's): waiting for the close there would never end."""
+        current = gevent.getcurrent()
+        return current is not self._closer and current is not self._looper \
+            and not self._in_pool()
 
     def _start_up(self) -> None:
         """Everything before the loop; on failure, whatever was bound is released and a pid
@@ -192,12 +233,15 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
 
     def loop(self) -> None:
         """Accept on every listener (in the hub) until :meth:`stop` is called or a signal's
-        ``handle_<name>`` ends the loop; queued signals are dispatched here, in this greenlet."""
+        ``handle_<name>`` ends the loop; queued signals are dispatched here, in this greenlet.
+        Returns at once when the server was stopped before (e.g. ``stop()`` in pre_loop_hook)."""
+        if self._stop_requested.is_set() or self._closing:
+            return  # the listeners may be closed already: nothing to accept on
         queue = self._signal_queue
         if queue is not None:
             queue.install()
         self._start_accepting()
-        self._looping = True
+        self._looping, self._looper = True, gevent.getcurrent()
         try:
             wake = [self._stop_requested] + ([queue.event] if queue is not None else [])
             while not self._stop_requested.is_set():
@@ -205,7 +249,7 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
                 if queue is not None:
                     self.dispatch_signals(queue.pop_all())
         finally:
-            self._looping = False
+            self._looping, self._looper = False, None
 
     def _start_accepting(self) -> None:
         """One StreamServer per listener, all spawning into one pool of connection greenlets."""
@@ -226,8 +270,10 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
     def run_client_connection(self, client: Client) -> None:
         """The life of one connection, in its own greenlet (Net::Server's order).
 
-        An exception in a hook is logged and ends this connection only. When :meth:`stop` runs
-        out of time it kills the greenlet (GreenletExit): the client is then cut at once."""
+        An exception in a hook is logged and ends this connection only. The session slot is
+        released before post_process_request, so the lingering close (up to a few seconds
+        with a peer that does not close) never holds a ``max_servers`` slot. When :meth:`stop`
+        runs out of time it kills the greenlet (GreenletExit): the client is cut at once."""
         try:
             if not self._address_allowed(client):  # allow/deny/cidr on the address, before TLS
                 return
@@ -247,7 +293,7 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
                     self.post_process_request_hook(client)  # user: before the client is closed
                 except Exception as exc:
                     self.connection_error(client, exc)
-                self._guarded(self.post_process_request, client)  # closes the client
+            self._guarded(self.post_process_request, client)  # closes the client (slot free)
             self._guarded(self.post_client_connection_hook, client)  # user: after close
         except BaseException:
             client.abort()  # killed by stop(): no close_notify, no lingering (no-op if closed)
@@ -295,15 +341,17 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
     def get_client_info(self, client: Client) -> None:
         """Framework step: fill ``peeraddr``/``peerport``/``sockaddr``/``sockport``; with
         ``reverse_lookups``, ``peerhost`` (and ``peerhost_rev``) by cooperative, bounded
-        lookups; then log the CONNECT line (level 3)."""
+        lookups; then log the CONNECT line (level 3). On a unix socket, as in Net::Server,
+        there is no peer (``peeraddr``/``peerport``/``sockaddr`` stay None), ``sockport`` is the
+        socket path and the line reads ``CONNECT UNIX Socket: "<path>"``."""
         if client.proto == "unix":
             client.sockport = str(client.listener.address.sockaddr)
-            client.peeraddr = "localhost"
-        else:
-            local = client.sock.getsockname()
-            client.sockaddr, client.sockport = local[0], local[1]
-            client.peeraddr, client.peerport = client.address[0], client.address[1]
-        self._lookup_peer(client)  # only with reverse_lookups (never for unix sockets)
+            self.log(3, f'CONNECT UNIX Socket: "{client.sockport}"')
+            return
+        local = client.sock.getsockname()
+        client.sockaddr, client.sockport = local[0], local[1]
+        client.peeraddr, client.peerport = client.address[0], client.address[1]
+        self._lookup_peer(client)  # only with reverse_lookups
         self.log(3, f'CONNECT {client.proto.upper()} Peer: "{client.peer_text()}" '
                     f'Local: "{client.local_text()}"')
 
@@ -322,10 +370,19 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
 
     def process_request(self, client: Client) -> None:
         """Hook: serve one connection. The default is Net::Server's echo: a welcome line, each
-        line answered with ``You said "..."``, ``quit`` closes the connection."""
+        line answered with ``You said "..."``, ``quit`` closes the connection.
+
+        A line is read with a bound, ``ECHO_LINE_LIMIT`` bytes (64 KiB) with its end, so a peer
+        cannot make the server buffer without limit: a longer line is answered with
+        ``Line too long`` and ends the connection (logged at level 3)."""
         name, pid = type(self).__name__, os.getpid()
         client.sendall(f'Welcome to "{name}" ({pid})\r\n'.encode())
-        for raw in client:
+        while raw := client.readline(ECHO_LINE_LIMIT):
+            if len(raw) == ECHO_LINE_LIMIT and not raw.endswith(b"\n"):
+                self.log(3, f"Line longer than {ECHO_LINE_LIMIT} bytes from "
+                            f"{client.peer_text()}: connection ended")
+                client.sendall(f"{name}:{pid}: Line too long\r\n".encode())
+                break
             line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
             client.sendall(f'{name}:{pid}: You said "{line}"\r\n'.encode())
             if line.strip() == "quit":
@@ -350,13 +407,33 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
     def server_close(self) -> None:
         """Stop accepting, let connections finish (bounded), close listeners. Idempotent.
 
+        One close runs: a call while it runs waits for it to end (except in a greenlet that
+        close waits for). Called from a connection's greenlet, where the drain would wait for
+        the caller itself, it only asks the loop to end, or (server started with ``start``)
+        runs the close in a new greenlet, and returns at once.
+
         After a HUP (``restarting``) the listening sockets are handed over instead of closed:
         they are dup'ed for the new image, connections get ``graceful_timeout`` to finish,
         then ``restart_close_hook`` runs and the server re-executes itself (same pid); this
         returns only if that exec failed, and the server then closes as usual.
         """
-        if self._closed.is_set():
+        if self._closing:
+            if self._may_wait():
+                self._closed.wait()
             return
+        if self._in_pool():
+            self._stop_requested.set()  # a running loop ends, then run() closes
+            if not self._looping:
+                gevent.spawn(self.server_close)
+            return
+        self._closing, self._closer = True, gevent.getcurrent()
+        try:
+            self._close()
+        finally:
+            self._closed.set()  # also after a failing hook: nobody waits forever
+
+    def _close(self) -> None:
+        """The body of server_close, run once."""
         self.pre_server_close_hook()
         self.log(2, "Server closing!")
         timeout = self._stop_timeout
@@ -367,19 +444,34 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
             if listener.stream_server is not None:
                 listener.stream_server.close()
         if self._pool is not None:
-            self._drain(timeout)  # a TERM or INT meanwhile cuts it short
+            self._drain_until(timeout)  # a stop(timeout), TERM or INT meanwhile cuts it short
             self._pool.kill(block=True, timeout=1)
         if self.restarting:
             self.restart_close_hook()  # user: last thing before the exec
             restart.reexec(handed, self.log)  # returns only if the exec failed
         else:
-            restart.close_fds(handed)  # a TERM during a HUP's drain: no restart after all
+            restart.close_fds(handed)  # a stop/TERM during a HUP's drain: no restart after all
         self.restarting = False
         self._release_listeners()
         if self._signal_queue is not None:
             self._signal_queue.uninstall()
-        self._closed.set()
         self.remove_pid_file()  # unless keep_pid_file (HUP re-exec)
+        self.close_logs()  # last: syslog reports what it had to drop
+
+    def _drain_until(self, timeout: float) -> None:
+        """Run ``_drain`` (which also acts on TERM/INT) in its own greenlet, and end it early
+        when a later ``stop(timeout)`` moves the shared deadline closer."""
+        self._drain_deadline = time.monotonic() + timeout
+        drainer = gevent.spawn(self._drain, timeout)
+        try:
+            while not drainer.dead:
+                self._deadline_moved.clear()
+                left = self._drain_deadline - time.monotonic()
+                if left <= 0:
+                    break
+                gevent.wait([drainer, self._deadline_moved], timeout=left, count=1)
+        finally:
+            drainer.kill()
 
     def _release_listeners(self) -> None:
         for listener in self.listeners:

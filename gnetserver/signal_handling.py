@@ -13,24 +13,32 @@ Rules of this module (behaviour: spec/netserver.md section 6):
   are logged and ignored.
 * The restart hooks (``restart_open_hook``, ``restart_close_hook``) are empty, for users; the
   lifecycle calls them (``bind`` in the new image, ``server_close`` in the old one).
+* Before a HUP restarts anything, :func:`dry_run_start` runs the new image's start-up without
+  its effects (options from every source, ports, TLS contexts of ssl and ssleay ports, user
+  and group names, log_function, log_file's folder) in the environment the exec will give it;
+  if that fails the HUP is refused and the server goes on as it was. What it cannot foresee
+  (binding, user hooks...) is listed in :func:`dry_run_start`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import gevent
 
-from . import config, signals
+from . import privileges, restart, signals
 from .errors import ConfigError
-from .options import Option, table
+from .options import Option
+from .tls import TLSContexts
 
 if TYPE_CHECKING:
     from gevent.event import Event
     from gevent.pool import Pool
 
-    from .tls import TLSContexts
+    from .listener import Listener
 
 
 class SignalHandlingMixin:
@@ -48,6 +56,7 @@ class SignalHandlingMixin:
         _stop_requested: Event
         _stop_timeout: float | None
         conf: dict[str, Any]
+        listeners: list[Listener]
         tls_contexts: TLSContexts | None
 
         def options(self) -> list[Option]: ...
@@ -100,7 +109,8 @@ class SignalHandlingMixin:
         sockets (Net::Server's ``BOUND_SOCKETS``), so that the conf file, certificates and code
         are read again with no connection refused. In-flight connections get
         ``graceful_timeout`` to finish first; the pid and the pid file stay. Log files are
-        reopened at once (logrotate)."""
+        reopened at once (logrotate). First a dry run of the new image's start-up
+        (``restart_problem``): if it fails, the HUP is refused (level 1) and nothing changes."""
         self.log(2, "Received a SIG HUP: restarting in place")
         self.reopen_logs()  # messages until the exec go to the new file
         problem = self.restart_problem()
@@ -111,18 +121,18 @@ class SignalHandlingMixin:
         self._stop_requested.set()
 
     def restart_problem(self) -> str | None:
-        """What would make the re-executed server fail to start, found before exec: the conf
-        file must parse and every TLS context must build from the files now on disk (a
-        renewed certificate with the wrong key must not take the server down). None if none.
+        """What would make the re-executed server fail to start, found before the exec by a
+        dry run (:func:`dry_run_start`); None if nothing. Run by handle_hup; a problem makes
+        it refuse the HUP (level 1), so a bad edit of the conf file or a botched certificate
+        renewal cannot take the server down.
         """
         try:
-            conf_file = self.conf.get("conf_file")
-            if conf_file:
-                config.from_conf_file(conf_file, table(self.options()))
-            if self.tls_contexts is not None:
-                self.tls_contexts.check()
+            with _as_the_reexec_sees_it(self.listeners):
+                dry_run_start(self)
         except ConfigError as exc:
             return str(exc)
+        except Exception as exc:  # the new image runs the same code: it would fail there too
+            return f"{type(exc).__name__}: {exc}"
         return None
 
     def restart_open_hook(self) -> None:
@@ -165,3 +175,122 @@ class SignalHandlingMixin:
             else:
                 self.log(2, f"Received a SIG {name} while closing: ignored")
         return cut
+
+
+# -- the HUP preflight --------------------------------------------------------------------------
+
+
+def dry_run_start(server: Any) -> Any:
+    """The start-up the re-executed server will run, minus every effect outside the objects it
+    makes (called by ``restart_problem``; raises what the start would raise).
+
+    On a new instance of the server's class (:func:`_fresh_instance`): ``configure`` (every
+    source read again: constructor options, command line, ``run()`` options, conf file,
+    ``default_values()``), ``pre_bind`` (port specs, SSL_* options that no port uses) and
+    ``make_protocol`` for every port (the TLS contexts of ssl and ssleay ports built from the
+    files now on disk, per-port keys checked); then the process options that can be checked
+    without acting on them (:func:`_check_process_options`).
+
+    Not foreseen: binding (a new port already taken, or below 1024 once privileges are
+    dropped, fails in the new image only), anything the user hooks do or raise
+    (``configure_hook``, ``post_configure_hook``... are not run: they may have effects), the
+    fork, the pid file, a syslog that cannot be reached, chown/chroot/setuid. Nothing is
+    bound, forked, written or opened for writing, no signal is touched, and nothing is logged
+    (the new image logs it all again).
+
+    Returns:
+        The dry-run instance (its ``conf`` and ``port_specs``), for tests.
+    """
+    fresh = _fresh_instance(server)
+    fresh.configure()
+    fresh.pre_bind()
+    for spec in fresh.port_specs:
+        fresh.make_protocol(spec)
+    _check_process_options(fresh)
+    return fresh
+
+
+def _discard(*args: Any) -> None:
+    """The dry run's log and TLS warnings: the new image logs them again."""
+
+
+def _fresh_instance(server: Any) -> Any:
+    """A new, unstarted instance of the server's class with the same constructor options,
+    command line and ``run()`` options.
+
+    Attributes the program or its hooks set on the running server (a path that an
+    ``SSL_cert_file`` method returns...) are carried over, shallowly: the re-executed script
+    sets them again, and without them the dry run would refuse a HUP the new image survives.
+    The framework's own state is new (``GServer.__init__``): no options, ports or listeners,
+    a TLS registry of its own, and a log that discards (``__init__`` of a subclass is not run:
+    its signature is the program's business).
+    """
+    from .server import GServer  # server.py imports this module
+
+    cls = type(server)
+    fresh = cls.__new__(cls)
+    fresh.__dict__.update(server.__dict__)
+    GServer.__init__(fresh, server.commandline, **server.new_args)
+    fresh.run_args = dict(server.run_args)
+    fresh.log = _discard
+    fresh.tls_contexts = TLSContexts(_discard)
+    return fresh
+
+
+def _check_process_options(fresh: Any) -> None:
+    """What post_configure and post_bind would refuse that can be checked without acting:
+    ``user``/``group`` names, ``log_function`` naming no method, a ``log_file`` path that
+    cannot be written (looked up, not opened). ConfigError as the start would raise it."""
+    conf = fresh.conf
+    privileges.resolve(conf.get("user"), conf.get("group"))
+    function = conf.get("log_function")
+    if isinstance(function, str) and not callable(getattr(fresh, function, None)):
+        raise ConfigError(f"option 'log_function': {function!r} is not a method of "
+                          f"{type(fresh).__name__}")
+    target = conf.get("log_file")
+    if not target or target == "Sys::Syslog" or conf.get("chroot"):
+        return
+    path = os.path.abspath(target)
+    probe = path if os.path.exists(path) else os.path.dirname(path)
+    effective = os.access in os.supports_effective_ids
+    if not os.access(probe, os.W_OK, effective_ids=effective):
+        raise ConfigError(f"option 'log_file': cannot open {target!r}: {probe!r} is not "
+                          "writable")
+
+
+@contextmanager
+def _as_the_reexec_sees_it(listeners: Sequence[Listener]) -> Iterator[None]:
+    """For the dry run: ``BOUND_SOCKETS`` set as the exec will set it, and the directory the
+    exec starts in (:data:`gnetserver.restart.START_CWD`); both put back afterwards. The dry
+    run does not yield to other greenlets, so only other threads could see them meanwhile.
+    Raises ConfigError when that directory is gone (the exec would fail)."""
+    entries = []
+    for listener in listeners:
+        try:
+            entry = restart.entry_for(listener.sock.fileno(), listener.address)
+            restart.encode([entry])
+        except (ValueError, OSError):
+            continue  # detach_listeners binds this one again instead of passing it on
+        entries.append(entry)
+    saved_env = os.environ.get(restart.ENV)
+    try:  # by fd: the way back even if its path changed (O_PATH: no read permission needed)
+        here: int | None = os.open(".", getattr(os, "O_PATH", os.O_RDONLY))
+    except OSError:
+        here = None  # cannot come back: stay here, relative paths may then be misjudged
+    os.environ[restart.ENV] = restart.encode(entries)
+    try:
+        if here is not None:
+            try:
+                os.chdir(restart.START_CWD)
+            except OSError as exc:
+                raise ConfigError(f"the server would restart in {restart.START_CWD!r}, "
+                                  f"where it started: {exc.strerror}") from None
+        yield
+    finally:
+        if here is not None:
+            os.fchdir(here)
+            os.close(here)
+        if saved_env is None:
+            os.environ.pop(restart.ENV, None)
+        else:
+            os.environ[restart.ENV] = saved_env

@@ -26,6 +26,9 @@ class ServerThread:
             host, port = st.server.listeners[0].bound[:2]
             ...
 
+    The thread ends after :meth:`stop`, or by itself when the server closes on its own (a
+    handler called ``server.stop()``): :meth:`ended` tells.
+
     Args:
         server: a GServer that has not been started.
         stop_timeout: seconds connections get to finish when the thread stops the server.
@@ -53,12 +56,21 @@ class ServerThread:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the server and wait for its thread to end."""
-        if self._wakeup is not None and self._thread.is_alive():
-            self._wakeup.send()
+        """Stop the server and wait for its thread to end (at once if the server already
+        closed itself, e.g. a handler called ``server.stop()``)."""
+        with self._jobs_lock:  # the thread closes the watcher under this lock when it ends
+            if self._wakeup is not None:
+                self._wakeup.send()
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise TimeoutError("server thread did not stop in time")
+
+    def ended(self, timeout: float) -> bool:
+        """True once the thread has ended, waiting up to ``timeout`` seconds for it. It ends
+        after :meth:`stop`, or by itself when the server closes (a handler called
+        ``server.stop()``, or a start-up hook stopped it before it served)."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 10.0) -> Any:
         """Run ``fn(*args)`` in the server's thread, in a greenlet of its hub, and return its
@@ -68,12 +80,12 @@ class ServerThread:
             RuntimeError: the server is not running.
             TimeoutError: ``fn`` did not finish within ``timeout`` seconds.
         """
-        if self._calls is None or not self._thread.is_alive():
-            raise RuntimeError("the server thread is not running")
         job = _Job(fn, args)
         with self._jobs_lock:
+            if self._calls is None:
+                raise RuntimeError("the server thread is not running")
             self._jobs.append(job)
-        self._calls.send()  # thread-safe: wakes the server's hub
+            self._calls.send()  # thread-safe: wakes the server's hub
         if not job.done.wait(timeout):
             raise TimeoutError(f"{fn!r} did not finish within {timeout} s in the server thread")
         if job.error is not None:
@@ -109,12 +121,14 @@ class ServerThread:
         self._calls = hub.loop.async_()
         self._calls.start(self._run_jobs)
         self._ready.set()
-        stop.wait()
+        gevent.wait([stop, self.server._closed], count=1)  # stop() here, or the server's own
         try:
-            self.server.stop(self.stop_timeout)
+            self.server.stop(self.stop_timeout)  # waits for a close already running
         finally:
-            self._wakeup.close()
-            self._calls.close()
+            with self._jobs_lock:
+                self._wakeup.close()
+                self._calls.close()
+                self._wakeup = self._calls = None
             hub.destroy(destroy_loop=True)
 
 

@@ -6,10 +6,17 @@ Rules of this module:
   options, in Net::Server's precedence: the per-port dict, then the server-wide option, then a
   method (called with host, port, proto) or attribute of that name on the server; then, with
   ``self_signed`` and no certificate at all, a self-signed certificate.
-* Nothing here builds a TLS context: :mod:`gnetserver.tls.context` does, when the protocol
-  objects are made in ``bind`` (so a bad option fails before anything is bound), and
+* Nothing here builds a TLS context: :mod:`gnetserver.tls.context` (ssl) and
+  :mod:`gnetserver.tls.stdlib_context` (ssleay) do, when the protocol objects are made in
+  ``bind`` (so a bad option fails before anything is bound), and
   :class:`gnetserver.tls.TLSContexts` rebuilds them on :meth:`TLSSetupMixin.reload_tls`.
 * A bad value is a ConfigError naming the port and the option, raised at start.
+* A server-wide ``SSL_*`` option that a user gave (constructor, command line, ``run()``, conf
+  file) while no port is TLS is a ConfigError at start
+  (:meth:`TLSSetupMixin.check_ssl_options_used`): a certificate meant for a port that is not
+  TLS must not be ignored in silence. Values from ``default_values()`` and ``SSL_*`` methods
+  or attributes of a subclass are the program's own defaults, legitimately present in a
+  server that a user runs with plain ports only: they are not refused.
 * The mixin holds no state but the self-signed certificate, made once per server; it uses the
   host server's ``conf``, ``options()``, ``log()`` and ``tls_contexts`` (set in ``bind``).
 """
@@ -18,12 +25,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import config
 from .errors import ConfigError
+from .options import table
 from .ports import PortSpec
 from .tls import TLSContexts
 
 if TYPE_CHECKING:
     from .options import Option
+
+#: The protocols that serve TLS, and so use the SSL_* options.
+TLS_PROTOS = ("ssl", "ssleay")
 
 
 class TLSSetupMixin:
@@ -37,6 +49,10 @@ class TLSSetupMixin:
 
     if TYPE_CHECKING:  # provided by the server class
         conf: dict[str, Any]
+        new_args: dict[str, Any]
+        commandline: list[str] | None
+        run_args: dict[str, Any]
+        port_specs: list[PortSpec]
 
         def options(self) -> list[Option]: ...
         def log(self, level: int, message: str) -> None: ...
@@ -65,6 +81,40 @@ class TLSSetupMixin:
             resolved["SSL_cert"], resolved["SSL_key"] = self.self_signed_certificate()
         return resolved
 
+    def check_ssl_options_used(self) -> None:
+        """Framework step (end of pre_bind, so the HUP dry run does it too): when no port is
+        TLS, refuse the server-wide SSL_* options that a user gave; ConfigError naming them
+        and where they came from. Values from default_values() and SSL_* methods/attributes
+        are the program's own and are left alone (see the module rules)."""
+        if any(spec.proto in TLS_PROTOS for spec in self.port_specs):
+            return
+        set_now = {name for name, value in self.conf.items()
+                   if name.startswith("SSL_") and value is not None}
+        given = self._user_given(set_now) if set_now else {}
+        if not given:
+            return
+        names = ", ".join(f"{name} ({where})" for name, where in sorted(given.items()))
+        ports = ", ".join(str(spec) for spec in self.port_specs)
+        raise ConfigError(f"{names} given, but no port uses TLS (proto ssl or ssleay): "
+                          f"ports {ports}; add /ssl to a port or drop the option(s)")
+
+    def _user_given(self, names: set[str]) -> dict[str, str]:
+        """Which of ``names`` a user source set (the first, by precedence), read again from
+        the sources configure() read; names only default_values() set are left out."""
+        known = table(self.options())
+        argv, _ = config.from_command_line(self.commandline or [], known, False)
+        conf_file = self.conf.get("conf_file")
+        from_file = config.from_conf_file(conf_file, known) if conf_file else {}
+        sources = [("constructor arguments", self.new_args), ("command line", argv),
+                   ("run() arguments", self.run_args), (f"conf_file {conf_file!r}", from_file)]
+        found: dict[str, str] = {}
+        for name in names:
+            where = next((w for w, source in sources if source.get(name) not in (None, [])),
+                         None)
+            if where is not None:
+                found[name] = where
+        return found
+
     def _ssl_method_value(self, name: str, method: Any, spec: PortSpec) -> Any:
         """Net::Server calls an SSL_* method with (host, port, proto) and uses what it returns
         (for callback options: the callback itself)."""
@@ -85,8 +135,8 @@ class TLSSetupMixin:
         return self._self_signed
 
     def reload_tls(self) -> bool:
-        """Rebuild every TLS context from its options, reading certificates, keys, CAs, CRLs,
-        DH and OCSP files again; all contexts or none.
+        """Rebuild every TLS context, of ssl and ssleay ports alike, from its options, reading
+        certificates, keys, CAs, CRLs, DH and OCSP files again; all contexts or none.
 
         New connections get the new contexts; established ones keep theirs. Session tickets
         and cached sessions of the old contexts no longer resume (one full handshake each). If

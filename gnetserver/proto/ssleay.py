@@ -1,7 +1,9 @@
 """TLS over TCP with the stdlib ``ssl`` module through ``gevent.ssl`` (Net::Server's ``ssleay``).
 
 The same server as proto ``ssl``, with a second TLS backend: the context comes from
-:func:`~gnetserver.tls.stdlib_context.build_stdlib_context` (built once at bind), each accepted
+:func:`~gnetserver.tls.stdlib_context.build_stdlib_context`, built at bind through the server's
+:class:`~gnetserver.tls.TLSContexts` (so ``reload_tls`` rebuilds ssl and ssleay contexts
+together, all or none, and the HUP preflight checks both), each accepted
 socket is wrapped with ``do_handshake_on_connect=False`` and the handshake runs explicitly in
 the connection's own greenlet under ``timeout_handshake`` (pitfalls.md D.12: gevent's implicit
 handshake on wrap has no deadline, so a silent client would hold its greenlet forever).
@@ -35,10 +37,12 @@ import gevent
 from cryptography import x509
 
 from ..errors import HandshakeTimeout, TLSError
-from ..tls.stdlib_context import ServerSSLSocket, build_stdlib_context
+from ..tls.registry import TLSContexts
+from ..tls.stdlib_context import ServerSSLContext, ServerSSLSocket, build_stdlib_context
+from ..tls.util import Warn
 from .tcp import TCPProtocol, linger_close, set_nodelay
 
-__all__ = ["SHUTDOWN_SECONDS", "SSLeayConnection", "SSLeayProtocol"]
+__all__ = ["SHUTDOWN_SECONDS", "SSLeayConnection", "SSLeayProtocol", "build_ssleay_context"]
 
 #: Seconds the close_notify exchange may take.
 SHUTDOWN_SECONDS = 1.0
@@ -235,18 +239,31 @@ class SSLeayConnection:
         return x509.load_der_x509_certificate(der) if der else None
 
 
+def build_ssleay_context(opts: Mapping[str, Any], where: str, warn: Warn) -> ServerSSLContext:
+    """The :class:`~gnetserver.tls.registry.TLSContexts` builder of ssleay ports (the stdlib
+    backend has nothing to warn about: ``warn`` is unused)."""
+    return build_stdlib_context(opts, where)
+
+
 class SSLeayProtocol(TCPProtocol):
     """A stream over TLS with the stdlib ``ssl`` module (Net::Server's proto ``ssleay``)."""
 
     name = "ssleay"
 
     def __init__(self, spec: Any, options: Mapping[str, Any], server: Any) -> None:
-        """Build this port's stdlib context from its resolved SSL_* options (ConfigError if
-        bad, or if an option is one only proto ssl supports)."""
+        """Get this port's stdlib context from the server's TLSContexts (shared with every
+        ssleay port whose SSL_* options are equal; built now if new): ConfigError if bad, or
+        if an option is one only proto ssl supports."""
         self.spec = spec
         self.options = dict(options)
-        self.context = build_stdlib_context(self.options, f"port {spec}")
+        contexts = getattr(server, "tls_contexts", None) or TLSContexts()
+        self.tls_handle = contexts.handle(self.options, f"port {spec}", build_ssleay_context)
         server.log(2, f"port {spec}: TLS by the stdlib ssl module over {ssl.OPENSSL_VERSION}")
+
+    @property
+    def context(self) -> ServerSSLContext:
+        """The stdlib context new connections get (replaced by reload_tls)."""
+        return self.tls_handle.context
 
     def post_accept(self, client: Any, timeout: float) -> None:
         """Wrap the socket and run the handshake; raises TLSError/HandshakeTimeout/OSError."""

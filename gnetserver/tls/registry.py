@@ -4,10 +4,12 @@ Rules of this module:
 
 * **One context per distinct TLS configuration.** :meth:`TLSContexts.handle` builds a context
   the first time it sees a port's resolved ``SSL_*`` options and hands every later port with
-  equal options the same :class:`ContextHandle`. OpenSSL keeps session caches and ticket keys
-  per context, so sessions resume across all the listeners that share one (see
-  :mod:`.tickets`). Options are compared by value for text and numbers and by identity for
-  objects (callables, certificates, keys).
+  equal options and the same builder the same :class:`ContextHandle`. The builder is
+  :func:`~gnetserver.tls.context.build_context` (pyOpenSSL, proto ``ssl``) unless the protocol
+  passes its own (proto ``ssleay``: a stdlib ``ssl`` context), so one registry reloads both.
+  OpenSSL keeps session caches and ticket keys per context, so sessions resume across all
+  the listeners that share one (see :mod:`.tickets`). Options are compared by value for text
+  and numbers and by identity for objects (callables, certificates, keys).
 * **A handle is what a protocol holds**, never the context itself: ``handle.context`` is the
   current one. Replacing it affects new connections only; a connection keeps the context it
   was created with (OpenSSL counts its references) until it closes.
@@ -24,17 +26,19 @@ Rules of this module:
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
-
-from OpenSSL import SSL
 
 from ..errors import ConfigError
 from .context import build_context
 from .tickets import rotation_seconds
 from .util import Warn, default_warn
 
-__all__ = ["ContextHandle", "TLSContexts"]
+__all__ = ["Builder", "ContextHandle", "TLSContexts"]
+
+#: Builds one context from resolved options: ``(options, where, warn) -> context``; raises
+#: ConfigError when the options or the files they name are bad.
+Builder = Callable[[Mapping[str, Any], str, Warn], Any]
 
 
 def _freeze(value: Any, keep: list[Any]) -> Any:
@@ -59,28 +63,32 @@ class ContextHandle:
         ports: every port that uses it.
         built_at: ``time.monotonic()`` of the last (re)build.
         rotation: ``SSL_ticket_key_rotation`` in seconds (0: never).
+        builder: what builds its contexts (default: pyOpenSSL's ``build_context``).
     """
 
-    def __init__(self, options: Mapping[str, Any], where: str, warn: Warn) -> None:
+    def __init__(self, options: Mapping[str, Any], where: str, warn: Warn,
+                 builder: Builder = build_context) -> None:
         self.options = dict(options)
         self.where = where
         self.ports = [where]
-        self.rotation = rotation_seconds(self.options.get("SSL_ticket_key_rotation"), where)
+        self.builder = builder
         self._warn = warn
+        # Built first: a builder that does not know an option says so before it is parsed.
         self._context = self.build()
+        self.rotation = rotation_seconds(self.options.get("SSL_ticket_key_rotation"), where)
         self.built_at = time.monotonic()
 
-    def build(self) -> SSL.Context:
+    def build(self) -> Any:
         """A new context from the options (files are read again); ConfigError if bad."""
-        return build_context(self.options, self.where, self._warn)
+        return self.builder(self.options, self.where, self._warn)
 
-    def swap(self, context: SSL.Context) -> None:
+    def swap(self, context: Any) -> None:
         """Make ``context`` the one new connections get."""
         self._context = context
         self.built_at = time.monotonic()
 
     @property
-    def context(self) -> SSL.Context:
+    def context(self) -> Any:
         """The context for a new connection (rotated first if its time has come)."""
         if self.rotation and time.monotonic() - self.built_at >= self.rotation:
             self._rotate()
@@ -107,15 +115,18 @@ class TLSContexts:
         self._handles: dict[Any, ContextHandle] = {}
         self._keep: list[Any] = []
 
-    def handle(self, options: Mapping[str, Any], where: str) -> ContextHandle:
-        """The handle for a port with these resolved options: shared when equal to an earlier
-        port's, else built now (ConfigError if the options are bad)."""
-        key = _freeze({k: v for k, v in options.items() if k.startswith("SSL_")}, self._keep)
+    def handle(self, options: Mapping[str, Any], where: str,
+               builder: Builder = build_context) -> ContextHandle:
+        """The handle for a port with these resolved options and this builder: shared when
+        both equal an earlier port's, else built now (ConfigError if the options are bad)."""
+        frozen = _freeze({k: v for k, v in options.items() if k.startswith("SSL_")}, self._keep)
+        key = (_freeze(builder, self._keep), frozen)
         found = self._handles.get(key)
         if found is not None:
             found.ports.append(where)
             return found
-        created = self._handles[key] = ContextHandle(options, where, self._warn)
+        created = ContextHandle(options, where, self._warn, builder)
+        self._handles[key] = created  # only once built: a failed build leaves no handle
         return created
 
     @property

@@ -29,7 +29,6 @@ from support.conformance import (
 from support.net import poll, read_line, read_until_eof
 
 from gnetserver.client import Client
-from gnetserver.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -37,17 +36,6 @@ pytestmark = pytest.mark.timeout(20)
 @pytest.fixture(params=TLS_PROTOS)
 def proto(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-def start_or_skip(start_endpoint: StartServer, feature: str, **options: Any) -> Endpoint:
-    """Start; skip (naming the backend's own message) when proto ssl refuses an option that its
-    context builder does not implement yet. ssleay must accept everything used here."""
-    try:
-        return start_endpoint(**options)
-    except ConfigError as e:
-        if "/ssl:" in str(e) or "/ssl " in str(e):
-            pytest.skip(f"proto ssl does not support {feature} yet: {e}")
-        raise
 
 
 def facts(endpoint: Endpoint, **connect: Any) -> dict[str, Any]:
@@ -70,8 +58,7 @@ class CountingServer(ConformanceServer):
 
 
 def test_alpn_picks_a_protocol_both_sides_speak(start_endpoint: StartServer) -> None:
-    endpoint = start_or_skip(start_endpoint, "SSL_alpn_protocols",
-                             SSL_alpn_protocols=["h2", "http/1.1"])
+    endpoint = start_endpoint(SSL_alpn_protocols=["h2", "http/1.1"])
     chosen = facts(endpoint, context=endpoint.client_context(alpn=["http/1.1", "spdy/3"]))
     assert chosen["alpn_protocol"] == "http/1.1"
     assert facts(endpoint)["alpn_protocol"] is None  # the twin: a client offering nothing
@@ -80,8 +67,7 @@ def test_alpn_picks_a_protocol_both_sides_speak(start_endpoint: StartServer) -> 
 def test_sni_selects_the_certificate(start_endpoint: StartServer, ca: trustme.CA,
                                      certs: dict[str, str], short_tmp_path: str) -> None:
     other = issue_files(ca, short_tmp_path, "other", "other.test")
-    endpoint = start_or_skip(
-        start_endpoint, "SNI dicts",
+    endpoint = start_endpoint(
         SSL_cert_file={"": certs["SSL_cert_file"], "other.test": other["cert"]},
         SSL_key_file={"": certs["SSL_key_file"], "other.test": other["key"]})
     # A verifying client accepts only the certificate of the name it asked for.

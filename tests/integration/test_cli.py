@@ -165,6 +165,25 @@ USER_MODULE = '''
 '''
 
 
+NEEDS_ARGUMENT_MODULE = '''
+    """A user's server whose constructor needs an argument the command cannot give."""
+
+    from gnetserver import GServer
+    from gnetserver.options import Option, as_str
+
+
+    class NeedsDb(GServer):
+        """Built by its own script as NeedsDb(db, ...); still lists its options in --help."""
+
+        def __init__(self, db, **options):
+            super().__init__(**options)
+            self.db = db
+
+        def options(self):
+            return super().options() + [Option("db_table", "t", as_str, "Table to read.")]
+'''
+
+
 @pytest.fixture
 def user_env(tmp_path: Path) -> dict[str, str]:
     """An environment whose PYTHONPATH holds the package ``userpkg`` with ``Shout``."""
@@ -172,6 +191,7 @@ def user_env(tmp_path: Path) -> dict[str, str]:
     package.mkdir()
     (package / "__init__.py").write_text("")
     (package / "servers.py").write_text(textwrap.dedent(USER_MODULE))
+    (package / "needs.py").write_text(textwrap.dedent(NEEDS_ARGUMENT_MODULE))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
     return env
@@ -200,6 +220,26 @@ def test_help_of_a_user_subclass_lists_its_options(user_env: dict[str, str]) -> 
     result = run_to_end([*PYTHON_M, "--server", "userpkg.servers:Shout", "--help"], env=user_env)
     assert result.returncode == 0, result.stderr
     assert "--greeting" in result.stdout and "--port" in result.stdout
+
+
+def test_help_does_not_construct_the_server_class(user_env: dict[str, str]) -> None:
+    """The option table is read without calling __init__, so --help works for a class whose
+    constructor needs arguments."""
+    result = run_to_end([*PYTHON_M, "--server", "userpkg.needs:NeedsDb", "--help"], env=user_env)
+    assert result.returncode == 0, result.stderr
+    assert "--db_table" in result.stdout and "--port" in result.stdout
+
+
+def test_server_class_the_command_cannot_construct(user_env: dict[str, str]) -> None:
+    """Running it is a clear error naming the class and the missing argument, not a
+    traceback; nothing is bound."""
+    result = run_to_end([*PYTHON_M, "--server", "userpkg.needs:NeedsDb",
+                         "--port", "127.0.0.1:0/tcp"], env=user_env)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("gnetserver: --server 'userpkg.needs:NeedsDb': ")
+    assert "NeedsDb" in last and "'db'" in last and "commandline" in last
 
 
 # -- bad command lines ---------------------------------------------------------------------------

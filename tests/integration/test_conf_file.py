@@ -2,8 +2,9 @@
 
 tests/data/netserver_tls.conf is written the way Perl Net::Server operators write theirs
 (``key value``, ``key = value``, ``#`` comments, repeated keys for list options, IO::Socket::SSL
-option names). The test fills in its certificate placeholders, starts a real server from it,
-and talks TLS (and plain TCP) to it.
+option names, and keys of the PreFork personality that have no effect in gnetserver). The test
+fills in its certificate placeholders, starts a real server from it, and talks TLS (and plain
+TCP) to it.
 """
 
 from __future__ import annotations
@@ -71,6 +72,30 @@ def test_netserver_conf_file_runs_a_tls_server(
     assert conf["reverse_lookups"] is False
     assert conf["SSL_version"] == "SSLv23:!SSLv3:!TLSv1:!TLSv1_1"
     assert any(m.startswith('CONNECT SSL Peer: "[127.0.0.1]:') for m in caplog.messages)
+
+
+#: The one line the PreFork keys of the conf file give (never silently ignored).
+IGNORED_LINE = (
+    "ignored Net::Server options (no effect here): min_servers=4, min_spare_servers=2, "
+    "max_spare_servers=8, max_requests=1000, serialize=flock, "
+    "lock_file=/var/lock/netserver_tls.lock, server_type=PreFork, check_for_dead=30")
+
+
+def test_keys_of_other_personalities_are_logged_not_fatal(
+    serve: Any, certs: dict[str, str], client_context: ssl.SSLContext, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The conf file's PreFork keys start the server anyway, create no lock file, and give
+    exactly one level-1 line at start naming them with their values."""
+    caplog.set_level(logging.DEBUG, logger="gnetserver")
+    server = serve(GServer, conf_file=install_conf(tmp_path, certs), log_level=1)
+    with tls_connect(server, client_context, 0) as conn:
+        assert echo(conn, b"still TLS")[1].endswith(b'You said "still TLS"\r\n')
+    ignored = [r for r in caplog.records if r.getMessage().startswith("ignored Net::Server")]
+    assert [r.getMessage() for r in ignored] == [IGNORED_LINE]
+    assert ignored[0].levelno == logging.ERROR  # Net::Server level 1: shown from log_level 1
+    assert server.conf["max_servers"] == 16  # a real option beside them still applies
+    assert not Path("/var/lock/netserver_tls.lock").exists()
 
 
 class Defaults(GServer):

@@ -15,6 +15,7 @@ from typing import Any
 import gevent
 import pytest
 from support.net import read_until_eof, tls_connect, wait_until
+from support.runthread import RunThread
 
 from gnetserver import GServer
 from gnetserver.client import Client
@@ -118,43 +119,6 @@ for _name in SERVER_ORDER:
 for _name in ALLOWED_ORDER + DENIED_ORDER:
     if _name not in vars(Recorder):
         setattr(Recorder, _name, _recording(_name, per_connection=True))
-
-
-class RunThread:
-    """``server.run()`` in a thread with its own hub; ``stop()`` wakes the hub through an async
-    watcher (the one thread-safe way in) and runs ``server.stop`` in a greenlet there."""
-
-    def __init__(self, server: GServer) -> None:
-        self.server = server
-        self.error: BaseException | None = None
-        self._watcher: Any = None
-        self._armed = threading.Event()
-        self._thread = threading.Thread(target=self._body, daemon=True)
-
-    def _body(self) -> None:
-        hub = gevent.get_hub()
-        self._watcher = hub.loop.async_()
-        self._watcher.start(lambda: gevent.spawn(self.server.stop, 1.0))
-        self._armed.set()
-        try:
-            self.server.run()
-        except BaseException as exc:  # reported by stop()
-            self.error = exc
-        finally:
-            self._watcher.close()
-            hub.destroy(destroy_loop=True)
-
-    def start(self) -> None:
-        self._thread.start()
-        assert self._armed.wait(10)
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self._watcher.send()
-        self._thread.join(10)
-        assert not self._thread.is_alive(), "run() did not return"
-        if self.error is not None:
-            raise self.error
 
 
 def names(calls: list[tuple[str, Any]]) -> list[str]:

@@ -10,11 +10,15 @@ close_notify, when it runs out), then the process re-executes itself (same pid) 
 image adopts the socket and builds its TLS contexts from the files again. Connections made
 meanwhile wait in the kernel's listen backlog: none is refused, each gets certificate B.
 
-The twin: the files are replaced by a broken key. ``handle_hup`` checks first that the conf
-file parses and every TLS context builds from the files on disk (``restart_problem``); here
-it does not, so the HUP is refused with a level-1 log line and the server keeps serving with
-its current contexts, as ``reload_tls()`` does (see test_tls_reload.py). Net::Server would
-re-exec and die; a botched certificate renewal must not take a TLS daemon down.
+The twin: the files are replaced by a broken key. ``handle_hup`` first runs the new image's
+start-up without its effects (``restart_problem``, ``dry_run_start``: options from every
+source including the conf file, ports, the TLS contexts of ssl and ssleay ports from the
+files on disk); here it fails, so the HUP is refused with a level-1 log line and the server
+keeps serving with its current contexts, as ``reload_tls()`` does (see test_tls_reload.py).
+Net::Server would re-exec and die; a botched certificate renewal must not take a TLS daemon
+down. The same holds for a conf file edited into one the server cannot start with (a bad
+value, a certificate path that does not exist, an option the ssleay port refuses): refused,
+still serving; once the file is fixed, the next HUP restarts.
 """
 
 from __future__ import annotations
@@ -265,3 +269,64 @@ def test_hup_with_a_broken_key_keeps_serving_the_current_certificate(
     assert server.wait_exit(10) == 0
     assert refused(where)
     wait_until(lambda: not pid_file.exists(), 5, "the pid file to be removed")
+
+
+def conf_text(cert: Path | str, key: Path, *extra: str) -> str:
+    """A conf file for an ssl and an ssleay port with these files, plus ``extra`` lines."""
+    lines = ["port 127.0.0.1:0/ssl", "port 127.0.0.1:0/ssleay", f"SSL_cert_file {cert}",
+             f"SSL_key_file {key}", "graceful_timeout 1", *extra]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (lambda cert, key: conf_text(cert, key, "log_level loud"),
+         "option 'log_level': bad value 'loud' (conf_file "),
+        (lambda cert, key: conf_text("/nonexistent/cert.pem", key),
+         "port 127.0.0.1:0/ssl: SSL_cert_file '/nonexistent/cert.pem': cannot read"),
+        # Accepted by the ssl port (pyOpenSSL), refused by the ssleay port's stdlib context:
+        (lambda cert, key: conf_text(cert, key, "SSL_ecdh_curve P-256:P-384"),
+         "port 127.0.0.1:0/ssleay: SSL_ecdh_curve 'P-256:P-384': proto ssleay takes one"),
+    ],
+    ids=["bad-value", "missing-certificate", "ssleay-refuses"],
+)
+def test_hup_with_a_conf_file_that_cannot_start_keeps_serving(
+        spawn: Any, ca: trustme.CA, client_context: ssl.SSLContext, tmp_path: Path,
+        files: tuple[Path, Path], cleanup: ExitStack, edit: Any, reason: str) -> None:
+    """The conf file is edited into one the new image would die on: the HUP is refused before
+    any re-exec, both ports keep serving, the held connection is untouched. Fixed, the next
+    HUP restarts in place as usual (the dry run refuses nothing it should not)."""
+    cert, key = files
+    leaf = ca.issue_cert(*HOSTS)
+    install_leaf(cert, key, leaf)
+    conf = tmp_path / "server.conf"
+    conf.write_text(conf_text(cert, key))
+    env = python_env(REPO)
+    env.pop("BOUND_SOCKETS", None)
+    server = spawn([sys.executable, "-m", "gnetserver", "--conf_file", str(conf)], env=env,
+                   cwd=tmp_path, terminate=True)
+    ports = server.ports()
+    assert [proto for _, _, proto in ports] == ["ssl", "ssleay"]
+    held = opened(cleanup, ports[1], client_context)
+
+    conf.write_text(edit(cert, key))
+    server.send(signal.SIGHUP)
+    refusal = server.wait_for(r"HUP ignored, still serving with the current configuration: (.*)$")
+    assert reason in refusal.group(1), refusal.group(1)
+    assert server.count("Re-exec server during HUP") == 0
+    assert held.say("still here").endswith('You said "still here"\r\n')
+    for where in ports:
+        der, welcome = probe(where, client_context)
+        assert der == der_of(leaf) and welcome == f'Welcome to "DemoServer" ({server.pid})\r\n'
+    assert server.proc.poll() is None
+
+    conf.write_text(conf_text(cert, key))
+    assert held.say("quit").endswith('You said "quit"\r\n')
+    held.close()
+    server.send(signal.SIGHUP)
+    server.wait_for("Re-exec server during HUP")
+    assert server.ports(2) == ports
+    assert probe(ports[1], client_context)[0] == der_of(leaf)
+    server.send(signal.SIGTERM)
+    assert server.wait_exit(10) == 0

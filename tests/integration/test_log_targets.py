@@ -4,18 +4,23 @@ log_function (callable or method name) and an overridden write_to_log_hook."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
+import ssl
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.net import address, poll
+from support.net import address, poll, tls_connect
 
 from gnetserver import ConfigError, GServer
+from gnetserver.log import LOGGER_NAME
+from gnetserver.syslog_socket import SyslogSocket, drop_text
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -36,9 +41,9 @@ def wait_for_text(path: Path, pattern: str, timeout: float = 5.0) -> str:
     return text
 
 
-def say_hello(server: GServer) -> bytes:
+def say_hello(server: GServer, timeout: float = 5.0) -> bytes:
     """One real connection to the echo server: the welcome line."""
-    with socket.create_connection(address(server), timeout=5) as sock:
+    with socket.create_connection(address(server), timeout=timeout) as sock:
         welcome = sock.makefile("rb").readline()
         sock.sendall(b"quit\r\n")
         return welcome
@@ -209,3 +214,205 @@ def test_bad_log_options_stop_the_start(serve: Any, tmp_path: Path, options: dic
                for k, v in options.items()}
     with pytest.raises(ConfigError, match=pattern):
         serve(GServer, port=LOCAL, **options)
+
+
+# -- a syslog that stops reading never stalls the server (datagram and stream) -------------------
+
+
+def drain(sock: socket.socket) -> list[str]:
+    """Everything already queued on a datagram socket, without waiting."""
+    seen, timeout = [], sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        while True:
+            seen.append(sock.recv(65536).decode("utf-8"))
+    except BlockingIOError:
+        return seen
+    finally:
+        sock.settimeout(timeout)
+
+
+def hello_within(server: GServer, index: int, context: ssl.SSLContext | None,
+                 budget: float) -> None:
+    """One connection (TLS when ``context`` is given) answered within ``budget`` seconds."""
+    started = time.monotonic()
+    if context is None:
+        assert say_hello(server, budget).startswith(b"Welcome")
+    else:
+        with tls_connect(server, context, index, timeout=budget) as tls:
+            assert tls.recv(100).startswith(b"Welcome")
+            tls.sendall(b"quit\r\n")
+    assert time.monotonic() - started < budget, f"connection took {time.monotonic() - started}"
+
+
+@pytest.mark.timeout(30)
+def test_syslog_that_stops_reading_never_stalls_the_server(
+    serve: Any, syslog_socket: Any, certs: dict[str, str], client_context: ssl.SSLContext,
+) -> None:
+    path, receiver = syslog_socket  # never read until the end: its queue fills at once
+    server = serve(GServer, port=[LOCAL, "127.0.0.1:0/ssl"], log_file="Sys::Syslog",
+                   syslog_logsock=path, log_level=3, **certs)
+    for index in range(50):  # each one logs a CONNECT line (and more) while syslog is stuck
+        hello_within(server, 1, client_context if index % 2 else None, budget=1.0)
+    assert server.log_targets.dropped() > 0
+    seen = drain(receiver)  # syslog reads again: the next message first reports what was lost
+    server.log(2, "syslog is back")
+    seen += receive_until(receiver, "syslog is back")
+    notice = [m for m in seen if "dropped" in m]
+    assert len(notice) == 1
+    assert re.fullmatch(rf"<28>net_server\[{os.getpid()}\]: \d+ log messages dropped "
+                        r"\(syslog did not take them in time\)", notice[0])
+    assert int(notice[0].split(": ")[1].split()[0]) == server.log_targets.dropped()
+    server.log(2, "and again")
+    assert [m for m in receive_until(receiver, "and again") if "dropped" in m] == []
+
+
+def test_drops_not_yet_reported_are_reported_on_stderr_at_close(
+    syslog_socket: Any, capfd: pytest.CaptureFixture[str],
+) -> None:
+    path, receiver = syslog_socket
+    server = GServer(commandline=[], log_file="Sys::Syslog", syslog_logsock=path)
+    server.configure()
+    server.initialize_logging()
+    for index in range(30):  # a queue of max_dgram_qlen (10 by default) datagrams
+        server.log(2, f"message {index}")
+    dropped = server.log_targets.dropped()
+    assert dropped >= 30 - len(drain(receiver)) > 0
+    receiver.close()  # syslog is gone: the count cannot go there
+    server.log_targets.close()
+    expected = f"gnetserver: syslog: {dropped} log messages dropped (syslog did not take them"
+    assert expected in capfd.readouterr().err
+
+
+@pytest.mark.timeout(30)
+def test_stream_syslog_that_stops_reading_never_stalls_the_server(
+    serve: Any, short_tmp_path: str,
+) -> None:
+    path = os.path.join(short_tmp_path, "stream.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(path)
+        listener.listen(1)  # syslog accepts the connection only at the end
+        server = serve(GServer, port=LOCAL, log_file="Sys::Syslog", syslog_logsock=path,
+                       log_level=3)
+        filler = "x" * 16000
+        for index in range(100):  # 1.6 MB: far beyond what the socket buffers hold
+            started = time.monotonic()
+            server.log(2, f"filler {index} {filler}")
+            assert time.monotonic() - started < 1.0
+        for _ in range(10):
+            hello_within(server, 0, None, budget=1.0)
+        assert server.log_targets.dropped() > 0
+        conn, _ = listener.accept()
+        with conn:
+            lines = read_stream_syslog(server, conn)
+    notice = [line for line in lines if "dropped" in line]
+    assert len(notice) == 1 and notice[0].startswith("<28>net_server[")
+    fillers = [line for line in lines if " filler " in line]
+    assert fillers and all(line.endswith(filler) for line in fillers)  # never a torn message
+
+
+def read_stream_syslog(server: GServer, conn: socket.socket) -> list[str]:
+    """Read a stream syslog connection (one message per line) while the server logs "tick"
+    messages, until the drop notice and a later tick arrived (bounded)."""
+    conn.settimeout(0.05)
+    data = b""
+    deadline = time.monotonic() + 10
+    for tick in range(1000):
+        server.log(2, f"tick {tick}")
+        try:
+            while chunk := conn.recv(1 << 20):
+                data += chunk
+        except TimeoutError:
+            pass
+        text = data.decode("utf-8")
+        if "dropped" in text and re.search(r"tick \d+\n", text.split("dropped", 1)[1]):
+            return text.splitlines()
+        assert time.monotonic() < deadline, "no drop notice on the stream"
+    raise AssertionError("no drop notice on the stream")
+
+
+# -- a sink that raises never breaks the server ----------------------------------------------
+
+
+class BrokenSink(GServer):
+    """A write_to_log_hook that fails, after trying to log from inside itself."""
+
+    def write_to_log_hook(self, level: int, message: str) -> None:
+        self.log(1, "logging from inside the sink")  # must not recurse
+        raise RuntimeError("sink down")
+
+
+def test_a_raising_write_to_log_hook_never_breaks_the_server(
+    serve: Any, capfd: pytest.CaptureFixture[str],
+) -> None:
+    server = serve(BrokenSink, port=LOCAL, log_level=3)
+    for _ in range(3):
+        assert say_hello(server).startswith(b"Welcome")
+    err = poll(lambda: (text := capfd.readouterr().err).count("CONNECT TCP") >= 3 and text)
+    assert err, "the messages did not fall back to stderr"
+    assert err.count("write_to_log_hook failed: RuntimeError: sink down") == 1
+    assert "logging from inside the sink" in err
+
+
+class RaisingHandler(logging.Handler):
+    """A log target whose emit raises (stdlib handlers catch their own errors; this one
+    does not)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        raise OSError("log service unreachable")
+
+
+def test_a_raising_log_target_never_breaks_the_server(
+    serve: Any, capfd: pytest.CaptureFixture[str],
+) -> None:
+    logger = logging.getLogger(LOGGER_NAME)
+    saved = logger.handlers[:], logger.propagate
+    logger.handlers, logger.propagate = [RaisingHandler()], False  # the only target
+    try:
+        server = serve(GServer, port=LOCAL, log_level=3)
+        for _ in range(3):
+            assert say_hello(server).startswith(b"Welcome")
+        server.log(1, "after three")
+    finally:
+        logger.handlers, logger.propagate = saved
+    err = capfd.readouterr().err
+    assert err.count("write_to_log_hook failed: OSError: log service unreachable") == 1
+    assert err.count("CONNECT TCP") == 3 and "after three" in err
+
+
+def test_tcp_syslog_that_stops_reading_never_blocks() -> None:
+    """The TCP transport (``syslog_logsock tcp`` sends to localhost:514; here the same
+    socket class goes to a test-owned listener that accepts only at the end)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        sender = SyslogSocket(listener.getsockname(), socket.SOCK_STREAM,
+                              lambda count: f"<28>test: {drop_text(count)}".encode())
+        try:
+            for index in range(200):  # 3.2 MB: far beyond what the socket buffers hold
+                started = time.monotonic()
+                sender.send(f"<29>test: filler {index} {'x' * 16000}".encode())
+                assert time.monotonic() - started < 1.0
+            assert sender.dropped > 0
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                for tick in range(1000):  # syslog reads again: the notice comes through
+                    sender.send(f"<29>test: tick {tick}".encode())
+                    data += conn.recv(1 << 20)
+                    if re.search(rb"dropped.*\n(.*\n)*<29>test: tick", data):
+                        break
+                sender.send(b"<29>test: two\nlines")  # one message stays one line
+                for _ in range(100):
+                    if b"<29>test: two#012lines\n" in data:
+                        break
+                    data += conn.recv(1 << 20)
+        finally:
+            sender.close()
+    lines = data.decode().splitlines()
+    assert [line for line in lines if "dropped" in line] == [
+        f"<28>test: {sender.dropped} log messages dropped (syslog did not take them in time)"]
+    assert all(line.endswith("x" * 16000) for line in lines if " filler " in line)
+    assert lines[-1] == "<29>test: two#012lines"

@@ -10,16 +10,20 @@ import ssl
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-from support.net import address, tls_connect
+from support.net import address, poll, read_until_eof, tls_connect
 
 from gnetserver import GServer
-from gnetserver.log import LOGGER_NAME, NOTICE, STDLIB_LEVELS
+from gnetserver.docs import README, default_text
+from gnetserver.log import LOCAL_SYSLOG_PATHS, LOGGER_NAME, NOTICE, STDLIB_LEVELS, syslog_address
+from gnetserver.options import OPTIONS
 from gnetserver.testing import ServerThread
 
 pytestmark = pytest.mark.timeout(20)
 
+OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 EXPECTED_LEVELS = {0: logging.CRITICAL, 1: logging.ERROR, 2: NOTICE, 3: logging.INFO,
                    4: logging.DEBUG}
 
@@ -98,7 +102,7 @@ def test_connect_line_per_connection_at_level_3(
                 for proto, peer, local in peers]
     messages = [r.getMessage() for r in connects]
     assert messages[:3] == expected
-    assert len(messages) == 4 and messages[3].startswith("CONNECT UNIX") and path in messages[3]
+    assert len(messages) == 4 and messages[3] == f'CONNECT UNIX Socket: "{path}"'  # Net::Server's
 
 
 @pytest.mark.parametrize("log_level", [0, 1, 2])
@@ -145,3 +149,70 @@ def test_default_handler_writes_net_server_format_to_stderr() -> None:
                             timeout=20)
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(r"\d{4}/\d\d/\d\d-\d\d:\d\d:\d\d shown at 3\n", result.stderr)
+
+
+# -- what the docs say about logging is what the server does ------------------------------------
+
+
+class RaisingOnRequest(GServer):
+    """process_request raises the exception the client names: timeout, reset or bug."""
+
+    def process_request(self, client: Any) -> None:
+        word = client.readline(100).strip()
+        raise {b"timeout": TimeoutError("slow peer"), b"reset": ConnectionResetError("gone"),
+               b"bug": RuntimeError("a bug")}[word]
+
+
+def readme_text() -> str:
+    return " ".join(README.read_text(encoding="utf-8").split())
+
+
+def test_hook_exceptions_are_logged_as_the_readme_says(
+    records: pytest.LogCaptureFixture,
+) -> None:
+    with ServerThread(RaisingOnRequest(port="127.0.0.1:0/tcp", log_level=3)) as running:
+        for word in (b"timeout", b"reset", b"bug"):
+            with socket.create_connection(address(running.server), timeout=5) as sock:
+                sock.sendall(word + b"\n")
+                assert read_until_eof(sock) == b""
+    ended = {r.getMessage().rsplit(": ", 1)[-1]: r for r in ours(records)
+             if r.getMessage().startswith(("Connection ", "Error in connection "))}
+    for quiet in ("slow peer", "gone"):
+        assert ended[quiet].levelno == logging.INFO and "Traceback" not in ended[quiet].msg
+    bug = next(r for r in ours(records) if "RuntimeError: a bug" in r.getMessage())
+    assert bug.levelno == logging.ERROR and "Traceback (most recent call last)" in bug.msg
+    assert ("It is logged at level 1 with its traceback, except timeouts, disconnects and TLS "
+            "errors") in readme_text()
+    assert "logged at level 3 in one line, without a traceback" in readme_text()
+
+
+class Flooding(GServer):
+    """Writes until the peer, which never reads, makes a write wait longer than timeout_idle."""
+
+    def process_request(self, client: Any) -> None:
+        chunk = b"x" * 65536
+        for _ in range(10_000):  # bounded: 640 MB, far more than any socket buffer
+            client.sendall(chunk)
+
+
+def test_timeout_idle_bounds_writes_as_documented(records: pytest.LogCaptureFixture) -> None:
+    with ServerThread(Flooding(port="127.0.0.1:0/tcp", log_level=3, timeout_idle=0.3)) as running:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(5)
+            sock.connect(address(running.server))
+            assert poll(lambda: any("ended: TimeoutError" in r.getMessage()
+                                    for r in ours(records)), 5.0)
+    doc = OPTIONS_BY_NAME["timeout_idle"].doc
+    assert "a read or a write" in doc and "room to write" in doc
+
+
+def test_syslog_logsock_default_is_native_as_documented(tmp_path: Path) -> None:
+    server = configured()
+    assert server.conf["syslog_logsock"] == "native"
+    option = OPTIONS_BY_NAME["syslog_logsock"]
+    assert default_text(option) == "``native``"
+    assert "| ``syslog_logsock`` | ``native`` |" in " | ".join(
+        line.strip(" *-") for line in README.read_text(encoding="utf-8").splitlines())
+    path, kind = syslog_address(server.conf["syslog_logsock"])
+    assert path in LOCAL_SYSLOG_PATHS and kind is None  # /dev/log, datagram first

@@ -22,6 +22,7 @@ from support import net
 from support.net import address, poll, tls_connect
 
 from gnetserver import GServer
+from gnetserver.proto.tcp import LINGER_SECONDS
 
 
 class Gate(GServer):
@@ -161,4 +162,34 @@ def test_full_pool_stops_accepting_and_resumes(
     finally:
         for sock in (first, second, third):
             sock.close()
+    assert server.peak == 1
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("proto", ["tcp", "ssl"])
+def test_lingering_close_does_not_hold_the_slot(
+    serve: Any, certs: dict[str, str], client_context: ssl.SSLContext, proto: str
+) -> None:
+    # The first client gets its answer and then neither closes nor reads: the server's close
+    # (close_notify, half-close, drain) lingers on it for up to LINGER_SECONDS (ssl: plus
+    # SHUTDOWN_SECONDS). Its max_servers slot must be free as soon as the handler returned.
+    tls = certs if proto == "ssl" else {}
+    server = serve(Gate, port=f"127.0.0.1:0/{proto}", max_servers=1, log_level=1, **tls)
+    first = connect(server, 0, client_context)
+    second = None
+    try:
+        assert read_line(first) == b"in 1\n"
+        second = connect(server, 0, client_context)
+        assert poll(lambda: server.negotiated == 2, 3.0)
+        first.sendall(b"one\n")
+        assert read_line(first) == b"bye one\n"  # the handler returns; the close begins
+        released = time.monotonic()
+        served = next_line([second], LINGER_SECONDS)
+        assert served == (second, b"in 1\n"), served
+        assert time.monotonic() - released < LINGER_SECONDS / 2, "the slot waited for the close"
+        finish(second, b"two")
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
     assert server.peak == 1

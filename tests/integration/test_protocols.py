@@ -19,6 +19,7 @@ from support.net import address, needs_ipv6, tls_connect
 
 from gnetserver import GServer
 from gnetserver.errors import ConfigError
+from gnetserver.server import ECHO_LINE_LIMIT
 from gnetserver.testing import ServerThread
 
 pytestmark = pytest.mark.timeout(20)
@@ -171,3 +172,34 @@ def test_unix_path_holding_a_regular_file_is_refused_and_kept(tmp_path: Path) ->
     with pytest.raises(ConfigError, match="exists and is not a socket"):
         GServer(port=f"{path}|unix", log_level=0).start()
     assert path.read_text() == "precious"
+
+
+# -- the default echo reads bounded lines ---------------------------------------------------------
+
+
+class LoggedEcho(GServer):
+    """The default echo, keeping every log message (level, text) for the test."""
+
+    def configure_hook(self) -> None:
+        self.messages: list[tuple[int, str]] = []
+
+    def log(self, level: int, message: str) -> None:
+        self.messages.append((level, message))
+        super().log(level, message)
+
+
+def test_echo_answers_a_line_at_the_limit_and_ends_a_longer_one(
+        serve: Callable[..., GServer]) -> None:
+    server = serve(LoggedEcho, port="127.0.0.1:0/tcp", log_level=0)
+    longest = b"a" * (ECHO_LINE_LIMIT - 2) + b"\r\n"  # exactly the limit, its end included
+    with socket.create_connection(address(server), timeout=5) as sock:
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"Welcome")
+        sock.sendall(longest)
+        assert reader.readline().endswith(b'You said "' + longest[:-2] + b'"\r\n')
+        sock.sendall(b"b" * (ECHO_LINE_LIMIT + 10) + b"\r\n")  # one byte too many, and more
+        assert reader.readline().endswith(b": Line too long\r\n")
+        assert reader.read() == b""  # the connection ends; nothing was echoed
+        reader.close()
+    too_long = [m for m in server.messages if "Line longer than" in m[1]]
+    assert len(too_long) == 1 and too_long[0][0] == 3, server.messages

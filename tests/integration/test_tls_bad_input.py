@@ -1,7 +1,8 @@
 """Issue 3, point 9: bad TLS input stops the server at start with a ConfigError naming the
 option, the port and the reason: wrong key password, key/certificate mismatch, missing CA file,
 invalid SSL_version, unknown curve. An expired certificate is a warning naming it and its
-expiry; the server starts (and clients refuse the certificate).
+expiry; the server starts (and clients refuse the certificate). SSL_* options a user gives
+while no port is TLS are refused too, not ignored (the program's own defaults are not).
 
 Servers are started for real (``serve``, in a thread): the error comes out of ``start``.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import datetime
 import logging
+import re
+import socket
 import ssl
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from typing import Any
 import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
-from support.net import tls_connect
+from support.net import address, read_line, tls_connect
 from support.tls import trusting
 
 from gnetserver import GServer
@@ -126,3 +129,72 @@ def test_valid_certificate_gives_no_warning(serve: Any, certs: dict[str, str],
     caplog.set_level(logging.DEBUG, logger="gnetserver")
     serve(GServer(port="127.0.0.1:0/ssl", **certs))
     assert not [m for m in caplog.messages if "WARNING" in m]
+
+
+# -- SSL_* options while no port is TLS ---------------------------------------------------------
+
+NOWHERE = {"SSL_cert_file": "/nonexistent/cert.pem", "SSL_key_file": "/nonexistent/key.pem"}
+NO_TLS = "given, but no port uses TLS (proto ssl or ssleay)"
+
+
+def test_ssl_options_without_a_tls_port_are_refused(serve: Any, certs: dict[str, str]) -> None:
+    """A certificate for a server whose ports are all plain TCP was meant for a TLS port:
+    serving plain text instead would hide the mistake. Missing files or not."""
+    text = start_fails(serve, port=["127.0.0.1:0", "127.0.0.2:0/tcp"], **NOWHERE)
+    assert text == ("SSL_cert_file (constructor arguments), SSL_key_file (constructor "
+                    f"arguments) {NO_TLS}: ports 127.0.0.1:0/tcp, 127.0.0.2:0/tcp; add /ssl to "
+                    "a port or drop the option(s)")
+    text = start_fails(serve, port="127.0.0.1:0/tcp", **certs)
+    assert text.startswith(f"SSL_cert_file (constructor arguments), SSL_key_file (constructor "
+                           f"arguments) {NO_TLS}")
+
+
+def test_the_error_names_where_the_option_came_from(serve: Any, certs: dict[str, str],
+                                                    tmp_path: Path) -> None:
+    text = start_fails(serve, port="127.0.0.1:0/tcp",
+                       commandline=["--SSL_cert_file", certs["SSL_cert_file"]])
+    assert text.startswith(f"SSL_cert_file (command line) {NO_TLS}: ports 127.0.0.1:0/tcp")
+    conf = tmp_path / "server.conf"
+    conf.write_text(f"port 127.0.0.1:0/tcp\nSSL_cipher_list {'HIGH'}\n")
+    with pytest.raises(ConfigError) as err:
+        serve(GServer(conf_file=str(conf)))
+    assert str(err.value).startswith(f"SSL_cipher_list (conf_file {str(conf)!r}) {NO_TLS}")
+
+
+def test_ssl_options_serve_when_a_port_uses_tls(serve: Any, certs: dict[str, str],
+                                                client_context: ssl.SSLContext) -> None:
+    """The twin: one TLS port (ssl or ssleay) is enough, plain ports beside it are fine."""
+    for proto in ("ssl", "ssleay"):
+        server = serve(GServer(port=["127.0.0.1:0/tcp", f"127.0.0.1:0/{proto}"], **certs))
+        with tls_connect(server, client_context, 1) as tls:
+            assert read_line(tls).startswith(b"Welcome to")
+
+
+class DefaultsForTLS(GServer):
+    """A program whose own defaults name certificates; a user may run it with plain ports."""
+
+    def default_values(self) -> dict[str, Any]:
+        return dict(NOWHERE)
+
+
+class MethodsForTLS(GServer):
+    """The same with an SSL_* method and attribute (Net::Server's way)."""
+
+    SSL_key_file = NOWHERE["SSL_key_file"]
+
+    def SSL_cert_file(self, host: str, port: int, proto: str) -> str:  # noqa: N802
+        return NOWHERE["SSL_cert_file"]
+
+
+@pytest.mark.parametrize("cls", [DefaultsForTLS, MethodsForTLS])
+def test_the_programs_own_ssl_defaults_are_not_refused(serve: Any, cls: type[GServer]) -> None:
+    server = serve(cls(port="127.0.0.1:0/tcp"))
+    with socket.create_connection(address(server), timeout=5) as sock:
+        assert read_line(sock).startswith(b"Welcome to")
+    # The defaults are real: a TLS port uses them (and here, fails on the missing file).
+    with pytest.raises(ConfigError, match="/nonexistent/cert.pem"):
+        serve(cls(port="127.0.0.1:0/ssl"))
+    # A user who sets one explicitly on a plain-port server is refused as usual.
+    with pytest.raises(ConfigError, match=re.escape(f"SSL_key_file (constructor arguments) "
+                                                    f"{NO_TLS}")):
+        serve(cls(port="127.0.0.1:0/tcp", SSL_key_file="/nonexistent/other.pem"))

@@ -183,3 +183,56 @@ def test_call_reports_the_exception_of_the_function(running: Any) -> None:
     with pytest.raises(LookupError, match="in the hub"):
         st.call(fails)
     assert st.call(lambda a, b: a + b, 2, 3) == 5
+
+
+def test_reload_covers_ssl_and_ssleay_ports_together(running: Any, ca: trustme.CA,
+                                                     tmp_path: Path,
+                                                     client_context: ssl.SSLContext,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Both TLS backends are in the server's one TLSContexts: reload_tls() rebuilds the
+    pyOpenSSL context of the ssl port and the stdlib context of the ssleay port together."""
+    caplog.set_level(logging.DEBUG, logger="gnetserver")
+    files, first = new_leaf(ca, tmp_path)
+    st = running(Echo(port=["127.0.0.1:0/ssl", "127.0.0.1:0/ssleay"], **files))
+
+    def serials() -> list[int]:
+        return [serial_now(st.server, client_context, index) for index in (0, 1)]
+
+    assert serials() == [first, first]
+    with connect(st.server, client_context, 1) as established:
+        _, second = new_leaf(ca, tmp_path)
+        assert st.call(st.server.reload_tls) is True
+        assert serials() == [second, second]
+        assert echo(established, b"on\n") == b"on\n"  # an ssleay connection keeps its context
+        assert serial_of(established) == first
+    assert "TLS reloaded: port 127.0.0.1:0/ssl, port 127.0.0.1:0/ssleay" in caplog.messages
+    # The twin: broken files leave both backends on the certificate they had.
+    Path(files["SSL_key_file"]).write_bytes(b"broken\n")
+    assert st.call(st.server.reload_tls) is False
+    assert serials() == [second, second]
+
+
+def test_reload_is_all_or_nothing_across_backends(running: Any, ca: trustme.CA,
+                                                  tmp_path: Path,
+                                                  client_context: ssl.SSLContext) -> None:
+    """A good new certificate for the ssl port is not taken while the ssleay port's files are
+    broken, and the other way round."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    files_a, first_a = new_leaf(ca, tmp_path / "a")
+    files_b, first_b = new_leaf(ca, tmp_path / "b")
+    port_b = {"host": "127.0.0.1", "port": 0, "proto": "ssleay", **files_b}
+    st = running(Echo(port=["127.0.0.1:0/ssl", port_b], **files_a))
+    _, second_a = new_leaf(ca, tmp_path / "a")
+    Path(files_b["SSL_cert_file"]).unlink()  # the ssleay port's certificate is gone
+    assert st.call(st.server.reload_tls) is False
+    assert serial_now(st.server, client_context, 0) == first_a
+    assert serial_now(st.server, client_context, 1) == first_b
+    _, second_b = new_leaf(ca, tmp_path / "b")
+    Path(files_a["SSL_key_file"]).write_bytes(b"broken\n")  # now the ssl port's key is bad
+    assert st.call(st.server.reload_tls) is False
+    assert serial_now(st.server, client_context, 1) == first_b
+    _, second_a = new_leaf(ca, tmp_path / "a")
+    assert st.call(st.server.reload_tls) is True
+    assert serial_now(st.server, client_context, 0) == second_a
+    assert serial_now(st.server, client_context, 1) == second_b

@@ -11,4 +11,5 @@ tests/conftest.py puts tests/ on ``sys.path``, so every test module imports thes
 - :mod:`support.process`: servers run as real subprocesses, read through their stderr.
 - :mod:`support.sigserver`: the server the signal tests run as a subprocess, and its clients.
 - :mod:`support.handshake`: one real handshake against a bare ``build_context`` context.
+- :mod:`support.runthread`: ``server.run()`` for real, in a thread with its own hub.
 """

@@ -260,3 +260,111 @@ def test_custom_option_from_every_source(tmp_path: Path) -> None:
         configure(WithGreeting, new={"greeting": ["a", "b"]})
     with pytest.raises(ConfigError, match="greeting"):
         configure(new={"greeting": "not known to the base class"})
+
+
+# -- Net::Server options of other personalities: accepted, no effect, said so (issue 4, point 1) --
+
+#: Keys that Net::Server conf files carry for other personalities (Fork, PreFork, MultiType...)
+#: or for protocols gnetserver does not serve (spec/netserver.md, sections 2.2-2.4).
+NETSERVER_ONLY = (
+    "min_servers", "min_spare_servers", "max_spare_servers", "max_requests", "serialize",
+    "lock_file", "server_type", "check_for_dead", "check_for_waiting", "check_for_spawn",
+    "min_child_ttl", "child_communication", "max_dequeue", "check_for_dequeue",
+    "sig_passthrough", "leave_children_open_on_hup", "no_close_by_child", "no_client_stdout",
+    "tie_client_stdout", "ipv6_package", "udp_recv_len", "udp_recv_flags", "udp_broadcast",
+    "unix_type", "unix_path",
+)
+IGNORED = "ignored Net::Server options (no effect here): "
+
+
+def ignored_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(IGNORED)]
+
+
+def test_netserver_only_options_are_documented_as_without_effect() -> None:
+    known = table(OPTIONS)
+    for name in NETSERVER_ONLY:
+        option = known[name]
+        assert option.section == "Net::Server compatibility", name
+        assert "Net::Server" in option.doc and "no effect here" in option.doc, name
+
+
+def test_netserver_only_options_in_a_conf_file_are_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every such key, as a Perl user writes it, starts the server; one level-1 line names
+    them all with their values (never silent)."""
+    caplog.set_level(logging.DEBUG, logger="gnetserver")
+    lines = [f"{name} {index + 1}" for index, name in enumerate(NETSERVER_ONLY)]
+    lines += ["server_type Fork", "sig_passthrough USR1,USR2"]
+    configure(new={"conf_file": write_conf(tmp_path, "\n".join(lines) + "\n")})
+    [line] = ignored_lines(caplog)
+    [record] = [r for r in caplog.records if r.getMessage() == line]
+    assert record.levelno == logging.ERROR  # Net::Server level 1
+    named = line[len(IGNORED):].split(", ")
+    assert [item.partition("=")[0] for item in named] == list(NETSERVER_ONLY)
+    assert "min_servers=1" in named and "unix_path=25" in named
+    assert "server_type=7,Fork" in named  # list options accumulate, as in Net::Server
+    assert "sig_passthrough=15,USR1,USR2" in named
+
+
+@pytest.mark.parametrize("source", ["new", "argv", "run", "defaults"])
+def test_netserver_only_options_from_every_source(
+    source: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="gnetserver")
+    values = {"min_servers": 5, "serialize": "flock", "server_type": ["PreFork", "Fork"]}
+    if source == "argv":
+        conf = configure(argv=["--min_servers=5", "serialize=flock", "server_type=PreFork",
+                               "--server_type", "Fork"])
+    else:
+        conf = configure(**{source: values})
+    assert (conf["min_servers"], conf["serialize"], conf["server_type"]) == (
+        "5", "flock", ["PreFork", "Fork"])
+    assert ignored_lines(caplog) == [
+        IGNORED + "min_servers=5, serialize=flock, server_type=PreFork,Fork"]
+
+
+def test_no_ignored_line_without_netserver_only_options(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="gnetserver")
+    configure(argv=["--max_servers=3"])
+    assert ignored_lines(caplog) == []
+
+
+def test_truly_unknown_names_stay_fatal(tmp_path: Path) -> None:
+    conf_file = write_conf(tmp_path, "min_servers 5\nmin_server 5\n")
+    with pytest.raises(ConfigError, match="'min_server'.*did you mean 'min_servers'"):
+        configure(new={"conf_file": conf_file})
+
+
+# -- the IPV environment variable: Net::Server's default for ipv ---------------------------------
+
+
+@pytest.mark.parametrize(("environment", "sources", "expected"), [
+    (None, {}, ["*"]),
+    ("4", {}, ["4"]),
+    ("IPv6", {}, ["IPv6"]),
+    ("", {}, ["*"]),  # Perl's `$ENV{IPV} || ...`: empty means unset
+    ("4", {"argv": ["--ipv=6"]}, ["6"]),
+    ("4", {"new": {"ipv": "46"}}, ["46"]),
+    ("4", {"defaults": {"ipv": "6"}}, ["6"]),  # every option source beats the environment
+])
+def test_ipv_environment_variable_is_the_default(
+    monkeypatch: pytest.MonkeyPatch, environment: str | None, sources: dict[str, Any],
+    expected: list[str],
+) -> None:
+    if environment is None:
+        monkeypatch.delenv("IPV", raising=False)
+    else:
+        monkeypatch.setenv("IPV", environment)
+    assert configure(**sources)["ipv"] == expected
+
+
+def test_bad_ipv_environment_variable_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IPV", "v5")
+    with pytest.raises(ConfigError, match="IPV") as info:
+        configure()
+    assert "'v5'" in str(info.value) and "ipv" in str(info.value)
+    assert configure(argv=["--ipv", "4"])["ipv"] == ["4"]  # unused when an option says ipv
