@@ -71,13 +71,13 @@ class OptionSourcesMixin:
                    ("default_values()", defaults)]
         sources.append(("environment variable IPV", ipv_from_environment(sources)))
         self.conf = config.merge(sources, known)
-        self.warn_inert_options()
 
     def warn_inert_options(self) -> None:
-        """Framework step, at the end of :meth:`configure`: one level-1 log line naming, with
-        their values, the options of the "Net::Server compatibility" section that some source
-        set (other personalities' keys, such as ``min_servers``: accepted, no effect here).
-        Logs nothing when there is none. Reads ``self.conf``; touches nothing else."""
+        """Framework step, in post_configure once the log targets are open: one level-1 log
+        line naming, with their values, the options of the "Net::Server compatibility" section
+        that some source set (other personalities' keys, such as ``min_servers``: accepted, no
+        effect here). Logs nothing when there is none. Reads ``self.conf``; touches nothing
+        else."""
         given = []
         for option in self.options():
             value = self.conf.get(option.name, option.default)

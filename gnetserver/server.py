@@ -204,13 +204,15 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
         """Hook: first thing in :meth:`run`, before any option is read. May set attributes."""
 
     def post_configure(self) -> None:
-        """Apply what the options ask for before binding: log unused command-line words, raise
-        the open-file limit so the pools fit."""
-        if self.argv_unused:
-            self.log(2, f"Command-line words not used by the server: {' '.join(self.argv_unused)}")
+        """Apply what the options ask for before binding: raise the open-file limit so the
+        pools fit, open the log targets, then report (there) the command-line words and the
+        Net::Server options that have no effect, then background and write the pid file."""
         needed = 2 * (self.conf["max_servers"] + self.conf["max_handshakes"]) + 64
         raise_open_file_limit(needed)
         self.initialize_logging()  # log_file, syslog, log_function
+        if self.argv_unused:
+            self.log(2, f"Command-line words not used by the server: {' '.join(self.argv_unused)}")
+        self.warn_inert_options()  # Net::Server keys with no effect here: one level-1 line
         self.daemonize()  # background/setsid, pid_file
 
     def post_configure_hook(self) -> None:
