@@ -18,13 +18,11 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import time
 import traceback
 from collections.abc import Sequence
 from typing import Any
 
 import gevent
-from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 from gevent.pool import Pool
 from gevent.server import StreamServer
@@ -33,6 +31,7 @@ from . import restart
 from .access_control import AccessControlMixin
 from .binding import BindingMixin
 from .client import Client
+from .closing import ClosingMixin
 from .errors import HandshakeTimeout, TLSError
 from .listener import Listener
 from .operations import OperationsMixin, raise_open_file_limit
@@ -46,7 +45,7 @@ ECHO_LINE_LIMIT = 64 * 1024
 
 
 class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixin,
-              OperationsMixin, SignalHandlingMixin):
+              OperationsMixin, SignalHandlingMixin, ClosingMixin):
     """A Net::Server style server: subclass it, override hooks, call :meth:`run`.
 
     Methods for the caller: ``run(**options)`` (Net::Server style: reads the command line, runs
@@ -77,8 +76,9 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
     their precedence), :mod:`gnetserver.binding` (ports to sockets),
     :mod:`gnetserver.tls_setup` (SSL_* options, TLS reload), :mod:`gnetserver.access_control`
     (allow/deny, peer lookups), :mod:`gnetserver.operations` (log, pid file, background,
-    privileges), :mod:`gnetserver.signal_handling` (signals, HUP restart). This class keeps
-    the order in which everything runs.
+    privileges), :mod:`gnetserver.signal_handling` (signals, HUP restart),
+    :mod:`gnetserver.closing` (``stop``, one close, the bounded drain). This class keeps the
+    order in which everything runs, ``server_close``'s steps included.
 
     Args:
         commandline: the words to read options from in ``run()``; default ``sys.argv[1:]``.
@@ -96,17 +96,7 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
         self.argv_unused: list[str] = []
         self._pool: Pool | None = None
         self._slots: BoundedSemaphore | None = None
-        self._stop_requested = Event()
-        self._closed = Event()
-        self._stop_timeout: float | None = None
-        self._looping = False
-        # Closing state, shared by every stop()/server_close() caller: the first one closes,
-        # later ones wait on _closed and may only move the drain's deadline closer.
-        self._closing = False
-        self._closer: Any = None  # the greenlet running server_close
-        self._looper: Any = None  # the greenlet running loop
-        self._drain_deadline = float("inf")
-        self._deadline_moved = Event()
+        self._init_closing()  # stop/close state, shared by every caller (gnetserver.closing)
 
     # == entry points ===========================================================================
 
@@ -139,46 +129,6 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
         if not self._closing:  # stop() in a start-up hook has closed everything already
             self._start_accepting()
         return self
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop accepting, let connections finish for ``timeout`` seconds (default
-        ``graceful_timeout``), then cut them and close every listener; returns once closed.
-
-        Any greenlet of the server's hub may call it, any number of times: a later call waits
-        for the close already running, and its ``timeout`` can only bring that close's end
-        closer. An explicit stop also cancels a HUP restart still draining. Called from a
-        connection's own greenlet (an ``exit`` command), it returns at once: the server closes
-        in another greenlet and drains this connection like the others, so return promptly.
-        """
-        self._shorten_stop(timeout)
-        self.restarting = False
-        self._stop_requested.set()
-        if not self._looping:
-            self.server_close()
-        elif self._may_wait():  # the loop ends and run() closes the server
-            self._closed.wait()
-
-    def _shorten_stop(self, timeout: float | None) -> None:
-        """Keep the shortest timeout asked for; during a drain, move its deadline closer."""
-        if timeout is None:
-            return
-        if self._stop_timeout is None or timeout < self._stop_timeout:
-            self._stop_timeout = timeout
-        deadline = time.monotonic() + timeout
-        if deadline < self._drain_deadline:
-            self._drain_deadline = deadline
-            self._deadline_moved.set()
-
-    def _in_pool(self) -> bool:
-        """True in a connection's greenlet."""
-        return self._pool is not None and gevent.getcurrent() in self._pool
-
-    def _may_wait(self) -> bool:
-        """False in a greenlet the close itself waits for or runs in (a connection's, the
-        loop's, the closer's): waiting for the close there would never end."""
-        current = gevent.getcurrent()
-        return current is not self._closer and current is not self._looper \
-            and not self._in_pool()
 
     def _start_up(self) -> None:
         """Everything before the loop; on failure, whatever was bound is released and a pid
@@ -409,75 +359,33 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
     def server_close(self) -> None:
         """Stop accepting, let connections finish (bounded), close listeners. Idempotent.
 
-        One close runs: a call while it runs waits for it to end (except in a greenlet that
-        close waits for). Called from a connection's greenlet, where the drain would wait for
-        the caller itself, it only asks the loop to end, or (server started with ``start``)
-        runs the close in a new greenlet, and returns at once.
+        The steps, in order, are here; their parts and the rules of one close (later callers
+        wait, a close asked for by a connection runs elsewhere) are in :mod:`gnetserver.closing`.
 
         After a HUP (``restarting``) the listening sockets are handed over instead of closed:
         they are dup'ed for the new image, connections get ``graceful_timeout`` to finish,
         then ``restart_close_hook`` runs and the server re-executes itself (same pid); this
         returns only if that exec failed, and the server then closes as usual.
         """
-        if self._closing:
-            if self._may_wait():
-                self._closed.wait()
+        if not self._claim_close():  # a close runs or ran (waited for), or was handed on
             return
-        if self._in_pool():
-            self._stop_requested.set()  # a running loop ends, then run() closes
-            if not self._looping:
-                gevent.spawn(self.server_close)
-            return
-        self._closing, self._closer = True, gevent.getcurrent()
         try:
-            self._close()
+            self.pre_server_close_hook()  # user: connections may still be running
+            self.log(2, "Server closing!")
+            handed = self._stop_accepting()  # on HUP the listening sockets are dup'ed first
+            self._drain()  # graceful_timeout or stop(timeout); TERM/INT cut it short
+            if self.restarting:
+                self.restart_close_hook()  # user: last thing before the exec
+                restart.reexec(handed, self.log)  # returns only if the exec failed
+            else:
+                restart.close_fds(handed)  # a stop/TERM during a HUP's drain: no restart
+            self.restarting = False
+            self._release_listeners()  # close the listening sockets
+            self._unregister_signals()  # the program's own signal handlers apply again
+            self.remove_pid_file()  # unless keep_pid_file (HUP re-exec)
+            self.close_logs()  # last: syslog reports what it had to drop
         finally:
             self._closed.set()  # also after a failing hook: nobody waits forever
-
-    def _close(self) -> None:
-        """The body of server_close, run once."""
-        self.pre_server_close_hook()
-        self.log(2, "Server closing!")
-        timeout = self._stop_timeout
-        if timeout is None:
-            timeout = self.conf.get("graceful_timeout", 0)
-        handed = restart.detach_listeners(self.listeners, self.log) if self.restarting else []
-        for listener in self.listeners:
-            if listener.stream_server is not None:
-                listener.stream_server.close()
-        if self._pool is not None:
-            self._drain_until(timeout)  # a stop(timeout), TERM or INT meanwhile cuts it short
-            self._pool.kill(block=True, timeout=1)
-        if self.restarting:
-            self.restart_close_hook()  # user: last thing before the exec
-            restart.reexec(handed, self.log)  # returns only if the exec failed
-        else:
-            restart.close_fds(handed)  # a stop/TERM during a HUP's drain: no restart after all
-        self.restarting = False
-        self._release_listeners()
-        if self._signal_queue is not None:
-            self._signal_queue.uninstall()
-        self.remove_pid_file()  # unless keep_pid_file (HUP re-exec)
-        self.close_logs()  # last: syslog reports what it had to drop
-
-    def _drain_until(self, timeout: float) -> None:
-        """Run ``_drain`` (which also acts on TERM/INT) in its own greenlet, and end it early
-        when a later ``stop(timeout)`` moves the shared deadline closer."""
-        self._drain_deadline = time.monotonic() + timeout
-        drainer = gevent.spawn(self._drain, timeout)
-        try:
-            while not drainer.dead:
-                self._deadline_moved.clear()
-                left = self._drain_deadline - time.monotonic()
-                if left <= 0:
-                    break
-                gevent.wait([drainer, self._deadline_moved], timeout=left, count=1)
-        finally:
-            drainer.kill()
-
-    def _release_listeners(self) -> None:
-        for listener in self.listeners:
-            listener.protocol.close_listener(listener)
 
 
 def _peer(client: Client) -> str:

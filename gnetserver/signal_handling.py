@@ -27,8 +27,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-import gevent
-
 from . import privileges, restart, signals
 from .errors import ConfigError
 from .options import Option
@@ -36,7 +34,6 @@ from .tls import TLSContexts
 
 if TYPE_CHECKING:
     from gevent.event import Event
-    from gevent.pool import Pool
 
     from .listener import Listener
 
@@ -52,7 +49,6 @@ class SignalHandlingMixin:
     _signal_queue: signals.SignalQueue | None = None
 
     if TYPE_CHECKING:  # provided by the server class
-        _pool: Pool | None
         _stop_requested: Event
         _stop_timeout: float | None
         conf: dict[str, Any]
@@ -143,30 +139,20 @@ class SignalHandlingMixin:
         """Hook: on HUP, in server_close, after connections finished and right before the exec
         (the listening sockets are still open, handed to the new image)."""
 
+    def _unregister_signals(self) -> None:
+        """In server_close: cancel the handlers ``loop`` installed (the program's own signal
+        handlers apply again)."""
+        if self._signal_queue is not None:
+            self._signal_queue.uninstall()
+
     def _stop_now(self) -> None:
         self._stop_timeout = 0
         self.restarting = False
         self._stop_requested.set()
 
-    def _drain(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the connection pool to empty. A TERM or INT
-        received meanwhile ends the wait at once; other signals are ignored while closing."""
-        assert self._pool is not None
-        if timeout <= 0 or not len(self._pool):
-            return
-        self.log(2, f"Waiting up to {timeout:g}s for {len(self._pool)} connection(s) to finish")
-        queue = self._signal_queue
-        waiter = gevent.spawn(self._pool.join)
-        wake = [waiter] + ([queue.event] if queue is not None else [])
-        with gevent.Timeout(timeout, False):
-            while not waiter.dead:
-                gevent.wait(wake, count=1)
-                if queue is not None and self._signals_while_closing(queue.pop_all()):
-                    break
-        waiter.kill()
-
     def _signals_while_closing(self, names: Sequence[str]) -> bool:
-        """True when one of ``names`` is TERM or INT (handled: stop now)."""
+        """Signals received while server_close drains: True when one of ``names`` is TERM or
+        INT (handled: stop now, the drain ends); the others are logged and ignored."""
         cut = False
         for name in names:
             if name in ("TERM", "INT"):
