@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 from support.net import address, poll, read_until_eof, tls_connect
+from support.process import README
 
 from gnetserver import GServer
-from gnetserver.docs import README, default_text
+from gnetserver.docs import default_text
 from gnetserver.log import LOCAL_SYSLOG_PATHS, LOGGER_NAME, NOTICE, STDLIB_LEVELS, syslog_address
 from gnetserver.options import OPTIONS
 from gnetserver.testing import ServerThread

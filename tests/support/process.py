@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+#: The checkout's README.rst. Tests read it from here, never through ``gnetserver.docs``: the
+#: package under test may be installed in site-packages, away from the checkout.
+README = REPO / "README.rst"
 READY = re.compile(r"Server ready: (.*)$")
 FINGERPRINT = re.compile(r"SHA-256 fingerprint ([0-9A-F:]{95})")
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.process import README
 
 from gnetserver import docs
 from gnetserver.options import OPTIONS
@@ -18,9 +19,6 @@ pytestmark = pytest.mark.timeout(30)
 
 VALUE = r"\[?VALUE\]?"  # the metavar, optional or not
 FIX = "run `python -m gnetserver.docs --write` and commit README.rst"
-
-#: The checkout's README (the installed package may live elsewhere, in site-packages).
-README = Path(__file__).resolve().parents[2] / "README.rst"
 
 
 def test_readme_option_table_is_current() -> None:
