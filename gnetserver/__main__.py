@@ -20,7 +20,7 @@ if "--monkey-patch" in sys.argv[1:]:
 
 import importlib  # noqa: E402
 import inspect  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Mapping, Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
 from gnetserver import config  # noqa: E402
@@ -35,6 +35,9 @@ class DemoServer(GServer):
     """The demo: Net::Server's echo on 127.0.0.1:8443 (TLS, self-signed) and :8080 (TCP)."""
 
     def default_values(self) -> dict[str, Any]:
+        """The demo's defaults, the lowest source: its two ports, and a self-signed certificate
+        made at start for ssl ports without one (``--port`` replaces the ports; with
+        ``--SSL_cert_file`` no certificate is made)."""
         return {"port": DEMO_PORTS, "self_signed": True}
 
 
@@ -106,14 +109,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def print_help(known: Any) -> None:
+def print_help(known: Mapping[str, Option]) -> None:
+    """Print ``--help`` for the option table ``known`` (one entry per option the command line
+    accepts, grouped by section) to stdout; the epilog names the code-only options."""
+    code_only = ", ".join(name for name, option in known.items() if not option.cli)
     parser = config.command_line_parser(
         known, prog="gnetserver",
         description="Net::Server on gevent. With no options: the TLS/TCP echo demo on "
                     "127.0.0.1:8443 (ssl, self-signed) and 127.0.0.1:8080 (tcp).",
         epilog="Also: --server package.module:Class runs your GServer subclass; "
                "--monkey-patch applies gevent.monkey.patch_all() first. "
-               "Every option may be repeated; list options accumulate.",
+               "Every option may be repeated; list options accumulate."
+               + (f" For code only (constructor or run() arguments): {code_only}."
+                  if code_only else ""),
     )
     parser.print_help()
 

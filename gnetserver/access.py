@@ -21,20 +21,17 @@ Rules of this module (behaviour: spec/netserver.md section 1.6 step 4):
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
-from collections.abc import Iterable, Set
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 #: Words double_reverse_lookups (or ``reverse_lookups double...``) may carry.
 DOUBLE_REVERSE_FLAGS = frozenset({"detail", "autofail", "debug"})
-
-_TRUE = ("1", "yes", "true", "on")
-_FALSE = ("0", "no", "false", "off", "")
 
 # IPv4-mapped IPv6 block: rules written in that form are matched as IPv4.
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
@@ -76,7 +73,10 @@ def reverse_lookups_setting(value: Any) -> bool | str:
     if match:
         _flags(match.group(1))
         return "double " + match.group(1) if match.group(1) else "double"
-    return _boolean(text)
+    try:
+        return _as_bool(text)
+    except ValueError as exc:
+        raise ValueError(f"{exc} or double") from None
 
 
 def double_reverse_setting(value: Any) -> bool | str:
@@ -85,21 +85,30 @@ def double_reverse_setting(value: Any) -> bool | str:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
-    if text in _TRUE or text in _FALSE:
-        return _boolean(text)
-    return ",".join(sorted(_flags(text)))
+    try:
+        return _as_bool(text)
+    except ValueError:
+        return ",".join(sorted(_flags(text)))
 
 
-def _boolean(text: str) -> bool:
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
+def _as_bool(text: str) -> bool:
+    """Perl truth words, read by THE parser of them, :func:`gnetserver.options.as_bool`."""
+    from .options import as_bool  # at call time: options imports this module for its table
+
+    return as_bool(text)
+
+
+def _true_word(word: str) -> bool:
+    try:
+        return _as_bool(word)
+    except ValueError:
         return False
-    raise ValueError("expected 1/0, yes/no, on/off, true/false or double")
 
 
 def _flags(text: str) -> frozenset[str]:
-    words = frozenset(w for w in re.split(r"[\s,|:]+", text.strip()) if w and w not in _TRUE)
+    """The double-reverse flags of a value; truth words among them (``1,detail``) are skipped."""
+    words = frozenset(w for w in re.split(r"[\s,|:]+", text.strip())
+                      if w and not _true_word(w))
     unknown = words - DOUBLE_REVERSE_FLAGS
     if unknown:
         raise ValueError(f"unknown double-reverse flag(s) {', '.join(sorted(unknown))} "
@@ -152,7 +161,7 @@ def _unmap(network: Network) -> Network:
     return network
 
 
-def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def _ip(address: str) -> IPAddress | None:
     """The address as an ip_address, scope id dropped; None when it is not an IP address."""
     try:
         return ipaddress.ip_address(address.split("%", 1)[0])
@@ -179,14 +188,19 @@ class AccessRules:
 
     def allowed(self, address: str, host: str | None = None) -> bool:
         """Net::Server's decision for a peer address (and its host name, if one was found)."""
+        return self.empty or self.decide(normalise_address(address), host)
+
+    def decide(self, address: str, host: str | None = None) -> bool:
+        """:meth:`allowed` for an address already normalised (:func:`normalise_address`), so
+        that a caller holding the normalised text does not pay for normalising it again."""
         if self.empty:
             return True
-        address = normalise_address(address)
-        if self._denied(address, host):
+        ip = _ip(address) if self.cidr_allow or self.cidr_deny else None
+        if self._denied(address, host, ip):
             return False
         if any(_matches(rule, address, host) for rule in self.allow):
             return True
-        return _in_blocks(address, self.cidr_allow)
+        return _in_blocks(ip, self.cidr_allow)
 
     def address_verdict(self, address: str, host_pending: bool) -> bool:
         """The check that can run before a TLS handshake, from the address alone.
@@ -201,49 +215,42 @@ class AccessRules:
             cidr_deny rule matches the address; or, with no host name to come, no allow rule
             matches); True otherwise (:meth:`allowed` still decides after the handshake).
         """
+        if self.empty:
+            return True
+        address = normalise_address(address)
         if not host_pending:
-            return self.allowed(address)
-        return self.empty or not self._denied(normalise_address(address), None)
+            return self.decide(address)
+        return not self._denied(address, None, _ip(address) if self.cidr_deny else None)
 
-    def _denied(self, address: str, host: str | None) -> bool:
+    def _denied(self, address: str, host: str | None, ip: IPAddress | None) -> bool:
         if any(_matches(rule, address, host) for rule in self.deny):
             return True
-        return _in_blocks(address, self.cidr_deny)
+        return _in_blocks(ip, self.cidr_deny)
 
 
 def _matches(rule: re.Pattern[str], address: str, host: str | None) -> bool:
     return bool((host is not None and rule.fullmatch(host)) or rule.fullmatch(address))
 
 
-def _in_blocks(address: str, blocks: tuple[Network, ...]) -> bool:
-    if not blocks:
-        return False
-    ip = _ip(address)
+def _in_blocks(ip: IPAddress | None, blocks: tuple[Network, ...]) -> bool:
     return ip is not None and any(ip.version == net.version and ip in net for net in blocks)
-
-
-@functools.lru_cache(maxsize=32)
-def _compiled(allow: tuple[Any, ...], deny: tuple[Any, ...], cidr_allow: tuple[str, ...],
-              cidr_deny: tuple[str, ...]) -> AccessRules:
-    def patterns(values: tuple[Any, ...]) -> tuple[re.Pattern[str], ...]:
-        return tuple(v if isinstance(v, re.Pattern) else re.compile(v) for v in values)
-
-    def blocks(values: tuple[str, ...]) -> tuple[Network, ...]:
-        return tuple(net for value in values for net in parse_cidr(str(value)))
-
-    return AccessRules(patterns(allow), patterns(deny), blocks(cidr_allow), blocks(cidr_deny))
 
 
 def rules_from_options(allow: Iterable[Any] = (), deny: Iterable[Any] = (),
                        cidr_allow: Iterable[Any] = (), cidr_deny: Iterable[Any] = ()
                        ) -> AccessRules:
-    """The compiled rules for these option values (cached: the server calls it per connection).
+    """The compiled rules for these option values (the server compiles them once per start).
 
     Raises:
         ValueError: a regex or CIDR block does not parse (the option converters check first).
     """
-    return _compiled(tuple(allow), tuple(deny), tuple(map(str, cidr_allow)),
-                     tuple(map(str, cidr_deny)))
+    def patterns(values: Iterable[Any]) -> tuple[re.Pattern[str], ...]:
+        return tuple(v if isinstance(v, re.Pattern) else re.compile(v) for v in values)
+
+    def blocks(values: Iterable[Any]) -> tuple[Network, ...]:
+        return tuple(net for value in values for net in parse_cidr(str(value)))
+
+    return AccessRules(patterns(allow), patterns(deny), blocks(cidr_allow), blocks(cidr_deny))
 
 
 # -- reverse and double-reverse lookups ---------------------------------------------------------
@@ -276,6 +283,29 @@ def lookup_mode(reverse_lookups: bool | str, double_reverse_lookups: bool | str)
         suffix = _flags(reverse_lookups[len("double"):])
         flags = suffix or flags
     return LookupMode(reverse=bool(reverse_lookups) or double, double=double, flags=flags)
+
+
+@dataclass(frozen=True)
+class AccessPlan:
+    """The access work of one server start, computed once from its options so that each
+    connection only reads it (the server's ``prepare_access``).
+
+    Attributes:
+        rules: the compiled allow/deny/cidr rules; None when there is none (every peer is
+            allowed, and the per-connection checks return at once).
+        mode: the reverse and double-reverse lookups the options ask for.
+    """
+
+    rules: AccessRules | None
+    mode: LookupMode
+
+
+def access_plan(conf: Mapping[str, Any]) -> AccessPlan:
+    """The :class:`AccessPlan` of a server's converted options (``allow``, ``deny``,
+    ``cidr_allow``, ``cidr_deny``, ``reverse_lookups``, ``double_reverse_lookups``)."""
+    rules = rules_from_options(conf["allow"], conf["deny"], conf["cidr_allow"], conf["cidr_deny"])
+    mode = lookup_mode(conf["reverse_lookups"], conf["double_reverse_lookups"])
+    return AccessPlan(None if rules.empty else rules, mode)
 
 
 def double_reverse_check(address: str, original: str, host: str | None,

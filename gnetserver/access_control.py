@@ -8,10 +8,14 @@ Rules of this module (behaviour: spec/netserver.md section 1.6):
   ``reverse_lookups`` (or double-reverse lookups): ``client.peerhost`` is the peer's host name,
   ``client.peerhost_rev`` the addresses that name resolves to (double-reverse lookups only).
   Unix-socket clients are never looked up and always allowed.
-* On ssl ports the address rules run twice: once before the TLS handshake
+* On TLS ports (ssl and ssleay) the address rules run twice: once before the TLS handshake
   (:meth:`AccessControlMixin._address_allowed`, so that a denied peer costs no handshake and
   gets no hook at all), and once in :meth:`AccessControlMixin.allow_deny` with the host name,
   after it. Plain tcp ports keep Net::Server's single check in ``allow_deny``.
+* The rules and the lookup mode are compiled once per start (:meth:`prepare_access`, when the
+  server starts accepting, so changes hooks make to ``self.conf`` before that count): a
+  connection only reads them, and with no rule and no double-reverse lookups every check
+  returns at once.
 * A denial is a level-3 log line, never an exception.
 """
 
@@ -24,8 +28,11 @@ from .client import Client
 
 
 class AccessControlMixin:
-    """The access steps of :class:`~gnetserver.server.GServer`: ``allow_deny``,
-    ``access_rules``, and the peer lookups ``get_client_info`` asks for."""
+    """The access steps of :class:`~gnetserver.server.GServer`: ``prepare_access``,
+    ``allow_deny``, ``access_rules``, and the peer lookups ``get_client_info`` asks for."""
+
+    #: What prepare_access computed for this start; None until it ran.
+    _access_plan: access.AccessPlan | None = None
 
     if TYPE_CHECKING:  # provided by the server class
         conf: dict[str, Any]
@@ -42,14 +49,17 @@ class AccessControlMixin:
         decide (:mod:`gnetserver.access`: deny wins; any rule makes the default deny).
 
         A denied client gets ``request_denied_hook`` instead of ``process_request`` (the TLS
-        session is up, so the hook may write a refusal), then the usual closing hooks. On ssl
-        ports a peer whose *address* alone is denied never gets here: it is closed before the
-        TLS handshake, and no per-connection hook runs for it (see ``_address_allowed``).
+        session is up, so the hook may write a refusal), then the usual closing hooks. On TLS
+        ports (ssl, ssleay) a peer whose *address* alone is denied never gets here: it is
+        closed before the TLS handshake, and no per-connection hook runs for it (see
+        ``_address_allowed``).
         """
         if client.proto == "unix" or client.peeraddr is None:
             return True
-        c = self.conf
-        mode = access.lookup_mode(c["reverse_lookups"], c["double_reverse_lookups"])
+        plan = self._access_plan or self.prepare_access()
+        rules, mode = plan.rules, plan.mode
+        if rules is None and not mode.double:
+            return True  # no rule, no double-reverse check: the common case
         address = access.normalise_address(client.peeraddr)
         host = client.peerhost
         if mode.double:
@@ -59,22 +69,31 @@ class AccessControlMixin:
                 self.log(3, message)
             if not passed:
                 return False
-        if self.access_rules().allowed(address, host):
+        if rules is None or rules.decide(address, host):
             return True
         self.log(3, f"Denied {client.peer_text()}{f' ({host})' if host else ''} "
                     f"by the allow/deny rules")
         return False
 
+    def prepare_access(self) -> access.AccessPlan:
+        """Framework step, once per start when the server starts accepting (after every
+        start-up hook): compile the allow/deny/cidr_allow/cidr_deny rules and the lookup mode
+        of ``self.conf`` for the connections to read. Sets and returns ``_access_plan``; a
+        connection served without it (a server not started by ``start``/``run``) prepares it
+        on first use. The values were checked by the option converters at configure."""
+        self._access_plan = access.access_plan(self.conf)
+        return self._access_plan
+
     def access_rules(self) -> access.AccessRules:
-        """The compiled allow/deny/cidr_allow/cidr_deny rules of ``self.conf`` (cached)."""
-        c = self.conf
-        return access.rules_from_options(c["allow"], c["deny"], c["cidr_allow"], c["cidr_deny"])
+        """The compiled allow/deny/cidr_allow/cidr_deny rules of this start (empty rules when
+        none is set), as :meth:`prepare_access` compiled them."""
+        plan = self._access_plan or self.prepare_access()
+        return plan.rules or access.AccessRules()
 
     def _lookup_peer(self, client: Client) -> None:
         """Reverse (and forward) lookups the options ask for, cooperative; called once per
         client by ``get_client_info``. Fills ``client.peerhost`` (and ``peerhost_rev``)."""
-        c = self.conf
-        mode = access.lookup_mode(c["reverse_lookups"], c["double_reverse_lookups"])
+        mode = (self._access_plan or self.prepare_access()).mode
         if not mode.reverse or client.proto == "unix" or client.peeraddr is None:
             return
         host = lookup.reverse_lookup(client.peeraddr)
@@ -82,9 +101,10 @@ class AccessControlMixin:
         client.peerhost, client.peerhost_rev = host, forward
 
     def _address_allowed(self, client: Client) -> bool:
-        """The cheap check before any TLS work: on ssl ports, close a peer that the address
-        rules deny whatever its host name (a deny or cidr_deny match; without reverse lookups,
-        no allow or cidr_allow match either), so that a denied peer costs no handshake.
+        """The cheap check before any TLS work: on TLS ports (ssl, ssleay), close a peer
+        that the address rules deny whatever its host name (a deny or cidr_deny match; without
+        reverse lookups, no allow or cidr_allow match either), so that a denied peer costs no
+        handshake.
 
         None of the per-connection hooks runs for such a peer (there is no TLS session for
         ``request_denied_hook`` to write to); a level-3 log line says it was denied. Plain tcp
@@ -92,12 +112,12 @@ class AccessControlMixin:
         ``request_denied_hook`` runs. Host-name rules and ``allow_deny_hook`` always run after
         the handshake.
         """
-        c = self.conf
-        if client.proto not in ("ssl", "ssleay") or not isinstance(client.address, tuple) \
-                or not (c["allow"] or c["deny"] or c["cidr_allow"] or c["cidr_deny"]):
-            return True  # nothing to check (the common case costs four truth tests)
-        mode = access.lookup_mode(c["reverse_lookups"], c["double_reverse_lookups"])
-        if self.access_rules().address_verdict(client.address[0], host_pending=mode.reverse):
+        plan = self._access_plan or self.prepare_access()
+        rules = plan.rules
+        if rules is None or not client.listener.protocol.is_tls \
+                or not isinstance(client.address, tuple):
+            return True  # nothing to check (no rule, the common case: one test)
+        if rules.address_verdict(client.address[0], host_pending=plan.mode.reverse):
             return True
         # Before get_client_info, peer_text() is the accept address: "[addr]:port".
         self.log(3, f"Denied {client.peer_text()} by the allow/deny rules, "

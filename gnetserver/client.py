@@ -5,7 +5,8 @@ Rules of this module:
 * A :class:`Client` looks like a socket to handlers (``recv``, ``recv_into``, ``send``,
   ``sendall``, ``makefile``, ``readline``, ``settimeout``, ``close``) whatever the protocol
   underneath: a plain gevent socket for tcp/unix, a :class:`~gnetserver.tls.TLSConnection`
-  for ssl, installed by the protocol's ``post_accept``.
+  for ssl or a :class:`~gnetserver.proto.ssleay.SSLeayConnection` for ssleay, installed by
+  the protocol's ``post_accept``.
 * It carries Net::Server's facts about the connection (``peeraddr``, ``peerport``,
   ``sockaddr``, ``sockport``, ``proto``, and with reverse lookups ``peerhost``), filled in by
   the server's ``get_client_info``.
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 
 class Stream(Protocol):
-    """What a client reads from and writes to: a gevent socket or a TLSConnection."""
+    """What a client reads from and writes to: a gevent socket or a TLS connection."""
 
     def recv(self, bufsize: int) -> bytes: ...
     def recv_into(self, buffer: Any, nbytes: int = 0) -> int: ...
@@ -39,8 +40,8 @@ class Stream(Protocol):
 
 
 class TLSFacts(Protocol):
-    """What ``client.tls`` offers to the TLS facts of a Client (TLSConnection does; another
-    TLS backend sets ``client.tls`` to an object with these read-only properties)."""
+    """The read-only facts of a TLS session that the TLS facts of a Client read (``None``,
+    or False, before the handshake)."""
 
     @property
     def version(self) -> str | None: ...
@@ -56,6 +57,16 @@ class TLSFacts(Protocol):
     def peer_certificate(self) -> x509.Certificate | None: ...
 
 
+class TLSStream(Stream, TLSFacts, Protocol):
+    """What ``client.tls`` is on TLS ports: a :class:`~gnetserver.tls.TLSConnection` (ssl) or
+    a :class:`~gnetserver.proto.ssleay.SSLeayConnection` (ssleay). The protocol drives the
+    handshake and the close; handlers read the facts and the stream."""
+
+    def do_handshake(self, timeout: float | None) -> None: ...
+    def shutdown_tls(self, timeout: float = ...) -> None: ...
+    def close(self) -> None: ...
+
+
 class Client:
     """One accepted connection, as seen by the hooks of the server.
 
@@ -63,9 +74,12 @@ class Client:
         server: the server that accepted the connection.
         listener: the listening port it came in on (``listener.spec`` is its PortSpec).
         sock: the accepted gevent socket.
-        stream: what reads and writes go through (the socket, or its TLSConnection).
-        tls: the TLSConnection on ssl ports after the handshake, else None.
-        proto: "tcp", "ssl" or "unix".
+        stream: what reads and writes go through (the socket, or its TLS connection).
+        tls: on TLS ports, the TLS connection (:class:`TLSStream`): a TLSConnection on ssl
+            ports, an SSLeayConnection on ssleay ports. Set by the protocol's post_accept
+            just before the handshake (so a failed handshake leaves it set, without facts);
+            None on tcp/unix ports.
+        proto: "tcp", "ssl", "ssleay" or "unix".
         peeraddr, peerport: the peer's address text and port. None on unix sockets, as in
             Net::Server: a unix peer has no address (its CONNECT line names the socket path).
         sockaddr, sockport: the local address text and port; on unix sockets sockaddr is None
@@ -88,7 +102,7 @@ class Client:
         self.listener = listener
         self.sock = sock
         self.stream: Stream = sock
-        self.tls: Any = None
+        self.tls: TLSStream | None = None
         self.proto: str = listener.spec.proto
         self.address = address
         self.peeraddr: str | None = None

@@ -13,8 +13,8 @@ Rules of this module (behaviour: spec/netserver.md section 6):
 * The drain lets connections finish for ``graceful_timeout`` (or the shortest
   ``stop(timeout)`` asked for), then kills those left (their clients are aborted).
   ``stop(timeout)`` during a drain can only bring its end closer (``_drain_deadline``,
-  ``_deadline_moved``); a TERM or INT received meanwhile ends it at once, other signals are
-  logged and ignored (``_signals_while_closing`` in :mod:`gnetserver.signal_handling`).
+  ``_deadline_moved``). Signals received meanwhile go to their handlers
+  (:mod:`gnetserver.signal_handling`): TERM and INT end the drain through ``stop(0)``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class ClosingMixin:
 
         def log(self, level: int, message: str) -> None: ...
         def server_close(self) -> None: ...
-        def _signals_while_closing(self, names: Sequence[str]) -> bool: ...
+        def dispatch_signals(self, names: Sequence[str]) -> None: ...
 
     def _init_closing(self) -> None:
         """The closing state of a new server (run by ``GServer.__init__``), shared by every
@@ -153,8 +153,9 @@ class ClosingMixin:
         self._pool.kill(block=True, timeout=1)
 
     def _wait_for_connections(self) -> None:
-        """Wait until the pool is empty, the drain's deadline (which a later ``stop(timeout)``
-        may move closer) has passed, or a TERM or INT arrives."""
+        """Wait until the pool is empty or the drain's deadline has passed; a later
+        ``stop(timeout)`` may move it closer (TERM and INT do: ``stop(0)``). Signals are
+        dispatched here, in the closing greenlet, as they come."""
         assert self._pool is not None
         queue = self._signal_queue
         waiter = gevent.spawn(self._pool.join)
@@ -166,8 +167,8 @@ class ClosingMixin:
                 if left <= 0:
                     break
                 gevent.wait(wake, timeout=left, count=1)
-                if queue is not None and self._signals_while_closing(queue.pop_all()):
-                    break
+                if queue is not None:
+                    self.dispatch_signals(queue.pop_all())
         finally:
             waiter.kill()
 

@@ -52,6 +52,21 @@ def unknown_option(name: str, known: Mapping[str, Option], where: str,
     return ConfigError(f"unknown option {name!r}{given} ({where}){suggestion}")
 
 
+def code_only(option: Option, known: Mapping[str, Option], where: str,
+              value: Any = None) -> ConfigError:
+    """The error for an option only code can give (``Option.cli`` False: a callable or an
+    in-memory object) named on the command line or in a conf file."""
+    given = "" if value is None else f" = {value!r}"
+    also = " (or in a port dict, or as a method of the server class)" \
+        if option.name.startswith("SSL_") else ""
+    twin = f"{option.name}_file"  # SSL_cert -> SSL_cert_file: what text can give instead
+    hint = f"; for a file use {twin}" if twin in known and known[twin].cli else ""
+    return ConfigError(
+        f"option {option.name!r}{given} ({where}) is for code only: it takes a Python object "
+        f"(a callable, a certificate or key...) that a command line or conf file cannot give; "
+        f"pass it to the server's constructor or run(){also}{hint}")
+
+
 def from_mapping(values: Mapping[str, Any], known: Mapping[str, Option], where: str) -> Source:
     """A source from keyword arguments (constructor, run(), default_values())."""
     source: Source = {}
@@ -100,6 +115,7 @@ def from_command_line(
         words: the words after the program name.
         known: the option table.
         strict: raise ConfigError on words that are not options; otherwise return them.
+            Either way, naming a code-only option (``Option.cli`` False) is a ConfigError.
 
     Returns:
         The source and the words that were not consumed.
@@ -113,6 +129,7 @@ def from_command_line(
         namespace, rest = parser.parse_known_args(normalised)
     except argparse.ArgumentError as exc:
         raise ConfigError(f"command line: {exc}") from None
+    _refuse_code_only(rest, known)
     if strict and rest:
         word, equals, value = rest[0].partition("=")
         if not equals and len(rest) > 1 and not rest[1].startswith("-"):
@@ -120,6 +137,19 @@ def from_command_line(
         raise unknown_option(word.lstrip("-"), known, "command line", value or None)
     source = {name: values for name, values in vars(namespace).items() if values is not None}
     return source, rest
+
+
+def _refuse_code_only(rest: Sequence[str], known: Mapping[str, Option]) -> None:
+    """Raise :func:`code_only` for the first unconsumed ``--name`` that names a code-only
+    option (argparse has no such flag: it is hidden from the command line and --help)."""
+    for index, word in enumerate(rest):
+        flag, equals, value = word.partition("=")
+        option = known.get(flag[2:]) if flag.startswith("--") else None
+        if option is None or option.cli:
+            continue
+        if not equals and index + 1 < len(rest) and not rest[index + 1].startswith("-"):
+            value = rest[index + 1]  # "--name value"
+        raise code_only(option, known, "command line", value or None)
 
 
 def from_conf_file(path: str | Path, known: Mapping[str, Option]) -> Source:
@@ -144,15 +174,19 @@ def from_conf_file(path: str | Path, known: Mapping[str, Option]) -> Source:
         name, value = match.groups()
         if name not in known:
             raise unknown_option(name, known, where, value)
+        if not known[name].cli:
+            raise code_only(known[name], known, where, value)  # a conf file holds text only
         source.setdefault(name, []).append(value)
     return source
 
 
-def merge(sources: Iterable[tuple[str, Source]], known: Mapping[str, Option]) -> dict[str, Any]:
-    """Merge sources, highest precedence first, and convert every value.
+def merge(sources: Iterable[tuple[str, Source]],
+          known: Mapping[str, Option]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Merge ``(label, source)`` pairs, highest precedence first, and convert every value.
 
     Returns:
-        A dict with a typed value for every option of ``known`` (defaults filled in).
+        A dict with a typed value for every option of ``known`` (defaults filled in), and the
+        provenance: for every option some source set, the label of the source that won.
     """
     chosen: dict[str, tuple[str, list[Any]]] = {}
     for where, source in sources:
@@ -166,7 +200,7 @@ def merge(sources: Iterable[tuple[str, Source]], known: Mapping[str, Option]) ->
             continue
         where, values = chosen[name]
         merged[name] = convert(option, values, where)
-    return merged
+    return merged, {name: where for name, (where, _) in chosen.items()}
 
 
 def convert(option: Option, values: list[Any], where: str) -> Any:

@@ -8,8 +8,12 @@ Rules of this module:
   file. Forking before binding is what Net::Server does, whatever its POD says.
 * A pid file is only ever removed by the process whose pid it holds, so a second server that
   failed to start never deletes the first one's file.
-* After a HUP re-exec (``BOUND_SOCKETS`` in the environment) the process is already a daemon:
-  no fork, no setsid, and a pid file holding its own pid is simply rewritten.
+* After a HUP re-exec (``BOUND_SOCKETS`` in the environment, see
+  :func:`gnetserver.restart.reexecuted`) the process is already a daemon: no fork, no setsid,
+  and a pid file holding its own pid is simply rewritten.
+* Whatever points a standard stream elsewhere (or forks, or execs: :mod:`gnetserver.restart`)
+  first flushes Python's buffers with :func:`flush_std_streams`, so nothing written before
+  lands in the wrong place or twice.
 """
 
 from __future__ import annotations
@@ -26,11 +30,6 @@ from .errors import ConfigError
 EMPTY_PID_FILE_GRACE = 864.0
 
 _PID = re.compile(r"\s*(\d{1,10})\b")
-
-
-def restarting() -> bool:
-    """True in the image a HUP re-exec started (it inherits ``BOUND_SOCKETS``)."""
-    return bool(os.environ.get("BOUND_SOCKETS"))
 
 
 def process_alive(pid: int) -> bool:
@@ -58,6 +57,8 @@ class PidFile:
 
     @classmethod
     def from_option(cls, value: str) -> PidFile:
+        """The pid file the ``pid_file`` option names (made absolute now, in daemonize, before
+        any chdir or chroot). Reads and writes nothing: see :meth:`check` and :meth:`write`."""
         return cls(os.path.abspath(value))
 
     def check(self) -> str | None:
@@ -145,7 +146,7 @@ def background(setsid: bool) -> None:
     ``setsid``). Uses gevent's fork so the child's hub works."""
     from gevent.os import fork_gevent
 
-    _flush_std_streams()
+    flush_std_streams()
     pid = fork_gevent()
     if pid:
         os._exit(0)  # the parent: nothing of the server's life may run twice (no atexit)
@@ -155,14 +156,14 @@ def background(setsid: bool) -> None:
 
 def stdin_stdout_to_devnull() -> None:
     """Point file descriptors 0 and 1 at /dev/null (``setsid`` or a ``log_file``)."""
-    _flush_std_streams()
+    flush_std_streams()
     _point_at("/dev/null", 0, os.O_RDONLY)
     _point_at("/dev/null", 1, os.O_WRONLY)
 
 
 def stderr_to(fd: int) -> None:
     """Point file descriptor 2 at ``fd`` (the log file, or /dev/null under ``setsid``)."""
-    _flush_std_streams()
+    flush_std_streams()
     os.dup2(fd, 2)
 
 
@@ -174,7 +175,9 @@ def _point_at(path: str, target: int, flags: int) -> None:
         os.close(fd)
 
 
-def _flush_std_streams() -> None:
+def flush_std_streams() -> None:
+    """Flush ``sys.stdout`` and ``sys.stderr`` before their file descriptors change (dup2,
+    fork, exec). Never raises (a stream may be closed, replaced or None)."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -16,6 +16,8 @@ Rules of this module:
   other inline markup are escaped, so any doc renders as plain text.
 * A default that depends on the machine is shown by name (:data:`MACHINE_DEFAULTS`), so that the
   README does not change from one machine to the next.
+* An option only code can give (``Option.cli`` False) says so at the end of its meaning
+  (:data:`CODE_ONLY_NOTE`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ README = Path(__file__).resolve().parent.parent / "README.rst"
 
 #: Options whose default is computed on the machine: shown by the name of what it comes from.
 MACHINE_DEFAULTS = {"listen": "SOMAXCONN"}
+
+#: Appended to the meaning of the options that only code can give (``Option.cli`` False).
+CODE_ONLY_NOTE = "Code only: not accepted on the command line or in a conf file."
 
 _WIDTH = 96
 _INDENT = "       "
@@ -92,7 +97,8 @@ def render(options: Sequence[Option] = OPTIONS) -> str:
         for option in members:
             lines += _cell("   * - ", f"``{option.name}``")
             lines += _cell("     - ", default_text(option))
-            lines += _cell("     - ", doc_text(option.doc))
+            doc = option.doc if option.cli else f"{option.doc.rstrip('.')}. {CODE_ONLY_NOTE}"
+            lines += _cell("     - ", doc_text(doc))
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .ports import PortSpec
 from .resolve import BindAddress, describe
+
+if TYPE_CHECKING:
+    from .proto import StreamProtocol
 
 
 @dataclass(eq=False)
@@ -18,14 +21,15 @@ class Listener:
         spec: the port spec it was bound for.
         address: the resolved bind address.
         sock: the listening stdlib socket.
-        protocol: the protocol object that negotiates and closes its connections.
+        protocol: the protocol object that negotiates and closes its connections
+            (``protocol.is_tls``: a TLS port).
         stream_server: the gevent StreamServer accepting on it, once the loop started.
     """
 
     spec: PortSpec
     address: BindAddress
     sock: socket.socket
-    protocol: Any
+    protocol: StreamProtocol
     stream_server: Any = field(default=None, repr=False)
     #: The address as bound: ``(host, port)`` (IPv6: 4-tuple) or a unix path. Read once at
     #: construction, so it stays available after the socket is closed.
@@ -51,7 +55,7 @@ class Listener:
 
     @property
     def proto(self) -> str:
-        """The protocol name: tcp, ssl or unix."""
+        """The protocol name: tcp, ssl, ssleay or unix."""
         return self.spec.proto
 
     def __str__(self) -> str:

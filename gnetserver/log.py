@@ -6,9 +6,11 @@ Rules of this module:
   default), 3 per-connection information, 4 debug. A message is emitted when its level is at or
   below ``log_level``; with ``log_level`` 0 nothing at all is emitted (as in Net::Server).
 * Without ``log_file``, messages go to the ``gnetserver`` logger at the stdlib level of
-  :data:`STDLIB_LEVELS`, so users configure handlers and formats the usual way. Only when neither
-  that logger nor the root logger has a handler do we attach one to stderr, in Net::Server's
-  ``YYYY/MM/DD-HH:MM:SS msg`` format.
+  :data:`STDLIB_LEVELS`, so users configure handlers and formats the usual way, at any time
+  (before or after the server starts). No handler is ever attached to a shared logger: while
+  no logger on the way to the root has one, a message is written by a module-level stderr
+  handler in Net::Server's ``YYYY/MM/DD-HH:MM:SS msg`` format instead (as stdlib's
+  ``logging.lastResort``, which would drop messages below WARNING).
 * A ``log_file`` target (a path, or ``Sys::Syslog``) belongs to one server: its handler is never
   attached to a shared logger, so two servers in one process never write to each other's files.
 * A log file is created ``0o640`` and opened for appending; :meth:`LogTargets.reopen` closes and
@@ -30,6 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .daemon import stderr_to
 from .errors import ConfigError
 from .syslog_socket import SyslogSocket, drop_text, report_failure
 
@@ -67,17 +70,44 @@ _UNPRINTABLE = re.compile(r"[^\n -~]")
 _TIME_FORMAT = "%Y/%m/%d-%H:%M:%S"
 
 
+class _StderrFallback(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (like ``logging.lastResort``:
+    a test's capture or a redirect made after import is followed), in Net::Server's format."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)  # not StreamHandler's: it would store one stream
+        self.setFormatter(logging.Formatter("%(asctime)s %(message)s", _TIME_FORMAT))
+
+    @property
+    def stream(self) -> Any:
+        """The current ``sys.stderr``."""
+        return sys.stderr
+
+
+#: Writes the ``gnetserver`` logger's records while no handler would take them (see to_logger).
+_FALLBACK = _StderrFallback()
+
+
 def get_logger() -> logging.Logger:
-    """Return the ``gnetserver`` logger, with a stderr handler when nothing else is configured."""
+    """Return the ``gnetserver`` logger (never adds a handler: see :func:`to_logger`)."""
     logger = logging.getLogger(LOGGER_NAME)
     if logger.level == logging.NOTSET:
         # Filtering by log_level happens in should_log(); the logger itself lets all through.
         logger.setLevel(logging.DEBUG)
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", _TIME_FORMAT))
-        logger.addHandler(handler)
     return logger
+
+
+def to_logger(level: int, message: str) -> None:
+    """Log ``message`` at Net::Server ``level`` on the ``gnetserver`` logger; while no handler
+    is configured on the way to the root, write it to stderr in Net::Server's format instead.
+    Decided per message, so logging configured after the server started takes over at once
+    (and each line is written once)."""
+    logger = get_logger()
+    if logger.hasHandlers():
+        logger.log(STDLIB_LEVELS[level], message)
+    elif logger.isEnabledFor(STDLIB_LEVELS[level]):
+        _FALLBACK.handle(logger.makeRecord(LOGGER_NAME, STDLIB_LEVELS[level], __file__, 0,
+                                           message, None, None))
 
 
 def should_log(level: int, log_level: int) -> bool:
@@ -157,6 +187,20 @@ def log_function(value: Any) -> Callable[[int, str], Any] | str | None:
     if callable(value) or isinstance(value, str):
         return value
     raise TypeError("expected a callable (level, msg) or the name of a server method")
+
+
+def resolve_log_function(value: Callable[[int, str], Any] | str | None,
+                         server: Any) -> Callable[[int, str], Any] | None:
+    """The ``log_function`` option's value made callable: a method name is looked up on
+    ``server``. Run at start (initialize_logging) and by the HUP dry run; touches nothing.
+    Raises ConfigError when the name is not a method of the server."""
+    if not isinstance(value, str):
+        return value
+    method = getattr(server, value, None)
+    if not callable(method):
+        raise ConfigError(f"option 'log_function': {value!r} is not a method of "
+                          f"{type(server).__name__}")
+    return method
 
 
 # -- targets ------------------------------------------------------------------------------------
@@ -298,7 +342,6 @@ class LogTargets:
     def __init__(self, handler: logging.Handler | None = None) -> None:
         self.handler = handler
         self.path = handler.baseFilename if isinstance(handler, LogFileHandler) else None
-        self.logger = get_logger()
         self.stderr_follows = False
 
     @classmethod
@@ -321,7 +364,7 @@ class LogTargets:
     def emit(self, level: int, message: str) -> None:
         """Write one message at Net::Server ``level`` to this server's target."""
         if self.handler is None:
-            self.logger.log(STDLIB_LEVELS[level], message)
+            to_logger(level, message)
             return
         if self.path is not None:
             message = escape(message)
@@ -350,12 +393,7 @@ class LogTargets:
         fd = self.fileno()
         if fd is None:
             return
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (AttributeError, OSError, ValueError):
-                pass
-        os.dup2(fd, 2)
+        stderr_to(fd)
         self.stderr_follows = True
 
     def fileno(self) -> int | None:
@@ -372,6 +410,11 @@ class LogTargets:
         """Close the file or syslog socket (syslog: report drops not reported yet)."""
         if self.handler is not None:
             self.handler.close()
+
+
+#: The targets of a server without ``log_file`` (and of one not configured yet): the shared
+#: ``gnetserver`` logger. Holds no handler, so nothing to reopen or close.
+LOGGER_TARGETS = LogTargets()
 
 
 def open_syslog(conf: dict[str, Any]) -> SyslogHandler:

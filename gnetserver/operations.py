@@ -2,7 +2,8 @@
 
 Rules of this module (behaviour: spec/netserver.md, logging and process sections):
 
-* Every message goes through :meth:`OperationsMixin.log`: filtered by ``log_level``, then to
+* Every message goes through :meth:`OperationsMixin.log`: filtered by ``log_level`` (a
+  caller about to build a costly message asks :meth:`OperationsMixin.log_enabled` first), then to
   ``log_function`` (a broken one is reported and bypassed), else to ``write_to_log_hook``, the
   one sink users override. Logging never raises (a sink that raises or re-enters log() gets
   the message written to stderr instead) and never blocks the hub (syslog included).
@@ -22,14 +23,13 @@ from __future__ import annotations
 import atexit
 import os
 import resource
-import threading
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import gevent
 
-from . import daemon, log, privileges
+from . import daemon, log, privileges, restart, signals
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -68,13 +68,7 @@ class OperationsMixin:
         path, ``Sys::Syslog``, or stderr when unset) and resolve ``log_function`` (a callable,
         or the name of a method of the server). Raises ConfigError for a file that cannot be
         opened, an unreachable syslog (unless ``nofatal``) or an unknown method name."""
-        function = self.conf.get("log_function")
-        if isinstance(function, str):
-            method = getattr(self, function, None)
-            if not callable(method):
-                raise ConfigError(f"option 'log_function': {function!r} is not a method of "
-                                  f"{type(self).__name__}")
-            function = method
+        function = log.resolve_log_function(self.conf.get("log_function"), self)
         targets = log.LogTargets.from_conf(self.conf)
         if self.log_targets is not None:
             try:
@@ -88,7 +82,7 @@ class OperationsMixin:
         ``log_function`` when one is set, else (or when it raises) to write_to_log_hook.
         Never raises: a sink that raises, or logs from inside itself, gets the message
         written to stderr instead (see _to_sink)."""
-        if not log.should_log(level, self.conf.get("log_level", 2)):
+        if not self.log_enabled(level):
             return
         inside = self.__dict__.setdefault("_logging_greenlets", set())
         me = gevent.getcurrent()
@@ -107,6 +101,12 @@ class OperationsMixin:
             self._to_sink(level, message)
         finally:
             inside.discard(me)
+
+    def log_enabled(self, level: int) -> bool:
+        """Whether :meth:`log` would pass a message of ``level`` on (``log_level`` allows it).
+        Cheap: ask it before building a message that costs something (a traceback, an
+        f-string per connection). Any greenlet may call it; it touches nothing."""
+        return log.should_log(level, self.conf.get("log_level", 2))
 
     def _to_sink(self, level: int, message: str) -> None:
         """write_to_log_hook, guarded: when it raises, the reason (once, until it works
@@ -131,12 +131,8 @@ class OperationsMixin:
         for long. Override to send the log elsewhere. If it raises, log() writes the message
         to stderr instead (and the reason, once until it works again); a message it logs
         itself through log() goes straight to stderr."""
-        if self.log_targets is None:
-            # Looked up when used, not when the server is built: a program may configure
-            # logging after creating its server, and must not get each line twice.
-            log.get_logger().log(log.STDLIB_LEVELS[level], message)
-        else:
-            self.log_targets.emit(level, message)
+        # Before initialize_logging: the gnetserver logger, as without log_file.
+        (self.log_targets or log.LOGGER_TARGETS).emit(level, message)
 
     def reopen_logs(self) -> None:
         """Reopen the log file by its name (logrotate renamed it; HUP calls this), pointing
@@ -170,7 +166,7 @@ class OperationsMixin:
         for ``background``/``setsid`` (the parent exits 0; not after a HUP re-exec), setsid,
         point stderr at the log file (or /dev/null under ``setsid``), write the pid file."""
         c = self.conf
-        main = threading.current_thread() is threading.main_thread()
+        main = signals.in_main_thread()
         if (c["background"] or c["setsid"]) and not main:
             raise ConfigError("options 'background'/'setsid': the server must run in the "
                               "main thread to fork into the background")
@@ -180,7 +176,7 @@ class OperationsMixin:
         redirect = main if self.redirect_std_streams is None else self.redirect_std_streams
         if redirect and (c["setsid"] or c["log_file"]):
             daemon.stdin_stdout_to_devnull()
-        if (c["background"] or c["setsid"]) and not daemon.restarting():
+        if (c["background"] or c["setsid"]) and not restart.reexecuted():
             daemon.background(c["setsid"])  # the parent exits 0 in there
             self.log(2, "Process Backgrounded")
         log_fd = self.log_targets.fileno() if self.log_targets is not None else None

@@ -25,6 +25,9 @@ from . import config
 from .errors import ConfigError
 from .options import NETSERVER_COMPAT, OPTIONS, Option, table
 
+#: The label of the program's own source (``conf_sources``): its defaults, not a user's choice.
+DEFAULT_VALUES = "default_values()"
+
 
 class OptionSourcesMixin:
     """The option steps of :class:`~gnetserver.server.GServer`: ``options``,
@@ -36,6 +39,7 @@ class OptionSourcesMixin:
         run_args: dict[str, Any]
         argv_unused: list[str]
         conf: dict[str, Any]
+        conf_sources: dict[str, str]
 
         def log(self, level: int, message: str) -> None: ...
 
@@ -53,14 +57,15 @@ class OptionSourcesMixin:
 
     def configure(self) -> None:
         """Read options: constructor > command line > run() arguments > conf_file >
-        default_values() > the IPV environment variable (ipv only); fill ``self.conf``, then
-        log the Net::Server options that have no effect here. Raises ConfigError naming a bad
-        option."""
+        default_values() > the IPV environment variable (ipv only); fill ``self.conf``, and
+        ``self.conf_sources`` with the source (``"command line"``, ``"conf_file '...'"``...) of
+        every option that one set (options left at the table's default are absent). Raises
+        ConfigError naming a bad option."""
         known = table(self.options())
         new = config.from_mapping(self.new_args, known, "constructor arguments")
         argv, self.argv_unused = config.from_command_line(self.commandline or [], known, False)
         run = config.from_mapping(self.run_args, known, "run() arguments")
-        defaults = config.from_mapping(self.default_values(), known, "default_values()")
+        defaults = config.from_mapping(self.default_values(), known, DEFAULT_VALUES)
         conf_file = next((s["conf_file"][-1] for s in (new, argv, run, defaults)
                           if s.get("conf_file")), None)
         conf: config.Source = {}
@@ -68,9 +73,9 @@ class OptionSourcesMixin:
             conf = config.from_conf_file(conf_file, known)
         sources = [("constructor arguments", new), ("command line", argv),
                    ("run() arguments", run), (f"conf_file {conf_file!r}", conf),
-                   ("default_values()", defaults)]
+                   (DEFAULT_VALUES, defaults)]
         sources.append(("environment variable IPV", ipv_from_environment(sources)))
-        self.conf = config.merge(sources, known)
+        self.conf, self.conf_sources = config.merge(sources, known)
 
     def warn_inert_options(self) -> None:
         """Framework step, in post_configure once the log targets are open: one level-1 log

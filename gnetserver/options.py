@@ -12,6 +12,11 @@ Rules of this module:
   naming the option and the value.
 * ``SSL_*`` options come from :data:`gnetserver.tls.context.SUPPORTED_SSL_OPTIONS` so that the
   TLS layer and this table can never disagree.
+* An option whose value only code can give (a callable, a certificate or key object:
+  :data:`CODE_ONLY_SSL_OPTIONS`) has ``cli=False``: it is left out of the command line and
+  ``--help``, and naming it on the command line or in a conf file (which hold text only) is a
+  ConfigError saying it is for code only. Constructor and ``run()`` arguments,
+  ``default_values()``, port dicts and server methods give it.
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ class Option:
         doc: documentation; the first sentence is the ``--help`` line.
         section: the README/--help section the option belongs to.
         multi: True for list options (``port``, ``host``...): repeated values accumulate.
-        cli: False hides the option from the command line (values that only code can give).
+        cli: False for options only code can give (a callable or an in-memory object): hidden
+            from the command line and ``--help``, refused with a "for code only" ConfigError
+            on the command line and in a conf file.
     """
 
     name: str
@@ -139,8 +146,8 @@ _SERVER: Sequence[Option] = (
            "Default bind host for port specs without one (`*` = all interfaces); a list aligns "
            "with `port`, the last element reused.", "Server Socket", multi=True),
     Option("proto", ["tcp"], passthrough,
-           "Default protocol for port specs without one: tcp, ssl or unix; a list aligns with "
-           "`port`.", "Server Socket", multi=True),
+           "Default protocol for port specs without one: tcp, ssl, ssleay or unix; a list aligns "
+           "with `port`.", "Server Socket", multi=True),
     Option("ipv", ["*"], passthrough,
            "IP version(s): 4, 6, `*` (one dual-stack socket where the OS allows) or 46 (two "
            "sockets); a list aligns with `port`. When no source sets it, the environment "
@@ -178,7 +185,8 @@ _LOGGING: Sequence[Option] = (
            "Default: stderr, through the stdlib logger `gnetserver`.", "Logging"),
     Option("log_function", None, log.log_function,
            "A callable (level, msg), or the name of a method of the server, that receives every "
-           "log message instead of the log_file/stderr sink (write_to_log_hook).", "Logging"),
+           "log message instead of the log_file/stderr sink (write_to_log_hook). The command "
+           "line and conf files give a method name; a callable comes from code.", "Logging"),
     Option("syslog_logsock", "native", log.syslog_logsock,
            "With log_file Sys::Syslog: `native`/`unix` (the local syslog socket, the default: "
            "/dev/log, else /var/run/syslog or /var/run/log), "
@@ -213,11 +221,11 @@ _ACCESS: Sequence[Option] = (
     Option("deny", [], access.regex_rule,
            "Regular expression (full match) on the peer address, or host name with "
            "reverse_lookups, that refuses the peer. Repeat for several; a match wins over every "
-           "allow rule. On ssl ports a peer that the address rules alone deny is closed before "
-           "the TLS handshake and no per-connection hook runs for it (not even "
-           "request_denied_hook). Host-name rules and allow_deny_hook run after the handshake; "
-           "a peer they deny, or any denied peer of a tcp port, gets request_denied_hook "
-           "instead of process_request.", "Access", multi=True),
+           "allow rule. On TLS ports (ssl and ssleay) a peer that the address rules alone deny "
+           "is closed before the TLS handshake and no per-connection hook runs for it (not "
+           "even request_denied_hook). Host-name rules and allow_deny_hook run after the "
+           "handshake; a peer they deny, or any denied peer of a tcp port, gets "
+           "request_denied_hook instead of process_request.", "Access", multi=True),
     Option("cidr_allow", [], access.cidr_rule,
            "CIDR block of peers let in: `10.0.0.0/8`, `::1/128`, an address or a range `a-b` "
            "(several per value with commas). Repeat for several.", "Access", multi=True),
@@ -255,8 +263,16 @@ _PROCESS: Sequence[Option] = (
            "Directory to chroot into after binding, before switching user.", "Process"),
 )
 
+#: SSL_* options whose values are Python objects (callables, certificate and key objects or
+#: PEM bytes) that a command line or conf file cannot give: ``cli=False``. PEM text of a key on
+#: a command line would also show in ``ps``; SSL_cert_file/SSL_key_file take paths instead.
+CODE_ONLY_SSL_OPTIONS = frozenset({
+    "SSL_cert", "SSL_key", "SSL_passwd_cb", "SSL_verify_callback", "SSL_ocsp_staple_callback",
+    "SSL_create_ctx_callback",
+})
+
 _SSL: Sequence[Option] = tuple(
-    Option(name, None, passthrough, doc, "TLS")
+    Option(name, None, passthrough, doc, "TLS", cli=name not in CODE_ONLY_SSL_OPTIONS)
     for name, doc in sorted(SUPPORTED_SSL_OPTIONS.items())
 )
 

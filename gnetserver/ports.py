@@ -34,7 +34,10 @@ from gnetserver.errors import ConfigError
 PROTOS = ("tcp", "udp", "ssl", "ssleay", "unix", "unixdgram")
 #: Protos whose port is a filesystem path.
 UNIX_PROTOS = frozenset({"unix", "unixdgram"})
-#: Legacy Net::Server tokens choosing the UNIX socket type (``/path|sock_dgram|unix``).
+#: Protos whose sockets are datagram sockets (parsed, never served: see ``is_datagram``).
+DGRAM_PROTOS = frozenset({"udp", "unixdgram"})
+#: Net::Server's UNIX socket types (``unix_type``, ``/path|SOCK_DGRAM|unix``), as the records
+#: hold them: lower case, whatever the case given.
 UNIX_TYPES = ("sock_stream", "sock_dgram")
 
 PortItem = int | str | Mapping[str, object]
@@ -60,7 +63,8 @@ class PortSpec:
         proto: Lower-case proto name, one of :data:`PROTOS`.
         ipv: ``"4"``, ``"6"`` or ``"*"`` (resolve, one dual-stack socket where possible).
         listen: Per-port backlog from the dict form; ``None`` uses the server's ``listen``.
-        options: The dict form's other keys (``SSL_*``, ``unix_type``...) as sorted pairs.
+        options: The dict form's other keys (``SSL_*``, ``unix_type``...) as sorted pairs;
+            ``unix_type`` is one of :data:`UNIX_TYPES` (lower case).
         orig_port: The configured port text when it was ``"0"`` or a service name, kept to
             match listeners again after a HUP.
     """
@@ -82,6 +86,12 @@ class PortSpec:
     def is_unix(self) -> bool:
         """True for the UNIX protos, whose port is a path."""
         return self.proto in UNIX_PROTOS
+
+    @property
+    def is_datagram(self) -> bool:
+        """True for udp, unixdgram and ``unix_type`` sock_dgram: datagram sockets, which the
+        grammar accepts and the server refuses (it serves stream sockets only)."""
+        return self.proto in DGRAM_PROTOS or self.opts.get("unix_type") == "sock_dgram"
 
     def __str__(self) -> str:
         """A spec the grammar reads back: ``*:80/tcp``, ``[::1]:443/ssl/IPv6``, ``/s|unix``."""
@@ -244,6 +254,9 @@ def _parse_dict(item: Mapping[object, object], defaults: _Defaults) -> list[Port
     port, orig = _port_value(item["port"], proto)
     ipv = _ipv_text(item.get("ipv")) or host_ipv or proto_ipv or defaults.ipv
     options = tuple(sorted((str(k), v) for k, v in item.items() if k not in _DICT_FIELDS))
+    if item.get("unix_type") is not None:
+        unix_type = _unix_type(item["unix_type"], proto)
+        options = tuple((k, unix_type if k == "unix_type" else v) for k, v in options)
     listen = _listen(item.get("listen"))
     return _records(port, host, proto, ipv, listen, options, orig)
 
@@ -461,6 +474,16 @@ def _ipv_text(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise _Bad(f"Invalid ipv parameter {value!r} - must contain 4, 6, or *")
     return str(value).strip()
+
+
+def _unix_type(value: object, proto: str) -> str:
+    """A dict's ``unix_type`` as the string form gives it: lower case, checked."""
+    if proto not in UNIX_PROTOS:
+        raise _Bad("'unix_type' needs a unix proto")
+    text = value.strip().lower() if isinstance(value, str) else ""
+    if text not in UNIX_TYPES:
+        raise _Bad(f"unix_type {value!r}: expected SOCK_STREAM or SOCK_DGRAM")
+    return text
 
 
 def _listen(value: object) -> int | None:

@@ -16,9 +16,11 @@ Rules of this module (behaviour: spec/netserver.md, sections 3.5 and 3.6):
   ``NO_IPV6`` in the environment (any value but ``""`` or ``"0"``), or a system where IPv6
   sockets cannot be created or IPV6_V6ONLY cannot be turned off, makes ipv ``*`` IPv4-only;
   ipv ``6`` then fails.
-* :func:`bind_all` creates plain blocking stdlib sockets: SO_REUSEADDR on inet sockets,
-  IPV6_V6ONLY from the address, ``listen`` on stream sockets. It is all or nothing: on any
+* :func:`bind_all` creates plain blocking stdlib stream sockets: SO_REUSEADDR on inet
+  sockets, IPV6_V6ONLY from the address, then ``listen``. It is all or nothing: on any
   failure every socket it opened is closed before the error propagates.
+* The server serves streams only: a datagram record (udp, unixdgram, ``unix_type``
+  sock_dgram; :attr:`~gnetserver.ports.PortSpec.is_datagram`) is refused, never bound.
 * A stale UNIX socket file is unlinked before binding; any other existing file is refused,
   never deleted.
 * Every failure is a :class:`~gnetserver.errors.ConfigError` naming the spec and the reason.
@@ -41,8 +43,6 @@ from gnetserver.ports import UNIX_PROTOS, PortSpec
 
 SockAddr = tuple[str, int] | tuple[str, int, int, int] | str
 
-_DGRAM_PROTOS = frozenset({"udp", "unixdgram"})
-
 
 @dataclass(frozen=True)
 class BindAddress:
@@ -60,19 +60,17 @@ class BindAddress:
     sockaddr: SockAddr
     v6only: bool | None
 
-    @property
-    def socktype(self) -> int:
-        """``SOCK_DGRAM`` for udp, unixdgram and ``unix_type: sock_dgram``, else ``SOCK_STREAM``."""
-        return _socktype(self.spec)
-
 
 def resolve(spec: PortSpec) -> list[BindAddress]:
     """The addresses to bind for one record (see the module rules).
 
     Raises:
-        ConfigError: The host does not resolve in the family asked for, IPv6 is asked for but
-            disabled, or an inet port is not a number.
+        ConfigError: The record is a datagram one, the host does not resolve in the family
+            asked for, IPv6 is asked for but disabled, or an inet port is not a number.
     """
+    if spec.is_datagram:  # the server refuses these in pre_bind; callers of bind_all too
+        raise ConfigError(f"cannot bind {spec}: datagram sockets are not supported (stream "
+                          "sockets only)")
     if spec.proto in UNIX_PROTOS:
         return [BindAddress(spec, socket.AF_UNIX, str(spec.port), None)]
     if isinstance(spec.port, bool) or not isinstance(spec.port, int):
@@ -101,7 +99,7 @@ def bind_all(specs: Iterable[PortSpec], backlog: int) -> list[tuple[BindAddress,
         backlog: The listen backlog for records whose ``listen`` is ``None``.
 
     Returns:
-        ``(address, socket)`` pairs in the order of ``specs``; stream sockets are listening.
+        ``(address, socket)`` pairs in the order of ``specs``, every socket listening.
 
     Resource handling:
         The caller owns the returned sockets. On failure nothing is left open.
@@ -146,7 +144,7 @@ def _bind_addresses(
 
 def _open_socket(addr: BindAddress, backlog: int) -> socket.socket:
     try:
-        sock = socket.socket(addr.family, addr.socktype)
+        sock = socket.socket(addr.family, socket.SOCK_STREAM)
     except OSError as exc:
         raise _bind_error(addr, exc) from exc
     try:
@@ -157,8 +155,7 @@ def _open_socket(addr: BindAddress, backlog: int) -> socket.socket:
         if addr.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, addr.v6only is not False)
         sock.bind(addr.sockaddr)
-        if addr.socktype == socket.SOCK_STREAM:
-            sock.listen(backlog)
+        sock.listen(backlog)
     except OSError as exc:
         sock.close()
         raise _bind_error(addr, exc) from exc
@@ -203,18 +200,12 @@ def _with_port(addr: BindAddress, port: int) -> BindAddress:
     return replace(addr, sockaddr=(sockaddr[0], port))
 
 
-def _socktype(spec: PortSpec) -> int:
-    unix_type = str(spec.opts.get("unix_type", "")).lower()
-    if spec.proto in _DGRAM_PROTOS or (spec.is_unix and unix_type == "sock_dgram"):
-        return socket.SOCK_DGRAM
-    return socket.SOCK_STREAM
-
-
 def _lookup(spec: PortSpec, family: int) -> list[tuple[int, SockAddr]]:
     """``getaddrinfo`` for a record: unique ``(family, sockaddr)`` pairs, in its order."""
     host = None if spec.host == "*" else spec.host
     try:
-        infos = socket.getaddrinfo(host, spec.port, family, _socktype(spec), 0, socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(host, spec.port, family, socket.SOCK_STREAM, 0,
+                                   socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as exc:
         raise ConfigError(f"cannot resolve {spec}: {exc}") from exc
     found: list[tuple[int, SockAddr]] = []

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .daemon import flush_std_streams
 from .resolve import BindAddress, bind_all, resolve
 from .signals import in_main_thread
 
@@ -122,6 +123,12 @@ def _ipv_field(address: BindAddress) -> str:
     return "ipv4"
 
 
+def reexecuted() -> bool:
+    """True in the image a HUP re-exec started (it inherits :data:`ENV`), until
+    :func:`bind_ports` took the sockets back."""
+    return bool(os.environ.get(ENV))
+
+
 def key_for(address: BindAddress) -> str:
     """The key of a freshly resolved address (port 0 or a service: its ``orig_port``)."""
     return entry_for(-1, address).key
@@ -130,24 +137,47 @@ def key_for(address: BindAddress) -> str:
 # -- old process: hand the sockets over -------------------------------------------------------
 
 
+def listener_entries(listeners: Sequence[Any],
+                     log: Log | None = None) -> list[tuple[Any, BoundSocket]]:
+    """The ``BOUND_SOCKETS`` entry of every listener that can be passed on, with the
+    listener's own fd, paired with its listener: what :func:`detach_listeners` hands over and
+    what the HUP dry run sets. A listener whose entry could not be read back (a ``|`` or
+    ``;`` in a field) is left out, and said at level 1 when ``log`` is given: the new image
+    binds it again. Pure: nothing is dup'ed or closed."""
+    entries = []
+    for listener in listeners:
+        try:
+            entry = entry_for(listener.sock.fileno(), listener.address)
+            encode([entry])
+        except (ValueError, OSError) as exc:
+            _not_passed_on(log, listener, exc)
+            continue
+        entries.append((listener, entry))
+    return entries
+
+
 def detach_listeners(listeners: Sequence[Any], log: Log) -> list[BoundSocket]:
     """Dup every listening socket into an inheritable fd, before the originals are closed.
 
     Resource handling:
         The returned entries own their fds: pass them to :func:`reexec` or :func:`close_fds`.
     """
-    entries = []
-    for listener in listeners:
+    handed = []
+    for listener, entry in listener_entries(listeners, log):
         try:
-            entry = entry_for(-1, listener.address)
-            encode([entry])
-            fd = os.dup(listener.sock.fileno())
-        except (ValueError, OSError) as exc:
-            log(1, f"HUP: {listener} will be bound again, not passed on: {exc}")
+            fd = os.dup(entry.fd)
+        except OSError as exc:
+            _not_passed_on(log, listener, exc)
             continue
         os.set_inheritable(fd, True)
-        entries.append(replace(entry, fd=fd))
-    return entries
+        handed.append(replace(entry, fd=fd))
+    return handed
+
+
+def _not_passed_on(log: Log | None, listener: Any, exc: Exception) -> None:
+    """Say (level 1) that ``listener`` is not handed to the new image, which binds it again."""
+    if log is not None:
+        log(1, f"HUP: {listener} will be bound again, not passed on: {exc}")
 
 
 def exec_argv() -> list[str]:
@@ -165,9 +195,7 @@ def reexec(entries: Sequence[BoundSocket], log: Log) -> None:
     argv = exec_argv()
     os.environ[ENV] = encode(entries)
     log(0, f"Re-exec server during HUP: {' '.join(argv)}")
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
+    flush_std_streams()
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN) if in_main_thread() else None
     try:
         if not argv[0] or len(argv) < 2:  # an embedded interpreter, or a bare REPL

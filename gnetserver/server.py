@@ -68,7 +68,8 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
     (``drop_privileges``, ``register_signals``), ``loop`` (``dispatch_signals`` ->
     ``handle_term``, ``handle_int``, ``handle_quit``, ``handle_hup``), ``server_close``
     (``remove_pid_file``), and per connection ``post_accept``, ``get_client_info``,
-    ``allow_deny`` (``access_rules``), ``post_process_request``, ``connection_error``.
+    ``allow_deny`` (``access_rules``; ``prepare_access`` compiles them when accepting starts),
+    ``post_process_request``, ``connection_error``.
 
     Class attributes that may be overridden: ``redirect_std_streams``, ``keep_pid_file``.
 
@@ -90,6 +91,7 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
         self.commandline: list[str] | None = None if commandline is None else list(commandline)
         self.run_args: dict[str, Any] = {}
         self.conf: dict[str, Any] = {}
+        self.conf_sources: dict[str, str] = {}  # option name -> the source that set it
         self.port_specs: list[PortSpec] = []
         self.listeners: list[Listener] = []
         self.requests = 0
@@ -205,6 +207,7 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
 
     def _start_accepting(self) -> None:
         """One StreamServer per listener, all spawning into one pool of connection greenlets."""
+        self.prepare_access()  # allow/deny rules and lookup mode, compiled once per start
         self._pool = Pool(self.conf["max_servers"] + self.conf["max_handshakes"])
         self._slots = BoundedSemaphore(self.conf["max_servers"])
         for listener in self.listeners:
@@ -257,10 +260,12 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
             self.post_accept(client)
             return True
         except HandshakeTimeout:
-            self.log(3, f"TLS handshake timed out from {_peer(client)}")
+            if self.log_enabled(3):
+                self.log(3, f"TLS handshake timed out from {client.peer_text()}")
             client.abort()
         except (TLSError, OSError) as exc:
-            self.log(3, f"TLS handshake failed from {_peer(client)}: {exc}")
+            if self.log_enabled(3):
+                self.log(3, f"TLS handshake failed from {client.peer_text()}: {exc}")
             client.close()
         except Exception as exc:
             self.connection_error(client, exc)
@@ -276,10 +281,12 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
 
     def connection_error(self, client: Client, exc: BaseException) -> None:
         """Log an exception of one connection: disconnects and timeouts at level 3, others at
-        level 1 with the traceback."""
+        level 1 with the traceback (formatted only when that level is logged)."""
         if isinstance(exc, (TimeoutError, ConnectionError, TLSError)):
-            self.log(3, f"Connection {client.peer_text()} ended: {type(exc).__name__}: {exc}")
-        else:
+            if self.log_enabled(3):
+                self.log(3, f"Connection {client.peer_text()} ended: {type(exc).__name__}: "
+                            f"{exc}")
+        elif self.log_enabled(1):
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             self.log(1, f"Error in connection {client.peer_text()}: {text.rstrip()}")
 
@@ -298,14 +305,16 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
         socket path and the line reads ``CONNECT UNIX Socket: "<path>"``."""
         if client.proto == "unix":
             client.sockport = str(client.listener.address.sockaddr)
-            self.log(3, f'CONNECT UNIX Socket: "{client.sockport}"')
+            if self.log_enabled(3):
+                self.log(3, f'CONNECT UNIX Socket: "{client.sockport}"')
             return
         local = client.sock.getsockname()
         client.sockaddr, client.sockport = local[0], local[1]
         client.peeraddr, client.peerport = client.address[0], client.address[1]
         self._lookup_peer(client)  # only with reverse_lookups
-        self.log(3, f'CONNECT {client.proto.upper()} Peer: "{client.peer_text()}" '
-                    f'Local: "{client.local_text()}"')
+        if self.log_enabled(3):  # once per connection: built only when it is logged
+            self.log(3, f'CONNECT {client.proto.upper()} Peer: "{client.peer_text()}" '
+                        f'Local: "{client.local_text()}"')
 
     def post_accept_hook(self, client: Client) -> None:
         """Hook: after get_client_info, before access checks. May read and write the client."""
@@ -386,10 +395,3 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
             self.close_logs()  # last: syslog reports what it had to drop
         finally:
             self._closed.set()  # also after a failing hook: nobody waits forever
-
-
-def _peer(client: Client) -> str:
-    """The peer of a client before get_client_info ran."""
-    address = client.address
-    return f"[{address[0]}]:{address[1]}" if isinstance(address, tuple) else "unix socket"
-

@@ -5,12 +5,13 @@ Rules of this module (behaviour: spec/netserver.md section 6):
 * The OS-level handlers only queue the signal's name (:class:`gnetserver.signals.SignalQueue`);
   every ``handle_<name>`` here runs later, in the greenlet of the server's loop (or of
   server_close while it drains), so it may log and touch server state freely.
-* A handler never closes anything itself: it sets the stop request (and, for HUP, the
-  ``restarting`` flag); server_close does the closing, in one place. TERM and INT stop at once
-  (no drain), QUIT drains for ``graceful_timeout``, HUP drains then re-executes the server
-  keeping its listening sockets (:mod:`gnetserver.restart`).
-* While server_close drains, only TERM and INT act (they cut the drain short); other signals
-  are logged and ignored.
+* A handler never closes anything itself: TERM and INT call ``stop(0)`` (no drain, or the
+  running drain ends now), QUIT sets the stop request (a drain of ``graceful_timeout``), HUP
+  sets the ``restarting`` flag and the stop request (a drain, then a re-exec keeping the
+  listening sockets: :mod:`gnetserver.restart`); server_close does the closing, in one place.
+* While server_close drains, signals still go to their ``handle_<name>``, which knows what it
+  means then: TERM and INT end the drain (through ``stop(0)``, so an override that does not
+  call it keeps the drain running); QUIT and HUP are logged and ignored (a close is running).
 * The restart hooks (``restart_open_hook``, ``restart_close_hook``) are empty, for users; the
   lifecycle calls them (``bind`` in the new image, ``server_close`` in the old one).
 * Before a HUP restarts anything, :func:`dry_run_start` runs the new image's start-up without
@@ -27,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from . import privileges, restart, signals
+from . import log, privileges, restart, signals
 from .errors import ConfigError
 from .options import Option
 from .tls import TLSContexts
@@ -50,7 +51,7 @@ class SignalHandlingMixin:
 
     if TYPE_CHECKING:  # provided by the server class
         _stop_requested: Event
-        _stop_timeout: float | None
+        _closing: bool
         conf: dict[str, Any]
         listeners: list[Listener]
         tls_contexts: TLSContexts | None
@@ -59,6 +60,7 @@ class SignalHandlingMixin:
 
         def log(self, level: int, message: str) -> None: ...
         def reopen_logs(self) -> None: ...
+        def stop(self, timeout: float | None = None) -> None: ...
 
     def register_signals(self) -> None:
         """Framework step (in post_bind): set up Net::Server's signals (spec 6.1): TERM and INT
@@ -75,7 +77,8 @@ class SignalHandlingMixin:
         self._signal_queue = signals.SignalQueue()
 
     def dispatch_signals(self, names: Sequence[str]) -> None:
-        """Framework step (in loop): call ``handle_<name>`` for each queued signal, in order."""
+        """Framework step (in loop, and in server_close while it drains): call
+        ``handle_<name>`` for each queued signal, in order."""
         for name in names:
             handler = getattr(self, f"handle_{name.lower()}", None)
             if handler is None:
@@ -84,19 +87,23 @@ class SignalHandlingMixin:
                 handler()
 
     def handle_term(self) -> None:
-        """SIGTERM (run by the loop, not the OS handler): stop at once, in-flight connections
-        are cut (a HUP restart in progress is abandoned)."""
+        """SIGTERM (run by the loop, or by server_close while it drains; not the OS handler):
+        ``stop(0)``: stop at once, in-flight connections are cut (a running drain ends, a HUP
+        restart in progress is abandoned)."""
         self.log(2, "Received a SIG TERM: stopping now")
-        self._stop_now()
+        self.stop(0)
 
     def handle_int(self) -> None:
-        """SIGINT (run by the loop): like TERM, stop at once."""
+        """SIGINT (run by the loop, or while draining): like TERM, ``stop(0)``."""
         self.log(2, "Received a SIG INT: stopping now")
-        self._stop_now()
+        self.stop(0)
 
     def handle_quit(self) -> None:
         """SIGQUIT (run by the loop): stop accepting; in-flight connections get
-        ``graceful_timeout`` seconds to finish, then they are cut and the server exits."""
+        ``graceful_timeout`` seconds to finish, then they are cut and the server exits.
+        While the server closes already, logged and ignored."""
+        if self._ignored_while_closing("QUIT"):
+            return
         self.log(2, "Received a SIG QUIT: stopping after in-flight connections finish")
         self._stop_requested.set()
 
@@ -106,7 +113,10 @@ class SignalHandlingMixin:
         are read again with no connection refused. In-flight connections get
         ``graceful_timeout`` to finish first; the pid and the pid file stay. Log files are
         reopened at once (logrotate). First a dry run of the new image's start-up
-        (``restart_problem``): if it fails, the HUP is refused (level 1) and nothing changes."""
+        (``restart_problem``): if it fails, the HUP is refused (level 1) and nothing changes.
+        While the server closes already (a drain runs), logged and ignored."""
+        if self._ignored_while_closing("HUP"):
+            return
         self.log(2, "Received a SIG HUP: restarting in place")
         self.reopen_logs()  # messages until the exec go to the new file
         problem = self.restart_problem()
@@ -145,22 +155,12 @@ class SignalHandlingMixin:
         if self._signal_queue is not None:
             self._signal_queue.uninstall()
 
-    def _stop_now(self) -> None:
-        self._stop_timeout = 0
-        self.restarting = False
-        self._stop_requested.set()
-
-    def _signals_while_closing(self, names: Sequence[str]) -> bool:
-        """Signals received while server_close drains: True when one of ``names`` is TERM or
-        INT (handled: stop now, the drain ends); the others are logged and ignored."""
-        cut = False
-        for name in names:
-            if name in ("TERM", "INT"):
-                self.dispatch_signals([name])
-                cut = True
-            else:
-                self.log(2, f"Received a SIG {name} while closing: ignored")
-        return cut
+    def _ignored_while_closing(self, name: str) -> bool:
+        """True (and said at level 2) when server_close runs already: a signal that asks for
+        a close, or a restart, has nothing left to do."""
+        if self._closing:
+            self.log(2, f"Received a SIG {name} while closing: ignored")
+        return self._closing
 
 
 # -- the HUP preflight --------------------------------------------------------------------------
@@ -229,10 +229,7 @@ def _check_process_options(fresh: Any) -> None:
     cannot be written (looked up, not opened). ConfigError as the start would raise it."""
     conf = fresh.conf
     privileges.resolve(conf.get("user"), conf.get("group"))
-    function = conf.get("log_function")
-    if isinstance(function, str) and not callable(getattr(fresh, function, None)):
-        raise ConfigError(f"option 'log_function': {function!r} is not a method of "
-                          f"{type(fresh).__name__}")
+    log.resolve_log_function(conf.get("log_function"), fresh)
     target = conf.get("log_file")
     if not target or target == "Sys::Syslog" or conf.get("chroot"):
         return
@@ -250,14 +247,8 @@ def _as_the_reexec_sees_it(listeners: Sequence[Listener]) -> Iterator[None]:
     exec starts in (:data:`gnetserver.restart.START_CWD`); both put back afterwards. The dry
     run does not yield to other greenlets, so only other threads could see them meanwhile.
     Raises ConfigError when that directory is gone (the exec would fail)."""
-    entries = []
-    for listener in listeners:
-        try:
-            entry = restart.entry_for(listener.sock.fileno(), listener.address)
-            restart.encode([entry])
-        except (ValueError, OSError):
-            continue  # detach_listeners binds this one again instead of passing it on
-        entries.append(entry)
+    # Those the exec will not pass on are left out: the new image binds them again.
+    entries = [entry for _, entry in restart.listener_entries(listeners)]
     saved_env = os.environ.get(restart.ENV)
     try:  # by fd: the way back even if its path changed (O_PATH: no read permission needed)
         here: int | None = os.open(".", getattr(os, "O_PATH", os.O_RDONLY))

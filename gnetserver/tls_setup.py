@@ -25,17 +25,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import config
 from .errors import ConfigError
-from .options import table
+from .option_sources import DEFAULT_VALUES
 from .ports import PortSpec
+from .proto import PROTOCOLS
 from .tls import TLSContexts
 
 if TYPE_CHECKING:
     from .options import Option
-
-#: The protocols that serve TLS, and so use the SSL_* options.
-TLS_PROTOS = ("ssl", "ssleay")
 
 
 class TLSSetupMixin:
@@ -49,9 +46,7 @@ class TLSSetupMixin:
 
     if TYPE_CHECKING:  # provided by the server class
         conf: dict[str, Any]
-        new_args: dict[str, Any]
-        commandline: list[str] | None
-        run_args: dict[str, Any]
+        conf_sources: dict[str, str]
         port_specs: list[PortSpec]
 
         def options(self) -> list[Option]: ...
@@ -86,7 +81,7 @@ class TLSSetupMixin:
         TLS, refuse the server-wide SSL_* options that a user gave; ConfigError naming them
         and where they came from. Values from default_values() and SSL_* methods/attributes
         are the program's own and are left alone (see the module rules)."""
-        if any(spec.proto in TLS_PROTOS for spec in self.port_specs):
+        if any(PROTOCOLS[spec.proto].is_tls for spec in self.port_specs):
             return
         set_now = {name for name, value in self.conf.items()
                    if name.startswith("SSL_") and value is not None}
@@ -99,21 +94,10 @@ class TLSSetupMixin:
                           f"ports {ports}; add /ssl to a port or drop the option(s)")
 
     def _user_given(self, names: set[str]) -> dict[str, str]:
-        """Which of ``names`` a user source set (the first, by precedence), read again from
-        the sources configure() read; names only default_values() set are left out."""
-        known = table(self.options())
-        argv, _ = config.from_command_line(self.commandline or [], known, False)
-        conf_file = self.conf.get("conf_file")
-        from_file = config.from_conf_file(conf_file, known) if conf_file else {}
-        sources = [("constructor arguments", self.new_args), ("command line", argv),
-                   ("run() arguments", self.run_args), (f"conf_file {conf_file!r}", from_file)]
-        found: dict[str, str] = {}
-        for name in names:
-            where = next((w for w, source in sources if source.get(name) not in (None, [])),
-                         None)
-            if where is not None:
-                found[name] = where
-        return found
+        """Which of ``names`` a user source set, with that source (``conf_sources``, filled
+        by configure); names whose value came from default_values() are left out."""
+        return {name: where for name in names
+                if (where := self.conf_sources.get(name)) not in (None, DEFAULT_VALUES)}
 
     def _ssl_method_value(self, name: str, method: Any, spec: PortSpec) -> Any:
         """Net::Server calls an SSL_* method with (host, port, proto) and uses what it returns

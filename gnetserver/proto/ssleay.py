@@ -19,11 +19,11 @@ Rules of this module:
   (``HandshakeTimeout`` in the handshake), any other ``ssl.SSLError`` is a
   :class:`~gnetserver.errors.TLSError` with OpenSSL's reason.
 * Wrapping takes over the accepted socket's fd (gevent detaches the original socket object), so
-  ``post_accept`` replaces ``client.sock`` with the ``ssl`` socket.
-* Close: ``unwrap`` (close_notify; it also waits briefly for the peer's), bounded by
-  ``SHUTDOWN_SECONDS`` and only after a completed handshake, then the same lingering close as
-  tcp (:func:`~gnetserver.proto.tcp.linger_close`). After ``unwrap`` the socket reads and
-  writes plain bytes again, which is what the drain needs.
+  :meth:`SSLeayProtocol.connect` replaces ``client.sock`` with the ``ssl`` socket.
+* Close (:class:`~gnetserver.proto.tlsbase.TLSProtocol`, as for proto ssl): ``unwrap``
+  (close_notify; it also waits briefly for the peer's), bounded by ``SHUTDOWN_SECONDS`` and
+  only after a completed handshake, then tcp's lingering close. After ``unwrap`` the socket
+  reads and writes plain bytes again, which is what the drain needs.
 """
 
 from __future__ import annotations
@@ -31,34 +31,30 @@ from __future__ import annotations
 import errno
 import ssl
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import gevent
 from cryptography import x509
 
 from ..errors import HandshakeTimeout, TLSError
-from ..tls.registry import TLSContexts
-from ..tls.stdlib_context import ServerSSLContext, ServerSSLSocket, build_stdlib_context
+from ..tls.connection import SHUTDOWN_SECONDS
+from ..tls.registry import Builder
+from ..tls.stdlib_context import (
+    ServerSSLContext,
+    ServerSSLSocket,
+    build_stdlib_context,
+    stdlib_reason,
+)
 from ..tls.util import Warn
-from .tcp import TCPProtocol, linger_close, set_nodelay
+from .tlsbase import TLSProtocol
+
+if TYPE_CHECKING:
+    from ..client import Client
 
 __all__ = ["SHUTDOWN_SECONDS", "SSLeayConnection", "SSLeayProtocol", "build_ssleay_context"]
 
-#: Seconds the close_notify exchange may take.
-SHUTDOWN_SECONDS = 1.0
-
 _T = TypeVar("_T")
 _EOF_ERRORS = (ssl.SSLZeroReturnError, ssl.SSLEOFError)
-
-
-def _reason(exc: ssl.SSLError) -> str:
-    """OpenSSL's reason in words, e.g. ``"wrong version number"`` (as proto ssl reports it)."""
-    verify = getattr(exc, "verify_message", None)
-    if verify:
-        return f"certificate verify failed: {verify}"
-    if exc.reason:
-        return str(exc.reason).lower().replace("_", " ")
-    return exc.strerror or str(exc) or type(exc).__name__
 
 
 class SSLeayConnection:
@@ -103,7 +99,7 @@ class SSLeayConnection:
             ) from e
         except ssl.SSLError as e:
             self._broken = True
-            raise TLSError(f"TLS handshake failed: {_reason(e)}") from e
+            raise TLSError(f"TLS handshake failed: {stdlib_reason(e)}") from e
         except OSError as e:
             self._broken = True
             if e.errno in (0, None):  # some Python/OpenSSL pairs report EOF this way
@@ -135,7 +131,7 @@ class SSLeayConnection:
             return empty
         except ssl.SSLError as e:
             self._broken = True
-            raise TLSError(f"TLS read failed: {_reason(e)}") from e
+            raise TLSError(f"TLS read failed: {stdlib_reason(e)}") from e
         if not data:
             self._eof = True
         return data
@@ -156,7 +152,7 @@ class SSLeayConnection:
             raise BrokenPipeError(errno.EPIPE, "peer closed the TLS connection") from e
         except ssl.SSLError as e:
             self._broken = True
-            raise TLSError(f"TLS write failed: {_reason(e)}") from e
+            raise TLSError(f"TLS write failed: {stdlib_reason(e)}") from e
 
     def pending(self) -> int:
         """Decrypted bytes held by OpenSSL that ``recv`` returns without waiting."""
@@ -245,43 +241,26 @@ def build_ssleay_context(opts: Mapping[str, Any], where: str, warn: Warn) -> Ser
     return build_stdlib_context(opts, where)
 
 
-class SSLeayProtocol(TCPProtocol):
-    """A stream over TLS with the stdlib ``ssl`` module (Net::Server's proto ``ssleay``)."""
+class SSLeayProtocol(TLSProtocol):
+    """A stream over TLS with the stdlib ``ssl`` module (Net::Server's proto ``ssleay``); an
+    option only proto ssl supports is a ConfigError at bind."""
 
-    name = "ssleay"
-
-    def __init__(self, spec: Any, options: Mapping[str, Any], server: Any) -> None:
-        """Get this port's stdlib context from the server's TLSContexts (shared with every
-        ssleay port whose SSL_* options are equal; built now if new): ConfigError if bad, or
-        if an option is one only proto ssl supports."""
-        self.spec = spec
-        self.options = dict(options)
-        contexts = getattr(server, "tls_contexts", None) or TLSContexts()
-        self.tls_handle = contexts.handle(self.options, f"port {spec}", build_ssleay_context)
-        server.log(2, f"port {spec}: TLS by the stdlib ssl module over {ssl.OPENSSL_VERSION}")
+    name: ClassVar[str] = "ssleay"
+    builder: ClassVar[Builder] = staticmethod(build_ssleay_context)
 
     @property
     def context(self) -> ServerSSLContext:
         """The stdlib context new connections get (replaced by reload_tls)."""
         return self.tls_handle.context
 
-    def post_accept(self, client: Any, timeout: float) -> None:
-        """Wrap the socket and run the handshake; raises TLSError/HandshakeTimeout/OSError."""
+    def tls_library(self) -> str:
+        """The stdlib ssl module and the OpenSSL it is linked with."""
+        return f"the stdlib ssl module over {ssl.OPENSSL_VERSION}"
+
+    def connect(self, client: Client) -> SSLeayConnection:
+        """Wrap the accepted socket (no implicit handshake); the wrapper takes over its fd, so
+        it becomes ``client.sock``."""
         sock = self.context.wrap_socket(client.sock, server_side=True,
                                         do_handshake_on_connect=False)
-        client.sock = sock  # the wrapper took over the fd; the original is detached
-        set_nodelay(sock)
-        client.tls = client.stream = SSLeayConnection(sock)
-        client.tls.do_handshake(timeout)
-
-    def close(self, client: Any) -> None:
-        """close_notify once (bounded), then the lingering close of the socket."""
-        if client.tls is not None:
-            client.tls.shutdown_tls(SHUTDOWN_SECONDS)
-        linger_close(client.sock)
-
-    def abort(self, client: Any) -> None:
-        """Close at once, without a TLS alert."""
-        if client.tls is not None:
-            client.tls.close()
-        client.sock.close()
+        client.sock = sock  # the original socket object is detached
+        return SSLeayConnection(sock)

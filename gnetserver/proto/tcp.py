@@ -1,8 +1,9 @@
-"""Plain TCP, and the interface every protocol implements.
+"""Plain TCP, and the base class of every protocol.
 
-A protocol object exists once per port spec. It is built at bind (where it may check options
-and build contexts, raising ConfigError), and then, per connection, ``post_accept`` makes the
-client ready for I/O (TLS: the handshake), ``close`` ends it gracefully and ``abort`` drops it.
+A protocol object (the interface: :class:`~gnetserver.proto.StreamProtocol`) exists once per
+port spec. It is built at bind (where it may check options and build contexts, raising
+ConfigError), and then, per connection, ``post_accept`` makes the client ready for I/O (TLS:
+the handshake), ``close`` ends it gracefully and ``abort`` drops it.
 """
 
 from __future__ import annotations
@@ -10,9 +11,15 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..client import Client
+    from ..listener import Listener
+    from ..ports import PortSpec
+    from ..server import GServer
 
 #: Seconds a closing connection is drained after the half-close. Closing a socket with unread
 #: input makes the kernel send RST, and the peer may then lose the last response it was sent.
@@ -51,9 +58,12 @@ def linger_close(sock: Any) -> None:
 class TCPProtocol:
     """A stream over plain TCP."""
 
-    name = "tcp"
+    #: The proto name of the port specs it serves.
+    name: ClassVar[str] = "tcp"
+    #: True for the protocols that serve TLS (and so take the ``SSL_*`` options).
+    is_tls: ClassVar[bool] = False
 
-    def __init__(self, spec: Any, options: Mapping[str, Any], server: Any) -> None:
+    def __init__(self, spec: PortSpec, options: Mapping[str, Any], server: GServer) -> None:
         """Check the per-port options; tcp takes none beyond the port spec's own fields."""
         self.spec = spec
         self.refuse_ssl_options(options)
@@ -67,18 +77,22 @@ class TCPProtocol:
                 f"(TLS options need proto ssl)"
             )
 
-    def post_accept(self, client: Any, timeout: float) -> None:
+    def tls_library(self) -> str | None:
+        """The TLS library serving this port, as bind logs it once ("TLS by ..."); None."""
+        return None
+
+    def post_accept(self, client: Client, timeout: float) -> None:
         """Nothing to negotiate on a plain stream; only Nagle is turned off."""
         set_nodelay(client.sock)
 
-    def close(self, client: Any) -> None:
+    def close(self, client: Client) -> None:
         """Half-close, drain briefly, close."""
         linger_close(client.sock)
 
-    def abort(self, client: Any) -> None:
+    def abort(self, client: Client) -> None:
         """Close at once."""
         client.sock.close()
 
-    def close_listener(self, listener: Any) -> None:
+    def close_listener(self, listener: Listener) -> None:
         """Close the listening socket (idempotent)."""
         listener.sock.close()

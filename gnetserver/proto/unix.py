@@ -1,31 +1,34 @@
-"""UNIX-domain stream sockets: TCP's behaviour, plus the socket file's lifetime."""
+"""UNIX-domain stream sockets: TCP's behaviour, plus the socket file's lifetime.
+
+Datagram unix sockets (proto unixdgram, ``unix_type`` sock_dgram) never get here: the server
+refuses them in ``pre_bind`` (:attr:`~gnetserver.ports.PortSpec.is_datagram`).
+"""
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, ClassVar
 
-from ..errors import ConfigError
 from .tcp import TCPProtocol
+
+if TYPE_CHECKING:
+    from ..client import Client
+    from ..listener import Listener
 
 
 class UnixProtocol(TCPProtocol):
-    """A stream over a UNIX-domain socket; the socket file is removed when the port closes."""
+    """A stream over a UNIX-domain socket; the socket file is removed when the port closes.
 
-    name = "unix"
+    Like tcp, it refuses ``SSL_*`` options at bind.
+    """
 
-    def __init__(self, spec: Any, options: Mapping[str, Any], server: Any) -> None:
-        """Refuse what a unix stream port cannot do (TLS options, datagram sockets)."""
-        super().__init__(spec, options, server)
-        if options.get("unix_type") == "sock_dgram":
-            raise ConfigError(f"port {spec}: datagram unix sockets are not supported")
+    name: ClassVar[str] = "unix"
 
-    def post_accept(self, client: Any, timeout: float) -> None:
+    def post_accept(self, client: Client, timeout: float) -> None:
         """Nothing to negotiate, and no Nagle on a unix socket."""
 
-    def close_listener(self, listener: Any) -> None:
+    def close_listener(self, listener: Listener) -> None:
         """Close the socket and remove its file (only if it is still a socket)."""
         path = listener.address.sockaddr
         listener.sock.close()

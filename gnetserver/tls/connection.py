@@ -71,9 +71,14 @@ from OpenSSL import SSL
 
 from ..errors import HandshakeTimeout, TLSError
 
-__all__ = ["TLSConnection", "describe_ssl_error"]
+__all__ = ["SHUTDOWN_SECONDS", "TLSConnection", "describe_ssl_error"]
 
 _T = TypeVar("_T")
+
+#: Seconds the close_notify of a closing connection may take, on both TLS backends (ssl's
+#: :class:`TLSConnection`, ssleay's ``SSLeayConnection``): the default of their
+#: ``shutdown_tls`` and what the TLS protocols pass.
+SHUTDOWN_SECONDS = 1.0
 
 #: Largest slice handed to one ``send`` by ``sendall``: one TLS record's worth of plaintext.
 _SEND_CHUNK = 16384
@@ -290,7 +295,7 @@ class TLSConnection:
 
     # -- closing ---------------------------------------------------------------------------
 
-    def shutdown_tls(self, timeout: float = 1.0) -> None:
+    def shutdown_tls(self, timeout: float = SHUTDOWN_SECONDS) -> None:
         """Send close_notify once, within ``timeout`` seconds; never raises.
 
         Does nothing before a completed handshake, after a fatal error, after ``close()`` or

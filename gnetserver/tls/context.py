@@ -149,7 +149,9 @@ REFUSED_SSL_OPTIONS: dict[str, str] = {
     "SSL_hostname": _CLIENT_SIDE,
     "SSL_ocsp_mode": _CLIENT_SIDE + " (server stapling: SSL_ocsp_staple_file)",
     "SSL_ocsp_cache": _CLIENT_SIDE,
-    "SSL_max_getline_length": "a Net::Server SSLEAY option; proto ssl reads lines without limit",
+    "SSL_max_getline_length": "a Net::Server SSLEAY option (its getline's line limit); here "
+    "every protocol, ssleay included, reads lines with client.readline(limit), the limit "
+    "given per call",
     "SSL_error_callback": "a Net::Server SSLEAY option; errors are logged by the server",
 }
 _REFUSED_PREFIXES = {"SSL_verifycn_": _CLIENT_SIDE}
@@ -248,12 +250,27 @@ def refusal_reason(key: str) -> str | None:
     )
 
 
-def check_names(opts: Mapping[str, Any], where: str) -> None:
-    """Refuse ``SSL_*`` keys that are not supported (with the reason when we know it)."""
+def check_names(opts: Mapping[str, Any], where: str,
+                supported: Mapping[str, str] = SUPPORTED_SSL_OPTIONS, proto: str = "ssl") -> None:
+    """Refuse ``SSL_*`` keys that a TLS backend does not support (with the reason when we know
+    it); ``None`` values count as not given, except for names nobody supports (typos).
+
+    Args:
+        opts: The options of one port.
+        where: The port; every message starts with it.
+        supported: What the backend honours (proto ssleay: a subset of SUPPORTED_SSL_OPTIONS).
+        proto: The backend's proto name, for the messages.
+    """
     for key in sorted(opts):
         why = refusal_reason(key)
         if why is not None and opts[key] is not None:
             raise ConfigError(f"{where}: {key} cannot be honoured: {why}")
+    elsewhere = sorted(key for key, value in opts.items() if value is not None
+                       and key in SUPPORTED_SSL_OPTIONS and key not in supported)
+    if elsewhere:
+        raise ConfigError(f"{where}: {', '.join(elsewhere)} not supported by proto {proto} "
+                          f"(proto ssl supports more); {proto} supports: "
+                          f"{', '.join(sorted(supported))}")
     unknown = sorted(
         key for key in opts
         if key.startswith("SSL_") and key not in SUPPORTED_SSL_OPTIONS
@@ -262,5 +279,5 @@ def check_names(opts: Mapping[str, Any], where: str) -> None:
     if unknown:
         raise ConfigError(
             f"{where}: unsupported option(s) {', '.join(unknown)}; "
-            f"supported: {', '.join(sorted(SUPPORTED_SSL_OPTIONS))}"
+            f"supported: {', '.join(sorted(supported))}"
         )

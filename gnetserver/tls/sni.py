@@ -20,6 +20,8 @@ Rules of this module:
   the servername callback of the default context moves a connection to its name's context
   (OpenSSL keeps the session cache and ticket keys of the first context, so resumption works
   for every name).
+* Proto ``ssleay`` (:mod:`.stdlib_context`) splits its options with :func:`split_by_name` and
+  matches names with :func:`normalize` too: both backends accept and match the same names.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from OpenSSL import SSL
 from ..errors import ConfigError
 from .certs import CREDENTIAL_KEYS
 
-__all__ = ["PER_CERTIFICATE_KEYS", "install_sni", "normalize", "split_by_name"]
+__all__ = ["PER_CERTIFICATE_KEYS", "describe", "install_sni", "normalize", "split_by_name"]
 
 #: Keys that may be dicts keyed by SNI name: one value per certificate.
 PER_CERTIFICATE_KEYS = (*CREDENTIAL_KEYS, "SSL_ocsp_staple_file", "SSL_ocsp_staple_callback")

@@ -12,10 +12,12 @@ Rules of this module:
   ``ssl`` implements the rest): an option is never silently ignored. ``None`` means "not given".
 * **SNI:** ``SSL_cert_file``/``SSL_key_file``/``SSL_cert``/``SSL_key`` may be dicts keyed by host
   name, ``''`` being the default (IO::Socket::SSL's hash form; ``'name%ecc'`` adds a second,
-  ECDSA certificate to ``name``). Each name gets its own context with the same settings; the
-  ``sni_callback`` moves a connection to the context of the name it sent (unknown or absent
-  name: the default; no default: a fatal ``unrecognized_name`` alert) and records the name on
-  the socket (:attr:`ServerSSLSocket.sni_name`), since the stdlib has no server-side getter.
+  ECDSA certificate to ``name``), split and checked by :func:`~gnetserver.tls.sni.split_by_name`
+  and matched by :func:`~gnetserver.tls.sni.normalize` exactly as for proto ``ssl``. Each name
+  gets its own context with the same settings; the ``sni_callback`` moves a connection to the
+  context of the name it sent (unknown or absent name: the default; no default: a fatal
+  ``unrecognized_name`` alert) and records the name on the socket
+  (:attr:`ServerSSLSocket.sni_name`), since the stdlib has no server-side getter.
 * Secure defaults as for proto ``ssl``: TLS 1.2 minimum, forward-secret AEAD ciphers
   (:data:`~gnetserver.tls.context.DEFAULT_CIPHER_LIST`), server cipher order, no compression,
   no renegotiation. The stdlib cannot set TLS 1.3 suites, a group *list*, a verify callback or
@@ -39,10 +41,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ..errors import ConfigError
+from . import sni
+from .context import check_names
 from .negotiation import DEFAULT_CIPHER_LIST, parse_alpn, parse_ssl_version
+from .util import read_file, require_callable, to_bool
+from .verify import verify_bits
 
 __all__ = ["SUPPORTED_SSLEAY_OPTIONS", "ServerSSLContext", "ServerSSLSocket",
-           "build_stdlib_context"]
+           "build_stdlib_context", "stdlib_reason"]
 
 SUPPORTED_SSLEAY_OPTIONS: dict[str, str] = {
     "SSL_cert_file": "PEM file, leaf first then its chain; or a dict {SNI name: file, '': default}",
@@ -87,13 +93,13 @@ def build_stdlib_context(opts: Mapping[str, Any], where: str) -> ServerSSLContex
     Returns:
         The default context, with an ``sni_callback`` that selects the per-name contexts.
     """
-    _check_names(opts, where)
-    credentials = _credentials_by_name(opts, where)
-    contexts = {name: _new_context(opts, where) for name in credentials}
-    for name, (chains, keys) in credentials.items():
-        label = f"{where}" + (f" (SNI name {name!r})" if name else "")
-        for chain, key in zip(chains, keys, strict=True):
-            _load_chain(contexts[name], chain, key, opts.get("SSL_passwd_cb"), label)
+    check_names(opts, where, SUPPORTED_SSLEAY_OPTIONS, "ssleay")
+    contexts: dict[str, ServerSSLContext] = {}
+    for name, credentials in sni.split_by_name(opts, where).items():  # names normalized
+        contexts[name] = _new_context(opts, where)
+        for credential in credentials:
+            _load_credential(contexts[name], credential, opts.get("SSL_passwd_cb"),
+                             sni.describe(where, name))
     default = contexts.get("") or _new_context(opts, where)
     default.sni_callback = _SNISelector(contexts)
     return default
@@ -103,27 +109,16 @@ class _SNISelector:
     """The ``sni_callback``: record the client's name, move it to that name's context."""
 
     def __init__(self, contexts: dict[str, ServerSSLContext]) -> None:
-        self.contexts = {name.lower(): ctx for name, ctx in contexts.items()}
+        self.contexts = contexts  # keyed by sni.normalize'd names
 
     def __call__(self, sock: Any, server_name: str | None, context: Any) -> int | None:
         sock.sni_name = server_name
-        chosen = self.contexts.get((server_name or "").lower()) or self.contexts.get("")
+        chosen = self.contexts.get(sni.normalize(server_name)) or self.contexts.get("")
         if chosen is None:
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME  # no default certificate
         if chosen is not context:
             sock.context = chosen
         return None
-
-
-def _check_names(opts: Mapping[str, Any], where: str) -> None:
-    unknown = sorted(key for key, value in opts.items() if key.startswith("SSL_")
-                     and value is not None and key not in SUPPORTED_SSLEAY_OPTIONS)
-    if unknown:
-        raise ConfigError(
-            f"{where}: {', '.join(unknown)} not supported by proto ssleay (the stdlib ssl "
-            f"backend; proto ssl supports more); ssleay supports: "
-            f"{', '.join(sorted(SUPPORTED_SSLEAY_OPTIONS))}"
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,8 +151,8 @@ def _apply_ciphers(ctx: ServerSSLContext, opts: Mapping[str, Any], where: str) -
     try:
         ctx.set_ciphers(text)
     except ssl.SSLError as e:
-        raise ConfigError(f"{where}: invalid SSL_cipher_list {text!r}: {_reason(e)}") from e
-    if not _truth(opts.get("SSL_honor_cipher_order", 1), "SSL_honor_cipher_order", where):
+        raise ConfigError(f"{where}: invalid SSL_cipher_list {text!r}: {stdlib_reason(e)}") from e
+    if not to_bool(opts.get("SSL_honor_cipher_order", 1), "SSL_honor_cipher_order", where):
         ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     else:
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
@@ -178,7 +173,7 @@ def _apply_groups(ctx: ServerSSLContext, opts: Mapping[str, Any], where: str) ->
         try:
             ctx.load_dh_params(str(dh_file))
         except (OSError, ValueError) as e:
-            raise ConfigError(f"{where}: SSL_dh_file {str(dh_file)!r}: {_reason(e)}") from e
+            raise ConfigError(f"{where}: SSL_dh_file {str(dh_file)!r}: {stdlib_reason(e)}") from e
 
 
 def _apply_verify(ctx: ServerSSLContext, opts: Mapping[str, Any], where: str) -> None:
@@ -191,8 +186,8 @@ def _apply_verify(ctx: ServerSSLContext, opts: Mapping[str, Any], where: str) ->
             ctx.load_verify_locations(ca_file, ca_path)
         except (OSError, ValueError) as e:
             what = f"SSL_ca_file {str(ca_file)!r}" if ca_file is not None else "SSL_ca_path"
-            raise ConfigError(f"{where}: cannot load {what}: {_reason(e)}") from e
-    bits = _verify_bits(value, where)
+            raise ConfigError(f"{where}: cannot load {what}: {stdlib_reason(e)}") from e
+    bits = verify_bits(value, where)
     if bits and ca_file is None and ca_path is None:
         raise ConfigError(f"{where}: SSL_verify_mode {value!r} verifies clients and needs "
                           "SSL_ca_file or SSL_ca_path")
@@ -203,18 +198,6 @@ def _apply_verify(ctx: ServerSSLContext, opts: Mapping[str, Any], where: str) ->
         ctx.verify_mode = ssl.CERT_REQUIRED
     elif bits & 1:
         ctx.verify_mode = ssl.CERT_OPTIONAL
-
-
-def _verify_bits(value: Any, where: str) -> int:
-    if value is None:
-        return 0
-    try:
-        bits = int(value, 0) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError):
-        bits = -1
-    if not 0 <= bits <= 7:
-        raise ConfigError(f"{where}: invalid SSL_verify_mode {value!r} (a bitmask 0..7)")
-    return bits
 
 
 def _apply_alpn(ctx: ServerSSLContext, opts: Mapping[str, Any], where: str) -> None:
@@ -230,52 +213,36 @@ _APPLIERS: tuple[Callable[[ServerSSLContext, Mapping[str, Any], str], None], ...
 
 
 # ---------------------------------------------------------------------------------------------
-# Certificates and keys (per SNI name)
+# Certificates and keys (one credential of one SNI name, as sni.split_by_name gives it)
 
-#: One certificate to load: (chain source, key source); a source is ("file", path) or
-#: ("memory", PEM bytes); a key source of None means "the key inside the certificate file".
+#: Where a chain or a key comes from: ("file", path) or ("memory", PEM bytes); a key source of
+#: None means "the key inside the certificate file".
 _Source = tuple[str, Any]
-_Pair = tuple[_Source, _Source | None]
 
 
-def _credentials_by_name(opts: Mapping[str, Any], where: str) -> dict[str, tuple[list, list]]:
-    """{SNI name: ([chain sources], [key sources])}; ``'name%ecc'`` adds a second pair."""
-    certs = _per_name(opts, "SSL_cert_file", "SSL_cert", where)
-    keys = _per_name(opts, "SSL_key_file", "SSL_key", where)
-    if not certs:
+def _load_credential(ctx: ServerSSLContext, cred: Mapping[str, Any], passwd_cb: Any,
+                     where: str) -> None:
+    """Load one chain and its key into ``ctx``; ConfigError naming the option and source."""
+    chain = _source(cred, "SSL_cert_file", "SSL_cert", where)
+    key = _source(cred, "SSL_key_file", "SSL_key", where)
+    if chain is None:
         raise ConfigError(f"{where}: a TLS port needs SSL_cert_file (or SSL_cert)")
-    stray = sorted(set(keys) - set(certs))
-    if stray:
-        raise ConfigError(f"{where}: private key given for SNI name(s) {stray} without a "
-                          "certificate")
-    result: dict[str, tuple[list, list]] = {}
-    for full_name, chain in sorted(certs.items()):
-        key = keys.get(full_name)
-        if key is None and chain[0] != "file":
-            raise ConfigError(f"{where}: SSL_cert needs SSL_key (or SSL_key_file)")
-        name = full_name.split("%", 1)[0]
-        chains, key_list = result.setdefault(name, ([], []))
-        chains.append(chain)
-        key_list.append(key)
-    return result
+    if key is None and chain[0] != "file":
+        raise ConfigError(f"{where}: SSL_cert needs SSL_key (or SSL_key_file)")
+    _load_chain(ctx, chain, key, passwd_cb, where)
 
 
-def _per_name(opts: Mapping[str, Any], file_key: str, memory_key: str,
-              where: str) -> dict[str, _Source]:
-    path, value = opts.get(file_key), opts.get(memory_key)
+def _source(cred: Mapping[str, Any], file_key: str, memory_key: str,
+            where: str) -> _Source | None:
+    path, value = cred.get(file_key), cred.get(memory_key)
     if path is not None and value is not None:
         raise ConfigError(f"{where}: give {file_key} or {memory_key}, not both")
-    if path is None and value is None:
-        return {}
-    kind, raw, option = ("file", path, file_key) if path is not None else ("memory", value,
-                                                                           memory_key)
-    by_name = raw if isinstance(raw, Mapping) else {"": raw}
-    result = {}
-    for name, item in by_name.items():
-        if not isinstance(name, str):
-            raise ConfigError(f"{where}: {option} keys must be host names, not {name!r}")
-        result[name] = (kind, item if kind == "file" else _pem(item, option, where))
-    return result
+    if path is not None:
+        read_file(path, file_key, where)  # a clear error for a missing or unreadable file
+        return ("file", path)
+    if value is not None:
+        return ("memory", _pem(value, memory_key, where))
+    return None
 
 
 def _pem(value: Any, option: str, where: str) -> bytes:
@@ -309,9 +276,9 @@ def _load_chain(ctx: ServerSSLContext, chain: _Source, key: _Source | None, pass
                 where: str) -> None:
     cert_label = _label(chain, "SSL_cert_file", "SSL_cert")
     key_label = cert_label if key is None else _label(key, "SSL_key_file", "SSL_key")
-    if passwd_cb is not None and not callable(passwd_cb):
-        raise ConfigError(f"{where}: SSL_passwd_cb must be callable, not {type(passwd_cb)}")
-    with _as_files(chain, key, where) as (cert_path, key_path):
+    if passwd_cb is not None:
+        require_callable(passwd_cb, "SSL_passwd_cb", where)
+    with _as_files(chain, key) as (cert_path, key_path):
         try:
             ctx.load_cert_chain(cert_path, key_path, passwd_cb or _no_passphrase)
         except _NeedsPassphrase:
@@ -319,7 +286,7 @@ def _load_chain(ctx: ServerSSLContext, chain: _Source, key: _Source | None, pass
                               "SSL_passwd_cb") from None
         except ssl.SSLError as e:
             raise ConfigError(f"{where}: cannot use {cert_label} with the key {key_label}: "
-                              f"{_reason(e)}") from e
+                              f"{stdlib_reason(e)}") from e
         except Exception as e:  # raised by SSL_passwd_cb, or a wrong type
             raise ConfigError(f"{where}: loading {key_label} failed: {e!r}") from e
 
@@ -329,17 +296,8 @@ def _label(source: _Source, file_key: str, memory_key: str) -> str:
 
 
 @contextmanager
-def _as_files(chain: _Source, key: _Source | None, where: str) -> Iterator[tuple[str, str | None]]:
+def _as_files(chain: _Source, key: _Source | None) -> Iterator[tuple[str, str | None]]:
     """Paths for load_cert_chain; in-memory PEM is written to a private, short-lived folder."""
-    for source, option in ((chain, "SSL_cert_file"), (key, "SSL_key_file")):
-        if source is not None and source[0] == "file":
-            try:
-                with open(source[1], "rb"):
-                    pass
-            except (OSError, TypeError) as e:
-                reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-                raise ConfigError(f"{where}: {option} {str(source[1])!r}: cannot read "
-                                  f"({reason})") from e
     if chain[0] == "file" and (key is None or key[0] == "file"):
         yield str(chain[1]), None if key is None else str(key[1])
         return
@@ -360,18 +318,13 @@ def _as_files(chain: _Source, key: _Source | None, where: str) -> Iterator[tuple
 # Small helpers
 
 
-def _truth(value: Any, option: str, where: str) -> bool:
-    if isinstance(value, (bool, int)):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("1", "yes", "true", "on", "0", "no", "false", "off", ""):
-        return text in ("1", "yes", "true", "on")
-    raise ConfigError(f"{where}: invalid {option} {value!r} (expected 0 or 1)")
-
-
-def _reason(e: BaseException) -> str:
-    """OpenSSL's reason in words ("key values mismatch"), else the error's text."""
+def stdlib_reason(e: BaseException) -> str:
+    """OpenSSL's reason in words, as proto ssl reports it ("key values mismatch", "wrong
+    version number", "certificate verify failed: ..."), else the error's text."""
+    verify = getattr(e, "verify_message", None)
+    if verify:
+        return f"certificate verify failed: {verify}"
     reason = getattr(e, "reason", None)
     if isinstance(reason, str) and reason:
         return reason.lower().replace("_", " ")
-    return getattr(e, "strerror", None) or str(e)
+    return getattr(e, "strerror", None) or str(e) or type(e).__name__

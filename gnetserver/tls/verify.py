@@ -31,7 +31,7 @@ from OpenSSL import SSL, crypto
 from ..errors import ConfigError
 from .util import Build, callback_name, read_file, reason, require_callable, to_bool
 
-__all__ = ["apply_ca", "apply_crl", "apply_verify_mode"]
+__all__ = ["apply_ca", "apply_crl", "apply_verify_mode", "verify_bits"]
 
 
 def apply_ca(ctx: SSL.Context, b: Build) -> None:
@@ -64,7 +64,7 @@ _VERIFY_BITS = {
 def apply_verify_mode(ctx: SSL.Context, b: Build) -> None:
     """``SSL_verify_mode`` and ``SSL_verify_callback``."""
     value, callback = b.get("SSL_verify_mode"), b.get("SSL_verify_callback")
-    bits = 0 if value is None else _verify_bits(value, b.where)
+    bits = verify_bits(value, b.where)
     if bits and b.get("SSL_ca_file") is None and b.get("SSL_ca_path") is None:
         raise ConfigError(
             f"{b.where}: SSL_verify_mode {value!r} verifies clients and needs SSL_ca_file or "
@@ -86,7 +86,11 @@ def apply_verify_mode(ctx: SSL.Context, b: Build) -> None:
     ctx.set_verify(mode, None if callback is None else _wrap_callback(callback, b))
 
 
-def _verify_bits(value: Any, where: str) -> int:
+def verify_bits(value: Any, where: str) -> int:
+    """``SSL_verify_mode`` as its bitmask 0..7 (``None``: 0), for both TLS backends;
+    ConfigError naming the value otherwise."""
+    if value is None:
+        return 0
     try:
         bits = int(value, 0) if isinstance(value, str) else int(value)
     except (TypeError, ValueError):

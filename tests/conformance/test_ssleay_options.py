@@ -66,6 +66,23 @@ def test_bad_option_fails_at_start(serve: Callable[..., GServer], certs: dict[st
     assert str(error.value).startswith("port 127.0.0.1:0/ssleay")
 
 
+@pytest.mark.parametrize(("extra", "text"), [
+    ({"SSL_cert_fiel": "x"}, "unsupported option(s) SSL_cert_fiel; supported: SSL_alpn_"),
+    ({"SSL_ticket_keycb": print}, "SSL_ticket_keycb cannot be honoured: pyOpenSSL"),
+    ({"SSL_verify_mode": 9}, "invalid SSL_verify_mode 9 (a bitmask 0..7: 1 peer"),
+    ({"SSL_honor_cipher_order": "maybe"}, "invalid SSL_honor_cipher_order 'maybe' (expected"),
+])
+def test_names_and_values_are_checked_as_for_proto_ssl(serve: Callable[..., GServer],
+                                                       certs: dict[str, str],
+                                                       extra: dict[str, Any], text: str) -> None:
+    """One check of option names, SSL_verify_mode and truth values for both backends: the
+    messages are proto ssl's (per-port keys: the server-wide table knows no typos)."""
+    port = {"host": "127.0.0.1", "port": 0, "proto": "ssleay", **certs, **extra}
+    with pytest.raises(ConfigError) as error:
+        serve(GServer, port=[port])
+    assert str(error.value).startswith(f"port 127.0.0.1:0/ssleay: {text}"), str(error.value)
+
+
 def test_missing_certificate_and_mismatched_key(serve: Callable[..., GServer], ca: trustme.CA,
                                                 tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="needs SSL_cert_file"):

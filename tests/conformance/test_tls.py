@@ -29,6 +29,7 @@ from support.conformance import (
 from support.net import poll, read_line, read_until_eof
 
 from gnetserver.client import Client
+from gnetserver.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -81,6 +82,31 @@ def test_sni_selects_the_certificate(start_endpoint: StartServer, ca: trustme.CA
     strict = endpoint.client_context()
     with pytest.raises(ssl.SSLCertVerificationError):
         endpoint.connect(context=strict, server_hostname="unknown.test").close()
+
+
+def test_sni_names_ignore_case_and_a_trailing_dot(start_endpoint: StartServer, ca: trustme.CA,
+                                                  certs: dict[str, str],
+                                                  short_tmp_path: str) -> None:
+    """Both backends match names as tls/sni.py says: "Other.Test." is the entry of a client
+    that sends "other.test" (ssleay used to keep the dot, so that client got the default)."""
+    other = issue_files(ca, short_tmp_path, "other", "other.test")
+    endpoint = start_endpoint(
+        SSL_cert_file={"": certs["SSL_cert_file"], "Other.Test.": other["cert"]},
+        SSL_key_file={"": certs["SSL_key_file"], "other.TEST": other["key"]})
+    # The verifying client accepts only the certificate for other.test.
+    assert facts(endpoint, server_hostname="other.test")["server_name"] == "other.test"
+    assert facts(endpoint, server_hostname="OTHER.test")["server_name"] == "OTHER.test"
+
+
+def test_sni_entry_with_an_unknown_suffix_is_refused(start_endpoint: StartServer, proto: str,
+                                                     certs: dict[str, str]) -> None:
+    """Only '%ecc' may follow a name, on both backends (ssleay used to accept any suffix)."""
+    with pytest.raises(ConfigError) as error:
+        start_endpoint(SSL_cert_file={"": certs["SSL_cert_file"],
+                                      "a.example%bogus": certs["SSL_cert_file"]})
+    message = str(error.value)
+    assert message.startswith(f"port 127.0.0.1:0/{proto}: SSL_cert_file key "
+                              "'a.example%bogus': only the suffix '%ecc' is known"), message
 
 
 def _rejected(endpoint: Endpoint, context: ssl.SSLContext) -> bool:

@@ -178,6 +178,37 @@ def test_unix_sockets_are_immune(serve: Serve, tmp_path: Path) -> None:
         assert read_until_eof(conn) == b"hello None None\n"  # no peer address on unix sockets
 
 
+class CountingPrepare(Recorder):
+    """Counts prepare_access calls; its pre_loop_hook, the last start-up hook, adds a rule."""
+
+    def configure_hook(self) -> None:
+        super().configure_hook()
+        self.prepared = 0
+
+    def pre_loop_hook(self) -> None:
+        self.conf["deny"] = [r"127\.0\.0\.1"]
+
+    def prepare_access(self) -> Any:
+        self.prepared += 1
+        return super().prepare_access()
+
+
+def test_rules_are_compiled_once_per_start(serve: Serve) -> None:
+    """The rules are compiled when accepting starts (so a rule a start-up hook adds counts),
+    once: connections only read them. Changing ``conf`` later takes effect when
+    prepare_access runs again."""
+    server = serve(CountingPrepare, port="127.0.0.1:0", cidr_allow="127.0.0.0/8")
+    for _ in range(3):
+        with socket.create_connection(address(server), timeout=5) as conn:
+            assert read_until_eof(conn) == b"denied\n"
+    assert server.prepared == 1  # type: ignore[attr-defined]
+    server.conf["deny"] = []
+    server.prepare_access()
+    with socket.create_connection(address(server), timeout=5) as conn:
+        assert read_until_eof(conn) == b"hello 127.0.0.1 None\n"
+    assert server.prepared == 2  # type: ignore[attr-defined]
+
+
 class DenyingHook(Recorder):
     def allow_deny_hook(self, client: Any) -> bool:
         self._note("allow_deny_hook")

@@ -23,7 +23,11 @@ import pytest
 from support.process import FINGERPRINT
 from support.tls import unverified
 
+from gnetserver import GServer, config
 from gnetserver.__main__ import DEMO_PORTS, DemoServer
+from gnetserver.errors import ConfigError
+from gnetserver.options import CODE_ONLY_SSL_OPTIONS, OPTIONS, table
+from gnetserver.tls.context import SUPPORTED_SSL_OPTIONS
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -272,3 +276,73 @@ def test_bad_command_line_exits_with_a_message(words: list[str], expected: list[
     for word in expected:
         assert word in last
     assert "Traceback" not in result.stderr
+
+
+# -- options only code can give (Option.cli False) -----------------------------------------------
+
+CODE_ONLY = sorted(option.name for option in OPTIONS if not option.cli)
+
+
+def test_code_only_options_are_the_object_valued_ones() -> None:
+    """Exactly the SSL_* options whose values are Python objects (callables, certificate and
+    key objects) are code only; every name of that list is a real option."""
+    assert set(CODE_ONLY) == CODE_ONLY_SSL_OPTIONS
+    assert CODE_ONLY_SSL_OPTIONS <= set(SUPPORTED_SSL_OPTIONS)
+    assert table(OPTIONS)["log_function"].cli  # a method name is text
+
+
+@pytest.mark.parametrize("name", CODE_ONLY)
+@pytest.mark.parametrize("form", ["equals", "space", "key=value"])
+@pytest.mark.parametrize("strict", [True, False], ids=["command", "run"])
+def test_code_only_option_on_the_command_line(name: str, form: str, strict: bool) -> None:
+    """The gnetserver command (strict) and run() reading sys.argv (not strict) alike refuse
+    it with an error naming the option and its value and saying it is for code only."""
+    words = {"equals": [f"--{name}=x"], "space": [f"--{name}", "x"],
+             "key=value": [f"{name}=x"]}[form]
+    with pytest.raises(ConfigError) as info:
+        config.from_command_line(["--log_level=3", *words], table(OPTIONS), strict=strict)
+    text = str(info.value)
+    assert text.startswith(f"option {name!r} = 'x' (command line) is for code only: ")
+    assert "constructor or run()" in text
+
+
+def test_code_only_option_names_its_file_twin() -> None:
+    with pytest.raises(ConfigError, match="for a file use SSL_key_file$"):
+        config.from_command_line(["--SSL_key=PEM"], table(OPTIONS), strict=True)
+
+
+def test_code_only_option_in_a_conf_file(tmp_path: Path) -> None:
+    """A conf file holds text only: the same error, naming the file and the line."""
+    conf = tmp_path / "server.conf"
+    conf.write_text("log_level 3\nSSL_verify_callback check_peer\n")
+    with pytest.raises(ConfigError) as info:
+        GServer(conf_file=str(conf)).configure()
+    assert str(info.value).startswith(
+        f"option 'SSL_verify_callback' = 'check_peer' (conf_file {str(conf)!r} line 2) is for "
+        "code only: ")
+
+
+def test_code_only_option_from_code_is_accepted() -> None:
+    """Constructor and run() arguments still give them (here, with a server method)."""
+    def callback() -> str:
+        return "secret"
+
+    server = GServer(commandline=["--log_level=3"], SSL_passwd_cb=callback)
+    server.configure()
+    assert server.conf["SSL_passwd_cb"] is callback and server.conf["log_level"] == 3
+
+
+def test_code_only_option_through_the_command() -> None:
+    """``gnetserver --SSL_passwd_cb x``: exit 2 and one clear line; --help hides the option
+    and its epilog names the code-only ones."""
+    result = run_to_end([*PYTHON_M, "--port", "127.0.0.1:0/ssl", "--SSL_passwd_cb", "x"])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("gnetserver: option 'SSL_passwd_cb' = 'x' (command line) is for "
+                           "code only: ")
+    shown = run_to_end([*PYTHON_M, "--help"])
+    assert shown.returncode == 0, shown.stderr
+    for name in CODE_ONLY:
+        assert f"--{name} " not in shown.stdout
+    flat = " ".join(shown.stdout.split())
+    assert "For code only (constructor or run() arguments): " + ", ".join(CODE_ONLY) in flat

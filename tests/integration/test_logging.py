@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from support.net import address, poll, read_until_eof, tls_connect
-from support.process import README
+from support.process import README, REPO, python_env
 
 from gnetserver import GServer
 from gnetserver.docs import default_text
@@ -122,6 +122,52 @@ def test_no_connect_line_below_level_3(log_level: int,
         assert any(m.startswith("Server ready: 127.0.0.1:") for m in messages)
 
 
+@pytest.mark.parametrize("log_level", range(5))
+def test_log_enabled_says_what_log_would_emit(log_level: int,
+                                              records: pytest.LogCaptureFixture) -> None:
+    server = configured(log_level=log_level)
+    for level in range(5):
+        server.log(level, f"message at {level}")
+    emitted = {int(r.getMessage().rsplit(" ", 1)[1]) for r in ours(records)}
+    assert {level for level in range(5) if server.log_enabled(level)} == emitted
+
+
+class Telling(Exception):
+    """Counts how often its text was built (a log message or a traceback made from it)."""
+
+    built: list[str] = []
+
+    def __str__(self) -> str:
+        type(self).built.append(type(self).__name__)
+        return "told"
+
+
+class TellingTimeout(Telling, TimeoutError):
+    """A timeout: logged at level 3, without a traceback."""
+
+
+class RaisingTelling(GServer):
+    """process_request raises TellingTimeout or Telling, as the client asks."""
+
+    def process_request(self, client: Any) -> None:
+        raise TellingTimeout() if client.readline(100).strip() == b"timeout" else Telling()
+
+
+@pytest.mark.parametrize(("log_level", "word"), [(2, b"timeout"), (0, b"bug")])
+def test_connection_errors_are_not_formatted_when_their_level_is_off(
+        log_level: int, word: bytes, records: pytest.LogCaptureFixture) -> None:
+    """A timeout (level 3) at log_level 2 and a bug (level 1, with its traceback) at log_level
+    0: the message is never built. At log_level 3 both are (the counter works)."""
+    Telling.built.clear()
+    for level, expected in ((log_level, 0), (3, 1)):
+        with ServerThread(RaisingTelling(port="127.0.0.1:0/tcp", log_level=level)) as running:
+            with socket.create_connection(address(running.server), timeout=5) as sock:
+                sock.sendall(word + b"\n")
+                assert read_until_eof(sock) == b""
+        assert len(Telling.built) == expected, Telling.built
+    assert any("told" in r.getMessage() for r in ours(records))
+
+
 class Failing(GServer):
     def process_request(self, client: object) -> None:
         raise RuntimeError("boom")
@@ -150,6 +196,34 @@ def test_default_handler_writes_net_server_format_to_stderr() -> None:
                             timeout=20)
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(r"\d{4}/\d\d/\d\d-\d\d:\d\d:\d\d shown at 3\n", result.stderr)
+
+
+LOGGING_CONFIGURED_AFTER_START = """
+import logging, socket
+from gnetserver import GServer
+from gnetserver.testing import ServerThread
+
+with ServerThread(GServer(commandline=[], port="127.0.0.1:0/tcp", log_level=3)) as running:
+    logging.basicConfig(format="configured: %(message)s")  # after the server started
+    for _ in range(2):
+        with socket.create_connection(running.server.listeners[0].bound[:2], timeout=5) as sock:
+            assert sock.recv(100).startswith(b"Welcome")  # the CONNECT line came first
+"""
+
+
+def test_logging_configured_after_start_gets_each_line_once() -> None:
+    """A program that configures logging after start() gets each line once, in its format;
+    before that, lines went to stderr in Net::Server's format (nothing was left attached)."""
+    result = subprocess.run([sys.executable, "-c", LOGGING_CONFIGURED_AFTER_START],
+                            capture_output=True, text=True, timeout=20,
+                            env=python_env(REPO))
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    connects = [line for line in lines if "CONNECT TCP" in line]
+    assert len(connects) == 2, lines
+    assert all(line.startswith("configured: CONNECT TCP Peer: ") for line in connects), lines
+    ready = [line for line in lines if "Server ready: 127.0.0.1:" in line]
+    assert len(ready) == 1 and re.match(r"\d{4}/\d\d/\d\d-\d\d:\d\d:\d\d Server", ready[0])
 
 
 # -- what the docs say about logging is what the server does ------------------------------------

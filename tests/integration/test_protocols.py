@@ -129,6 +129,33 @@ def test_bad_spec_stops_the_start(port: Any, extra: dict[str, Any], words: list[
     assert all(listener.sock.fileno() == -1 for listener in server.listeners)
 
 
+@pytest.mark.parametrize("port, words", [
+    # Net::Server's spelling in the dict form: it used to bind a datagram socket that the
+    # stream server could never accept on.
+    ({"port": "{dir}/d.sock", "proto": "unix", "unix_type": "SOCK_DGRAM"},
+     ["{dir}/d.sock|unix", "unix_type sock_dgram", "stream sockets only"]),
+    ({"port": "{dir}/d.sock", "proto": "unix", "unix_type": "sock_dgram"},
+     ["{dir}/d.sock|unix", "unix_type sock_dgram", "stream sockets only"]),
+    ("{dir}/d.sock|SOCK_DGRAM|unix", ["{dir}/d.sock|unix", "unix_type sock_dgram"]),
+    ("{dir}/d.sock|unixdgram", ["{dir}/d.sock|unixdgram", "'unixdgram' is not supported",
+                                "stream sockets only"]),
+    ("127.0.0.1:0/udp", ["127.0.0.1:0/udp", "'udp' is not supported", "stream sockets only"]),
+], ids=["dict-upper", "dict-lower", "string", "unixdgram", "udp"])
+def test_datagram_ports_are_refused_at_start(port: Any, words: list[str], short_tmp_path: str,
+                                             serve: Callable[..., GServer]) -> None:
+    """gnetserver serves stream sockets only: every datagram port stops the start, before
+    anything is bound (serve() stops the server should it start after all)."""
+    if isinstance(port, dict):
+        port = {**port, "port": port["port"].format(dir=short_tmp_path)}
+    else:
+        port = port.format(dir=short_tmp_path)
+    with pytest.raises(ConfigError) as info:
+        serve(GServer, port=port, log_level=0)
+    for word in words:
+        assert word.format(dir=short_tmp_path) in str(info.value)
+    assert os.listdir(short_tmp_path) == []
+
+
 def test_port_in_use_stops_the_start_and_releases_the_others() -> None:
     busy, spec = _busy_port()
     with busy:

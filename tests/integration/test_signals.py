@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import ssl
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
 import gevent
 import pytest
-from support.process import Where
+from support.net import read_until_eof
+from support.process import REPO, Where, python_env
 from support.sigserver import InFlight, SignalServerProcess, refused, request
 
 from gnetserver import GServer
@@ -91,6 +94,46 @@ def test_term_during_quit_drain_stops_at_once(start_sigserver: Any,
     assert server.wait_exit() == 0
     assert time.monotonic() - began < 5
     held.outcome()
+
+
+GRACEFUL_TERM = textwrap.dedent('''
+    from gnetserver import GServer
+
+
+    class GracefulTerm(GServer):
+        """TERM lets in-flight connections finish (stop() without a timeout); each
+        connection is held until its peer sends a second line."""
+
+        def handle_term(self):
+            self.log(2, "TERM: letting connections finish")
+            self.stop()
+
+        def process_request(self, client):
+            client.readline()
+            self.log(2, "request held")
+            client.readline()
+            client.sendall(b"finished\\n")
+''')
+
+
+def test_an_overridden_handle_term_keeps_a_drain_running(spawn: Any, tmp_path: Path) -> None:
+    """TERM during a drain goes to handle_term; the default one ends the drain (stop(0)), an
+    override that does not keeps it running: the held connection finishes normally."""
+    (tmp_path / "graceful.py").write_text(GRACEFUL_TERM)
+    server = spawn([sys.executable, "-m", "gnetserver", "--server", "graceful:GracefulTerm",
+                    "--port", "127.0.0.1:0/tcp", "--graceful_timeout", "20"],
+                   env=python_env(tmp_path, REPO), cwd=tmp_path)
+    host, port, _ = server.ports()[0]
+    with socket.create_connection((host, port), timeout=15) as sock:
+        sock.sendall(b"first\n")
+        server.wait_for("request held")
+        server.send(signal.SIGQUIT)
+        server.wait_for("Waiting up to 20s for 1 connection")
+        server.send(signal.SIGTERM)
+        server.wait_for("TERM: letting connections finish")
+        sock.sendall(b"second\n")
+        assert read_until_eof(sock) == b"finished\n"
+    assert server.wait_exit(10) == 0
 
 
 # -- HUP ------------------------------------------------------------------------------------------

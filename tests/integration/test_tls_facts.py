@@ -23,7 +23,9 @@ from support.tls import trusting, unverified
 
 from gnetserver import GServer
 from gnetserver.errors import ConfigError
-from gnetserver.tls import SUPPORTED_SSL_OPTIONS
+from gnetserver.ports import parse_ports
+from gnetserver.proto import SSLeayProtocol, SSLProtocol
+from gnetserver.tls import SUPPORTED_SSL_OPTIONS, tls_library_versions
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -164,6 +166,27 @@ def test_openssl_version_is_logged_at_start(serve: Any, certs: dict[str, str],
                 f"{OpenSSL.SSL.OpenSSL_version(OpenSSL.SSL.OPENSSL_VERSION).decode()} "
                 f"(bundled with cryptography {cryptography.__version__})")
     assert expected in caplog.messages
+
+
+def test_each_tls_library_is_logged_once(serve: Any, certs: dict[str, str],
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    """One "TLS by" line per library in use, whatever the number of ports using it."""
+    caplog.set_level(logging.DEBUG, logger="gnetserver")
+    ports = ["127.0.0.1:0/ssleay", "127.0.0.1:0/ssl", "127.0.0.1:0/ssleay", "127.0.0.1:0/ssl"]
+    serve(GServer(port=ports, **certs))
+    assert [m for m in caplog.messages if "TLS by" in m] == [
+        f"TLS by the stdlib ssl module over {ssl.OPENSSL_VERSION}",
+        f"TLS by {tls_library_versions()}",
+    ]
+
+
+def test_a_tls_protocol_uses_the_servers_registry_only(certs: dict[str, str]) -> None:
+    """No private TLSContexts behind the server's back (reload_tls would miss it)."""
+    server = GServer(port="127.0.0.1:0/ssl", **certs)  # never bound: no tls_contexts yet
+    for proto, protocol in (("ssl", SSLProtocol), ("ssleay", SSLeayProtocol)):
+        [spec] = parse_ports(f"127.0.0.1:0/{proto}")
+        with pytest.raises(RuntimeError, match="no TLS registry"):
+            protocol(spec, certs, server)
 
 
 def test_no_tls_line_for_a_server_without_tls(serve: Any,

@@ -10,6 +10,7 @@ import pytest
 from gnetserver import access
 from gnetserver.access import AccessRules, lookup_mode, rules_from_options
 from gnetserver.errors import ConfigError
+from gnetserver.options import as_bool
 from gnetserver.server import GServer
 
 
@@ -78,6 +79,48 @@ def test_decision(options: dict[str, Any], address: str, host: str | None,
                   expected: bool) -> None:
     """Each row: Net::Server's allow_deny result for these rules and this peer."""
     assert rules(**options).allowed(address, host) is expected
+
+
+@pytest.mark.parametrize(("options", "address", "host", "expected"), DECISIONS)
+def test_decide_on_a_normalised_address(options: dict[str, Any], address: str,
+                                        host: str | None, expected: bool) -> None:
+    """decide() is allowed() for a caller that normalised the address already."""
+    normalised = access.normalise_address(address)
+    assert rules(**options).decide(normalised, host) is expected
+
+
+@pytest.mark.parametrize(("options", "reverse", "double", "has_rules", "mode"), [
+    ({}, False, False, False, access.LookupMode()),
+    ({"cidr_deny": ["10.0.0.0/8"]}, False, False, True, access.LookupMode()),
+    ({"allow": [r"x"]}, "double debug", False, True,
+     access.LookupMode(True, True, frozenset({"debug"}))),
+    ({}, True, False, False, access.LookupMode(reverse=True)),
+])
+def test_access_plan(options: dict[str, Any], reverse: Any, double: Any, has_rules: bool,
+                     mode: access.LookupMode) -> None:
+    """The per-start plan: rules None when there is none (connections return at once)."""
+    conf = {"allow": [], "deny": [], "cidr_allow": [], "cidr_deny": [], **options,
+            "reverse_lookups": reverse, "double_reverse_lookups": double}
+    plan = access.access_plan(conf)
+    assert (plan.rules is not None) is has_rules and plan.mode == mode
+    if has_rules:
+        assert plan.rules == rules(**options)
+
+
+TRUTH_WORDS = ["1", "yes", "true", "on", "YES", "On", "0", "no", "false", "off", "OFF", ""]
+
+
+@pytest.mark.parametrize("word", TRUTH_WORDS)
+def test_lookup_options_read_truth_words_as_every_option_does(word: str) -> None:
+    """reverse_lookups and double_reverse_lookups read Perl truth words with options.as_bool."""
+    assert access.reverse_lookups_setting(word) is as_bool(word)
+    assert access.double_reverse_setting(word) is as_bool(word)
+
+
+def test_truth_words_among_double_reverse_flags_are_skipped() -> None:
+    assert access.double_reverse_setting("1,detail") == "detail"
+    assert access.reverse_lookups_setting("double yes debug") == "double yes debug"
+    assert lookup_mode("double yes debug", False).flags == frozenset({"debug"})
 
 
 @pytest.mark.parametrize(("options", "address", "pending", "expected"), [
@@ -157,7 +200,8 @@ def test_double_reverse_check(host: str | None, forward: set[str] | None,
     ("cidr_allow", "10.0.0.9-10.0.0.1", "bad CIDR block"),
     ("cidr_allow", "10.0.0.1-::1", "bad CIDR block"),
     ("cidr_allow", " ", "expected a CIDR block"),
-    ("reverse_lookups", "maybe", "expected 1/0"),
+    ("reverse_lookups", "maybe", "(1/0, yes/no, true/false, on/off) or double"),
+    ("double_reverse_lookups", "maybe", "unknown double-reverse flag(s) maybe"),
     ("double_reverse_lookups", "loud", "unknown double-reverse flag(s) loud"),
 ])
 def test_bad_values_name_option_and_value(option: str, value: str, needle: str) -> None:

@@ -107,6 +107,34 @@ def test_precedence_list(combo: tuple[str, ...], tmp_path: Path) -> None:
     assert conf["port"] == [f"127.0.0.1:{1001 + 100 * i}", f"127.0.0.1:{1002 + 100 * i}"]
 
 
+@pytest.mark.parametrize("winner", SOURCES)
+def test_conf_sources_name_the_source_that_won(winner: str, tmp_path: Path) -> None:
+    """configure() keeps where each option came from (``conf_sources``): the winner among
+    it and every lower source; an option no source set is absent."""
+    combo = SOURCES[SOURCES.index(winner):]
+    kwargs = _sources_for(combo, tmp_path, scalar=True)
+    server = type("Row", (ConfigOnly,), {"defaults": kwargs.pop("defaults")})(
+        commandline=kwargs.pop("argv"), **kwargs.pop("new"))
+    with pytest.raises(Configured):
+        server.run(**kwargs.pop("run"))
+    labels = {"new": "constructor arguments", "argv": "command line",
+              "run": "run() arguments", "defaults": "default_values()",
+              "conf": f"conf_file {server.conf.get('conf_file')!r}"}
+    assert server.conf_sources["max_servers"] == labels[winner]
+    assert "max_servers" in server.conf and "timeout_idle" not in server.conf_sources
+    if "conf" in combo:
+        assert server.conf_sources["conf_file"] == "constructor arguments"
+
+
+def test_merge_returns_values_and_provenance() -> None:
+    known = table(OPTIONS)
+    values, sources = config.merge([("first", {"log_level": ["3"]}),
+                                    ("second", {"log_level": ["1"], "max_servers": ["7"]})],
+                                   known)
+    assert (values["log_level"], values["max_servers"]) == (3, 7)
+    assert sources == {"log_level": "first", "max_servers": "second"}
+
+
 def test_conf_file_named_by_any_source_is_read(tmp_path: Path) -> None:
     path = write_conf(tmp_path, "log_level 4\n")
     assert configure(argv=[f"--conf_file={path}"])["log_level"] == 4

@@ -39,6 +39,16 @@ def test_every_option_is_in_the_table() -> None:
         assert row in table, option.name
 
 
+def test_code_only_options_say_so_in_the_table() -> None:
+    """The options only code can give (``Option.cli`` False) end their meaning with the note;
+    the others do not carry it."""
+    flat = " ".join(docs.render().split())
+    for option in OPTIONS:
+        row = re.search(rf"\* - ``{re.escape(option.name)}`` - .*? - (.*?)(?= \* - ``|$)", flat)
+        assert row, option.name
+        assert row.group(1).endswith(docs.CODE_ONLY_NOTE) is (not option.cli), option.name
+
+
 def test_rendered_table_is_valid_restructuredtext() -> None:
     core = pytest.importorskip("docutils.core")
     warnings = io.StringIO()

@@ -67,6 +67,7 @@ STRING_FORMS = [
     row("foo/bar/unix", S("foo/bar", proto="unix"), ipv="*"),
     row("/tmp/y|unixdgram", S("/tmp/y", proto="unixdgram")),
     row("/p|sock_dgram|unix", S("/p", proto="unix", options=(("unix_type", "sock_dgram"),))),
+    row("/p|SOCK_DGRAM|unix", S("/p", proto="unix", options=(("unix_type", "sock_dgram"),))),
     row("/tmp/x.sock", S("/tmp/x.sock", proto="unix"), proto="unix"),
     row("/tmp/x.sock|unix", S("/tmp/x.sock", proto="unix"), host="localhost", ipv="4"),
 ]
@@ -134,6 +135,12 @@ DICT_FORMS = [
     row({"port": "/foo/bar", "proto": "unix", "unix_type": "sock_stream", "listen": 7},
         S("/foo/bar", proto="unix", listen=7, options=(("unix_type", "sock_stream"),))),
     row({"port": "/foo/bar", "proto": "unixdgram"}, S("/foo/bar", proto="unixdgram")),
+    # Net::Server's spelling of unix_type, normalised once here (resolve and the server rely
+    # on it): any case, surrounding spaces.
+    row({"port": "/foo/bar", "proto": "unix", "unix_type": "SOCK_DGRAM"},
+        S("/foo/bar", proto="unix", options=(("unix_type", "sock_dgram"),))),
+    row({"port": "/foo/bar", "proto": "unix", "unix_type": " Sock_Stream "},
+        S("/foo/bar", proto="unix", options=(("unix_type", "sock_stream"),))),
     row([{"port": 443, "proto": "ssl", "SSL_cert_file": "cert.pem"}, "80"],
         S(443, proto="ssl", options=SSL_CERT), S(80)),
 ]
@@ -196,6 +203,11 @@ ERRORS = [
     ("/tmp/x.sock", {}, "a filesystem path needs a unix proto"),
     ("/tmp/x.sock|tcp", {}, "a filesystem path needs a unix proto"),
     ("80|sock_dgram", {}, "'sock_dgram' needs a unix proto"),
+    ({"port": 80, "unix_type": "SOCK_STREAM"}, {}, "'unix_type' needs a unix proto"),
+    ({"port": "/p", "proto": "unix", "unix_type": "SOCK_RAW"}, {},
+     "unix_type 'SOCK_RAW': expected SOCK_STREAM or SOCK_DGRAM"),
+    ({"port": "/p", "proto": "unix", "unix_type": 1}, {},
+     "unix_type 1: expected SOCK_STREAM or SOCK_DGRAM"),
     ("localhost:nosuchservice", {}, "unknown service name 'nosuchservice'"),
     ("localhost:ht!p", {}, "bad port 'ht!p'"),
     ("tcp", {}, "'tcp' is a proto, not a port"),
@@ -260,3 +272,18 @@ def test_split_duplicates_reports_the_dropped_records() -> None:
 def test_str_is_readable_and_parses_back(spec: PortSpec, text: str) -> None:
     assert str(spec) == text
     assert parse_ports(text) == [spec]
+
+
+@pytest.mark.parametrize(("port", "datagram"), [
+    ("80", False),
+    ("80/udp", True),
+    ("/p|unix", False),
+    ("/p|sock_stream|unix", False),
+    ("/p|unixdgram", True),
+    ("/p|SOCK_DGRAM|unix", True),
+    ({"port": "/p", "proto": "unix", "unix_type": "SOCK_DGRAM"}, True),
+])
+def test_is_datagram(port: Any, datagram: bool) -> None:
+    """The records gnetserver refuses to serve (it serves stream sockets only)."""
+    [spec] = parse_ports(port)
+    assert spec.is_datagram is datagram
