@@ -9,7 +9,9 @@ conftest.py module ``conftest``, so such an import finds whichever was loaded la
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import ssl
 import sys
 import tempfile
@@ -33,8 +35,9 @@ from support.net import (  # noqa: E402,F401  (re-exported for older imports fro
     needs_ipv6,
     read_until_eof,
     tls_connect,
+    wait_until,
 )
-from support.process import ServerProcess  # noqa: E402
+from support.process import ServerProcess, alive  # noqa: E402
 from support.sigserver import SignalServerProcess  # noqa: E402
 from support.tls import trusting, write_leaf  # noqa: E402
 
@@ -112,6 +115,22 @@ def start_endpoint(proto: str, serve: Callable[..., GServer], ca: trustme.CA,
 
 
 # -- servers in subprocesses -----------------------------------------------------------------
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[int]]:
+    """Pids of daemons a test started; each is TERMed, then KILLed, at teardown."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            if not alive(pid):
+                break
+            os.kill(pid, signum)
+            try:
+                wait_until(lambda pid=pid: not alive(pid), 5, f"pid {pid} to exit")
+            except AssertionError:
+                continue
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 from support.net import read_line, wait_until
-from support.process import REPO, Where, parse_ready, python_env, read_pid
+from support.process import REPO, Where, alive, parse_ready, python_env, read_pid
 from support.sigserver import refused
 
 pytestmark = pytest.mark.timeout(30)
@@ -49,15 +49,6 @@ def account(user: str, group: str) -> tuple[int, int] | None:
 
 
 NOBODY = account("nobody", "nogroup")
-
-
-def alive(pid: int) -> bool:
-    """True while the process exists and is no zombie (whoever adopted the daemon reaps it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def proc_field(pid: int, index: int) -> int:
@@ -102,22 +93,6 @@ def folder() -> Iterator[Path]:
         os.chown(path, *NOBODY)  # the daemon removes its pid file as nobody
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[int]]:
-    """Pids of daemons a test started; each is TERMed, then KILLed, at teardown."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        for signum in (signal.SIGTERM, signal.SIGKILL):
-            if not alive(pid):
-                break
-            os.kill(pid, signum)
-            try:
-                wait_until(lambda pid=pid: not alive(pid), 5, f"pid {pid} to exit")
-            except AssertionError:
-                continue
 
 
 def start_daemon(conf: Path, folder: Path, daemons: list[int]) -> tuple[int, str]:

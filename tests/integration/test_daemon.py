@@ -9,14 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.net import open_stream, wait_until
-from support.process import gnetserver_to_files, read_pid
+from support.process import alive, gnetserver_to_files, read_pid
 
 from gnetserver import ConfigError, GServer
 from gnetserver.testing import ServerThread
@@ -46,38 +45,12 @@ def gnetserver(*args: str, folder: Path) -> Exited:
     return Exited(proc.pid, returncode, (folder / "err.txt").read_text())
 
 
-def alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie (a daemon's parent is gone, so
-    whoever adopted it may reap it late)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def session_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
 
 
 def fd_target(pid: int, fd: int) -> str:
     return os.readlink(f"/proc/{pid}/fd/{fd}")
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[int]]:
-    """Pids of daemons started by a test; each is TERMed, then KILLed, at teardown."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        for signum in (signal.SIGTERM, signal.SIGKILL):
-            if not alive(pid):
-                break
-            os.kill(pid, signum)
-            try:
-                wait_until(lambda pid=pid: not alive(pid), 5, f"pid {pid} to exit")
-            except AssertionError:
-                continue
 
 
 def welcome(where: Any) -> str:

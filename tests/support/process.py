@@ -138,6 +138,16 @@ def gnetserver_to_files(*args: str, folder: Path) -> subprocess.Popen[bytes]:
                                 stdout=subprocess.DEVNULL, stderr=err)
 
 
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (a daemon's parent is gone, so
+    whoever adopted it may reap it late)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def read_pid(pid_file: Path) -> int | None:
     """The pid in a pid file, or None while it is missing or not completely written."""
     try:
