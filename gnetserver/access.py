@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
+from .truth import perl_truth
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -92,10 +94,8 @@ def double_reverse_setting(value: Any) -> bool | str:
 
 
 def _as_bool(text: str) -> bool:
-    """Perl truth words, read by THE parser of them, :func:`gnetserver.options.as_bool`."""
-    from .options import as_bool  # at call time: options imports this module for its table
-
-    return as_bool(text)
+    """Perl truth words (:func:`gnetserver.truth.perl_truth`)."""
+    return perl_truth(text)
 
 
 def _true_word(word: str) -> bool:

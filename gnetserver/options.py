@@ -28,6 +28,7 @@ from typing import Any
 
 from . import access, log, privileges
 from .tls.context import SUPPORTED_SSL_OPTIONS
+from .truth import perl_truth
 
 
 @dataclass(frozen=True)
@@ -72,16 +73,7 @@ def as_optional_str(value: Any) -> str | None:
 
 def as_bool(value: Any) -> bool:
     """Perl-style truth: 1/0, yes/no, true/false, on/off (case-insensitive)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return value != 0
-    text = as_str(value).strip().lower()
-    if text in ("1", "yes", "true", "on"):
-        return True
-    if text in ("0", "no", "false", "off", ""):
-        return False
-    raise ValueError("expected a boolean (1/0, yes/no, true/false, on/off)")
+    return perl_truth(value if isinstance(value, (bool, int)) else as_str(value))
 
 
 def int_in(low: int, high: int | None = None) -> Callable[[Any], int]:

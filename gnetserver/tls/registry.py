@@ -140,17 +140,6 @@ class TLSContexts:
         Raises:
             ConfigError: a context could not be built; every current context stays.
         """
-        fresh = self.check()
-        for handle, context in zip(self._handles.values(), fresh, strict=True):
+        fresh = [(handle, handle.build()) for handle in self._handles.values()]
+        for handle, context in fresh:
             handle.swap(context)
-
-    def check(self) -> list[Any]:
-        """Build every context from its options and files again, without using them.
-
-        Returns:
-            The fresh contexts, in the order of :attr:`handles`.
-
-        Raises:
-            ConfigError: a context could not be built.
-        """
-        return [handle.build() for handle in self._handles.values()]

@@ -16,6 +16,7 @@ from typing import Any
 from OpenSSL import SSL
 
 from ..errors import ConfigError
+from ..truth import perl_truth
 from .connection import describe_ssl_error
 
 #: Reports a warning (an expiring certificate, a callback that raised); the server passes
@@ -68,18 +69,14 @@ def as_bytes(value: bytes | str) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else value
 
 
-_TRUE = {"1", "yes", "true", "on"}
-_FALSE = {"0", "no", "false", "off", ""}
 
 
 def to_bool(value: object, option: str, where: str) -> bool:
-    """Perl-style truth of an option value (1/0, yes/no, true/false, on/off)."""
-    if isinstance(value, (bool, int)):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in _TRUE or text in _FALSE:
-        return text in _TRUE
-    raise ConfigError(f"{where}: invalid {option} {value!r} (expected 0 or 1)")
+    """Perl-style truth of an option value (:func:`gnetserver.truth.perl_truth`)."""
+    try:
+        return perl_truth(value)
+    except ValueError:
+        raise ConfigError(f"{where}: invalid {option} {value!r} (expected 0 or 1)") from None
 
 
 def to_seconds(value: object, option: str, where: str) -> float:
