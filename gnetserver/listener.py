@@ -23,14 +23,12 @@ class Listener:
         sock: the listening stdlib socket.
         protocol: the protocol object that negotiates and closes its connections
             (``protocol.is_tls``: a TLS port).
-        stream_server: the gevent StreamServer accepting on it, once the loop started.
     """
 
     spec: PortSpec
     address: BindAddress
     sock: socket.socket
     protocol: StreamProtocol
-    stream_server: Any = field(default=None, repr=False)
     #: The address as bound: ``(host, port)`` (IPv6: 4-tuple) or a unix path. Read once at
     #: construction, so it stays available after the socket is closed.
     bound: Any = field(init=False)
@@ -45,7 +43,8 @@ class Listener:
     def port(self) -> int | str:
         """The bound port number (kernel-chosen for port 0), or the path of a unix socket."""
         bound = self.bound
-        return bound[1] if isinstance(bound, tuple) else bound
+        port: int | str = bound[1] if isinstance(bound, tuple) else bound
+        return port
 
     @property
     def host(self) -> str:

@@ -30,7 +30,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .daemon import stderr_to
@@ -268,7 +268,7 @@ class LogTargets:
         self.stderr_follows = False
 
     @classmethod
-    def from_conf(cls, conf: dict[str, Any]) -> LogTargets:
+    def from_conf(cls, conf: Mapping[str, Any]) -> LogTargets:
         """Open what ``log_file`` names; raises ConfigError naming the option and value."""
         target = conf.get("log_file")
         if not target:
@@ -340,7 +340,7 @@ class LogTargets:
 LOGGER_TARGETS = LogTargets()
 
 
-def open_syslog(conf: dict[str, Any]) -> SyslogHandler:
+def open_syslog(conf: Mapping[str, Any]) -> SyslogHandler:
     """The syslog handler for ``log_file Sys::Syslog``; unreachable syslog is a ConfigError
     unless ``syslog_logopt`` has ``nofatal`` (then each message tries to reconnect)."""
     logopt = logopt_words(conf.get("syslog_logopt"))

@@ -1,17 +1,18 @@
-"""OperationsMixin: the server as a process: its log, pid file, background and privileges.
+"""The server as a process: its log (:class:`ServerLog`), and its pid file, background and
+privileges (:class:`ProcessControl`).
 
 Rules of this module (behaviour: spec/netserver.md, logging and process sections):
 
-* Every message goes through :meth:`OperationsMixin.log`: filtered by ``log_level`` (a
-  caller about to build a costly message asks :meth:`OperationsMixin.log_enabled` first), then to
-  ``log_function`` (a broken one is reported and bypassed), else to ``write_to_log_hook``, the
-  one sink users override. Logging never raises (a sink that raises or re-enters log() gets
-  the message written to stderr instead) and never blocks the hub (syslog included).
-* The steps run in Net::Server's order, called by the server's lifecycle (server.py):
-  ``initialize_logging`` then ``daemonize`` in post_configure (before binding),
-  ``drop_privileges`` in post_bind (after binding), ``remove_pid_file`` at the end of
-  server_close and at exit. The mechanics are pure helpers elsewhere: :mod:`gnetserver.log`,
-  :mod:`gnetserver.daemon`, :mod:`gnetserver.privileges`; this mixin only sequences them.
+* Every message goes through the server's ``log``: filtered by ``log_level`` (a caller about
+  to build a costly message asks ``log_enabled`` first), then :meth:`ServerLog.write` hands it
+  to ``log_function`` (a broken one is reported and bypassed), else to ``write_to_log_hook``,
+  the one sink users override. Logging never raises (a sink that raises or re-enters the log
+  gets the message written to stderr instead) and never blocks the hub (syslog included).
+* The steps run in Net::Server's order, called by the server (server.py): the log targets
+  then ``daemonize`` in post_configure (before binding), ``drop_privileges`` in post_bind
+  (after binding), the pid file's removal at the end of server_close and at exit. The
+  mechanics are helpers elsewhere: :mod:`gnetserver.log`, :mod:`gnetserver.daemon`,
+  :mod:`gnetserver.privileges`; this module only sequences them.
 * The process's standard streams are touched only when the server may own them
   (``redirect_std_streams``; by default only in the main thread).
 * Bad options are ConfigErrors at start; failures at run time (reopening a log, removing a
@@ -24,74 +25,60 @@ import atexit
 import os
 import resource
 import weakref
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import gevent
 
 from . import daemon, log, privileges, restart, signals
 from .errors import ConfigError
 
-if TYPE_CHECKING:
 
-    from .listener import Listener
+class ServerLog:
+    """Where a server's messages go (see the module rules): the targets ``log_file`` names,
+    the resolved ``log_function``, and the guards that keep logging from raising or recursing.
 
+    Args:
+        sink: the server's ``write_to_log_hook`` (the default sink, overridable).
+    """
 
-class OperationsMixin:
-    """The process steps of :class:`~gnetserver.server.GServer`: ``initialize_logging``,
-    ``daemonize``, ``drop_privileges``, ``remove_pid_file``, ``log``, ``write_to_log_hook``,
-    ``reopen_logs``, ``close_logs``."""
+    def __init__(self, sink: Callable[[int, str], None]) -> None:
+        self._sink = sink
+        self._targets: log.LogTargets | None = None
+        self._function: Callable[[int, str], Any] | None = None
+        self._inside: set[Any] = set()  # greenlets inside a sink: never recurse into it
+        self._sink_failing = False  # the sink raised and that was said on stderr
 
-    #: The pid file written by daemonize (None without ``pid_file``).
-    pid_file: daemon.PidFile | None = None
-    #: True keeps the pid file when the server closes (a HUP re-exec keeps pid and file).
-    keep_pid_file: bool = False
-    #: Whether daemonize may point the process's stdin/stdout/stderr elsewhere, as Net::Server
-    #: does under ``setsid`` or ``log_file``. None (default): only when the server runs in the
-    #: main thread (a server in a ServerThread leaves the host program's streams alone).
-    redirect_std_streams: bool | None = None
-    #: This server's log target (set by initialize_logging); None: the ``gnetserver`` logger.
-    log_targets: log.LogTargets | None = None
-    #: The resolved ``log_function`` (set by initialize_logging).
-    _log_callable: Callable[[int, str], Any] | None = None
-    #: write_to_log_hook raised and that was said on stderr (until it works again).
-    _sink_failing: bool = False
+    @property
+    def targets(self) -> log.LogTargets | None:
+        """The open targets (None before :meth:`open`: the ``gnetserver`` logger)."""
+        return self._targets
 
-    if TYPE_CHECKING:  # provided by the server class
-        conf: dict[str, Any]
-        listeners: list[Listener]
+    @property
+    def function(self) -> Callable[[int, str], Any] | None:
+        """The resolved ``log_function`` (None without one)."""
+        return self._function
 
-    # -- logging ---------------------------------------------------------------------------
+    def open(self, conf: Mapping[str, Any], owner: object) -> None:
+        """Open the target ``log_file`` names (a path, ``Sys::Syslog``, or stderr when unset)
+        and resolve ``log_function`` (a callable, or the name of a method of ``owner``);
+        targets opened before are closed. ConfigError for a file that cannot be opened, an
+        unreachable syslog (unless ``nofatal``) or an unknown method name."""
+        function = log.resolve_log_function(conf.get("log_function"), owner)
+        targets = log.LogTargets.from_conf(conf)
+        self.close()
+        self._targets, self._function = targets, function
 
-    def initialize_logging(self) -> None:
-        """Framework step (in post_configure): open the target ``log_file`` names (a file
-        path, ``Sys::Syslog``, or stderr when unset) and resolve ``log_function`` (a callable,
-        or the name of a method of the server). Raises ConfigError for a file that cannot be
-        opened, an unreachable syslog (unless ``nofatal``) or an unknown method name."""
-        function = log.resolve_log_function(self.conf.get("log_function"), self)
-        targets = log.LogTargets.from_conf(self.conf)
-        if self.log_targets is not None:
-            try:
-                self.log_targets.close()
-            except OSError as exc:  # the last flush of a log file on a full disk
-                log.write_fallback(f"Couldn't close the log: {exc}")
-        self.log_targets, self._log_callable = targets, function
-
-    def log(self, level: int, message: str) -> None:
-        """Log ``message`` at Net::Server ``level`` (0-4) if ``log_level`` allows it: to
-        ``log_function`` when one is set, else (or when it raises) to write_to_log_hook.
-        Never raises: a sink that raises, or logs from inside itself, gets the message
-        written to stderr instead (see _to_sink)."""
-        if not self.log_enabled(level):
-            return
-        inside = self.__dict__.setdefault("_logging_greenlets", set())
+    def write(self, level: int, message: str) -> None:
+        """Pass one message (already filtered by level) on: to ``log_function`` when one is
+        set, else (or when it raises) to the sink. Never raises; see the module rules."""
         me = gevent.getcurrent()
-        if me in inside:  # a sink or log_function that logs: never recurse into it
+        if me in self._inside:  # a sink or log_function that logs: never recurse into it
             log.write_fallback(message)
             return
-        inside.add(me)
+        self._inside.add(me)
         try:
-            function = self._log_callable
+            function = self._function
             if function is not None:
                 try:
                     function(level, message)
@@ -100,19 +87,13 @@ class OperationsMixin:
                     self._to_sink(1, f"Error in log_function: {type(exc).__name__}: {exc}")
             self._to_sink(level, message)
         finally:
-            inside.discard(me)
-
-    def log_enabled(self, level: int) -> bool:
-        """Whether :meth:`log` would pass a message of ``level`` on (``log_level`` allows it).
-        Cheap: ask it before building a message that costs something (a traceback, an
-        f-string per connection). Any greenlet may call it; it touches nothing."""
-        return log.should_log(level, self.conf.get("log_level", 2))
+            self._inside.discard(me)
 
     def _to_sink(self, level: int, message: str) -> None:
-        """write_to_log_hook, guarded: when it raises, the reason (once, until it works
-        again) and the message go to stderr."""
+        """The sink, guarded: when it raises, the reason (once, until it works again) and
+        the message go to stderr."""
         try:
-            self.write_to_log_hook(level, message)
+            self._sink(level, message)
         except Exception as exc:
             reason = None
             if not self._sink_failing:
@@ -123,103 +104,124 @@ class OperationsMixin:
         else:
             self._sink_failing = False
 
-    def write_to_log_hook(self, level: int, message: str) -> None:
-        """Hook: the default log sink, called by log() for every message that passes
-        ``log_level``: the log file (one ``YYYY/MM/DD-HH:MM:SS msg`` line, bytes outside
-        printable ASCII escaped as ``%XX``), syslog, or the ``gnetserver`` stdlib logger
-        (stderr unless configured otherwise). Runs in whatever greenlet logs; must not block
-        for long. Override to send the log elsewhere. If it raises, log() writes the message
-        to stderr instead (and the reason, once until it works again); a message it logs
-        itself through log() goes straight to stderr."""
-        # Before initialize_logging: the gnetserver logger, as without log_file.
-        (self.log_targets or log.LOGGER_TARGETS).emit(level, message)
+    def emit(self, level: int, message: str) -> None:
+        """The default sink's work: write to the open targets (or the ``gnetserver`` logger)."""
+        (self._targets or log.LOGGER_TARGETS).emit(level, message)
 
-    def reopen_logs(self) -> None:
-        """Reopen the log file by its name (logrotate renamed it; HUP calls this), pointing
-        stderr at the new file if it pointed at the old one; reconnect to syslog. A failure
-        is logged and the old target kept; never raises."""
-        if self.log_targets is None:
-            return
+    def reopen(self) -> str | None:
+        """Reopen the log file by its name, reconnect to syslog; the failure text, or None."""
+        if self._targets is None:
+            return None
         try:
-            self.log_targets.reopen()
+            self._targets.reopen()
         except OSError as exc:
-            self.log(1, f"Couldn't reopen the log ({self.log_targets.path or 'syslog'}): {exc}")
-            return
-        self.log(3, "Reopened the log")
+            return f"Couldn't reopen the log ({self._targets.path or 'syslog'}): {exc}"
+        return None
 
-    def close_logs(self) -> None:
-        """Framework step, last in server_close: close the log file or syslog socket (syslog
-        first reports the messages it had to drop). A message logged afterwards opens the
-        target again. Never raises."""
-        if self.log_targets is not None:
+    def close(self) -> None:
+        """Close the log file or syslog socket; never raises."""
+        if self._targets is not None:
             try:
-                self.log_targets.close()
+                self._targets.close()
             except OSError as exc:  # the last flush of a log file on a full disk
                 log.write_fallback(f"Couldn't close the log: {exc}")
 
-    # -- the process -----------------------------------------------------------------------
 
-    def daemonize(self) -> None:
-        """Framework step (in post_configure, before binding), in Net::Server's order: check
-        ``pid_file`` (ConfigError while a live process owns it; a stale one is overwritten
-        with a warning), point stdin/stdout at /dev/null (``setsid`` or ``log_file``), fork
-        for ``background``/``setsid`` (the parent exits 0; not after a HUP re-exec), setsid,
-        point stderr at the log file (or /dev/null under ``setsid``), write the pid file."""
-        c = self.conf
+class ProcessControl:
+    """The server as a process: background, standard streams, pid file, privileges (see the
+    module rules). Holds the pid file it wrote."""
+
+    def __init__(self) -> None:
+        self._pid_file: daemon.PidFile | None = None
+
+    @property
+    def pid_file(self) -> daemon.PidFile | None:
+        """The pid file written by :meth:`daemonize` (None without ``pid_file``)."""
+        return self._pid_file
+
+    def daemonize(self, conf: Mapping[str, Any], logs: ServerLog, redirect: bool | None,
+                  say: Callable[[int, str], None]) -> None:
+        """Net::Server's order: check ``pid_file`` (ConfigError while a live process owns
+        it; a stale one is overwritten with a warning), point stdin/stdout at /dev/null
+        (``setsid`` or ``log_file``), fork for ``background``/``setsid`` (the parent exits 0;
+        not after a HUP re-exec), setsid, point stderr at the log file (or /dev/null under
+        ``setsid``), write the pid file. ``redirect`` None: only in the main thread."""
         main = signals.in_main_thread()
-        if (c["background"] or c["setsid"]) and not main:
+        if (conf["background"] or conf["setsid"]) and not main:
             raise ConfigError("options 'background'/'setsid': the server must run in the "
                               "main thread to fork into the background")
-        pid_file = daemon.PidFile.from_option(c["pid_file"]) if c["pid_file"] else None
+        pid_file = daemon.PidFile.from_option(conf["pid_file"]) if conf["pid_file"] else None
         if pid_file is not None and (warning := pid_file.check()):
-            self.log(1, warning)
-        redirect = main if self.redirect_std_streams is None else self.redirect_std_streams
-        if redirect and (c["setsid"] or c["log_file"]):
+            say(1, warning)
+        redirect = main if redirect is None else redirect
+        if redirect and (conf["setsid"] or conf["log_file"]):
             daemon.stdin_stdout_to_devnull()
-        if (c["background"] or c["setsid"]) and not restart.reexecuted():
-            daemon.background(c["setsid"])  # the parent exits 0 in there
-            self.log(2, "Process Backgrounded")
-        log_fd = self.log_targets.fileno() if self.log_targets is not None else None
-        if redirect and log_fd is not None and self._log_callable is None:
-            self.log_targets.point_stderr()  # tracebacks and warnings land in the log too
-        elif redirect and c["setsid"]:
+        if (conf["background"] or conf["setsid"]) and not restart.reexecuted():
+            daemon.background(conf["setsid"])  # the parent exits 0 in there
+            say(2, "Process Backgrounded")
+        targets = logs.targets
+        if redirect and targets is not None and targets.fileno() is not None \
+                and logs.function is None:
+            targets.point_stderr()  # tracebacks and warnings land in the log too
+        elif redirect and conf["setsid"]:
             daemon.stderr_to(1)
         if pid_file is not None:
             pid_file.write()
-            self.pid_file = pid_file
+            self._pid_file = pid_file
             atexit.register(_remove_pid_file_at_exit, weakref.ref(self))
 
-    def remove_pid_file(self) -> None:
-        """Remove the pid file this process wrote, unless ``keep_pid_file`` is set (a HUP
-        re-exec keeps it: same pid). Called at the end of server_close and at exit; a file
-        that no longer holds our pid is left alone. Never raises (problems are logged)."""
-        if self.pid_file is None or self.keep_pid_file:
+    def remove_pid_file(self, say: Callable[[int, str], None]) -> None:
+        """Remove the pid file this process wrote (a file that no longer holds our pid is
+        left alone). Never raises (problems are said)."""
+        if self._pid_file is None:
             return
-        problem = self.pid_file.remove()
+        problem = self._pid_file.remove()
         if problem:
-            self.log(1, problem)
+            say(1, problem)
 
-    def drop_privileges(self) -> None:
-        """Framework step (in post_bind: every port is bound, the loop has not started), in
-        Net::Server's order: hand the files the server keeps writing (log file, pid file, unix
-        socket files) to ``user``/``group``, ``chroot``, then setgid and setuid. Unknown
+    def keep_pid_file_at_exit(self) -> None:
+        """A HUP re-exec keeps pid and file: the exit handler must leave the file."""
+        self._pid_file = None
+
+    def drop_privileges(self, conf: Mapping[str, Any], unix_paths: list[str], logs: ServerLog,
+                        say: Callable[[int, str], None]) -> None:
+        """Net::Server's order: hand the files the server keeps writing (log file, pid file,
+        unix socket files) to ``user``/``group``, ``chroot``, then setgid and setuid. Unknown
         names, a missing chroot, a failed chown and a failed switch while root are
-        ConfigErrors; a failed switch when not root is logged (level 1)."""
-        c = self.conf
-        identity = privileges.resolve(c["user"], c["group"])
+        ConfigErrors; a failed switch when not root is said (level 1)."""
+        identity = privileges.resolve(conf["user"], conf["group"])
         if identity is None and os.geteuid() == 0:
-            self.log(2, "Running as root: set 'user' (and 'group') to drop privileges")
-        files = [str(lst.address.sockaddr) for lst in self.listeners if lst.proto == "unix"]
-        if self.pid_file is not None and self.pid_file.written:
-            files.append(self.pid_file.path)
-        if self.log_targets is not None and self.log_targets.path:
-            files.append(self.log_targets.path)
-        privileges.drop(identity, c["chroot"], files, self.log)
-        if c["chroot"]:  # the files the server still opens by name, seen from the new root
-            if self.pid_file is not None:
-                self.pid_file.path = privileges.rebase(self.pid_file.path, c["chroot"])
-            if self.log_targets is not None:
-                self.log_targets.rebase(privileges.rebase, c["chroot"])
+            say(2, "Running as root: set 'user' (and 'group') to drop privileges")
+        files = list(unix_paths)
+        if self._pid_file is not None and self._pid_file.written:
+            files.append(self._pid_file.path)
+        targets = logs.targets
+        if targets is not None and targets.path:
+            files.append(targets.path)
+        privileges.drop(identity, conf["chroot"], files, say)
+        if conf["chroot"]:  # the files the server still opens by name, seen from the new root
+            if self._pid_file is not None:
+                self._pid_file.path = privileges.rebase(self._pid_file.path, conf["chroot"])
+            if targets is not None:
+                targets.rebase(privileges.rebase, conf["chroot"])
+
+
+def check_process_options(conf: Mapping[str, Any], owner: object) -> None:
+    """For the HUP preflight: what post_configure and post_bind would refuse that can be
+    checked without acting: ``user``/``group`` names, ``log_function`` naming no method of
+    ``owner``, a ``log_file`` path that cannot be written (looked up, not opened). ConfigError
+    as the start would raise it."""
+    privileges.resolve(conf.get("user"), conf.get("group"))
+    log.resolve_log_function(conf.get("log_function"), owner)
+    target = conf.get("log_file")
+    if not target or target == "Sys::Syslog" or conf.get("chroot"):
+        return
+    path = os.path.abspath(target)
+    probe = path if os.path.exists(path) else os.path.dirname(path)
+    effective = os.access in os.supports_effective_ids
+    if not os.access(probe, os.W_OK, effective_ids=effective):
+        raise ConfigError(f"option 'log_file': cannot open {target!r}: {probe!r} is not "
+                          "writable")
 
 
 def raise_open_file_limit(needed: int) -> None:
@@ -230,9 +232,9 @@ def raise_open_file_limit(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def _remove_pid_file_at_exit(server_ref: weakref.ref[OperationsMixin]) -> None:
+def _remove_pid_file_at_exit(ref: weakref.ref[ProcessControl]) -> None:
     """atexit: remove the pid file of a server that exited without server_close (a failed
     start, an exception); a HUP re-exec never gets here (exec runs no atexit handlers)."""
-    server = server_ref()
-    if server is not None and server.pid_file is not None and not server.keep_pid_file:
-        server.pid_file.remove()
+    process = ref()
+    if process is not None and process.pid_file is not None:
+        process.pid_file.remove()

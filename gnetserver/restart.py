@@ -22,15 +22,17 @@ Rules of this module:
 from __future__ import annotations
 
 import contextlib
+from contextlib import contextmanager
 import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from .daemon import flush_std_streams
+from .errors import ConfigError
 from .resolve import BindAddress, bind_all, resolve
 from .signals import in_main_thread
 
@@ -337,3 +339,38 @@ def _close_socket_fd(fd: int) -> None:
         socket.socket(fileno=fd).close()
     except OSError:
         pass  # closed already, or not a socket: leave it alone
+
+
+# -- the HUP preflight: the environment the new image will see ---------------------------------
+
+
+@contextmanager
+def as_the_reexec_sees_it(listeners: Sequence[Any]) -> Iterator[None]:
+    """For the HUP dry run: ``BOUND_SOCKETS`` set as the exec will set it, and the directory
+    the exec starts in (:data:`START_CWD`); both put back afterwards. The dry run does not
+    yield to other greenlets, so only other threads could see them meanwhile. Raises
+    ConfigError when that directory is gone (the exec would fail)."""
+    # Those the exec will not pass on are left out: the new image binds them again.
+    entries = [entry for _, entry in listener_entries(listeners)]
+    saved_env = os.environ.get(ENV)
+    try:  # by fd: the way back even if its path changed (O_PATH: no read permission needed)
+        here: int | None = os.open(".", getattr(os, "O_PATH", os.O_RDONLY))
+    except OSError:
+        here = None  # cannot come back: stay here, relative paths may then be misjudged
+    os.environ[ENV] = encode(entries)
+    try:
+        if here is not None:
+            try:
+                os.chdir(START_CWD)
+            except OSError as exc:
+                raise ConfigError(f"the server would restart in {START_CWD!r}, "
+                                  f"where it started: {exc.strerror}") from None
+        yield
+    finally:
+        if here is not None:
+            os.fchdir(here)
+            os.close(here)
+        if saved_env is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = saved_env

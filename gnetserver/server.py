@@ -2,10 +2,18 @@
 
 Rules of this module:
 
-* :meth:`GServer.run` and :meth:`GServer.run_client_connection` are the one place that knows
-  the hook order; each reads as a table of contents, one call per line.
+* :meth:`GServer.run`, :meth:`GServer.run_client_connection` and :meth:`GServer.server_close`
+  are the one place that knows the hook order; each reads as a table of contents, one call per
+  line.
 * Hooks named ``*_hook`` are empty, for users. Methods without the suffix are framework steps:
   override them only with ``super()``.
+* The server holds no protocol, TLS, access, log or process mechanics: it owns collaborators
+  that do, each with its own state and public methods: ``lifecycle``
+  (:class:`~gnetserver.lifecycle.Lifecycle`: the one state, stop, close, drain, signals),
+  ``personality`` (:mod:`gnetserver.personality`: how connections are accepted, from
+  ``server_type``), ``listeners`` (built by :mod:`gnetserver.listen`), ``tls_contexts``
+  (:class:`~gnetserver.tls.TLSContexts`), ``access`` (:class:`~gnetserver.access_control.
+  AccessPolicy`), ``logs`` and ``process`` (:mod:`gnetserver.operations`).
 * Server-wide hooks run in the greenlet that called ``run()``/``start()``. Per-connection hooks
   run in the connection's own greenlet and receive the :class:`~gnetserver.client.Client`;
   many connections share the server object, so keep per-connection state on the client.
@@ -15,37 +23,41 @@ Rules of this module:
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import gevent
-from gevent.lock import BoundedSemaphore
-from gevent.pool import Pool
-from gevent.server import StreamServer
-
-from . import restart
-from .access_control import AccessControlMixin
-from .binding import BindingMixin
+from . import listen, log, restart, tls_setup
+from .access import AccessRules
+from .access_control import AccessPolicy
 from .client import Client
-from .closing import ClosingMixin
-from .errors import HandshakeTimeout, TLSError
+from .errors import ConfigError, HandshakeTimeout, TLSError
+from .lifecycle import Lifecycle
 from .listener import Listener
-from .operations import OperationsMixin, raise_open_file_limit
+from .operations import ProcessControl, ServerLog, check_process_options, raise_open_file_limit
 from .option_sources import OptionSourcesMixin
+from .options import DEFAULT_PORT
+from .personality import PERSONALITIES, Personality, personality_name
 from .ports import PortSpec
-from .signal_handling import SignalHandlingMixin
-from .tls_setup import TLSSetupMixin
+from .proto import StreamProtocol
+from .tls import TLSContexts
 
 #: The longest line the default echo (``process_request``) reads, its end included.
 ECHO_LINE_LIMIT = 64 * 1024
 
 
-class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixin,
-              OperationsMixin, SignalHandlingMixin, ClosingMixin):
+@dataclass(frozen=True)
+class DryRun:
+    """What the HUP preflight planned: the new image's options and port specs."""
+
+    conf: Any
+    port_specs: list[PortSpec]
+
+
+class GServer(OptionSourcesMixin):
     """A Net::Server style server: subclass it, override hooks, call :meth:`run`.
 
     Methods for the caller: ``run(**options)`` (Net::Server style: reads the command line, runs
@@ -53,7 +65,8 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
     ``start()`` / ``stop(timeout)`` (embed the server in another program or a test),
     ``reload_tls()`` (new certificates for new connections), ``reopen_logs()`` (after
     logrotate), ``log(level, message)``; attributes ``listeners`` (the bound sockets: find
-    kernel-chosen ports there), ``conf`` (the option values) and ``requests`` (a count).
+    kernel-chosen ports there), ``conf`` (the option values), ``requests`` (a count),
+    ``lifecycle`` (``lifecycle.state``: where the server is) and ``personality``.
 
     Hooks for users (no-ops by default): ``configure_hook``, ``post_configure_hook``,
     ``post_bind_hook``, ``pre_loop_hook``, ``pre_server_close_hook``, ``restart_open_hook``
@@ -65,40 +78,44 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
     Framework steps (override only with ``super()``): ``options``, ``default_values``,
     ``configure``, ``post_configure`` (``initialize_logging``, ``daemonize``), ``pre_bind``,
     ``bind`` (``make_protocol``, ``ssl_options``, ``self_signed_certificate``), ``post_bind``
-    (``drop_privileges``, ``register_signals``), ``loop`` (``dispatch_signals`` ->
-    ``handle_term``, ``handle_int``, ``handle_quit``, ``handle_hup``), ``server_close``
-    (``remove_pid_file``), and per connection ``post_accept``, ``get_client_info``,
-    ``allow_deny`` (``access_rules``; ``prepare_access`` compiles them when accepting starts),
-    ``post_process_request``, ``connection_error``.
+    (``drop_privileges``, ``register_signals``), ``loop`` (``make_personality``,
+    ``dispatch_signals`` -> ``handle_term``, ``handle_int``, ``handle_quit``, ``handle_hup``),
+    ``server_close`` (``remove_pid_file``), and per connection ``post_accept``,
+    ``get_client_info``, ``allow_deny`` (``access_rules``; ``prepare_access`` compiles them
+    when accepting starts), ``post_process_request``, ``connection_error``.
 
     Class attributes that may be overridden: ``redirect_std_streams``, ``keep_pid_file``.
-
-    The steps live in mixins, one idea each: :mod:`gnetserver.option_sources` (options and
-    their precedence), :mod:`gnetserver.binding` (ports to sockets),
-    :mod:`gnetserver.tls_setup` (SSL_* options, TLS reload), :mod:`gnetserver.access_control`
-    (allow/deny, peer lookups), :mod:`gnetserver.operations` (log, pid file, background,
-    privileges), :mod:`gnetserver.signal_handling` (signals, HUP restart),
-    :mod:`gnetserver.closing` (``stop``, one close, the bounded drain). This class keeps the
-    order in which everything runs, ``server_close``'s steps included.
 
     Args:
         commandline: the words to read options from in ``run()``; default ``sys.argv[1:]``.
         **options: options with the highest precedence (see :mod:`gnetserver.options`).
     """
 
+    #: Whether daemonize may point the process's stdin/stdout/stderr elsewhere, as Net::Server
+    #: does under ``setsid`` or ``log_file``. None (default): only when the server runs in the
+    #: main thread (a server in a ServerThread leaves the host program's streams alone).
+    redirect_std_streams: bool | None = None
+    #: True keeps the pid file when the server closes (a HUP re-exec keeps pid and file).
+    keep_pid_file: bool = False
+
     def __init__(self, commandline: Sequence[str] | None = None, **options: Any) -> None:
         self.new_args: dict[str, Any] = options
         self.commandline: list[str] | None = None if commandline is None else list(commandline)
         self.run_args: dict[str, Any] = {}
-        self.conf: dict[str, Any] = {}
+        self.conf: Any = {}
         self.conf_sources: dict[str, str] = {}  # option name -> the source that set it
+        self.argv_unused: list[str] = []
         self.port_specs: list[PortSpec] = []
         self.listeners: list[Listener] = []
         self.requests = 0
-        self.argv_unused: list[str] = []
-        self._pool: Pool | None = None
-        self._slots: BoundedSemaphore | None = None
-        self._init_closing()  # stop/close state, shared by every caller (gnetserver.closing)
+        self.lifecycle = Lifecycle()
+        self.personality: Personality | None = None  # made when accepting starts
+        self.tls_contexts: TLSContexts | None = None  # made by bind
+        # Collaborators call back through lambdas: a hook replaced on the instance counts.
+        self.access = AccessPolicy(lambda level, message: self.log(level, message))
+        self.logs = ServerLog(lambda level, message: self.write_to_log_hook(level, message))
+        self.process = ProcessControl()
+        self._self_signed = tls_setup.SelfSigned()
 
     # == entry points ===========================================================================
 
@@ -128,8 +145,8 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
         if self.commandline is None:
             self.commandline = []
         self._start_up()
-        if not self._closing:  # stop() in a start-up hook has closed everything already
-            self._start_accepting()
+        if not self.lifecycle.closing:  # stop() in a start-up hook has closed everything
+            self.start_accepting()
         return self
 
     def _start_up(self) -> None:
@@ -142,12 +159,15 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
             self.post_configure_hook()  # user: validate custom options
             self.pre_bind()  # port options -> port specs
             self.bind()  # one listening socket per address, TLS contexts built
+            self.lifecycle.bound()
             self.post_bind_hook()  # user: runs with the privileges the server started with
             self.post_bind()  # drop privileges, prepare signal handlers
             self.pre_loop_hook()  # user: last preparation before serving
         except BaseException:
-            self._release_listeners()
+            self.release_listeners()
             self.remove_pid_file()
+            if not self.lifecycle.closing:
+                self.lifecycle.start_failed()
             raise
 
     # == configuration (options, default_values, configure: gnetserver.option_sources) ========
@@ -170,13 +190,160 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
     def post_configure_hook(self) -> None:
         """Hook: after options are read (``self.conf`` is complete). Validate custom options."""
 
-    # == binding (pre_bind, bind: gnetserver.binding) ===========================================
+    # == logging and the process (gnetserver.operations) ========================================
+
+    def initialize_logging(self) -> None:
+        """Framework step (in post_configure): open the target ``log_file`` names (a file
+        path, ``Sys::Syslog``, or stderr when unset) and resolve ``log_function`` (a callable,
+        or the name of a method of the server). Raises ConfigError for a file that cannot be
+        opened, an unreachable syslog (unless ``nofatal``) or an unknown method name."""
+        self.logs.open(self.conf, self)
+
+    def log(self, level: int, message: str) -> None:
+        """Log ``message`` at Net::Server ``level`` (0-4) if ``log_level`` allows it: to
+        ``log_function`` when one is set, else (or when it raises) to write_to_log_hook.
+        Never raises: a sink that raises, or logs from inside itself, gets the message
+        written to stderr instead."""
+        if self.log_enabled(level):
+            self.logs.write(level, message)
+
+    def log_enabled(self, level: int) -> bool:
+        """Whether :meth:`log` would pass a message of ``level`` on (``log_level`` allows it).
+        Cheap: ask it before building a message that costs something (a traceback, an
+        f-string per connection). Any greenlet may call it; it touches nothing."""
+        return log.should_log(level, self.conf.get("log_level", 2))
+
+    def write_to_log_hook(self, level: int, message: str) -> None:
+        """Hook: the default log sink, called by log() for every message that passes
+        ``log_level``: the log file (one ``YYYY/MM/DD-HH:MM:SS msg`` line, bytes outside
+        printable ASCII escaped as ``%XX``), syslog, or the ``gnetserver`` stdlib logger
+        (stderr unless configured otherwise). Runs in whatever greenlet logs; must not block
+        for long. Override to send the log elsewhere. If it raises, log() writes the message
+        to stderr instead (and the reason, once until it works again); a message it logs
+        itself through log() goes straight to stderr."""
+        self.logs.emit(level, message)
+
+    def reopen_logs(self) -> None:
+        """Reopen the log file by its name (logrotate renamed it; HUP calls this), pointing
+        stderr at the new file if it pointed at the old one; reconnect to syslog. A failure
+        is logged and the old target kept; never raises."""
+        if self.logs.targets is None:
+            return
+        problem = self.logs.reopen()
+        if problem is not None:
+            self.log(1, problem)
+        else:
+            self.log(3, "Reopened the log")
+
+    def close_logs(self) -> None:
+        """Framework step, last in server_close: close the log file or syslog socket (syslog
+        first reports the messages it had to drop). A message logged afterwards opens the
+        target again. Never raises."""
+        self.logs.close()
+
+    def daemonize(self) -> None:
+        """Framework step (in post_configure, before binding), in Net::Server's order: check
+        ``pid_file`` (ConfigError while a live process owns it; a stale one is overwritten
+        with a warning), point stdin/stdout at /dev/null (``setsid`` or ``log_file``), fork
+        for ``background``/``setsid`` (the parent exits 0; not after a HUP re-exec), setsid,
+        point stderr at the log file (or /dev/null under ``setsid``), write the pid file."""
+        self.process.daemonize(self.conf, self.logs, self.redirect_std_streams, self.log)
+
+    def remove_pid_file(self) -> None:
+        """Remove the pid file this process wrote, unless ``keep_pid_file`` is set (a HUP
+        re-exec keeps it: same pid). Called at the end of server_close and at exit; a file
+        that no longer holds our pid is left alone. Never raises (problems are logged)."""
+        if self.keep_pid_file:
+            self.process.keep_pid_file_at_exit()
+        else:
+            self.process.remove_pid_file(self.log)
+
+    def drop_privileges(self) -> None:
+        """Framework step (in post_bind: every port is bound, the loop has not started), in
+        Net::Server's order: hand the files the server keeps writing (log file, pid file, unix
+        socket files) to ``user``/``group``, ``chroot``, then setgid and setuid. Unknown
+        names, a missing chroot, a failed chown and a failed switch while root are
+        ConfigErrors; a failed switch when not root is logged (level 1)."""
+        unix = [str(lst.address.sockaddr) for lst in self.listeners if lst.proto == "unix"]
+        self.process.drop_privileges(self.conf, unix, self.logs, self.log)
+
+    # == binding (gnetserver.listen) ============================================================
+
+    def pre_bind(self) -> None:
+        """Framework step: turn the ``port``/``host``/``proto``/``ipv`` options into
+        ``self.port_specs`` (duplicates are logged and skipped); refuse server-wide SSL_*
+        options a user gave when no port is TLS."""
+        self.log(2, f"{type(self).__name__} starting! pid({os.getpid()})")
+        if not self.conf["port"]:
+            self.log(2, f"Port Not Defined.  Defaulting to '{DEFAULT_PORT}'")
+        self.port_specs, dropped = listen.plan_ports(self.conf)
+        for spec in dropped:
+            self.log(2, f"Duplicate configuration (port {spec}) - skipping")
+        self.check_ssl_options_used()  # SSL_* given with no TLS port: refused, not ignored
+
+    def check_ssl_options_used(self) -> None:
+        """Framework step (end of pre_bind, so the HUP dry run does it too): when no port is
+        TLS, refuse the server-wide SSL_* options that a user gave; ConfigError naming them
+        and where they came from. Values from default_values() and SSL_* methods/attributes
+        are the program's own and are left alone."""
+        tls_setup.check_ssl_options_used(self.port_specs, self.conf, self.conf_sources)
+
+    def bind(self) -> None:
+        """Framework step: build every protocol (TLS contexts: fail before binding anything),
+        log each TLS library once, then bind and listen on every resolved address of every
+        port spec (after a HUP re-exec, adopting the inherited sockets)."""
+        # One TLSContexts per server: TLS ports with equal SSL_* options (and backend) share a
+        # context, so sessions resume across listeners; reload_tls() rebuilds them all.
+        self.tls_contexts = TLSContexts(lambda text: self.log(1, text))
+        protocols = [self.make_protocol(spec) for spec in self.port_specs]
+        libraries = (protocol.tls_library() for protocol in protocols)
+        for library in dict.fromkeys(text for text in libraries if text):  # once each, in order
+            self.log(2, f"TLS by {library}")
+        self.listeners = listen.bind_listeners(protocols, self.conf["listen"], self.log,
+                                               self.restart_open_hook)
+        for listener in self.listeners:
+            self.log(2, f"Binding to {listener}")
+
+    def make_protocol(self, spec: PortSpec, conf: Any = None,
+                      contexts: TLSContexts | None = None) -> StreamProtocol:
+        """Framework step: the protocol object of one port spec, with its options resolved
+        (at bind, and in the HUP preflight with the new ``conf`` and a scratch ``contexts``);
+        ConfigError for a bad per-port key or TLS option."""
+        conf = self.conf if conf is None else conf
+        contexts = contexts if contexts is not None else self.tls_contexts
+        if contexts is None:
+            raise RuntimeError("make_protocol: bind() creates the TLS registry first")
+        options = self.ssl_options(spec, conf) if listen.is_tls(spec) else dict(spec.opts)
+        return listen.make_protocol(spec, options, contexts)
+
+    def ssl_options(self, spec: PortSpec, conf: Any = None) -> dict[str, Any]:
+        """Framework step: the SSL_* options of one TLS port: the per-port dict, else the
+        server-wide option, else a method (called with host, port, proto) or attribute of that
+        name on the server; with ``self_signed`` and no certificate, a self-signed one."""
+        return tls_setup.resolve_ssl_options(spec, self.conf if conf is None else conf, self,
+                                             self.self_signed_certificate)
+
+    def self_signed_certificate(self) -> tuple[Any, Any]:
+        """Framework step: a self-signed certificate and key, made once per server, its
+        fingerprint logged."""
+        return self._self_signed.get(self.log)
+
+    def reload_tls(self) -> bool:
+        """Rebuild every TLS context, of ssl and ssleay ports alike, from its options, reading
+        certificates, keys, CAs, CRLs, DH and OCSP files again; all contexts or none.
+        New connections get the new contexts; established ones keep theirs. Session tickets
+        and cached sessions of the old contexts no longer resume (one full handshake each). If
+        any context fails to build, the old ones all stay and the reason is logged at level 1.
+        Call it in the server's hub thread (a connection greenlet, a signal handler,
+        ``ServerThread.call``). Returns True when the new contexts are in use.
+        """
+        return tls_setup.reload(self.tls_contexts, self.log)
 
     def post_bind_hook(self) -> None:
         """Hook: after every port is bound, with the privileges the server started with."""
 
     def post_bind(self) -> None:
-        """Framework step after binding: drop privileges, then install signal handlers."""
+        """Framework step after binding: drop privileges, then prepare signal handlers."""
         self.drop_privileges()  # chroot, group, user
         self.register_signals()  # TERM/INT/QUIT/HUP handled in the hub
 
@@ -186,39 +353,184 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
     # == the loop ===============================================================================
 
     def loop(self) -> None:
-        """Accept on every listener (in the hub) until :meth:`stop` is called or a signal's
-        ``handle_<name>`` ends the loop; queued signals are dispatched here, in this greenlet.
-        Returns at once when the server was stopped before (e.g. ``stop()`` in pre_loop_hook)."""
-        if self._stop_requested.is_set() or self._closing:
+        """Framework step: start accepting (the personality's work), then run the
+        personality's loop until :meth:`stop` is called or a signal's ``handle_<name>`` ends
+        it; queued signals are dispatched in this greenlet. Returns at once when the server
+        was stopped before (e.g. ``stop()`` in pre_loop_hook)."""
+        if self.lifecycle.stop_requested or self.lifecycle.closing:
             return  # the listeners may be closed already: nothing to accept on
-        queue = self._signal_queue
-        if queue is not None:
-            queue.install()
-        self._start_accepting()
-        self._looping, self._looper = True, gevent.getcurrent()
-        try:
-            wake = [self._stop_requested] + ([queue.event] if queue is not None else [])
-            while not self._stop_requested.is_set():
-                gevent.wait(wake, count=1)
-                if queue is not None:
-                    self.dispatch_signals(queue.pop_all())
-        finally:
-            self._looping, self._looper = False, None
+        self.lifecycle.install_signals()
+        personality = self.start_accepting()
+        personality.loop(self.lifecycle, self.dispatch_signals)
 
-    def _start_accepting(self) -> None:
-        """One StreamServer per listener, all spawning into one pool of connection greenlets."""
+    def make_personality(self) -> Personality:
+        """Framework step: the personality ``server_type`` names (the first one gnetserver
+        has, Net::Server's MultiType order; default ``Single``), sized by ``max_servers``
+        and ``max_handshakes``."""
+        name = personality_name(self.conf.get("server_type") or [])
+        return PERSONALITIES[name](self.conf["max_servers"], self.conf["max_handshakes"])
+
+    def start_accepting(self) -> Personality:
+        """Framework step: compile the access rules, make the personality and let it accept
+        on every listener; each connection runs :meth:`run_client_connection`."""
         self.prepare_access()  # allow/deny rules and lookup mode, compiled once per start
-        self._pool = Pool(self.conf["max_servers"] + self.conf["max_handshakes"])
-        self._slots = BoundedSemaphore(self.conf["max_servers"])
-        for listener in self.listeners:
-            handle = functools.partial(self._on_connection, listener)
-            listener.stream_server = StreamServer(listener.sock, handle=handle, spawn=self._pool)
-            listener.stream_server.start()
+        personality = self.personality = self.make_personality()
+        personality.start(self.listeners, self._on_connection)
+        self.lifecycle.serving(personality)
         self.log(2, "Server ready: " + ", ".join(str(listener) for listener in self.listeners))
+        return personality
 
     def _on_connection(self, listener: Listener, sock: Any, address: Any) -> None:
         """Greenlet body for one accepted socket (gevent closes ``sock`` afterwards)."""
         self.run_client_connection(Client(sock, address, listener, self))
+
+    # == signals (gnetserver.lifecycle; the OS handlers only queue) =============================
+
+    def register_signals(self) -> None:
+        """Framework step (in post_bind): set up Net::Server's signals (spec 6.1): TERM and INT
+        stop at once, QUIT stops gracefully, HUP re-executes the server keeping its sockets.
+        The handlers only queue the signal; ``loop`` installs them when it starts (so a
+        server embedded with ``start`` leaves the program's signals alone) and runs
+        ``handle_<name>`` in its own greenlet. Only the main thread may install handlers:
+        elsewhere (a ServerThread) this is a no-op, logged at level 4.
+        """
+        if not self.lifecycle.register_signals():
+            self.log(4, "Not in the main thread: signal handlers not installed")
+
+    def dispatch_signals(self, names: Sequence[str]) -> None:
+        """Framework step (in the loop, and in server_close while it drains): call
+        ``handle_<name>`` for each queued signal, in order."""
+        for name in names:
+            handler = getattr(self, f"handle_{name.lower()}", None)
+            if handler is None:
+                self.log(2, f"Received a SIG {name}: no handle_{name.lower()}, ignored")
+            else:
+                handler()
+
+    def handle_term(self) -> None:
+        """SIGTERM (run by the loop, or by server_close while it drains; not the OS handler):
+        ``stop(0)``: stop at once, in-flight connections are cut (a running drain ends, a HUP
+        restart in progress is abandoned)."""
+        self.log(2, "Received a SIG TERM: stopping now")
+        self.stop(0)
+
+    def handle_int(self) -> None:
+        """SIGINT (run by the loop, or while draining): like TERM, ``stop(0)``."""
+        self.log(2, "Received a SIG INT: stopping now")
+        self.stop(0)
+
+    def handle_quit(self) -> None:
+        """SIGQUIT (run by the loop): stop accepting; in-flight connections get
+        ``graceful_timeout`` seconds to finish, then they are cut and the server exits.
+        While the server closes already, logged and ignored."""
+        if self._ignored_while_closing("QUIT"):
+            return
+        self.log(2, "Received a SIG QUIT: stopping after in-flight connections finish")
+        self.lifecycle.request_stop()
+
+    def handle_hup(self) -> None:
+        """SIGHUP (run by the loop): re-execute the server in place, keeping its listening
+        sockets (Net::Server's ``BOUND_SOCKETS``), so that the conf file, certificates and code
+        are read again with no connection refused. In-flight connections get
+        ``graceful_timeout`` to finish first; the pid and the pid file stay. Log files are
+        reopened at once (logrotate). First a dry run of the new image's start-up
+        (``restart_problem``): if it fails, the HUP is refused (level 1) and nothing changes.
+        While the server closes already (a drain runs), logged and ignored."""
+        if self._ignored_while_closing("HUP"):
+            return
+        self.log(2, "Received a SIG HUP: restarting in place")
+        self.reopen_logs()  # messages until the exec go to the new file
+        problem = self.restart_problem()
+        if problem is not None:
+            self.log(1, f"HUP ignored, still serving with the current configuration: {problem}")
+            return
+        self.lifecycle.request_restart()
+
+    def _ignored_while_closing(self, name: str) -> bool:
+        """True (and said at level 2) when server_close runs already: a signal that asks for
+        a close, or a restart, has nothing left to do."""
+        if self.lifecycle.closing:
+            self.log(2, f"Received a SIG {name} while closing: ignored")
+        return self.lifecycle.closing
+
+    def restart_problem(self) -> str | None:
+        """What would make the re-executed server fail to start, found before the exec by a
+        dry run (:meth:`dry_run_start`); None if nothing. Run by handle_hup; a problem makes
+        it refuse the HUP (level 1), so a bad edit of the conf file or a botched certificate
+        renewal cannot take the server down."""
+        try:
+            with restart.as_the_reexec_sees_it(self.listeners):
+                self.dry_run_start()
+        except ConfigError as exc:
+            return str(exc)
+        except Exception as exc:  # the new image runs the same code: it would fail there too
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def dry_run_start(self) -> DryRun:
+        """The start-up the re-executed server will run, minus every effect outside the objects
+        it makes (raises what the start would raise): the options planned again from every
+        source (constructor, command line, ``run()``, conf file, ``default_values()``), the
+        port specs, the SSL_* options no port uses, every port's protocol with its TLS
+        contexts built from the files now on disk (in a scratch registry), then the process
+        options that can be checked without acting (user and group names, log_function,
+        log_file's folder). This server is left as it was.
+
+        Not foreseen: binding (a new port already taken, or below 1024 once privileges are
+        dropped, fails in the new image only), anything the user hooks do or raise (they are
+        not run: they may have effects), the fork, the pid file, a syslog that cannot be
+        reached, chown/chroot/setuid. Nothing is bound, forked, written or opened for writing,
+        no signal is touched, and nothing is logged (the new image logs it all again)."""
+        conf, sources = self.plan_options()
+        specs, _ = listen.plan_ports(conf)
+        tls_setup.check_ssl_options_used(specs, conf, sources)
+        contexts = TLSContexts(_discard)
+        for spec in specs:
+            self.make_protocol(spec, conf, contexts)
+        check_process_options(conf, self)
+        return DryRun(conf, specs)
+
+    def plan_options(self) -> tuple[Conf, dict[str, str]]:
+        """The options from every source, planned by the one pure function
+        (:func:`gnetserver.conf.plan_conf`) that ``configure``, ``--help`` and the HUP preflight
+        share; returns the configuration and, per option a source set, that source."""
+        conf, _ = self._plan()
+        return conf, dict(conf.sources)
+
+    def restart_open_hook(self) -> None:
+        """Hook: in the re-executed server after a HUP, in bind, before the inherited sockets
+        are adopted (options are read; nothing is bound yet)."""
+
+    def restart_close_hook(self) -> None:
+        """Hook: on HUP, in server_close, after connections finished and right before the exec
+        (the listening sockets are still open, handed to the new image)."""
+
+    # == access (gnetserver.access_control) =====================================================
+
+    def prepare_access(self) -> Any:
+        """Framework step, once per start when the server starts accepting (after every
+        start-up hook): compile the allow/deny/cidr_allow/cidr_deny rules and the lookup mode
+        of ``self.conf`` for the connections to read (so a rule a start-up hook sets with
+        ``self.conf = self.conf.replace(...)`` counts). Returns the plan."""
+        return self.access.prepare(self.conf)
+
+    def access_rules(self) -> AccessRules:
+        """The compiled allow/deny/cidr_allow/cidr_deny rules of this start (empty rules when
+        none is set), as :meth:`prepare_access` compiled them."""
+        return self.access.rules
+
+    def allow_deny(self, client: Client) -> bool:
+        """Framework step: Net::Server's access rules, after the handshake; True allows.
+        Unix-socket clients are always allowed. With ``reverse_lookups`` the peer's host name
+        was looked up in ``get_client_info`` (``client.peerhost``; with double-reverse lookups
+        also ``client.peerhost_rev``, the addresses that name resolves to), and a
+        double-reverse failure denies. Then ``allow``/``deny``/``cidr_allow``/``cidr_deny``
+        decide (:mod:`gnetserver.access`: deny wins; any rule makes the default deny).
+        A denied client gets ``request_denied_hook`` instead of ``process_request`` (the TLS
+        session is up, so the hook may write a refusal), then the usual closing hooks. On TLS
+        ports (ssl, ssleay) a peer whose *address* alone is denied never gets here: it is
+        closed before the TLS handshake, and no per-connection hook runs for it."""
+        return self.access.allows(client)
 
     # == one connection =========================================================================
 
@@ -230,12 +542,13 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
         with a peer that does not close) never holds a ``max_servers`` slot. When :meth:`stop`
         runs out of time it kills the greenlet (GreenletExit): the client is cut at once."""
         try:
-            if not self._address_allowed(client):  # allow/deny/cidr on the address, before TLS
+            tls = client.listener.protocol.is_tls
+            if not self.access.address_allowed(client, tls):  # address rules, before TLS
                 return
             if not self._negotiate(client):  # post_accept: the TLS handshake
                 return
-            assert self._slots is not None
-            with self._slots:  # at most max_servers sessions; others wait here
+            assert self.personality is not None, "connections come from the personality"
+            with self.personality.session_slot():  # at most max_servers; others wait here
                 try:
                     self.get_client_info(client)  # peer/local addresses, CONNECT log line
                     self.post_accept_hook(client)  # user
@@ -294,7 +607,8 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
         """Framework step, first per connection: count it and let the protocol negotiate (TLS:
         the handshake, bounded by ``timeout_handshake``). Raising drops the connection."""
         self.requests += 1
-        client.listener.protocol.post_accept(client, self.conf["timeout_handshake"])
+        protocol = client.listener.protocol
+        client.attach(protocol.post_accept(client.sock, self.conf["timeout_handshake"]))
         client.settimeout(self.conf["timeout_idle"] or None)
 
     def get_client_info(self, client: Client) -> None:
@@ -311,7 +625,7 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
         local = client.sock.getsockname()
         client.sockaddr, client.sockport = local[0], local[1]
         client.peeraddr, client.peerport = client.address[0], client.address[1]
-        self._lookup_peer(client)  # only with reverse_lookups
+        self.access.lookup_peer(client)  # only with reverse_lookups
         if self.log_enabled(3):  # once per connection: built only when it is logged
             self.log(3, f'CONNECT {client.proto.upper()} Peer: "{client.peer_text()}" '
                         f'Local: "{client.local_text()}"')
@@ -362,36 +676,83 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
 
     # == closing ================================================================================
 
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting, let connections finish for ``timeout`` seconds (default
+        ``graceful_timeout``), then cut them and close every listener; returns once closed.
+        Any greenlet of the server's hub may call it, any number of times: a later call waits
+        for the close already running, and its ``timeout`` can only bring that close's end
+        closer. An explicit stop also cancels a HUP restart still draining. Called from a
+        connection's own greenlet (an ``exit`` command), it returns at once: the server closes
+        in another greenlet and drains this connection like the others, so return promptly.
+        """
+        lifecycle = self.lifecycle
+        lifecycle.cancel_restart()
+        lifecycle.request_stop(timeout)
+        if not lifecycle.looping:
+            self.server_close()
+        elif lifecycle.may_wait():  # the loop ends and run() closes the server
+            lifecycle.wait_closed()
+
     def pre_server_close_hook(self) -> None:
         """Hook: first thing in server_close, while connections may still be running."""
 
     def server_close(self) -> None:
         """Stop accepting, let connections finish (bounded), close listeners. Idempotent.
 
-        The steps, in order, are here; their parts and the rules of one close (later callers
-        wait, a close asked for by a connection runs elsewhere) are in :mod:`gnetserver.closing`.
+        One close only (:meth:`Lifecycle.claim_close <gnetserver.lifecycle.Lifecycle.
+        claim_close>`): later callers wait, a close asked for by a connection runs elsewhere.
 
-        After a HUP (``restarting``) the listening sockets are handed over instead of closed:
-        they are dup'ed for the new image, connections get ``graceful_timeout`` to finish,
-        then ``restart_close_hook`` runs and the server re-executes itself (same pid); this
-        returns only if that exec failed, and the server then closes as usual.
+        After a HUP (``lifecycle.restarting``) the listening sockets are handed over instead
+        of closed: they are dup'ed for the new image, connections get ``graceful_timeout`` to
+        finish, then ``restart_close_hook`` runs and the server re-executes itself (same pid);
+        this returns only if that exec failed, and the server then closes as usual.
         """
-        if not self._claim_close():  # a close runs or ran (waited for), or was handed on
+        lifecycle = self.lifecycle
+        if not lifecycle.claim_close(self.server_close):  # a close runs, ran, or was handed on
             return
         try:
             self.pre_server_close_hook()  # user: connections may still be running
             self.log(2, "Server closing!")
-            handed = self._stop_accepting()  # on HUP the listening sockets are dup'ed first
-            self._drain()  # graceful_timeout or stop(timeout); TERM/INT cut it short
-            if self.restarting:
+            handed = self.stop_accepting()  # on HUP the listening sockets are dup'ed first
+            self.drain()  # graceful_timeout or stop(timeout); TERM/INT cut it short
+            if lifecycle.restarting:
                 self.restart_close_hook()  # user: last thing before the exec
                 restart.reexec(handed, self.log)  # returns only if the exec failed
             else:
                 restart.close_fds(handed)  # a stop/TERM during a HUP's drain: no restart
-            self.restarting = False
-            self._release_listeners()  # close the listening sockets
-            self._unregister_signals()  # the program's own signal handlers apply again
+            lifecycle.cancel_restart()
+            self.release_listeners()  # close the listening sockets
+            lifecycle.uninstall_signals()  # the program's own signal handlers apply again
             self.remove_pid_file()  # unless keep_pid_file (HUP re-exec)
             self.close_logs()  # last: syslog reports what it had to drop
         finally:
-            self._closed.set()  # also after a failing hook: nobody waits forever
+            lifecycle.close_ended()  # also after a failing hook: nobody waits forever
+
+    def stop_accepting(self) -> list[restart.BoundSocket]:
+        """Framework step of server_close: the personality stops accepting. After a HUP the
+        listening sockets are first dup'ed for the new image: returns those dups."""
+        handed = restart.detach_listeners(self.listeners, self.log) \
+            if self.lifecycle.restarting else []
+        if self.personality is not None:
+            self.personality.stop_accepting()
+        return handed
+
+    def drain(self) -> None:
+        """Framework step of server_close: let the running connections finish until the
+        drain's deadline (the shortest ``stop(timeout)``, else ``graceful_timeout``), then cut
+        those left. Signals received meanwhile are dispatched (TERM and INT end it)."""
+        graceful = self.conf.get("graceful_timeout", 0)
+        running = self.personality.active_connections() if self.personality else 0
+        timeout = self.lifecycle.drain_timeout(graceful)
+        if timeout > 0 and running:
+            self.log(2, f"Waiting up to {timeout:g}s for {running} connection(s) to finish")
+        self.lifecycle.drain(graceful, self.dispatch_signals)
+
+    def release_listeners(self) -> None:
+        """Close every listening socket (also when a start-up step failed). Idempotent."""
+        for listener in self.listeners:
+            listener.protocol.close_listener(listener.sock)
+
+
+def _discard(*args: Any) -> None:
+    """The HUP dry run's TLS warnings: the new image logs them again."""

@@ -1,7 +1,7 @@
-"""The HUP preflight (signal_handling.py ``restart_problem``, ``dry_run_start``), in process.
+"""The HUP preflight (server.py ``restart_problem``, ``dry_run_start``), in process.
 
-Before a HUP re-executes the server, the new image's start-up is run without its effects on a
-new instance of the server's class: every option source read again (here: the conf file named
+Before a HUP re-executes the server, the new image's start-up is run without its effects (the
+running server is left as it was): every option source read again (here: the conf file named
 by a constructor option), the ports parsed, the TLS contexts of ssl and ssleay ports built from
 the files on disk, user/group/log_function/log_file checked. Each case below is a conf file
 edited into one the new image would die on, so restart_problem names the reason; the twins

@@ -3,8 +3,8 @@
 ``python -m gnetserver`` (the demo's echo) serves a TLS port with certificate A from the test
 CA. A client connects and keeps its connection open; the certificate and key files are then
 replaced on disk by certificate B (same CA, other subject and serial) and the server gets a
-SIGHUP. What the code does (gnetserver/signal_handling.py ``handle_hup``, server.py
-``server_close``, restart.py): the listening socket is dup'ed and kept open, established
+SIGHUP. What the code does (gnetserver/server.py ``handle_hup`` and ``server_close``,
+restart.py): the listening socket is dup'ed and kept open, established
 connections get ``graceful_timeout`` seconds to end by themselves (they are cut, without a
 close_notify, when it runs out), then the process re-executes itself (same pid) and the new
 image adopts the socket and builds its TLS contexts from the files again. Connections made

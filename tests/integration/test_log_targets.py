@@ -254,7 +254,7 @@ def test_syslog_that_stops_reading_never_stalls_the_server(
                    syslog_logsock=path, log_level=3, **certs)
     for index in range(50):  # each one logs a CONNECT line (and more) while syslog is stuck
         hello_within(server, 1, client_context if index % 2 else None, budget=1.0)
-    assert server.log_targets.dropped() > 0
+    assert server.logs.targets.dropped() > 0
     seen = drain(receiver)  # syslog reads again: the next message first reports what was lost
     server.log(2, "syslog is back")
     seen += receive_until(receiver, "syslog is back")
@@ -262,7 +262,7 @@ def test_syslog_that_stops_reading_never_stalls_the_server(
     assert len(notice) == 1
     assert re.fullmatch(rf"<28>net_server\[{os.getpid()}\]: \d+ log messages dropped "
                         r"\(syslog did not take them in time\)", notice[0])
-    assert int(notice[0].split(": ")[1].split()[0]) == server.log_targets.dropped()
+    assert int(notice[0].split(": ")[1].split()[0]) == server.logs.targets.dropped()
     server.log(2, "and again")
     assert [m for m in receive_until(receiver, "and again") if "dropped" in m] == []
 
@@ -276,10 +276,10 @@ def test_drops_not_yet_reported_are_reported_on_stderr_at_close(
     server.initialize_logging()
     for index in range(30):  # a queue of max_dgram_qlen (10 by default) datagrams
         server.log(2, f"message {index}")
-    dropped = server.log_targets.dropped()
+    dropped = server.logs.targets.dropped()
     assert dropped >= 30 - len(drain(receiver)) > 0
     receiver.close()  # syslog is gone: the count cannot go there
-    server.log_targets.close()
+    server.logs.targets.close()
     expected = f"gnetserver: syslog: {dropped} log messages dropped (syslog did not take them"
     assert expected in capfd.readouterr().err
 
@@ -301,7 +301,7 @@ def test_stream_syslog_that_stops_reading_never_stalls_the_server(
             assert time.monotonic() - started < 1.0
         for _ in range(10):
             hello_within(server, 0, None, budget=1.0)
-        assert server.log_targets.dropped() > 0
+        assert server.logs.targets.dropped() > 0
         conn, _ = listener.accept()
         with conn:
             lines = read_stream_syslog(server, conn)

@@ -218,7 +218,7 @@ class HupInProcess(Recording):
 
     def pre_loop_hook(self) -> None:
         def hup() -> None:
-            assert self._signal_queue is not None and self._signal_queue.installed
+            assert self.lifecycle.signals_installed
             os.kill(os.getpid(), signal.SIGHUP)
 
         gevent.spawn(hup)

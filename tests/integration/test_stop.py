@@ -96,7 +96,7 @@ def test_stop_from_a_connection_closes_a_started_server(short_tmp_path: str) -> 
             sock.sendall(b"exit\n")
             # The caller's stop() returned and its connection ended normally, not killed.
             assert read_until_eof(sock) == b"bye\nafter stop\n"
-        assert poll(server._closed.is_set, 3), "the close never completed"
+        assert poll(lambda: server.lifecycle.closed, 3), "the close never completed"
         assert not os.path.exists(path), "the unix socket file was left behind"
         assert not pid_file.exists(), "the pid file was left behind"
         assert refused(where) and refused(path)
@@ -119,7 +119,7 @@ class Stoppers:
     def spawn(self, timeout: float | None) -> None:
         def stopper() -> None:
             self.thread.server.stop(timeout)
-            self.returned.append((timeout, self.thread.server._closed.is_set(), time.monotonic()))
+            self.returned.append((timeout, self.thread.server.lifecycle.closed, time.monotonic()))
 
         def start() -> None:  # in the hub: must not block
             gevent.spawn(stopper)
@@ -207,7 +207,7 @@ def test_stop_in_pre_loop_hook_with_start(short_tmp_path: str) -> None:
     try:
         assert thread.ended(3), "the ServerThread did not end with its server"
         server = thread.server
-        assert server._closed.is_set() and server._pool is None  # never accepted
+        assert server.lifecycle.closed and server.personality is None  # never accepted
         assert refused(address(server)) and not os.path.exists(f"{short_tmp_path}/s.sock")
     finally:
         thread.stop()
@@ -221,7 +221,7 @@ def test_stop_in_pre_loop_hook_with_run(short_tmp_path: str) -> None:
         assert runner.returned(5), "run() did not return"
     finally:
         runner.stop()  # re-raises what run() raised (EBADF from accepting on closed sockets)
-    assert server.closes == 1 and server._pool is None
+    assert server.closes == 1 and server.personality is None
     assert refused(address(server)) and not os.path.exists(f"{short_tmp_path}/s.sock")
 
 
@@ -240,4 +240,4 @@ def test_stop_from_the_thread_that_closes_does_not_wait_for_itself(
     stopper = threading.Thread(target=lambda: (thread.stop(), done.set()), daemon=True)
     stopper.start()
     assert done.wait(5), "stop() waited for itself"
-    assert server.closes == 1 and server._closed.is_set()
+    assert server.closes == 1 and server.lifecycle.closed

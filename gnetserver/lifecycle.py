@@ -1,0 +1,292 @@
+"""The life of a server: one state, how it stops, the one close, the bounded drain, signals.
+
+Rules of this module (behaviour: spec/netserver.md section 6):
+
+* One :class:`State` says where a server is: IDLE (built), BOUND (ports bound, start-up hooks
+  running), SERVING (accepting), DRAINING (closing: no new connection, in-flight ones finish),
+  RESTARTING (closing for a HUP re-exec), CLOSED. Only :class:`Lifecycle` changes it.
+* One close: the first caller of ``stop``/``server_close`` runs it (:meth:`Lifecycle.claim_close`);
+  a later caller waits for it to end, except in a greenlet the close waits for or runs in (a
+  connection's, the loop's, the closer's own), where waiting would never end: there it returns
+  at once. A close asked for from a connection's greenlet never runs there (the drain would
+  wait for its own caller): it ends the loop and ``run()`` closes; a server started with
+  ``start()`` has no loop, so the close runs in a fresh greenlet.
+* The drain lets connections finish for ``graceful_timeout`` (or the shortest
+  ``stop(timeout)`` asked for), then kills those left. ``stop(timeout)`` during a drain can only
+  bring its end closer.
+* Signals: the OS-level handlers only queue names (:class:`gnetserver.signals.SignalQueue`);
+  the loop, and the drain while it waits, hand them to the server's ``dispatch_signals`` in
+  their own greenlet. Installed when the loop starts, removed when the close ends.
+* The steps of the close (which hook runs when) are the server's (``GServer.server_close``);
+  this module keeps the state and the waiting. It knows connections only through the small
+  :class:`Connections` interface a personality implements.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import gevent
+from gevent.event import Event
+
+from . import signals
+
+#: Called with the names of the signals received, in order (the server's ``dispatch_signals``).
+Dispatch = Callable[[Sequence[str]], None]
+
+
+class State(enum.Enum):
+    """Where a server is in its life; see the module rules."""
+
+    IDLE = "idle"
+    BOUND = "bound"
+    SERVING = "serving"
+    DRAINING = "draining"
+    RESTARTING = "restarting"
+    CLOSED = "closed"
+
+
+class Connections(Protocol):
+    """What the lifecycle needs from a personality about its running connections."""
+
+    def in_connection(self) -> bool:
+        """True when the calling greenlet serves a connection."""
+        ...
+
+    def active_connections(self) -> int:
+        """How many connections run now."""
+        ...
+
+    def wait_idle(self) -> Any:
+        """A waitable (for ``gevent.wait``) that is ready once no connection runs."""
+        ...
+
+    def kill_connections(self) -> None:
+        """Cut every connection still running (their greenlets are killed), waiting briefly."""
+        ...
+
+
+class Lifecycle:
+    """The state of one server and the machinery of stopping it (see the module rules).
+
+    Owned by :class:`~gnetserver.server.GServer`; any greenlet of the server's hub may call
+    it. Public state: :attr:`state`, :attr:`stop_requested`, :attr:`closing`,
+    :attr:`restarting`, :attr:`looping`, :attr:`closed`.
+    """
+
+    def __init__(self) -> None:
+        self._state = State.IDLE
+        self._stop = Event()  # set by stop()/signals: the loop ends, then run() closes
+        self._done = Event()  # set once the close ended (also after a failing hook)
+        self._stop_timeout: float | None = None  # the shortest stop(timeout) asked for
+        self._claimed = False  # True from the start of the one close on
+        self._restart = False  # a HUP asked for a re-exec
+        self._closer: Any = None  # the greenlets running the close and the loop
+        self._looper: Any = None
+        self._drain_deadline = float("inf")
+        self._deadline_moved = Event()
+        self._connections: Connections | None = None
+        self._signals: signals.SignalQueue | None = None
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """The current :class:`State`."""
+        return self._state
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once a stop (or a signal's stop or restart) was asked for."""
+        return self._stop.is_set()
+
+    @property
+    def closing(self) -> bool:
+        """True from the start of the one close on."""
+        return self._claimed
+
+    @property
+    def closed(self) -> bool:
+        """True once the close has ended (or the start failed)."""
+        return self._done.is_set()
+
+    @property
+    def restarting(self) -> bool:
+        """True while a HUP re-exec is asked for (the close hands the sockets over)."""
+        return self._restart
+
+    @property
+    def looping(self) -> bool:
+        """True while the server's loop runs (``run()``; not with ``start()``)."""
+        return self._looper is not None
+
+    @property
+    def signals_installed(self) -> bool:
+        """True while this server's signal handlers are installed (the loop runs them)."""
+        return self._signals is not None and self._signals.installed
+
+    def bound(self) -> None:
+        """The start-up bound every port (IDLE -> BOUND)."""
+        self._state = State.BOUND
+
+    def serving(self, connections: Connections) -> None:
+        """Accepting started; ``connections`` tells about the running ones (-> SERVING)."""
+        self._connections = connections
+        if not self._claimed:
+            self._state = State.SERVING
+
+    def start_failed(self) -> None:
+        """A start-up step raised: nothing serves, nobody may wait for a close (-> CLOSED)."""
+        self._state = State.CLOSED
+        self._done.set()
+
+    # -- asking to stop ----------------------------------------------------------------------
+
+    def request_stop(self, timeout: float | None = None) -> None:
+        """Ask the loop to end (the close follows); ``timeout`` can only shorten the drain.
+        Cancels a HUP restart not yet under way (a close already restarting keeps going;
+        see :meth:`cancel_restart`)."""
+        self._shorten(timeout)
+        self._stop.set()
+
+    def request_restart(self) -> None:
+        """A HUP passed its preflight: end the loop; the close hands the sockets over."""
+        self._restart = True
+        self._stop.set()
+
+    def cancel_restart(self) -> None:
+        """An explicit stop during a HUP's drain: close instead of re-executing."""
+        self._restart = False
+        if self._state is State.RESTARTING:
+            self._state = State.DRAINING
+
+    def _shorten(self, timeout: float | None) -> None:
+        """Keep the shortest timeout asked for; during a drain, move its deadline closer."""
+        if timeout is None:
+            return
+        if self._stop_timeout is None or timeout < self._stop_timeout:
+            self._stop_timeout = timeout
+        deadline = time.monotonic() + timeout
+        if deadline < self._drain_deadline:
+            self._drain_deadline = deadline
+            self._deadline_moved.set()
+
+    def may_wait(self) -> bool:
+        """False in a greenlet the close waits for or runs in (a connection's, the loop's, the
+        closer's): waiting for the close there would never end."""
+        current = gevent.getcurrent()
+        return current is not self._closer and current is not self._looper \
+            and not self.in_connection()
+
+    def in_connection(self) -> bool:
+        """True in a connection's greenlet."""
+        return self._connections is not None and self._connections.in_connection()
+
+    def wait_closed(self) -> None:
+        """Wait until the close has ended."""
+        self._done.wait()
+
+    def closed_event(self) -> Event:
+        """An event set once the close has ended, to wait on with others (``gevent.wait``)."""
+        return self._done
+
+    # -- signals and the loop ----------------------------------------------------------------
+
+    def register_signals(self) -> bool:
+        """Prepare Net::Server's signals (TERM, INT, QUIT, HUP); only the main thread may
+        install handlers, so elsewhere this does nothing and returns False."""
+        if not signals.in_main_thread():
+            return False
+        self._signals = signals.SignalQueue()
+        return True
+
+    def install_signals(self) -> None:
+        """Install the handlers prepared by :meth:`register_signals` (when the loop starts)."""
+        if self._signals is not None:
+            self._signals.install()
+
+    def uninstall_signals(self) -> None:
+        """Put back the program's own handlers (at the end of the close)."""
+        if self._signals is not None:
+            self._signals.uninstall()
+
+    def wait_for_stop(self, dispatch: Dispatch) -> None:
+        """The loop of a one-hub server: wait until a stop is asked for, handing queued signals
+        to ``dispatch`` meanwhile, in this greenlet."""
+        queue = self._signals
+        self._looper = gevent.getcurrent()
+        try:
+            wake: list[Any] = [self._stop] + ([queue.event] if queue is not None else [])
+            while not self._stop.is_set():
+                gevent.wait(wake, count=1)
+                if queue is not None:
+                    dispatch(queue.pop_all())
+        finally:
+            self._looper = None
+
+    # -- the one close -----------------------------------------------------------------------
+
+    def claim_close(self, close: Callable[[], None]) -> bool:
+        """First step of ``server_close``: True when the caller is to run the one close now
+        (-> DRAINING, or RESTARTING after a HUP). Otherwise False: after waiting for the close
+        already running (unless the caller is a greenlet that close waits for), or, in a
+        connection's greenlet, after handing the close on (the loop ends; without a loop,
+        ``close`` runs in a fresh greenlet)."""
+        if self._claimed:
+            if self.may_wait():
+                self._done.wait()
+            return False
+        if self.in_connection():
+            self._stop.set()
+            if not self.looping:
+                gevent.spawn(close)
+            return False
+        self._claimed, self._closer = True, gevent.getcurrent()
+        self._state = State.RESTARTING if self._restart else State.DRAINING
+        return True
+
+    def drain(self, graceful_timeout: float, dispatch: Dispatch) -> None:
+        """Let the running connections finish until the drain's deadline (the shortest
+        ``stop(timeout)``, else ``graceful_timeout``, from now), then cut those left. Signals
+        that come meanwhile go to ``dispatch``."""
+        connections = self._connections
+        if connections is None:
+            return  # never accepted
+        timeout = self.drain_timeout(graceful_timeout)
+        self._drain_deadline = time.monotonic() + timeout
+        if timeout > 0 and connections.active_connections():
+            self._wait_for_connections(connections, dispatch)
+        connections.kill_connections()
+
+    def drain_timeout(self, graceful_timeout: float) -> float:
+        """The seconds the drain will give connections (the shortest stop(timeout) asked for,
+        else ``graceful_timeout``)."""
+        return graceful_timeout if self._stop_timeout is None else self._stop_timeout
+
+    def _wait_for_connections(self, connections: Connections, dispatch: Dispatch) -> None:
+        """Wait until no connection runs or the deadline has passed; a later
+        ``stop(timeout)`` may move it closer (TERM and INT do: ``stop(0)``)."""
+        queue = self._signals
+        idle = connections.wait_idle()
+        wake: list[Any] = [idle, self._deadline_moved] + ([queue.event] if queue else [])
+        try:
+            while connections.active_connections():
+                self._deadline_moved.clear()  # read the deadline afresh below
+                left = self._drain_deadline - time.monotonic()
+                if left <= 0:
+                    break
+                gevent.wait(wake, timeout=left, count=1)
+                if queue is not None:
+                    dispatch(queue.pop_all())
+        finally:
+            if hasattr(idle, "kill"):
+                idle.kill()
+
+    def close_ended(self) -> None:
+        """Last step of the close, also after a failing hook (-> CLOSED): waiters wake."""
+        self._restart = False
+        self._state = State.CLOSED
+        self._done.set()

@@ -1,0 +1,89 @@
+"""Personalities: how connections are accepted and by which processes (Net::Server's
+``server_type``).
+
+Rules of this package:
+
+* A personality owns the loop: it starts accepting on the listeners the server bound, runs each
+  accepted connection through the server's ``handle`` callable (the hooks, in the server's
+  order), and waits in its loop until the server's :class:`~gnetserver.lifecycle.Lifecycle`
+  says stop. It knows nothing of hooks, protocols or TLS: the server hands it listeners and
+  one callable, and it hands back connection counts (:class:`~gnetserver.lifecycle.Connections`).
+* :data:`PERSONALITIES` maps a ``server_type`` name to its class. ``Single`` (one process, one
+  gevent hub, a greenlet per connection) is the default; a worker-process personality plugs in
+  here without touching hooks, protocols or TLS.
+* Nothing here imports the server or the client: a personality sees listeners and greenlets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar, Protocol
+
+from ..lifecycle import Dispatch, Lifecycle
+from ..listener import Listener
+from .single import Single
+
+#: What a personality calls for each accepted connection: ``handle(listener, sock, address)``,
+#: in the connection's own greenlet (the server's ``run_client_connection`` path).
+Handle = Callable[[Listener, Any, Any], None]
+
+
+class Personality(Protocol):
+    """The interface of a personality (see the package rules)."""
+
+    #: The ``server_type`` name it answers to.
+    name: ClassVar[str]
+
+    def start(self, listeners: Sequence[Listener], handle: Handle) -> None:
+        """Start accepting on ``listeners``; each connection runs ``handle`` in a greenlet."""
+        ...
+
+    def loop(self, lifecycle: Lifecycle, dispatch: Dispatch) -> None:
+        """Serve until ``lifecycle`` says stop, handing signals to ``dispatch``."""
+        ...
+
+    def stop_accepting(self) -> None:
+        """Stop accepting; running connections go on (the drain waits for them)."""
+        ...
+
+    def session_slot(self) -> AbstractContextManager[Any]:
+        """A context manager held while a connection runs its session (``max_servers``)."""
+        ...
+
+    def in_connection(self) -> bool:
+        """True in a connection's greenlet."""
+        ...
+
+    def active_connections(self) -> int:
+        """How many connections run now."""
+        ...
+
+    def greenlets(self) -> list[Any]:
+        """The live greenlets of running connections."""
+        ...
+
+    def wait_idle(self) -> Any:
+        """A waitable that is ready once no connection runs."""
+        ...
+
+    def kill_connections(self) -> None:
+        """Cut every connection still running."""
+        ...
+
+
+#: ``server_type`` name -> personality class.
+PERSONALITIES: dict[str, type[Single]] = {Single.name: Single}
+
+#: The personality used when no ``server_type`` names a known one.
+DEFAULT_PERSONALITY = Single.name
+
+
+def personality_name(server_types: Sequence[str]) -> str:
+    """The first of ``server_types`` (Net::Server's MultiType order) that names a personality
+    gnetserver has, else :data:`DEFAULT_PERSONALITY`."""
+    return next((name for name in server_types if name in PERSONALITIES), DEFAULT_PERSONALITY)
+
+
+__all__ = ["DEFAULT_PERSONALITY", "PERSONALITIES", "Handle", "Personality", "Single",
+           "personality_name"]
