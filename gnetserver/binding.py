@@ -94,7 +94,7 @@ class BindingMixin:
                               f"(known: {', '.join(sorted(_SPEC_KEYS))}, SSL_*)")
         protocol = PROTOCOLS[spec.proto]
         options = self.ssl_options(spec) if protocol.is_tls else dict(spec.opts)
-        return protocol(spec, options, self)
+        return protocol(spec, options, self.tls_contexts)
 
 
 def _check_served(spec: PortSpec) -> None:

@@ -175,4 +175,4 @@ class ClosingMixin:
     def _release_listeners(self) -> None:
         """Close every listening socket (also when a start-up step failed)."""
         for listener in self.listeners:
-            listener.protocol.close_listener(listener)
+            listener.protocol.close_listener(listener.sock)

@@ -294,7 +294,8 @@ class GServer(OptionSourcesMixin, BindingMixin, TLSSetupMixin, AccessControlMixi
         """Framework step, first per connection: count it and let the protocol negotiate (TLS:
         the handshake, bounded by ``timeout_handshake``). Raising drops the connection."""
         self.requests += 1
-        client.listener.protocol.post_accept(client, self.conf["timeout_handshake"])
+        client.attach(client.listener.protocol.post_accept(client.sock,
+                                                           self.conf["timeout_handshake"]))
         client.settimeout(self.conf["timeout_idle"] or None)
 
     def get_client_info(self, client: Client) -> None:
