@@ -4,81 +4,64 @@ Rules of this module:
 
 * A :class:`Client` looks like a socket to handlers (``recv``, ``recv_into``, ``send``,
   ``sendall``, ``makefile``, ``readline``, ``settimeout``, ``close``) whatever the protocol
-  underneath: a plain gevent socket for tcp/unix, a :class:`~gnetserver.tls.TLSConnection`
-  for ssl or a :class:`~gnetserver.proto.ssleay.SSLeayConnection` for ssleay, installed by
-  the protocol's ``post_accept``.
+  underneath. Its I/O goes through the :class:`~gnetserver.proto.stream.Stream` that the
+  port's protocol returned from ``post_accept`` and that the server handed to
+  :meth:`Client.attach`: a plain socket's methods for tcp/unix, a TLS connection's (a
+  :class:`~gnetserver.tls.TLSConnection` for ssl, a
+  :class:`~gnetserver.proto.ssleay.SSLeayConnection` for ssleay) for TLS.
 * It carries Net::Server's facts about the connection (``peeraddr``, ``peerport``,
   ``sockaddr``, ``sockport``, ``proto``, and with reverse lookups ``peerhost``), filled in by
   the server's ``get_client_info``.
 * ``readline`` keeps surplus bytes in the client's own buffer, and ``recv`` serves that buffer
   first, so mixing the two never loses data. A file from ``makefile`` buffers on its own, as a
   socket's does: do not mix reads through a file with direct reads.
-* ``close`` is graceful (TLS close_notify, half-close, short drain) and idempotent; the server
-  calls it in ``post_process_request`` in any case.
+* The client owns its connection: ``close`` (graceful: TLS close_notify, half-close, short
+  drain) and ``abort`` (at once) close the stream, or the bare accepted socket when no stream
+  was attached; both are idempotent, and the server calls ``close`` in
+  ``post_process_request`` in any case. The client never calls back into the protocol.
+* It imports neither the server nor the listener (they import it): both are typed loosely here.
 """
 
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from .proto.stream import Stream, TLSFacts, linger_close
 
 if TYPE_CHECKING:
     from cryptography import x509
 
-    from .listener import Listener
-    from .server import GServer
+__all__ = ["Client", "Stream", "TLSFacts"]
 
 
-class Stream(Protocol):
-    """What a client reads from and writes to: a gevent socket or a TLS connection."""
+class _IO(Protocol):
+    """What the client's reads and writes go through: the attached stream, or before that
+    the accepted socket."""
 
-    def recv(self, bufsize: int) -> bytes: ...
-    def recv_into(self, buffer: Any, nbytes: int = 0) -> int: ...
-    def send(self, data: bytes) -> int: ...
-    def sendall(self, data: bytes) -> None: ...
-    def settimeout(self, timeout: float | None) -> None: ...
-
-
-class TLSFacts(Protocol):
-    """The read-only facts of a TLS session that the TLS facts of a Client read (``None``,
-    or False, before the handshake)."""
-
-    @property
-    def version(self) -> str | None: ...
-    @property
-    def cipher(self) -> str | None: ...
-    @property
-    def server_name(self) -> str | None: ...
-    @property
-    def alpn_protocol(self) -> str | None: ...
-    @property
-    def session_reused(self) -> bool: ...
-    @property
-    def peer_certificate(self) -> x509.Certificate | None: ...
-
-
-class TLSStream(Stream, TLSFacts, Protocol):
-    """What ``client.tls`` is on TLS ports: a :class:`~gnetserver.tls.TLSConnection` (ssl) or
-    a :class:`~gnetserver.proto.ssleay.SSLeayConnection` (ssleay). The protocol drives the
-    handshake and the close; handlers read the facts and the stream."""
-
-    def do_handshake(self, timeout: float | None) -> None: ...
-    def shutdown_tls(self, timeout: float = ...) -> None: ...
-    def close(self) -> None: ...
+    def recv(self, bufsize: int, /) -> bytes: ...
+    def recv_into(self, buffer: Any, nbytes: int = 0, /) -> int: ...
+    def send(self, data: bytes, /) -> int: ...
+    def sendall(self, data: bytes, /) -> None: ...
+    def settimeout(self, timeout: float | None, /) -> None: ...
 
 
 class Client:
     """One accepted connection, as seen by the hooks of the server.
 
+    Made by the server for each accepted socket, before the protocol's ``post_accept``; the
+    server then hands it the connection's stream with :meth:`attach`.
+
     Attributes:
         server: the server that accepted the connection.
         listener: the listening port it came in on (``listener.spec`` is its PortSpec).
-        sock: the accepted gevent socket.
-        stream: what reads and writes go through (the socket, or its TLS connection).
-        tls: on TLS ports, the TLS connection (:class:`TLSStream`): a TLSConnection on ssl
-            ports, an SSLeayConnection on ssleay ports. Set by the protocol's post_accept
-            just before the handshake (so a failed handshake leaves it set, without facts);
-            None on tcp/unix ports.
+        sock: the live socket: the stream's (``stream.sock``) once one is attached (on ssleay
+            the wrapped ssl socket), else the accepted gevent socket.
+        stream: the :class:`~gnetserver.proto.stream.Stream` reads and writes go through,
+            once attached (None before).
+        tls: on TLS ports, the TLS connection with its facts (``stream.tls``): a
+            TLSConnection on ssl ports, an SSLeayConnection on ssleay ports. None before
+            the stream is attached (so during and after a failed handshake) and on tcp/unix.
         proto: "tcp", "ssl", "ssleay" or "unix".
         peeraddr, peerport: the peer's address text and port. None on unix sockets, as in
             Net::Server: a unix peer has no address (its CONNECT line names the socket path).
@@ -97,12 +80,15 @@ class Client:
     ``peer_subject``, ``peer_issuer``.
     """
 
-    def __init__(self, sock: Any, address: Any, listener: Listener, server: GServer) -> None:
+    def __init__(self, sock: Any, address: Any, listener: Any, server: Any) -> None:
+        """Per accepted socket, in its connection's greenlet. ``listener`` and ``server`` are
+        typed Any: importing their modules here would make the import cycle this module
+        must not be part of (they import the client)."""
         self.server = server
         self.listener = listener
-        self.sock = sock
-        self.stream: Stream = sock
-        self.tls: TLSStream | None = None
+        self._accepted = sock
+        self._stream: Stream | None = None
+        self._io: _IO = sock  # reads and writes: the accepted socket until a stream is attached
         self.proto: str = listener.spec.proto
         self.address = address
         self.peeraddr: str | None = None
@@ -118,6 +104,36 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<Client {self.proto} peer={self.peer_text()} local={self.local_text()}>"
+
+    # -- the connection --------------------------------------------------------------------
+
+    def attach(self, stream: Stream) -> None:
+        """Take ownership of the connection's stream, as the port's protocol returned it from
+        ``post_accept`` (the server calls this in its ``post_accept`` step). From then on reads
+        and writes go through it and :meth:`close`/:meth:`abort` close it. A second attach is
+        a RuntimeError (the stream given is aborted)."""
+        if self._stream is not None or self.closed:
+            stream.abort()
+            raise RuntimeError(f"{self!r}: a stream is attached already, or the client is "
+                               "closed")
+        self._stream = stream
+        self._io = stream
+
+    @property
+    def stream(self) -> Stream | None:
+        """The attached stream (None before :meth:`attach`)."""
+        return self._stream
+
+    @property
+    def tls(self) -> TLSFacts | None:
+        """The TLS connection with its facts (the stream's ``tls``); None on tcp/unix ports and
+        before a stream is attached."""
+        return None if self._stream is None else self._stream.tls
+
+    @property
+    def sock(self) -> Any:
+        """The live socket: the attached stream's, else the accepted one."""
+        return self._accepted if self._stream is None else self._stream.sock
 
     def peer_text(self) -> str:
         """The peer as Net::Server logs it: ``[addr]:port``; on a unix socket, which has no
@@ -140,33 +156,39 @@ class Client:
     @property
     def tls_version(self) -> str | None:
         """The negotiated protocol, e.g. ``"TLSv1.3"``."""
-        return None if self.tls is None else self.tls.version
+        tls = self.tls
+        return None if tls is None else tls.version
 
     @property
     def cipher(self) -> str | None:
         """The negotiated cipher suite, e.g. ``"TLS_AES_256_GCM_SHA384"``."""
-        return None if self.tls is None else self.tls.cipher
+        tls = self.tls
+        return None if tls is None else tls.cipher
 
     @property
     def server_name(self) -> str | None:
         """The host name the client sent in SNI (None when it sent none)."""
-        return None if self.tls is None else self.tls.server_name
+        tls = self.tls
+        return None if tls is None else tls.server_name
 
     @property
     def alpn_protocol(self) -> str | None:
         """The ALPN protocol chosen (``SSL_alpn_protocols``), None when none was."""
-        return None if self.tls is None else self.tls.alpn_protocol
+        tls = self.tls
+        return None if tls is None else tls.alpn_protocol
 
     @property
     def session_reused(self) -> bool | None:
         """True when the handshake resumed an earlier session (ticket or session id)."""
-        return None if self.tls is None else self.tls.session_reused
+        tls = self.tls
+        return None if tls is None else tls.session_reused
 
     @property
     def peer_certificate(self) -> x509.Certificate | None:
         """The client's certificate (with ``SSL_verify_mode``; verified), as a cryptography
         ``x509.Certificate``; None when the client sent none."""
-        return None if self.tls is None else self.tls.peer_certificate
+        tls = self.tls
+        return None if tls is None else tls.peer_certificate
 
     @property
     def peer_subject(self) -> str | None:
@@ -188,7 +210,7 @@ class Client:
             data = bytes(self._rbuf[:bufsize])
             del self._rbuf[:bufsize]
             return data
-        return self.stream.recv(bufsize)
+        return self._io.recv(bufsize)
 
     def recv_into(self, buffer: Any, nbytes: int = 0) -> int:
         """Read into ``buffer``; returns the count, 0 at end of stream."""
@@ -198,7 +220,7 @@ class Client:
             view[:count] = self._rbuf[:count]
             del self._rbuf[:count]
             return count
-        return self.stream.recv_into(buffer, nbytes)
+        return self._io.recv_into(buffer, nbytes)
 
     def readline(self, limit: int = -1) -> bytes:
         """One line including its ``\\n`` (at most ``limit`` bytes); ``b""`` at end of stream."""
@@ -211,7 +233,7 @@ class Client:
                 line = bytes(self._rbuf[:cut])
                 del self._rbuf[:cut]
                 return line
-            chunk = self.stream.recv(65536)
+            chunk = self._io.recv(65536)
             if not chunk:
                 line = bytes(self._rbuf)
                 self._rbuf.clear()
@@ -227,15 +249,15 @@ class Client:
 
     def send(self, data: bytes) -> int:
         """Write some of ``data``; returns how much was written."""
-        return self.stream.send(data)
+        return self._io.send(data)
 
     def sendall(self, data: bytes) -> None:
         """Write all of ``data``."""
-        self.stream.sendall(data)
+        self._io.sendall(data)
 
     def settimeout(self, timeout: float | None) -> None:
         """Per-call read/write timeout in seconds (None = wait forever)."""
-        self.stream.settimeout(timeout)
+        self._io.settimeout(timeout)
 
     def makefile(self, mode: str = "r", buffering: int = -1, encoding: str | None = None,
                  errors: str | None = None, newline: str | None = None) -> Any:
@@ -259,23 +281,35 @@ class Client:
             buffered = io.BufferedWriter(raw, size)
         if "b" in mode:
             return buffered
-        text = io.TextIOWrapper(buffered, encoding, errors, newline)
+        # typeshed wants a buffer with ``name``; BufferedRWPair has none (only text.name, which
+        # nobody reads on a connection, would miss it).
+        text = io.TextIOWrapper(cast(Any, buffered), encoding, errors, newline)
         text.mode = mode  # type: ignore[misc]
         return text
 
     # -- closing ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close gracefully: TLS close_notify, half-close, short drain, close. Idempotent."""
+        """Close gracefully: TLS close_notify, half-close, short drain, close (the stream's
+        ``close``; without a stream, the lingering close of the accepted socket). Idempotent,
+        never raises; the server calls it in ``post_process_request``."""
         if not self.closed:
             self.closed = True
-            self.listener.protocol.close(self)
+            if self._stream is not None:
+                self._stream.close()
+            else:
+                linger_close(self._accepted)
 
     def abort(self) -> None:
-        """Close at once, without TLS shutdown or draining (used after handshake timeouts)."""
+        """Close at once, without TLS shutdown or draining (the stream's ``abort``, or the
+        accepted socket's ``close``): for a denied address, or a killed connection.
+        Idempotent."""
         if not self.closed:
             self.closed = True
-            self.listener.protocol.abort(self)
+            if self._stream is not None:
+                self._stream.abort()
+            else:
+                self._accepted.close()
 
 
 class _ClientIO(io.RawIOBase):

@@ -3,34 +3,38 @@
 ``PROTOCOLS`` maps a port spec's proto name to the class that serves it: tcp and unix
 (:mod:`.tcp`, :mod:`.unix`), and the TLS protocols ssl and ssleay (:mod:`.ssl`,
 :mod:`.ssleay`, sharing :mod:`.tlsbase`). A class's ``is_tls`` says whether it takes the
-``SSL_*`` options.
+``SSL_*`` options. A protocol's ``post_accept`` returns a :class:`~.stream.Stream`
+(:mod:`.stream`), which the connection's Client owns from then on.
+
+Nothing in this package (nor in :mod:`gnetserver.tls`) imports the server, the client or the
+listener: they call in, never the other way.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from .ssl import SSLProtocol
 from .ssleay import SSLeayProtocol
+from .stream import PlainStream, Stream, TLSFacts, TLSSession, TLSStream
 from .tcp import TCPProtocol
 from .tlsbase import TLSProtocol
 from .unix import UnixProtocol
 
 if TYPE_CHECKING:
-    from ..client import Client
-    from ..listener import Listener
     from ..ports import PortSpec
 
 
 class StreamProtocol(Protocol):
-    """What a protocol object offers the server. One exists per port spec, built by
-    ``make_protocol`` at bind (it may raise ConfigError there); the rest runs in the server's
-    hub, per connection in that connection's greenlet."""
+    """What a protocol object offers the server. One exists per port spec, built at bind as
+    ``Proto(spec, options, contexts)`` (``contexts``: the server's TLSContexts, which TLS
+    protocols need; it may raise ConfigError there); the rest runs in the server's hub, per
+    connection in that connection's greenlet."""
 
     #: The proto name of its port specs: "tcp", "ssl", "ssleay" or "unix".
-    name: str
-    #: True when it serves TLS (``client.tls`` is set by ``post_accept``).
-    is_tls: bool
+    name: ClassVar[str]
+    #: True when it serves TLS (its streams have ``tls`` set).
+    is_tls: ClassVar[bool]
     #: The port spec it was built for.
     spec: PortSpec
 
@@ -38,23 +42,17 @@ class StreamProtocol(Protocol):
         """The TLS library and its version for the "TLS by ..." line at bind; None."""
         ...
 
-    def post_accept(self, client: Client, timeout: float) -> None:
-        """Make a new connection ready for I/O (TLS: the handshake within ``timeout``)."""
+    def post_accept(self, sock: Any, timeout: float) -> Stream:
+        """Make an accepted socket ready for I/O (TLS: the handshake within ``timeout``) and
+        return its stream. On failure it has closed the connection itself, then raises."""
         ...
 
-    def close(self, client: Client) -> None:
-        """End a connection gracefully (close_notify, half-close, short drain); never raises."""
-        ...
-
-    def abort(self, client: Client) -> None:
-        """Drop a connection at once."""
-        ...
-
-    def close_listener(self, listener: Listener) -> None:
+    def close_listener(self, sock: Any) -> None:
         """Close a listening socket of this port (idempotent)."""
         ...
 
 
+#: The protocol classes by proto name; each is built as ``Proto(spec, options, contexts)``.
 PROTOCOLS: dict[str, type[TCPProtocol]] = {
     "tcp": TCPProtocol,
     "ssl": SSLProtocol,
@@ -62,5 +60,7 @@ PROTOCOLS: dict[str, type[TCPProtocol]] = {
     "unix": UnixProtocol,
 }
 
-__all__ = ["PROTOCOLS", "SSLProtocol", "SSLeayProtocol", "StreamProtocol", "TCPProtocol",
-           "TLSProtocol", "UnixProtocol"]
+
+__all__ = ["PROTOCOLS", "PlainStream", "SSLProtocol", "SSLeayProtocol", "Stream",
+           "StreamProtocol", "TCPProtocol", "TLSFacts", "TLSProtocol", "TLSSession",
+           "TLSStream", "UnixProtocol"]

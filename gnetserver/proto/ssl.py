@@ -4,14 +4,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar
 
 from ..tls import TLSConnection, build_context, tls_library_versions
 from ..tls.registry import Builder
+from .stream import TLSStream
 from .tlsbase import SHUTDOWN_SECONDS, TLSProtocol
-
-if TYPE_CHECKING:
-    from ..client import Client
 
 __all__ = ["SHUTDOWN_SECONDS", "SSLProtocol"]
 
@@ -26,6 +24,7 @@ class SSLProtocol(TLSProtocol):
         """pyOpenSSL, the OpenSSL it runs on and the cryptography wheel that bundles it."""
         return tls_library_versions()
 
-    def connect(self, client: Client) -> TLSConnection:
-        """A cooperative pyOpenSSL connection over the accepted gevent socket."""
-        return TLSConnection(client.sock, self.context)
+    def connect(self, sock: Any) -> TLSStream:
+        """Per connection: a cooperative pyOpenSSL connection over the accepted gevent
+        socket, as a stream."""
+        return TLSStream(TLSConnection(sock, self.context), sock)

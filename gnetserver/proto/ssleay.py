@@ -10,17 +10,18 @@ handshake on wrap has no deadline, so a silent client would hold its greenlet fo
 
 Rules of this module:
 
-* :class:`SSLeayConnection` is what ``client.tls`` and ``client.stream`` are on an ``ssleay``
-  port. It has the attributes of :class:`~gnetserver.tls.TLSConnection` (``version``,
-  ``cipher``, ``server_name``, ``alpn_protocol``, ``session_reused``, ``peer_certificate``,
-  ``settimeout``/``recv``/``recv_into``/``send``/``sendall``, ``do_handshake``,
-  ``shutdown_tls``, ``close``) and maps errors the same way: EOF (clean or ragged) reads as
-  ``b""``, a peer gone during a write is ``BrokenPipeError``, a timeout is ``TimeoutError``
-  (``HandshakeTimeout`` in the handshake), any other ``ssl.SSLError`` is a
-  :class:`~gnetserver.errors.TLSError` with OpenSSL's reason.
+* :class:`SSLeayConnection` is what ``client.tls`` is on an ``ssleay`` port (the connection of
+  its :class:`~gnetserver.proto.stream.TLSStream`, ``client.stream``). It has the attributes
+  of :class:`~gnetserver.tls.TLSConnection` (``version``, ``cipher``, ``server_name``,
+  ``alpn_protocol``, ``session_reused``, ``peer_certificate``, ``settimeout``, ``recv``,
+  ``recv_into``, ``send``, ``sendall``, ``do_handshake``, ``shutdown_tls``, ``close``) and
+  maps errors the same way: EOF (clean or ragged) reads as ``b""``, a peer gone during a
+  write is ``BrokenPipeError``, a timeout is ``TimeoutError`` (``HandshakeTimeout`` in the
+  handshake), any other ``ssl.SSLError`` is a :class:`~gnetserver.errors.TLSError` with
+  OpenSSL's reason.
 * Wrapping takes over the accepted socket's fd (gevent detaches the original socket object), so
-  :meth:`SSLeayProtocol.connect` replaces ``client.sock`` with the ``ssl`` socket.
-* Close (:class:`~gnetserver.proto.tlsbase.TLSProtocol`, as for proto ssl): ``unwrap``
+  the stream :meth:`SSLeayProtocol.connect` returns has the ``ssl`` socket as its ``sock``.
+* Close (:class:`~gnetserver.proto.stream.TLSStream`, as for proto ssl): ``unwrap``
   (close_notify; it also waits briefly for the peer's), bounded by ``SHUTDOWN_SECONDS`` and
   only after a completed handshake, then tcp's lingering close. After ``unwrap`` the socket
   reads and writes plain bytes again, which is what the drain needs.
@@ -31,7 +32,7 @@ from __future__ import annotations
 import errno
 import ssl
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import gevent
 from cryptography import x509
@@ -46,10 +47,8 @@ from ..tls.stdlib_context import (
     stdlib_reason,
 )
 from ..tls.util import Warn
+from .stream import TLSStream
 from .tlsbase import TLSProtocol
-
-if TYPE_CHECKING:
-    from ..client import Client
 
 __all__ = ["SHUTDOWN_SECONDS", "SSLeayConnection", "SSLeayProtocol", "build_ssleay_context"]
 
@@ -169,9 +168,13 @@ class SSLeayConnection:
             return
         self._shutdown_sent = True
         try:
-            with gevent.Timeout(timeout, False):  # False: leave the block quietly on expiry
+            with gevent.Timeout(timeout) as expiry:
                 self._sock.settimeout(None)
                 self._sock.unwrap()
+        except gevent.Timeout as e:
+            if e is not expiry:
+                raise  # someone else's timeout
+            # This one expired: leave quietly, as a close_notify that is not read is moot.
         except (ssl.SSLError, OSError, ValueError):
             # The peer is gone or misbehaved: a close_notify that cannot be delivered is moot.
             self._broken = True
@@ -251,16 +254,15 @@ class SSLeayProtocol(TLSProtocol):
     @property
     def context(self) -> ServerSSLContext:
         """The stdlib context new connections get (replaced by reload_tls)."""
-        return self.tls_handle.context
+        return cast(ServerSSLContext, self.tls_handle.context)
 
     def tls_library(self) -> str:
         """The stdlib ssl module and the OpenSSL it is linked with."""
         return f"the stdlib ssl module over {ssl.OPENSSL_VERSION}"
 
-    def connect(self, client: Client) -> SSLeayConnection:
-        """Wrap the accepted socket (no implicit handshake); the wrapper takes over its fd, so
-        it becomes ``client.sock``."""
-        sock = self.context.wrap_socket(client.sock, server_side=True,
-                                        do_handshake_on_connect=False)
-        client.sock = sock  # the original socket object is detached
-        return SSLeayConnection(sock)
+    def connect(self, sock: Any) -> TLSStream:
+        """Per connection: wrap the accepted socket (no implicit handshake); the wrapper takes
+        over its fd (the original socket object is detached), so it is the stream's ``sock``."""
+        wrapped = cast(ServerSSLSocket, self.context.wrap_socket(
+            sock, server_side=True, do_handshake_on_connect=False))
+        return TLSStream(SSLeayConnection(wrapped), wrapped)

@@ -1,29 +1,27 @@
 """Plain TCP, and the base class of every protocol.
 
 A protocol object (the interface: :class:`~gnetserver.proto.StreamProtocol`) exists once per
-port spec. It is built at bind (where it may check options and build contexts, raising
-ConfigError), and then, per connection, ``post_accept`` makes the client ready for I/O (TLS:
-the handshake), ``close`` ends it gracefully and ``abort`` drops it.
+port spec. It is built at bind (where it may check options and get TLS contexts, raising
+ConfigError), and then, per connection, ``post_accept`` makes the accepted socket ready for
+I/O (TLS: the handshake) and returns the :class:`~gnetserver.proto.stream.Stream` that the
+connection's Client owns and closes from then on. Nothing here imports the server, the client
+or the listener.
 """
 
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ConfigError
+from .stream import LINGER_SECONDS, PlainStream, Stream, linger_close
 
 if TYPE_CHECKING:
-    from ..client import Client
-    from ..listener import Listener
     from ..ports import PortSpec
-    from ..server import GServer
+    from ..tls.registry import TLSContexts
 
-#: Seconds a closing connection is drained after the half-close. Closing a socket with unread
-#: input makes the kernel send RST, and the peer may then lose the last response it was sent.
-LINGER_SECONDS = 1.0
+__all__ = ["LINGER_SECONDS", "TCPProtocol", "linger_close", "set_nodelay"]
 
 
 def set_nodelay(sock: Any) -> None:
@@ -40,21 +38,6 @@ def set_nodelay(sock: Any) -> None:
         pass  # the peer already reset the connection: the next read says so
 
 
-def linger_close(sock: Any) -> None:
-    """Half-close, read and discard until EOF or LINGER_SECONDS, then close. Never raises."""
-    try:
-        sock.shutdown(socket.SHUT_WR)
-        deadline = time.monotonic() + LINGER_SECONDS
-        while (left := deadline - time.monotonic()) > 0:
-            sock.settimeout(left)
-            if not sock.recv(65536):
-                break
-    except OSError:
-        pass  # the peer is gone or the drain timed out: nothing left to protect
-    finally:
-        sock.close()
-
-
 class TCPProtocol:
     """A stream over plain TCP."""
 
@@ -63,13 +46,15 @@ class TCPProtocol:
     #: True for the protocols that serve TLS (and so take the ``SSL_*`` options).
     is_tls: ClassVar[bool] = False
 
-    def __init__(self, spec: PortSpec, options: Mapping[str, Any], server: GServer) -> None:
-        """Check the per-port options; tcp takes none beyond the port spec's own fields."""
+    def __init__(self, spec: PortSpec, options: Mapping[str, Any],
+                 contexts: TLSContexts | None) -> None:
+        """At bind: check the per-port options; tcp takes none beyond the port spec's own
+        fields (``contexts``, the server's TLS registry, is not used)."""
         self.spec = spec
         self.refuse_ssl_options(options)
 
     def refuse_ssl_options(self, options: Mapping[str, Any]) -> None:
-        """SSL_* keys on a non-TLS port are a mistake worth stopping for."""
+        """SSL_* keys on a non-TLS port are a mistake worth stopping for (at bind)."""
         given = sorted(name for name in options if name.startswith("SSL_"))
         if given:
             raise ConfigError(
@@ -81,18 +66,14 @@ class TCPProtocol:
         """The TLS library serving this port, as bind logs it once ("TLS by ..."); None."""
         return None
 
-    def post_accept(self, client: Client, timeout: float) -> None:
-        """Nothing to negotiate on a plain stream; only Nagle is turned off."""
-        set_nodelay(client.sock)
+    def post_accept(self, sock: Any, timeout: float) -> Stream:
+        """Per connection, in its greenlet: nothing to negotiate on a plain stream; Nagle is
+        turned off and the socket becomes a :class:`~gnetserver.proto.stream.PlainStream`
+        (``timeout`` is not used)."""
+        set_nodelay(sock)
+        return PlainStream(sock)
 
-    def close(self, client: Client) -> None:
-        """Half-close, drain briefly, close."""
-        linger_close(client.sock)
-
-    def abort(self, client: Client) -> None:
-        """Close at once."""
-        client.sock.close()
-
-    def close_listener(self, listener: Listener) -> None:
-        """Close the listening socket (idempotent)."""
-        listener.sock.close()
+    def close_listener(self, sock: Any) -> None:
+        """When the server closes (or a start-up fails): close the listening socket
+        (idempotent)."""
+        sock.close()

@@ -7,14 +7,18 @@ Rules of this module:
   its connection factory :meth:`TLSProtocol.connect` and the library text
   :meth:`TLSProtocol.tls_library`.
 * The context comes from the server's :class:`~gnetserver.tls.TLSContexts` (``tls_contexts``,
-  created by ``bind`` and by the HUP preflight), so ports with equal options share one and
-  ``reload_tls`` rebuilds every backend's contexts together. A server without that registry is
-  a programming error: RuntimeError, never a private registry that a reload would miss.
+  created by ``bind`` and by the HUP preflight, passed to the constructor), so ports with equal
+  options share one and ``reload_tls`` rebuilds every backend's contexts together. No registry
+  (None) is a programming error: RuntimeError, never a private registry that a reload would
+  miss.
 * The handshake runs in the connection's own greenlet (``post_accept``), bounded by
-  ``timeout_handshake``.
-* Close: close_notify once, bounded by :data:`~gnetserver.tls.connection.SHUTDOWN_SECONDS`,
-  then tcp's lingering close; the connection's resources are released even when the closing
-  greenlet is killed. Abort: no alert, no drain.
+  ``timeout_handshake``. On failure ``post_accept`` closes the connection itself before the
+  exception propagates: a timeout or a kill (an exception that is not an ``Exception``, such
+  as GreenletExit) aborts it (no alert, no drain), any other error closes it gracefully.
+* Close and abort are the :class:`~gnetserver.proto.stream.TLSStream`'s: close_notify once,
+  bounded by :data:`~gnetserver.tls.connection.SHUTDOWN_SECONDS`, then the lingering close;
+  the connection's resources are released even when the closing greenlet is killed. Abort: no
+  alert, no drain.
 """
 
 from __future__ import annotations
@@ -22,14 +26,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..errors import HandshakeTimeout
 from ..tls.connection import SHUTDOWN_SECONDS
 from ..tls.registry import Builder, ContextHandle
-from .tcp import TCPProtocol, linger_close, set_nodelay
+from .stream import TLSStream, linger_close
+from .tcp import TCPProtocol, set_nodelay
 
 if TYPE_CHECKING:
-    from ..client import Client, TLSStream
     from ..ports import PortSpec
-    from ..server import GServer
+    from ..tls.registry import TLSContexts
 
 __all__ = ["SHUTDOWN_SECONDS", "TLSProtocol"]
 
@@ -41,13 +46,14 @@ class TLSProtocol(TCPProtocol):
     #: Builds this backend's contexts from a port's resolved options (a registry Builder).
     builder: ClassVar[Builder]
 
-    def __init__(self, spec: PortSpec, options: Mapping[str, Any], server: GServer) -> None:
-        """At bind: get this port's context from the server's TLSContexts (shared with every
-        port of this backend whose SSL_* options are equal; built now if new, ConfigError if
-        the options are bad or not supported by this backend)."""
+    def __init__(self, spec: PortSpec, options: Mapping[str, Any],
+                 contexts: TLSContexts | None) -> None:
+        """At bind: get this port's context from the server's TLSContexts ``contexts`` (shared
+        with every port of this backend whose SSL_* options are equal; built now if new,
+        ConfigError if the options are bad or not supported by this backend). RuntimeError
+        when ``contexts`` is None."""
         self.spec = spec
         self.options = dict(options)
-        contexts = server.tls_contexts
         if contexts is None:
             raise RuntimeError(f"port {spec}: the server has no TLS registry (tls_contexts); "
                                "bind() creates it before making the protocols")
@@ -64,31 +70,36 @@ class TLSProtocol(TCPProtocol):
         """The TLS library of this backend with its version, for bind's "TLS by ..." line."""
         raise NotImplementedError
 
-    def connect(self, client: Client) -> TLSStream:
-        """The backend's server-side connection over ``client.sock``, not yet handshaken (it may
-        replace ``client.sock`` with the socket it wraps)."""
+    def connect(self, sock: Any) -> TLSStream:
+        """Per connection, from :meth:`post_accept`: the backend's server-side connection over
+        the accepted ``sock``, not yet handshaken, as a stream (which owns the socket from
+        then on; on ssleay it is the wrapped socket, the accepted one being detached)."""
         raise NotImplementedError
 
-    def post_accept(self, client: Client, timeout: float) -> None:
-        """Run the TLS handshake within ``timeout`` seconds; raises TLSError, HandshakeTimeout,
-        ConnectionAbortedError or OSError on failure."""
-        set_nodelay(client.sock)
-        client.tls = self.connect(client)
-        client.stream = client.tls
-        client.tls.do_handshake(timeout)
+    def post_accept(self, sock: Any, timeout: float) -> TLSStream:
+        """Per connection, in its greenlet: turn Nagle off and run the TLS handshake within
+        ``timeout`` seconds; returns the stream.
 
-    def close(self, client: Client) -> None:
-        """close_notify once (bounded), then the lingering close of the socket."""
+        On failure the connection is closed here (see the module rules), then the exception
+        propagates: HandshakeTimeout, TLSError, ConnectionAbortedError, OSError."""
+        set_nodelay(sock)
         try:
-            if client.tls is not None:
-                client.tls.shutdown_tls(SHUTDOWN_SECONDS)
-            linger_close(client.sock)
-        finally:  # also when the greenlet is killed mid-close: release the connection
-            if client.tls is not None:
-                client.tls.close()
-
-    def abort(self, client: Client) -> None:
-        """Close at once, without a TLS alert."""
-        if client.tls is not None:
-            client.tls.close()
-        client.sock.close()
+            stream = self.connect(sock)
+        except Exception:
+            linger_close(sock)
+            raise
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            stream.tls.do_handshake(timeout)
+        except HandshakeTimeout:
+            stream.abort()
+            raise
+        except Exception:
+            stream.close()
+            raise
+        except BaseException:  # killed (GreenletExit): no alert, no drain
+            stream.abort()
+            raise
+        return stream

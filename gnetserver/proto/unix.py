@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar
 
+from .stream import PlainStream, Stream
 from .tcp import TCPProtocol
-
-if TYPE_CHECKING:
-    from ..client import Client
-    from ..listener import Listener
 
 
 class UnixProtocol(TCPProtocol):
@@ -25,15 +22,17 @@ class UnixProtocol(TCPProtocol):
 
     name: ClassVar[str] = "unix"
 
-    def post_accept(self, client: Client, timeout: float) -> None:
-        """Nothing to negotiate, and no Nagle on a unix socket."""
+    def post_accept(self, sock: Any, timeout: float) -> Stream:
+        """Per connection: nothing to negotiate, and no Nagle on a unix socket."""
+        return PlainStream(sock)
 
-    def close_listener(self, listener: Listener) -> None:
-        """Close the socket and remove its file (only if it is still a socket)."""
-        path = listener.address.sockaddr
-        listener.sock.close()
+    def close_listener(self, sock: Any) -> None:
+        """Close the listening socket and remove its file, the port spec's path (only if it is
+        still a socket); idempotent."""
+        path = str(self.spec.port)
+        sock.close()
         try:
-            if isinstance(path, str) and path and stat.S_ISSOCK(os.lstat(path).st_mode):
+            if path and stat.S_ISSOCK(os.lstat(path).st_mode):
                 os.unlink(path)
         except OSError:
             pass  # already gone: nothing to clean up

@@ -186,7 +186,7 @@ def test_a_tls_protocol_uses_the_servers_registry_only(certs: dict[str, str]) ->
     for proto, protocol in (("ssl", SSLProtocol), ("ssleay", SSLeayProtocol)):
         [spec] = parse_ports(f"127.0.0.1:0/{proto}")
         with pytest.raises(RuntimeError, match="no TLS registry"):
-            protocol(spec, certs, server)
+            protocol(spec, certs, server.tls_contexts)
 
 
 def test_no_tls_line_for_a_server_without_tls(serve: Any,

@@ -1,0 +1,250 @@
+"""Streams: what a protocol's ``post_accept`` hands back, and what a Client then owns.
+
+Rules of this module:
+
+* A stream (the interface: :class:`Stream`) is one accepted connection made ready for I/O:
+  :class:`PlainStream` over a tcp or unix socket, :class:`TLSStream` over a TLS connection
+  (a :class:`~gnetserver.tls.TLSConnection` on ssl ports, a
+  :class:`~gnetserver.proto.ssleay.SSLeayConnection` on ssleay ports: both are
+  :class:`TLSSession` objects). It owns its socket from then on.
+* ``recv``, ``recv_into``, ``send``, ``sendall`` and ``settimeout`` are the bound methods of
+  the object underneath (the socket, or the TLS connection), stored on the stream when it is
+  made: a call through a stream costs what a call on that object costs, nothing more.
+* ``close`` is graceful, idempotent and never raises: TLS close_notify once, bounded by
+  :data:`~gnetserver.tls.connection.SHUTDOWN_SECONDS` (TLS streams only), then the lingering
+  close (:func:`linger_close`); the TLS connection's resources are released even when the
+  closing greenlet is killed. ``abort`` drops the connection at once (no alert, no drain).
+  The first of the two to run is the only one that acts.
+* This module imports nothing of the server, the client or the listener.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..tls.connection import SHUTDOWN_SECONDS
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+__all__ = ["LINGER_SECONDS", "SHUTDOWN_SECONDS", "PlainStream", "Stream", "TLSFacts",
+           "TLSSession", "TLSStream", "linger_close"]
+
+#: Seconds a closing connection is drained after the half-close. Closing a socket with unread
+#: input makes the kernel send RST, and the peer may then lose the last response it was sent.
+LINGER_SECONDS = 1.0
+
+
+def linger_close(sock: Any) -> None:
+    """Half-close, read and discard until EOF or LINGER_SECONDS, then close. Never raises."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER_SECONDS
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not sock.recv(65536):
+                break
+    except OSError:
+        pass  # the peer is gone or the drain timed out: nothing left to protect
+    finally:
+        sock.close()
+
+
+class TLSFacts(Protocol):
+    """The read-only facts of a TLS session (``None``, or False, before the handshake); what
+    ``stream.tls`` and ``client.tls`` offer handlers."""
+
+    @property
+    def version(self) -> str | None:
+        """The negotiated protocol version, e.g. ``"TLSv1.3"``."""
+        ...
+
+    @property
+    def cipher(self) -> str | None:
+        """The negotiated cipher suite."""
+        ...
+
+    @property
+    def server_name(self) -> str | None:
+        """The host name the client sent in SNI."""
+        ...
+
+    @property
+    def alpn_protocol(self) -> str | None:
+        """The ALPN protocol selected."""
+        ...
+
+    @property
+    def session_reused(self) -> bool:
+        """True when the handshake resumed an earlier session."""
+        ...
+
+    @property
+    def peer_certificate(self) -> x509.Certificate | None:
+        """The client's certificate, when it sent one."""
+        ...
+
+
+class TLSSession(TLSFacts, Protocol):
+    """A TLS backend's server-side connection, as a :class:`TLSStream` drives it:
+    :class:`~gnetserver.tls.TLSConnection` (ssl) or
+    :class:`~gnetserver.proto.ssleay.SSLeayConnection` (ssleay)."""
+
+    def recv(self, bufsize: int) -> bytes:
+        """Up to ``bufsize`` decrypted bytes; ``b""`` once the peer has closed."""
+        ...
+
+    def recv_into(self, buffer: Any, nbytes: int = 0) -> int:
+        """Read into ``buffer``; the count, 0 once the peer has closed."""
+        ...
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
+        """Encrypt and send some of ``data``; the count consumed."""
+        ...
+
+    def sendall(self, data: bytes | bytearray | memoryview) -> None:
+        """Send all of ``data``."""
+        ...
+
+    def settimeout(self, timeout: float | None) -> None:
+        """Per-call timeout of recv/send (None: wait forever)."""
+        ...
+
+    def do_handshake(self, timeout: float | None) -> None:
+        """Run the server handshake within ``timeout`` seconds."""
+        ...
+
+    def shutdown_tls(self, timeout: float = ...) -> None:
+        """close_notify once, bounded by ``timeout``; never raises."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection and its socket at once; idempotent."""
+        ...
+
+
+class Stream(Protocol):
+    """One connection ready for I/O, as a protocol's ``post_accept`` returns it and a Client
+    owns it (see the module rules)."""
+
+    @property
+    def sock(self) -> Any:
+        """The live socket underneath (``getsockname``/``setsockopt`` work on it)."""
+        ...
+
+    @property
+    def tls(self) -> TLSFacts | None:
+        """The TLS connection with its facts; None on tcp/unix."""
+        ...
+
+    def recv(self, bufsize: int, /) -> bytes:
+        """Up to ``bufsize`` bytes; ``b""`` at end of stream; TimeoutError when idle."""
+        ...
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, /) -> int:
+        """Read into ``buffer``; the count, 0 at end of stream."""
+        ...
+
+    def send(self, data: bytes, /) -> int:
+        """Write some of ``data``; the count written."""
+        ...
+
+    def sendall(self, data: bytes, /) -> None:
+        """Write all of ``data``."""
+        ...
+
+    def settimeout(self, timeout: float | None, /) -> None:
+        """Per-call read/write timeout in seconds (None: wait forever)."""
+        ...
+
+    def close(self) -> None:
+        """End the connection gracefully; idempotent, never raises."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the connection at once; idempotent."""
+        ...
+
+
+class PlainStream:
+    """The stream of a tcp or unix connection: the accepted socket's own methods.
+
+    Made by the plain protocols' ``post_accept``; owns ``sock`` from then on.
+    """
+
+    #: No TLS on a plain stream.
+    tls: None = None
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        # The socket's bound methods, stored once: no wrapper call per read or write.
+        self.recv: Callable[..., bytes] = sock.recv
+        self.recv_into: Callable[..., int] = sock.recv_into
+        self.send: Callable[..., int] = sock.send
+        self.sendall: Callable[..., None] = sock.sendall
+        self.settimeout: Callable[[float | None], None] = sock.settimeout
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<PlainStream fd={self.sock.fileno()}>"
+
+    def close(self) -> None:
+        """Half-close, drain briefly, close (:func:`linger_close`); idempotent, never raises."""
+        if not self._closed:
+            self._closed = True
+            linger_close(self.sock)
+
+    def abort(self) -> None:
+        """Close the socket at once; idempotent."""
+        if not self._closed:
+            self._closed = True
+            self.sock.close()
+
+
+class TLSStream:
+    """The stream of a TLS connection: reads and writes go through the TLS connection.
+
+    Made by the TLS protocols (their ``connect``) before the handshake; owns both the TLS
+    connection and the socket it runs over.
+
+    Args:
+        tls: the backend's TLS connection (not yet handshaken).
+        sock: the socket it runs over (on ssleay the wrapped ssl socket).
+    """
+
+    def __init__(self, tls: TLSSession, sock: Any) -> None:
+        self.tls: TLSSession = tls
+        self.sock = sock
+        # The connection's bound methods, stored once: no wrapper call per read or write.
+        self.recv: Callable[..., bytes] = tls.recv
+        self.recv_into: Callable[..., int] = tls.recv_into
+        self.send: Callable[..., int] = tls.send
+        self.sendall: Callable[..., None] = tls.sendall
+        self.settimeout: Callable[[float | None], None] = tls.settimeout
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<TLSStream {self.tls!r}>"
+
+    def close(self) -> None:
+        """close_notify once (bounded by SHUTDOWN_SECONDS; nothing before a completed
+        handshake), then the lingering close of the socket; the TLS connection is released
+        even when the greenlet is killed meanwhile. Idempotent, never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.tls.shutdown_tls(SHUTDOWN_SECONDS)
+            linger_close(self.sock)
+        finally:  # also when the greenlet is killed mid-close: release the connection
+            self.tls.close()
+
+    def abort(self) -> None:
+        """Close at once, without a TLS alert; idempotent."""
+        if not self._closed:
+            self._closed = True
+            self.tls.close()
+            self.sock.close()
