@@ -22,12 +22,12 @@ Rules of this module:
 from __future__ import annotations
 
 import contextlib
-from contextlib import contextmanager
 import os
 import signal
 import socket
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 

@@ -121,7 +121,8 @@ class ServerThread:
         self._calls = hub.loop.async_()
         self._calls.start(self._run_jobs)
         self._ready.set()
-        gevent.wait([stop, self.server.lifecycle.closed_event()], count=1)  # stop() here, or the server's own
+        # stop() here, or the server's own close
+        gevent.wait([stop, self.server.lifecycle.closed_event()], count=1)
         try:
             self.server.stop(self.stop_timeout)  # waits for a close already running
         finally:
