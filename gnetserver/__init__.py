@@ -15,6 +15,7 @@ _EXPORTS = {
     "GServer": "gnetserver.server",
     "Client": "gnetserver.client",
     "Listener": "gnetserver.listener",
+    "Conf": "gnetserver.conf",
     "Option": "gnetserver.options",
     "OPTIONS": "gnetserver.options",
     "PortSpec": "gnetserver.ports",
@@ -26,12 +27,13 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "OPTIONS", "Client", "ConfigError", "GNetServerError", "GServer", "HandshakeTimeout",
+    "OPTIONS", "Client", "Conf", "ConfigError", "GNetServerError", "GServer", "HandshakeTimeout",
     "Listener", "Option", "PortSpec", "TLSError", "__version__", "parse_ports",
 ]
 
 if TYPE_CHECKING:
     from .client import Client
+    from .conf import Conf
     from .errors import ConfigError, GNetServerError, HandshakeTimeout, TLSError
     from .listener import Listener
     from .options import OPTIONS, Option

@@ -4,10 +4,15 @@ With no arguments it starts the demo: Net::Server's echo over TLS on 127.0.0.1:8
 plain TCP on 127.0.0.1:8080, with a self-signed certificate made in memory at start.
 
 A ``--server`` class is built as ``Class(commandline=words)``. Its option table (for ``--help``
-and for refusing unknown words) is read first without building it: ``options()`` is called on
-an instance made by ``cls.__new__(cls)``, whose ``__init__`` has not run. So ``--help`` works
-for any class, and a class whose ``__init__`` needs other arguments gets a clear error, not a
-traceback, when asked to run.
+and for refusing unknown words) is read first without building it
+(:meth:`GServer.option_table <gnetserver.option_sources.OptionSourcesMixin.option_table>`), and
+the command line is planned once with :func:`gnetserver.conf.plan_conf` (``strict``: a word
+that is no option stops the command). So ``--help`` works for any class, and a class whose
+``__init__`` needs other arguments gets a clear error, not a traceback, when asked to run.
+
+``--server package.module:Class`` finds modules in the current directory, as
+``python -m gnetserver`` does: :func:`main` puts the current directory first on ``sys.path``
+(a console script gets its own directory there instead).
 """
 
 import sys
@@ -18,14 +23,17 @@ if "--monkey-patch" in sys.argv[1:]:
 
     monkey.patch_all()
 
+import argparse  # noqa: E402
 import importlib  # noqa: E402
 import inspect  # noqa: E402
+import os  # noqa: E402
 from collections.abc import Mapping, Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
 from gnetserver import config  # noqa: E402
+from gnetserver.conf import plan_conf  # noqa: E402
 from gnetserver.errors import ConfigError  # noqa: E402
-from gnetserver.options import Option, table  # noqa: E402
+from gnetserver.options import Option  # noqa: E402
 from gnetserver.server import GServer  # noqa: E402
 
 DEMO_PORTS = ["127.0.0.1:8443/ssl", "127.0.0.1:8080/tcp"]
@@ -53,12 +61,6 @@ def load_class(path: str) -> type[GServer]:
     if not (isinstance(cls, type) and issubclass(cls, GServer)):
         raise ConfigError(f"--server {path!r}: not a gnetserver.GServer subclass")
     return cls
-
-
-def option_table(cls: type[GServer]) -> dict[str, Option]:
-    """The option table of a server class, read without running its ``__init__`` (which may
-    need arguments this command cannot give): ``options()`` runs on a bare instance."""
-    return table(cls.__new__(cls).options())
 
 
 def check_constructible(cls: type[GServer], path: str) -> None:
@@ -90,17 +92,35 @@ def split_own_flags(words: Sequence[str]) -> tuple[str | None, list[str]]:
     return server, rest
 
 
+def current_directory_on_path() -> None:
+    """Put the current directory first on ``sys.path`` (once), as ``python -m`` does, so that
+    ``gnetserver --server mymod:Echo`` run beside ``mymod.py`` finds it; the console script
+    ``gnetserver`` would otherwise only search its own bin directory. Called by :func:`main`
+    before it loads the ``--server`` class."""
+    cwd = os.getcwd()
+    if not sys.path or os.path.abspath(sys.path[0] or ".") != cwd:
+        sys.path.insert(0, cwd)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``gnetserver`` and ``python -m gnetserver``."""
+    """Entry point of ``gnetserver`` and ``python -m gnetserver``: load the ``--server``
+    class (default: the demo), print ``--help`` or check the whole command line
+    (:func:`~gnetserver.conf.plan_conf`, strict), then build the server and ``run()`` it.
+    Returns the exit status: 0, or 2 after printing a ConfigError."""
     words = list(sys.argv[1:] if argv is None else argv)
     try:
         server_path, rest = split_own_flags(words)
+        if server_path:
+            current_directory_on_path()
         cls = load_class(server_path) if server_path else DemoServer
-        known = option_table(cls)
+        known = cls.option_table()
         if "-h" in rest or "--help" in rest:
             print_help(known)
             return 0
-        config.from_command_line(rest, known, strict=True)  # unknown words fail here
+        # Unknown words and bad values fail here, before the class is built; the server
+        # plans again in run() with its default_values() and run() arguments.
+        plan_conf(known, constructor={}, commandline=rest, run_args={}, default_values={},
+                  environ=os.environ, strict=True)
         check_constructible(cls, server_path or "")
         cls(commandline=rest).run()
     except ConfigError as exc:
@@ -113,13 +133,22 @@ def print_help(known: Mapping[str, Option]) -> None:
     """Print ``--help`` for the option table ``known`` (one entry per option the command line
     accepts, grouped by section) to stdout; the epilog names the code-only options."""
     code_only = ", ".join(name for name, option in known.items() if not option.cli)
+    # The command's own flags (taken out by split_own_flags before the options are read):
+    # real arguments here only so that the usage line (first) and the help show them.
+    own = argparse.ArgumentParser(add_help=False)
+    group = own.add_argument_group("The gnetserver command")
+    group.add_argument("--server", metavar="package.module:Class",
+                       help="run this GServer subclass (found in the current directory too) "
+                            "instead of the demo")
+    group.add_argument("--monkey-patch", action="store_true",
+                       help="apply gevent.monkey.patch_all() before anything else is imported")
     parser = config.command_line_parser(
-        known, prog="gnetserver",
+        known, prog="gnetserver", parents=[own],
         description="Net::Server on gevent. With no options: the TLS/TCP echo demo on "
-                    "127.0.0.1:8443 (ssl, self-signed) and 127.0.0.1:8080 (tcp).",
-        epilog="Also: --server package.module:Class runs your GServer subclass; "
-               "--monkey-patch applies gevent.monkey.patch_all() first. "
-               "Every option may be repeated; list options accumulate."
+                    "127.0.0.1:8443 (ssl, self-signed) and 127.0.0.1:8080 (tcp); --port "
+                    "replaces the demo's ports.",
+        epilog="Every option may be repeated; list options accumulate. On/off options "
+               "([VALUE]) given bare mean 1."
                + (f" For code only (constructor or run() arguments): {code_only}."
                   if code_only else ""),
     )

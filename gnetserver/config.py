@@ -11,6 +11,12 @@ Rules of this module:
   separate, pure functions. Converting happens once, after merging.
 * Every unknown name and every bad value is a :class:`ConfigError` naming the option, the value
   and the source. ``SSL_*`` names get the list of supported ones in the message.
+* On the command line a bare ``--name`` means ``1`` only for on/off options
+  (:attr:`Option.bare_flag <gnetserver.options.Option.bare_flag>`: ``--setsid``,
+  ``--self_signed``...); any other option needs a value, and without one the ConfigError names
+  the option (``--SSL_cert_file --port 9443`` is refused, not read as SSL_cert_file ``1``).
+* Pure, as :mod:`gnetserver.options`: no gevent, OpenSSL or cryptography is imported.
+  How the sources are combined into a server's configuration is :func:`gnetserver.conf.plan_conf`.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .options import Option, as_list
+from .options import Option, as_list, default_text
+from .ssl_names import refusal_reason
 
 Source = dict[str, list[Any]]
 
@@ -39,8 +46,6 @@ def unknown_option(name: str, known: Mapping[str, Option], where: str,
     when known)."""
     given = "" if value is None else f" = {value!r}"
     if name.startswith("SSL_"):
-        from .tls.context import refusal_reason
-
         why = refusal_reason(name)
         if why is not None:
             return ConfigError(f"TLS option {name!r}{given} ({where}) cannot be honoured: {why}")
@@ -82,7 +87,9 @@ def from_mapping(values: Mapping[str, Any], known: Mapping[str, Option], where: 
 
 
 def command_line_parser(known: Mapping[str, Option], **kwargs: Any) -> argparse.ArgumentParser:
-    """An argparse parser with one ``--name`` per option of the table (used by --help too)."""
+    """An argparse parser with one ``--name VALUE`` per option of the table (``--name
+    [VALUE]`` for on/off options, where a bare flag means 1). Used to read the command line
+    (:func:`from_command_line`) and to print ``--help`` (``gnetserver.__main__``)."""
     parser = argparse.ArgumentParser(allow_abbrev=False, **kwargs)
     groups: dict[str, argparse._ArgumentGroup] = {}
     for option in known.values():
@@ -91,16 +98,17 @@ def command_line_parser(known: Mapping[str, Option], **kwargs: Any) -> argparse.
         group = groups.get(option.section)
         if group is None:
             group = groups[option.section] = parser.add_argument_group(option.section)
-        default = "none" if option.default in (None, []) else option.default
         # The first sentence ends at ". " -- but not at the one of "e.g. " or "i.e. ".
         first_sentence = re.split(r"(?<!e\.g)(?<!i\.e)\.\s", option.doc + " ", maxsplit=1)[0]
-        # nargs="?": a bare "--flag" (followed by another option or nothing) means 1, as in
-        # Net::Server's process_args ("--setsid").
+        # On/off options: nargs="?", a bare "--flag" (followed by another option or nothing)
+        # means 1, as in Net::Server's process_args ("--setsid"). Any other option needs its
+        # value: argparse raises "expected one argument" (made a ConfigError naming it).
+        flag: dict[str, Any] = {"nargs": "?", "const": "1"} if option.bare_flag else {}
         group.add_argument(
             f"--{option.name}", dest=option.name, action="append", metavar="VALUE",
-            nargs="?", const="1", default=None,
+            default=None, **flag,
             # argparse %-formats help texts: a literal % in a doc must be doubled.
-            help=f"{first_sentence} (default: {default})".replace("%", "%%"),
+            help=f"{first_sentence} (default: {default_text(option)})".replace("%", "%%"),
         )
     return parser
 
@@ -108,8 +116,9 @@ def command_line_parser(known: Mapping[str, Option], **kwargs: Any) -> argparse.
 def from_command_line(
     words: Sequence[str], known: Mapping[str, Option], strict: bool
 ) -> tuple[Source, list[str]]:
-    """A source from command-line words: ``--k=v``, ``--k v``, ``k=v``, and a bare ``--k``
-    followed by another option or by nothing, which means ``1``.
+    """A source from command-line words: ``--k=v``, ``--k v``, ``k=v``, and, for on/off
+    options only (``Option.bare_flag``), a bare ``--k`` followed by another option or by
+    nothing, which means ``1``. A bare ``--k`` of any other option is a ConfigError.
 
     Args:
         words: the words after the program name.
@@ -128,6 +137,12 @@ def from_command_line(
     try:
         namespace, rest = parser.parse_known_args(normalised)
     except argparse.ArgumentError as exc:
+        name = (exc.argument_name or "").removeprefix("--")
+        if name in known and exc.message == "expected one argument":
+            raise ConfigError(
+                f"option {name!r} (command line): --{name} needs a value (--{name} VALUE or "
+                f"--{name}=VALUE); only on/off options such as --setsid may be given bare"
+            ) from None
         raise ConfigError(f"command line: {exc}") from None
     _refuse_code_only(rest, known)
     if strict and rest:

@@ -14,8 +14,10 @@ Rules of this module:
   ``tests/unit/test_docs.py`` fails when the two disagree.
 * A doc's `single backquoted` words become ``inline literals``; characters that would start
   other inline markup are escaped, so any doc renders as plain text.
-* A default that depends on the machine is shown by name (:data:`MACHINE_DEFAULTS`), so that the
-  README does not change from one machine to the next.
+* Defaults are shown as ``--help`` shows them (:func:`gnetserver.options.default_text`, one
+  truth): ``Option.shown_default`` when the stored default is not what a user sees (``port``:
+  20203; ``listen``: SOMAXCONN by name, so that the README does not change from one machine
+  to the next).
 * An option only code can give (``Option.cli`` False) says so at the end of its meaning
   (:data:`CODE_ONLY_NOTE`).
 """
@@ -30,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import options as _options
 from .options import OPTIONS, Option
 
 START = ".. options-table-start"
@@ -37,9 +40,6 @@ END = ".. options-table-end"
 
 #: README.rst of the source tree this module belongs to.
 README = Path(__file__).resolve().parent.parent / "README.rst"
-
-#: Options whose default is computed on the machine: shown by the name of what it comes from.
-MACHINE_DEFAULTS = {"listen": "SOMAXCONN"}
 
 #: Appended to the meaning of the options that only code can give (``Option.cli`` False).
 CODE_ONLY_NOTE = "Code only: not accepted on the command line or in a conf file."
@@ -49,19 +49,12 @@ _INDENT = "       "
 
 
 def default_text(option: Option) -> str:
-    """The default of an option as the docs show it: ``none``, ``on``/``off``, or the value."""
+    """The default of an option as README shows it: ``none``, ``on``/``off``, or the value
+    as an inline literal; the text is :func:`gnetserver.options.default_text`'s."""
+    text = _options.default_text(option)
     value = option.default
-    if option.name in MACHINE_DEFAULTS:
-        return f"``{MACHINE_DEFAULTS[option.name]}``"
-    if value is None or value == "" or value == []:
-        return "none"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, float):
-        value = f"{value:g}"
-    elif isinstance(value, (list, tuple)):
-        value = ", ".join(str(item) for item in value)
-    return f"``{value}``"
+    plain = value is None or value == "" or value == [] or isinstance(value, bool)
+    return text if plain and option.shown_default is None else f"``{text}``"
 
 
 def doc_text(doc: str) -> str:

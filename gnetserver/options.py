@@ -10,8 +10,15 @@ Rules of this module:
   value from code) and returns the typed value, raising ``ValueError``/``TypeError`` with a short
   reason. :mod:`gnetserver.config` turns that into a :class:`~gnetserver.errors.ConfigError`
   naming the option and the value.
-* ``SSL_*`` options come from :data:`gnetserver.tls.context.SUPPORTED_SSL_OPTIONS` so that the
-  TLS layer and this table can never disagree.
+* ``SSL_*`` options come from :data:`gnetserver.ssl_names.SUPPORTED_SSL_OPTIONS`, which the
+  TLS layer (:mod:`gnetserver.tls.context`) reads too, so that the two can never disagree.
+* Pure: this module (and every converter it uses) imports neither gevent, OpenSSL nor
+  cryptography, so that ``--help``, the conf file parser and :mod:`gnetserver.conf` load no
+  network or TLS library (``tests/unit/test_conf.py`` checks it in a fresh interpreter).
+* On the command line a bare ``--name`` (no value) means ``1`` only for on/off options
+  (:attr:`Option.flag`, automatic for :func:`as_bool` options), as Net::Server's
+  ``--setsid``; every other option then needs a value, and a bare one is a ConfigError naming
+  it (a bare ``--port`` used to bind port 1).
 * An option whose value only code can give (a callable, a certificate or key object:
   :data:`CODE_ONLY_SSL_OPTIONS`) has ``cli=False``: it is left out of the command line and
   ``--help``, and naming it on the command line or in a conf file (which hold text only) is a
@@ -26,8 +33,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import access, log, privileges
-from .tls.context import SUPPORTED_SSL_OPTIONS
+from . import access, log_options
+from .ssl_names import SUPPORTED_SSL_OPTIONS
 from .truth import perl_truth
 
 
@@ -45,6 +52,14 @@ class Option:
         cli: False for options only code can give (a callable or an in-memory object): hidden
             from the command line and ``--help``, refused with a "for code only" ConfigError
             on the command line and in a conf file.
+        flag: True for on/off options: a bare ``--name`` on the command line (followed by
+            another option or by nothing) means ``1``, as Net::Server's ``--setsid``. Options
+            converted by :func:`as_bool` are flags whatever this says (see :attr:`bare_flag`).
+            Any other option needs a value, and a bare ``--name`` is a ConfigError.
+        shown_default: the default as ``--help`` and README show it, when ``default`` is not
+            what a user gets: ``port``'s ``[]`` means :data:`DEFAULT_PORT` (pre_bind), and
+            ``listen``'s value depends on the machine. None: shown from ``default``
+            (:func:`default_text`).
     """
 
     name: str
@@ -54,6 +69,14 @@ class Option:
     section: str = "Server"
     multi: bool = False
     cli: bool = True
+    flag: bool = False
+    shown_default: str | None = None
+
+    @property
+    def bare_flag(self) -> bool:
+        """True when a bare ``--name`` on the command line means ``1`` (an on/off option:
+        :attr:`flag`, or converted by :func:`as_bool`). Read by the command-line parser."""
+        return self.flag or self.convert is as_bool
 
 
 # -- converters --------------------------------------------------------------------------------
@@ -87,8 +110,9 @@ def int_in(low: int, high: int | None = None) -> Callable[[Any], int]:
         except (TypeError, ValueError):
             raise ValueError("expected an integer") from None
         if number < low or (high is not None and number > high):
-            upper = "up" if high is None else high
-            raise ValueError(f"expected an integer from {low} to {upper}")
+            if high is None:
+                raise ValueError(f"expected an integer of at least {low}")
+            raise ValueError(f"expected an integer from {low} to {high}")
         return number
 
     return convert
@@ -108,6 +132,15 @@ def seconds(value: Any) -> float:
 def seconds_or_zero(value: Any) -> float:
     """A duration in seconds; 0 means no limit."""
     return 0.0 if str(value).strip() in ("0", "0.0") else seconds(value)
+
+
+def group_names(value: Any) -> str | None:
+    """The ``group`` option: text, or a list of names/gids joined by spaces; None if empty.
+    (The names are resolved at start, by :func:`gnetserver.privileges.resolve`.)"""
+    if isinstance(value, (list, tuple)):
+        value = " ".join(str(item) for item in value)
+    text = "" if value is None else str(value).strip()
+    return text or None
 
 
 def passthrough(value: Any) -> Any:
@@ -131,9 +164,9 @@ _SERVER: Sequence[Option] = (
            "Path of a Net::Server style conf file (`key value` lines, `#` comments), read with "
            "lower precedence than the command line and run() arguments.", "Server"),
     Option("port", [], passthrough,
-           f"Port spec(s) to listen on: `8443`, `host:port/proto`, `[::1]:443/ssl`, "
-           f"`/path|unix`, or a dict from code. Repeat for several ports. Default {DEFAULT_PORT}.",
-           "Server Socket", multi=True),
+           "Port spec(s) to listen on: `8443`, `host:port/proto`, `[::1]:443/ssl`, "
+           "`/path|unix`, or a dict from code. Repeat for several ports.",
+           "Server Socket", multi=True, shown_default=str(DEFAULT_PORT)),
     Option("host", ["*"], passthrough,
            "Default bind host for port specs without one (`*` = all interfaces); a list aligns "
            "with `port`, the last element reused.", "Server Socket", multi=True),
@@ -146,7 +179,8 @@ _SERVER: Sequence[Option] = (
            "variable IPV gives the default, as in Net::Server (then `*`).", "Server Socket",
            multi=True),
     Option("listen", socket.SOMAXCONN, int_in(1),
-           "Listen backlog of each socket (a per-port dict may override it).", "Server Socket"),
+           "Listen backlog of each socket (a per-port dict may override it).", "Server Socket",
+           shown_default="SOMAXCONN"),
 )
 
 _LIMITS: Sequence[Option] = (
@@ -175,11 +209,11 @@ _LOGGING: Sequence[Option] = (
            "Where the log goes: a file path (appended to, created mode 0640, reopened by "
            "reopen_logs() for logrotate; stderr is pointed at it too), or `Sys::Syslog`. "
            "Default: stderr, through the stdlib logger `gnetserver`.", "Logging"),
-    Option("log_function", None, log.log_function,
+    Option("log_function", None, log_options.log_function,
            "A callable (level, msg), or the name of a method of the server, that receives every "
            "log message instead of the log_file/stderr sink (write_to_log_hook). The command "
            "line and conf files give a method name; a callable comes from code.", "Logging"),
-    Option("syslog_logsock", "native", log.syslog_logsock,
+    Option("syslog_logsock", "native", log_options.syslog_logsock,
            "With log_file Sys::Syslog: `native`/`unix` (the local syslog socket, the default: "
            "/dev/log, else /var/run/syslog or /var/run/log), "
            "`stream`, `tcp`/`inet` or `udp` (localhost:514), or the absolute path of a unix "
@@ -188,12 +222,12 @@ _LOGGING: Sequence[Option] = (
            "or at close.", "Logging"),
     Option("syslog_ident", "net_server", as_str,
            "With log_file Sys::Syslog: the ident put before each message.", "Logging"),
-    Option("syslog_logopt", "pid,nofatal", log.syslog_logopt,
+    Option("syslog_logopt", "pid,nofatal", log_options.syslog_logopt,
            "With log_file Sys::Syslog: openlog options, comma separated: `pid` (add the pid to "
            "the ident), `nofatal` (start even when syslog is unreachable), `cons` (write to "
            "/dev/console when sending fails), `ndelay` and `nowait` (accepted; the socket is "
            "always opened at start).", "Logging"),
-    Option("syslog_facility", "daemon", log.syslog_facility,
+    Option("syslog_facility", "daemon", log_options.syslog_facility,
            "With log_file Sys::Syslog: the facility name (daemon, user, local0-local7...) or "
            "number.", "Logging"),
 )
@@ -227,11 +261,11 @@ _ACCESS: Sequence[Option] = (
     Option("reverse_lookups", False, access.reverse_lookups_setting,
            "Look up the peer's host name (client.peerhost) so that allow/deny can match it. "
            "Lookups are cooperative and bounded (5 s); `double` also turns on "
-           "double_reverse_lookups.", "Access"),
+           "double_reverse_lookups.", "Access", flag=True),
     Option("double_reverse_lookups", False, access.double_reverse_setting,
            "Deny peers whose host name does not resolve back to their address (implies "
            "reverse_lookups). Flags: `detail` logs the addresses of a mismatch, `autofail` "
-           "denies even a match, `debug` logs matches.", "Access"),
+           "denies even a match, `debug` logs matches.", "Access", flag=True),
 )
 
 _PROCESS: Sequence[Option] = (
@@ -247,7 +281,7 @@ _PROCESS: Sequence[Option] = (
     Option("user", None, as_optional_str,
            "User name or uid to run as after binding (ports below 1024 are bound first). "
            "Default: stay who started the server.", "Process"),
-    Option("group", None, privileges.group_option,
+    Option("group", None, group_names,
            "Group name(s) or gid(s) to run as after binding, separated by spaces or commas; the "
            "first is the primary group. Default: the primary group of user, when user is given.",
            "Process"),
@@ -263,8 +297,12 @@ CODE_ONLY_SSL_OPTIONS = frozenset({
     "SSL_create_ctx_callback",
 })
 
+#: SSL_* options that are on/off (0 or 1): a bare ``--name`` on the command line means 1.
+FLAG_SSL_OPTIONS = frozenset({"SSL_honor_cipher_order", "SSL_check_crl"})
+
 _SSL: Sequence[Option] = tuple(
-    Option(name, None, passthrough, doc, "TLS", cli=name not in CODE_ONLY_SSL_OPTIONS)
+    Option(name, None, passthrough, doc, "TLS", cli=name not in CODE_ONLY_SSL_OPTIONS,
+           flag=name in FLAG_SSL_OPTIONS)
     for name, doc in sorted(SUPPORTED_SSL_OPTIONS.items())
 )
 
@@ -283,10 +321,12 @@ _NO_STDIO = ("One process serves many connections at once, so the process's stan
 _NO_UDP = "gnetserver serves no udp ports (tcp, ssl, ssleay and unix stream only)."
 
 
-def _compat(name: str, meaning: str, why: str, multi: bool = False) -> Option:
-    """An option accepted for Net::Server compatibility; ``meaning`` says what it did there."""
+def _compat(name: str, meaning: str, why: str, multi: bool = False, flag: bool = False) -> Option:
+    """An option accepted for Net::Server compatibility; ``meaning`` says what it did there;
+    ``flag``: an on/off option there (a bare ``--name`` means 1)."""
     return Option(name, [] if multi else None, as_str,
-                  f"Net::Server {meaning}; no effect here. {why}", NETSERVER_COMPAT, multi)
+                  f"Net::Server {meaning}; no effect here. {why}", NETSERVER_COMPAT, multi,
+                  flag=flag)
 
 
 _NETSERVER_COMPAT: Sequence[Option] = (
@@ -313,7 +353,7 @@ _NETSERVER_COMPAT: Sequence[Option] = (
     _compat("min_child_ttl", "PreFork: seconds after a spawn before idle children may be "
             "stopped", _ONE_PROCESS),
     _compat("child_communication", "PreFork: a socketpair between the parent and each child",
-            f"{_ONE_PROCESS} Greenlets share the server object."),
+            f"{_ONE_PROCESS} Greenlets share the server object.", flag=True),
     _compat("max_dequeue", "Fork/PreFork: the most children running the dequeue hook at once",
             _NO_DEQUEUE),
     _compat("check_for_dequeue", "Fork/PreFork: seconds between runs of the dequeue hook",
@@ -322,17 +362,18 @@ _NETSERVER_COMPAT: Sequence[Option] = (
             _ONE_PROCESS, multi=True),
     _compat("leave_children_open_on_hup", "base: on HUP, let forked children finish "
             "instead of stopping them", f"{_ONE_PROCESS} On HUP, connections in flight get "
-            "graceful_timeout to finish."),
+            "graceful_timeout to finish.", flag=True),
     _compat("no_close_by_child", "base: forbid a forked child from shutting the whole server down",
-            _ONE_PROCESS),
-    _compat("no_client_stdout", "base: do not connect STDIN/STDOUT to the client", _NO_STDIO),
+            _ONE_PROCESS, flag=True),
+    _compat("no_client_stdout", "base: do not connect STDIN/STDOUT to the client", _NO_STDIO,
+            flag=True),
     _compat("tie_client_stdout", "base: connect STDIN/STDOUT to the client through tied handles",
-            _NO_STDIO),
+            _NO_STDIO, flag=True),
     _compat("ipv6_package", "base: the Perl module for IPv6 sockets (IO::Socket::IP or "
             "IO::Socket::INET6)", "Python's socket module does IPv6 itself; see ipv."),
     _compat("udp_recv_len", "Proto::UDP: the largest datagram read", _NO_UDP),
     _compat("udp_recv_flags", "Proto::UDP: the recv flags", _NO_UDP),
-    _compat("udp_broadcast", "Proto::UDP: set SO_BROADCAST", _NO_UDP),
+    _compat("udp_broadcast", "Proto::UDP: set SO_BROADCAST", _NO_UDP, flag=True),
     _compat("unix_type", "Proto::UNIX: legacy server-wide socket type (SOCK_STREAM or "
             "SOCK_DGRAM)", "unix ports are stream sockets named in the port spec "
             "(`/path|unix`); datagram unix sockets are not served."),
@@ -354,3 +395,21 @@ def table(options: Sequence[Option]) -> dict[str, Option]:
             raise ValueError(f"option {option.name!r} declared twice")
         by_name[option.name] = option
     return by_name
+
+
+def default_text(option: Option) -> str:
+    """The default of an option as ``--help`` and README show it (plain text): its
+    :attr:`~Option.shown_default`, else ``none``, ``on``/``off`` or the value (lists joined by
+    ", "). Called by :func:`gnetserver.config.command_line_parser` and :mod:`gnetserver.docs`."""
+    value = option.default
+    if option.shown_default is not None:
+        return option.shown_default
+    if value is None or value == "" or value == []:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(item) for item in value)
+    return str(value)

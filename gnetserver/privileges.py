@@ -21,7 +21,6 @@ import pwd
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from .errors import ConfigError
 
@@ -37,14 +36,6 @@ class Identity:
     def differs(self) -> bool:
         """True when switching would change the process's effective ids."""
         return self.uid != os.geteuid() or self.gid != os.getegid()
-
-
-def group_option(value: Any) -> str | None:
-    """The ``group`` option: text, or a list of names/gids joined by spaces; None if empty."""
-    if isinstance(value, (list, tuple)):
-        value = " ".join(str(item) for item in value)
-    text = "" if value is None else str(value).strip()
-    return text or None
 
 
 def resolve_user(value: str) -> pwd.struct_passwd | int:

@@ -43,6 +43,7 @@ from typing import Any
 from OpenSSL import SSL
 
 from ..errors import ConfigError
+from ..ssl_names import REFUSED_SSL_OPTIONS, SUPPORTED_SSL_OPTIONS, refusal_reason
 from . import sni
 from .certs import use_credential
 from .negotiation import (
@@ -57,7 +58,7 @@ from .negotiation import (
     parse_ssl_version,
 )
 from .ocsp import install_stapling, load_staple
-from .tickets import TICKET_KEYCB_REFUSED, apply_session
+from .tickets import apply_session
 from .util import Applier, Build, Warn, default_warn, reason, require_callable
 from .verify import apply_ca, apply_crl, apply_verify_mode
 
@@ -68,93 +69,6 @@ __all__ = [
     "build_context",
     "parse_ssl_version",
 ]
-
-_SNI = "; or a dict {SNI host name: value, '': default} (see SSL_cert_file)"
-
-SUPPORTED_SSL_OPTIONS: dict[str, str] = {
-    "SSL_cert_file": "PEM file, leaf certificate first then its chain; or a dict {SNI host name: "
-    "file, '': default} serving one certificate per name ('name%ecc' adds a second, ECDSA, "
-    "certificate) (default: none; a TLS port needs a certificate)",
-    "SSL_key_file": "PEM private key file" + _SNI + " (default: the key inside SSL_cert_file)",
-    "SSL_cert": "certificate in memory: an x509.Certificate, a list of them (leaf first) or PEM "
-    "bytes" + _SNI + " (default: none)",
-    "SSL_key": "private key in memory: a cryptography private key or PEM bytes" + _SNI
-    + " (default: none)",
-    "SSL_passwd_cb": "callable without arguments returning the passphrase (str or bytes) of "
-    "encrypted keys (default: none, keys must not be encrypted)",
-    "SSL_version": "IO::Socket::SSL syntax: 'SSLv23:!TLSv1:!TLSv1_1' (all minus exclusions) or "
-    "one version 'TLSv1_2' / 'TLSv1_3'; TLS 1.0/1.1 also need '@SECLEVEL=0' in SSL_cipher_list "
-    "(default: TLS 1.2 and 1.3)",
-    "SSL_cipher_list": "OpenSSL cipher string for TLS 1.2 and older (default: "
-    f"{DEFAULT_CIPHER_LIST})",
-    "SSL_ciphersuites": "TLS 1.3 suites, e.g. 'TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256'"
-    " (default: OpenSSL's, all AEAD)",
-    "SSL_honor_cipher_order": "1: the server's cipher order wins; 0: the client's (default: 1)",
-    "SSL_ecdh_curve": "key exchange groups in preference order, e.g. 'X25519:P-256' (default: "
-    "X25519MLKEM768:X25519:P-256:P-384, without the ML-KEM hybrid where OpenSSL lacks it)",
-    "SSL_dh_file": "PEM DH parameters enabling the DHE suites, which need an RSA "
-    "certificate (default: none, ECDHE only)",
-    "SSL_alpn_protocols": "ALPN protocols in preference order, a list or 'h2,http/1.1'; the "
-    "first one the client offers is chosen, none in common: no ALPN (default: none)",
-    "SSL_ca_file": "PEM file of the CAs trusted for client certificates (default: none)",
-    "SSL_ca_path": "directory of CAs trusted for client certificates, in OpenSSL's hashed layout "
-    "(openssl rehash) (default: none)",
-    "SSL_verify_mode": "client certificates, a bitmask: 0 none, 1 ask and verify, 2 fail without "
-    "one, 4 verify once; 2 and 4 imply 1; needs SSL_ca_file or SSL_ca_path (default: 0)",
-    "SSL_verify_callback": "callable(ok, cert, depth, error) -> bool, called per certificate of "
-    "the client's chain with OpenSSL's verdict, an x509.Certificate, the depth (0: the client's "
-    "own) and OpenSSL's reason; its return decides (default: none, OpenSSL's verdict)",
-    "SSL_crl_file": "PEM file of CRLs of the client CAs; turns on revocation checks of client "
-    "certificates (default: none)",
-    "SSL_check_crl": "1: check client certificates against CRLs (from SSL_crl_file or "
-    "SSL_ca_path) (default: 0, or 1 when SSL_crl_file is given)",
-    "SSL_session_id_context": "1 to 32 bytes naming the session cache; resumption needs it "
-    "(default: one fixed value for every port)",
-    "SSL_ticket_key_rotation": "seconds after which a context is rebuilt from its options (files "
-    "read again) with fresh session-ticket keys and an empty session cache; older sessions then "
-    "get a full handshake; 0: keys last until reload_tls() (default: 0)",
-    "SSL_ocsp_staple_file": "DER OCSP response for the certificate, stapled when a client asks; "
-    "re-read by reload_tls()" + _SNI + " (default: none)",
-    "SSL_ocsp_staple_callback": "callable(cert, server_name) -> DER OCSP response or None, "
-    "called in each handshake that asks for a staple" + _SNI + " (default: none)",
-    "SSL_create_ctx_callback": "callable(context) called with each OpenSSL.SSL.Context once it "
-    "is built (per SNI name, on every reload), to set what no option covers (default: none)",
-}
-
-_CLIENT_SIDE = "a client-side option of IO::Socket::SSL; a server has no use for it"
-_FORCED = "always on for a server port; remove it"
-
-#: IO::Socket::SSL options that we cannot honour, with the reason given at start.
-REFUSED_SSL_OPTIONS: dict[str, str] = {
-    "SSL_ticket_keycb": TICKET_KEYCB_REFUSED,
-    "SSL_npn_protocols": "NPN is obsolete and pyOpenSSL removed it; use SSL_alpn_protocols",
-    "SSL_psk": "pyOpenSSL offers no server PSK callback",
-    "SSL_fingerprint": "not implemented; accept certificates by digest in SSL_verify_callback",
-    "SSL_force_fingerprint": "not implemented; see SSL_verify_callback",
-    "SSL_client_ca_file": "not implemented: clients get no list of acceptable CAs",
-    "SSL_client_ca": "not implemented: clients get no list of acceptable CAs",
-    "SSL_ca": "CA certificates in memory are not implemented; use SSL_ca_file or SSL_ca_path",
-    "SSL_dh": "DH parameters in memory are not implemented; use SSL_dh_file",
-    "SSL_reuse_ctx": "the server builds and shares contexts itself (ports with the same "
-    "options share one); use SSL_create_ctx_callback to adjust them",
-    "SSL_error_trap": "failed handshakes are logged and closed by the server",
-    "SSL_keepSocketOnError": "failed handshakes are logged and closed by the server",
-    "SSL_startHandshake": "the server always runs the handshake in the connection's greenlet",
-    "SSL_server": _FORCED,
-    "SSL_use_cert": _FORCED,
-    "SSL_mode_release_buffers": _FORCED,
-    "SSL_session_cache": _CLIENT_SIDE,
-    "SSL_session_cache_size": _CLIENT_SIDE,
-    "SSL_session_key": _CLIENT_SIDE,
-    "SSL_hostname": _CLIENT_SIDE,
-    "SSL_ocsp_mode": _CLIENT_SIDE + " (server stapling: SSL_ocsp_staple_file)",
-    "SSL_ocsp_cache": _CLIENT_SIDE,
-    "SSL_max_getline_length": "a Net::Server SSLEAY option (its getline's line limit); here "
-    "every protocol, ssleay included, reads lines with client.readline(limit), the limit "
-    "given per call",
-    "SSL_error_callback": "a Net::Server SSLEAY option; errors are logged by the server",
-}
-_REFUSED_PREFIXES = {"SSL_verifycn_": _CLIENT_SIDE}
 
 _APPLIERS: tuple[Applier, ...] = (
     apply_version,
@@ -241,13 +155,6 @@ def _run_create_ctx_callback(ctx: SSL.Context, b: Build) -> None:
     except Exception as e:
         raise ConfigError(f"{b.where}: SSL_create_ctx_callback failed: {reason(e)!s} "
                           f"({type(e).__name__})") from e
-
-
-def refusal_reason(key: str) -> str | None:
-    """Why an IO::Socket::SSL option cannot be honoured, or None when it is not a known refusal."""
-    return REFUSED_SSL_OPTIONS.get(key) or next(
-        (text for prefix, text in _REFUSED_PREFIXES.items() if key.startswith(prefix)), None
-    )
 
 
 def check_names(opts: Mapping[str, Any], where: str,

@@ -186,7 +186,7 @@ class CountingPrepare(Recorder):
         self.prepared = 0
 
     def pre_loop_hook(self) -> None:
-        self.conf["deny"] = [r"127\.0\.0\.1"]
+        self.conf = self.conf.replace(deny=[r"127\.0\.0\.1"])
 
     def prepare_access(self) -> Any:
         self.prepared += 1
@@ -202,7 +202,7 @@ def test_rules_are_compiled_once_per_start(serve: Serve) -> None:
         with socket.create_connection(address(server), timeout=5) as conn:
             assert read_until_eof(conn) == b"denied\n"
     assert server.prepared == 1  # type: ignore[attr-defined]
-    server.conf["deny"] = []
+    server.conf = server.conf.replace(deny=[])
     server.prepare_access()
     with socket.create_connection(address(server), timeout=5) as conn:
         assert read_until_eof(conn) == b"hello 127.0.0.1 None\n"

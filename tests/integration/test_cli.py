@@ -246,6 +246,27 @@ def test_server_class_the_command_cannot_construct(user_env: dict[str, str]) -> 
     assert "NeedsDb" in last and "'db'" in last and "commandline" in last
 
 
+@needs_script
+def test_the_console_script_finds_a_server_module_in_the_current_directory(
+        tmp_path: Path, spawn: Any) -> None:
+    """``gnetserver --server mymod:Shout`` run beside mymod.py finds it, as
+    ``python -m gnetserver`` does (issue 7: the console script only searched its own bin
+    directory). --help and a real start, both from that directory."""
+    (tmp_path / "mymod.py").write_text(textwrap.dedent(USER_MODULE))
+    env = dict(os.environ)  # PYTHONPATH (the package under test) only, not tmp_path
+    assert str(tmp_path) not in env.get("PYTHONPATH", "")
+    shown = subprocess.run([str(SCRIPT), "--server", "mymod:Shout", "--help"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=20,
+                           stdin=subprocess.DEVNULL)
+    assert shown.returncode == 0, shown.stderr
+    assert "--greeting" in shown.stdout
+    server = spawn([str(SCRIPT), "--server", "mymod:Shout", "--port", "127.0.0.1:0/tcp",
+                    "--greeting=ahoy"], env=env, cwd=tmp_path)
+    [(host, port, _)] = server.ports()
+    with socket.create_connection((host, port), timeout=5) as sock, sock.makefile("rb") as reader:
+        assert reader.readline() == b"ahoy\n"
+
+
 # -- bad command lines ---------------------------------------------------------------------------
 
 ERROR_ROWS = [
@@ -253,6 +274,10 @@ ERROR_ROWS = [
     ("unknown-equals", ["--bogus=17"], ["bogus", "17"]),
     ("unknown-ssl", ["--SSL_bogus=1"], ["SSL_bogus", "SSL_cert_file"]),
     ("bad-level", ["--log_level=9"], ["log_level", "9"]),
+    ("bare-port", ["--port"], ["option 'port'", "needs a value"]),
+    ("bare-cert-before-port", ["--SSL_cert_file", "--port", "127.0.0.1:0/ssl"],
+     ["option 'SSL_cert_file'", "needs a value"]),
+    ("integer-at-least", ["--max_servers=0"], ["max_servers", "an integer of at least 1"]),
     ("bad-level-space", ["--log_level", "nine"], ["log_level", "nine"]),
     ("bad-seconds", ["--timeout_handshake", "-1"], ["timeout_handshake", "-1"]),
     ("bad-port", ["--port", "127.0.0.1:nosuchservice/tcp"],

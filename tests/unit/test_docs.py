@@ -13,7 +13,7 @@ import pytest
 from support.process import README
 
 from gnetserver import docs
-from gnetserver.options import OPTIONS
+from gnetserver.options import DEFAULT_PORT, OPTIONS
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -100,7 +100,8 @@ def test_help_lists_every_option_with_default_and_doc() -> None:
     default."""
     out = subprocess.run([sys.executable, "-m", "gnetserver", "--help"], capture_output=True,
                          text=True, timeout=20, check=True).stdout
-    flat = " ".join(out.split())
+    body = out.split("\n\n", 1)[1]  # after the usage paragraph, which names every flag too
+    flat = " ".join(body.split())
     for option in OPTIONS:
         if not option.cli:
             continue
@@ -111,3 +112,25 @@ def test_help_lists_every_option_with_default_and_doc() -> None:
         first_words = " ".join(option.doc.split()[:4])
         assert entry.startswith(first_words), (option.name, entry)
         assert "(default: " in entry, option.name
+
+
+def test_help_usage_names_the_commands_own_flags() -> None:
+    """The usage line of ``gnetserver --help`` shows ``--server`` and ``--monkey-patch`` (taken
+    out of the words before the options are read), and the help describes them."""
+    out = subprocess.run([sys.executable, "-m", "gnetserver", "--help"], capture_output=True,
+                         text=True, timeout=20, check=True).stdout
+    usage, body = out.split("\n\n", 1)
+    flat_usage = " ".join(usage.split())
+    assert flat_usage.startswith("usage: gnetserver [-h] [--server package.module:Class] "
+                                 "[--monkey-patch] ")
+    assert "--server package.module:Class" in body and "--monkey-patch" in body
+
+
+def test_port_default_is_one_truth_in_readme_and_help() -> None:
+    """README's table and --help show the same default for ``port``: DEFAULT_PORT."""
+    port = next(option for option in OPTIONS if option.name == "port")
+    assert docs.default_text(port) == f"``{DEFAULT_PORT}``"
+    out = subprocess.run([sys.executable, "-m", "gnetserver", "--help"], capture_output=True,
+                         text=True, timeout=20, check=True).stdout
+    entry = re.search(r"--port VALUE (.*?)(?= --\w+ )", " ".join(out.split("\n\n", 1)[1].split()))
+    assert entry and entry.group(1).endswith(f"(default: {DEFAULT_PORT})")
