@@ -5,7 +5,7 @@ plain TCP on 127.0.0.1:8080, with a self-signed certificate made in memory at st
 
 A ``--server`` class is built as ``Class(commandline=words)``. Its option table (for ``--help``
 and for refusing unknown words) is read first without building it
-(:meth:`GServer.option_table <gnetserver.option_sources.OptionSourcesMixin.option_table>`), and
+(:meth:`GServer.option_table <gnetserver.server.GServer.option_table>`), and
 the command line is planned once with :func:`gnetserver.conf.plan_conf` (``strict``: a word
 that is no option stops the command). So ``--help`` works for any class, and a class whose
 ``__init__`` needs other arguments gets a clear error, not a traceback, when asked to run.

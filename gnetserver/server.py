@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,12 +34,12 @@ from . import listen, log, restart, tls_setup
 from .access import AccessRules
 from .access_control import AccessPolicy
 from .client import Client
+from .conf import Conf, plan_conf
 from .errors import ConfigError, HandshakeTimeout, TLSError
 from .lifecycle import Lifecycle
 from .listener import Listener
 from .operations import ProcessControl, ServerLog, check_process_options, raise_open_file_limit
-from .option_sources import OptionSourcesMixin
-from .options import DEFAULT_PORT
+from .options import DEFAULT_PORT, NETSERVER_COMPAT, OPTIONS, Option, table
 from .personality import PERSONALITIES, Personality, personality_name
 from .ports import PortSpec
 from .proto import StreamProtocol
@@ -53,11 +53,11 @@ ECHO_LINE_LIMIT = 64 * 1024
 class DryRun:
     """What the HUP preflight planned: the new image's options and port specs."""
 
-    conf: Any
+    conf: Conf
     port_specs: list[PortSpec]
 
 
-class GServer(OptionSourcesMixin):
+class GServer:
     """A Net::Server style server: subclass it, override hooks, call :meth:`run`.
 
     Methods for the caller: ``run(**options)`` (Net::Server style: reads the command line, runs
@@ -102,8 +102,8 @@ class GServer(OptionSourcesMixin):
         self.new_args: dict[str, Any] = options
         self.commandline: list[str] | None = None if commandline is None else list(commandline)
         self.run_args: dict[str, Any] = {}
-        self.conf: Any = {}
-        self.conf_sources: dict[str, str] = {}  # option name -> the source that set it
+        self.conf: Conf = Conf()  # the table's defaults until configure
+        self.conf_sources: Mapping[str, str] = {}  # option name -> the source that set it
         self.argv_unused: list[str] = []
         self.port_specs: list[PortSpec] = []
         self.listeners: list[Listener] = []
@@ -170,10 +170,78 @@ class GServer(OptionSourcesMixin):
                 self.lifecycle.start_failed()
             raise
 
-    # == configuration (options, default_values, configure: gnetserver.option_sources) ========
+    # == configuration (gnetserver.conf: one pure plan of every source) ========================
 
     def configure_hook(self) -> None:
         """Hook: first thing in :meth:`run`, before any option is read. May set attributes."""
+
+    def options(self) -> list[Option]:
+        """The option table. Subclasses add their own: ``return super().options() + [...]``.
+
+        :meth:`option_table` (the ``gnetserver`` command, ``--help``) calls it on an instance
+        whose ``__init__`` has not run (so that ``--help`` works for any class): it must not
+        depend on state ``__init__`` sets.
+        """
+        return list(OPTIONS)
+
+    @classmethod
+    def option_table(cls) -> dict[str, Option]:
+        """The option table of this class, by name: the one place that reads a class's table
+        before any server of it exists. Called by the ``gnetserver`` command (``--help``, its
+        check of the command line); :meth:`configure` reads its own instance's table instead
+        (a hook may have set state that ``options()`` reads).
+
+        ``options()`` is an instance hook (Net::Server's, overridable with ``super()``), so it
+        is called on a bare ``cls.__new__(cls)``: ``__init__`` does not run, since a user's
+        class may need constructor arguments the command cannot give. Raises ValueError when
+        the table declares a name twice."""
+        return table(cls.__new__(cls).options())
+
+    def default_values(self) -> dict[str, Any]:
+        """Lowest-precedence values (Net::Server's ``default_values``); override to set defaults."""
+        return {}
+
+    def configure(self) -> None:
+        """Framework step (first in run(), after configure_hook): plan the configuration from
+        the server's sources (:meth:`plan_options`) and set ``self.conf`` (the frozen
+        :class:`~gnetserver.conf.Conf`), ``self.conf_sources`` (the source of every option one
+        set) and ``self.argv_unused`` (command-line words no option took). Raises ConfigError
+        naming a bad option."""
+        self.conf, self.argv_unused = self._plan()
+        self.conf_sources = self.conf.sources
+
+    def plan_options(self) -> tuple[Conf, Mapping[str, str]]:
+        """The options from every source (constructor, command line, ``run()``, conf file,
+        ``default_values()``, the IPV variable), planned by the one pure function
+        :func:`gnetserver.conf.plan_conf` that ``configure``, ``gnetserver --help`` and the
+        HUP preflight share; returns the configuration and, per option a source set, that
+        source. Changes nothing."""
+        conf, _ = self._plan()
+        return conf, conf.sources
+
+    def _plan(self) -> tuple[Conf, list[str]]:
+        """:func:`~gnetserver.conf.plan_conf` over this server's sources."""
+        return plan_conf(table(self.options()), constructor=self.new_args,
+                         commandline=self.commandline or [], run_args=self.run_args,
+                         default_values=self.default_values(), environ=os.environ)
+
+    def warn_inert_options(self) -> None:
+        """Framework step, in post_configure once the log targets are open: one level-1 log
+        line naming, with their values, the options of the "Net::Server compatibility" section
+        that some source set (other personalities' keys, such as ``min_servers``: accepted, no
+        effect here; ``server_type`` values that name no personality gnetserver has). Logs
+        nothing when there is none. Reads ``self.conf``; touches nothing else."""
+        given = []
+        for option in self.options():
+            value = self.conf.get(option.name, option.default)
+            if option.name == "server_type":
+                value = [name for name in value if name not in PERSONALITIES]
+            if option.section != NETSERVER_COMPAT or value == option.default:
+                continue
+            shown = ",".join(map(str, value)) if option.multi else value
+            given.append(f"{option.name}={shown}")
+        if given:
+            self.log(1, f"ignored Net::Server options (no effect here): {', '.join(given)}")
 
     def post_configure(self) -> None:
         """Apply what the options ask for before binding: raise the open-file limit so the
@@ -489,13 +557,6 @@ class GServer(OptionSourcesMixin):
             self.make_protocol(spec, conf, contexts)
         check_process_options(conf, self)
         return DryRun(conf, specs)
-
-    def plan_options(self) -> tuple[Conf, dict[str, str]]:
-        """The options from every source, planned by the one pure function
-        (:func:`gnetserver.conf.plan_conf`) that ``configure``, ``--help`` and the HUP preflight
-        share; returns the configuration and, per option a source set, that source."""
-        conf, _ = self._plan()
-        return conf, dict(conf.sources)
 
     def restart_open_hook(self) -> None:
         """Hook: in the re-executed server after a HUP, in bind, before the inherited sockets

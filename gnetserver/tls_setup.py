@@ -23,9 +23,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from .conf import DEFAULT_VALUES
 from .errors import ConfigError
 from .listen import is_tls
-from .option_sources import DEFAULT_VALUES
 from .ports import PortSpec
 from .tls import TLSContexts
 
