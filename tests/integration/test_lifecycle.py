@@ -14,7 +14,7 @@ import threading
 from typing import Any
 
 import pytest
-from support.net import address, read_line, read_until_eof
+from support.net import address, read_line, read_until_eof, wait_until
 from support.runthread import RunThread
 
 from gnetserver import GServer
@@ -60,10 +60,11 @@ class StateRecorder(GServer):
 
 
 def test_states_seen_by_the_hooks() -> None:
-    server = StateRecorder(port="127.0.0.1:0/tcp", graceful_timeout=5)
+    server = StateRecorder(commandline=[], port="127.0.0.1:0/tcp", graceful_timeout=5)
     assert server.lifecycle.state is State.IDLE
     runner = RunThread(server).start()
     try:
+        wait_until(lambda: server.lifecycle.state is State.SERVING, what="serving")
         with socket.create_connection(address(server), timeout=5) as conn:
             assert read_line(conn) == b"hello 1 True\n"
             assert server.lifecycle.state is State.SERVING
