@@ -145,7 +145,7 @@ def parse_cidr(text: str) -> tuple[Network, ...]:
         try:
             if "-" in part:
                 first, last = (ipaddress.ip_address(p.strip()) for p in part.split("-", 1))
-                networks.extend(ipaddress.summarize_address_range(first, last))  # type: ignore[arg-type]
+                networks.extend(ipaddress.summarize_address_range(first, last))
             else:
                 networks.append(ipaddress.ip_network(part, strict=False))
         except (ValueError, TypeError) as exc:

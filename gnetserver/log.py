@@ -31,7 +31,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .daemon import stderr_to
 from .errors import ConfigError
@@ -71,7 +71,13 @@ _UNPRINTABLE = re.compile(r"[^\n -~]")
 _TIME_FORMAT = "%Y/%m/%d-%H:%M:%S"
 
 
-class _StderrFallback(logging.StreamHandler):
+if TYPE_CHECKING:  # Any: the stream is whatever sys.stderr is at each record
+    _StreamHandler = logging.StreamHandler[Any]
+else:  # not subscriptable at run time before Python 3.11
+    _StreamHandler = logging.StreamHandler
+
+
+class _StderrFallback(_StreamHandler):
     """Writes to whatever ``sys.stderr`` is when a record comes (like ``logging.lastResort``:
     a test's capture or a redirect made after import is followed), in Net::Server's format."""
 
@@ -80,7 +86,7 @@ class _StderrFallback(logging.StreamHandler):
         self.setFormatter(logging.Formatter("%(asctime)s %(message)s", _TIME_FORMAT))
 
     @property
-    def stream(self) -> Any:
+    def stream(self) -> TextIO:
         """The current ``sys.stderr``."""
         return sys.stderr
 
@@ -108,7 +114,7 @@ def to_logger(level: int, message: str) -> None:
         logger.log(STDLIB_LEVELS[level], message)
     elif logger.isEnabledFor(STDLIB_LEVELS[level]):
         _FALLBACK.handle(logger.makeRecord(LOGGER_NAME, STDLIB_LEVELS[level], __file__, 0,
-                                           message, None, None))
+                                           message, (), None))
 
 
 def should_log(level: int, log_level: int) -> bool:
@@ -230,13 +236,19 @@ class SyslogHandler(logging.Handler):
 
     def reconnect(self) -> None:
         """Reconnect (HUP: syslog may have been restarted), without waiting."""
-        with self.lock:
+        self.acquire()  # Handler.lock is typed Optional; acquire/release take it when set
+        try:
             self.sender.connect()
+        finally:
+            self.release()
 
     def close(self) -> None:
         """Report drops not reported yet (to syslog or stderr) and close the socket."""
-        with self.lock:
+        self.acquire()
+        try:
             self.sender.close()
+        finally:
+            self.release()
         super().close()
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (stdlib name)

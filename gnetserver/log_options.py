@@ -79,7 +79,8 @@ def log_function(value: Any) -> Callable[[int, str], Any] | str | None:
     if value is None or value == "":
         return None
     if callable(value) or isinstance(value, str):
-        return value
+        function: Callable[[int, str], Any] | str = value
+        return function
     raise TypeError("expected a callable (level, msg) or the name of a server method")
 
 
@@ -90,7 +91,7 @@ def resolve_log_function(value: Callable[[int, str], Any] | str | None,
     Raises ConfigError when the name is not a method of the server."""
     if not isinstance(value, str):
         return value
-    method = getattr(server, value, None)
+    method: Callable[[int, str], Any] | None = getattr(server, value, None)
     if not callable(method):
         raise ConfigError(f"option 'log_function': {value!r} is not a method of "
                           f"{type(server).__name__}")

@@ -35,23 +35,33 @@ def reverse_lookup(address: str, timeout: float = LOOKUP_SECONDS) -> str | None:
     address = normalise_address(address)
     sockaddr: tuple[str, int] | tuple[str, int, int, int]
     sockaddr = (address, 0, 0, 0) if ":" in address else (address, 0)
-    with gevent.Timeout(timeout, False):
-        try:
-            host, _ = gevent.socket.getnameinfo(sockaddr, socket.NI_NAMEREQD)
-        except (OSError, UnicodeError, ValueError):
-            return None
-        return str(host) or None
+    timer = gevent.Timeout(timeout)
+    try:
+        with timer:
+            try:
+                host, _ = gevent.socket.getnameinfo(sockaddr, socket.NI_NAMEREQD)
+            except (OSError, UnicodeError, ValueError):
+                return None
+            return str(host) or None
+    except gevent.Timeout as expired:
+        if expired is not timer:  # someone else's timeout: not ours to swallow
+            raise
     return None  # timed out
 
 
 def forward_addresses(host: str, timeout: float = LOOKUP_SECONDS) -> set[str] | None:
     """The addresses ``host`` resolves to (IPv4 and IPv6, IPv4-mapped ones normalised), or None
     when it resolves to nothing in time. Cooperative, like :func:`reverse_lookup`."""
-    with gevent.Timeout(timeout, False):
-        try:
-            infos = gevent.socket.getaddrinfo(host, None, 0, socket.SOCK_STREAM)
-        except (OSError, UnicodeError, ValueError):
-            return None
-        found = {normalise_address(str(info[4][0]).split("%", 1)[0]) for info in infos}
-        return found or None
+    timer = gevent.Timeout(timeout)
+    try:
+        with timer:
+            try:
+                infos = gevent.socket.getaddrinfo(host, None, 0, socket.SOCK_STREAM)
+            except (OSError, UnicodeError, ValueError):
+                return None
+            found = {normalise_address(str(info[4][0]).split("%", 1)[0]) for info in infos}
+            return found or None
+    except gevent.Timeout as expired:
+        if expired is not timer:  # someone else's timeout: not ours to swallow
+            raise
     return None  # timed out

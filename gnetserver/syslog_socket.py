@@ -223,12 +223,15 @@ def _line(payload: bytes) -> bytes:
 def open_socket(address: Any, socktype: int | None, wait: float) -> socket.socket:
     """A non-blocking socket connected (TCP: maybe still connecting) to syslog at
     ``address``; raises the last OSError when no candidate connects."""
+    candidates: list[tuple[int, int, int, Any]]  # (family, type, proto, sockaddr)
     if isinstance(address, str):
         kinds = [socktype] if socktype else [socket.SOCK_DGRAM, socket.SOCK_STREAM]
         candidates = [(socket.AF_UNIX, kind, 0, address) for kind in kinds]
     else:
+        # (host, port, family, type): mypy cannot count the arguments of a star before others.
+        query: tuple[Any, ...] = (*address, 0, socktype or socket.SOCK_DGRAM)
         candidates = [(family, kind, proto, where) for family, kind, proto, _, where
-                      in socket.getaddrinfo(*address, 0, socktype or socket.SOCK_DGRAM)]
+                      in socket.getaddrinfo(*query)]
     error = OSError(f"no address for {address!r}")
     for family, kind, proto, where in candidates:
         sock = socket.socket(family, kind, proto)

@@ -65,7 +65,7 @@ from typing import Any, TypeVar
 import gevent.socket
 from cryptography import x509
 from gevent import get_hub
-from gevent.socket import cancel_wait_ex
+from gevent.socket import cancel_wait_ex  # type: ignore[attr-defined]  # missing in its stubs
 from gevent.socket import wait as _gevent_wait
 from OpenSSL import SSL
 

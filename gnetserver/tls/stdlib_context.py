@@ -136,7 +136,8 @@ def _new_context(opts: Mapping[str, Any], where: str) -> ServerSSLContext:
 
 def _apply_version(ctx: ServerSSLContext, opts: Mapping[str, Any], where: str) -> None:
     spec = opts.get("SSL_version")
-    low, high = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3  # the default: TLS 1.2+
+    low: int = ssl.TLSVersion.TLSv1_2  # the default: TLS 1.2+
+    high: int = ssl.TLSVersion.TLSv1_3
     if spec is not None:
         low, high = parse_ssl_version(str(spec), where)  # OpenSSL's numbers, as TLSVersion's
     ctx.minimum_version = ssl.TLSVersion(low)
@@ -257,8 +258,10 @@ def _pem(value: Any, option: str, where: str) -> bytes:
             isinstance(c, x509.Certificate) for c in value):
         return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in value)
     if hasattr(value, "private_bytes"):
-        return value.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                   serialization.NoEncryption())
+        pem: bytes = value.private_bytes(serialization.Encoding.PEM,
+                                         serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption())
+        return pem
     raise ConfigError(f"{where}: {option} must be PEM bytes or a cryptography object, "
                       f"not {type(value).__name__}")
 
@@ -302,16 +305,18 @@ def _as_files(chain: _Source, key: _Source | None) -> Iterator[tuple[str, str | 
         yield str(chain[1]), None if key is None else str(key[1])
         return
     with tempfile.TemporaryDirectory(prefix="gnetserver-") as folder:  # mode 0700
-        paths = []
-        for index, source in enumerate((chain, key)):
-            if source is None or source[0] == "file":
-                paths.append(None if source is None else str(source[1]))
-                continue
-            path = os.path.join(folder, f"{index}.pem")
-            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
-                f.write(source[1])
-            paths.append(path)
-        yield paths[0], paths[1]
+        chain_path = _as_file(chain, folder, 0)
+        yield chain_path, None if key is None else _as_file(key, folder, 1)
+
+
+def _as_file(source: _Source, folder: str, index: int) -> str:
+    """The path of ``source``: its own file, or its PEM written to ``folder``/``index``.pem."""
+    if source[0] == "file":
+        return str(source[1])
+    path = os.path.join(folder, f"{index}.pem")
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+        f.write(source[1])
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
