@@ -60,8 +60,8 @@ class Connections(Protocol):
         """How many connections run now."""
         ...
 
-    def wait_idle(self) -> Any:
-        """A waitable (for ``gevent.wait``) that is ready once no connection runs."""
+    def wait_idle(self) -> gevent.Greenlet[[], Any]:
+        """A greenlet that ends once no connection runs (the drain kills it afterwards)."""
         ...
 
     def kill_connections(self) -> None:
@@ -147,8 +147,8 @@ class Lifecycle:
 
     def request_stop(self, timeout: float | None = None) -> None:
         """Ask the loop to end (the close follows); ``timeout`` can only shorten the drain.
-        Cancels a HUP restart not yet under way (a close already restarting keeps going;
-        see :meth:`cancel_restart`)."""
+        A HUP restart asked for stays asked for: ``stop()`` cancels it explicitly
+        (:meth:`cancel_restart`), QUIT does not."""
         self._shorten(timeout)
         self._stop.set()
 
@@ -282,8 +282,7 @@ class Lifecycle:
                 if queue is not None:
                     dispatch(queue.pop_all())
         finally:
-            if hasattr(idle, "kill"):
-                idle.kill()
+            idle.kill()
 
     def close_ended(self) -> None:
         """Last step of the close, also after a failing hook (-> CLOSED): waiters wake."""

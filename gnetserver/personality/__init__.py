@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Protocol
 
-from ..lifecycle import Dispatch, Lifecycle
+from ..lifecycle import Connections, Dispatch, Lifecycle
 from ..listener import Listener
 from .single import Single
 
@@ -29,8 +29,9 @@ from .single import Single
 Handle = Callable[[Listener, Any, Any], None]
 
 
-class Personality(Protocol):
-    """The interface of a personality (see the package rules)."""
+class Personality(Connections, Protocol):
+    """The interface of a personality (see the package rules); the connection counts the
+    drain reads come from :class:`~gnetserver.lifecycle.Connections`."""
 
     #: The ``server_type`` name it answers to.
     name: ClassVar[str]
@@ -51,29 +52,13 @@ class Personality(Protocol):
         """A context manager held while a connection runs its session (``max_servers``)."""
         ...
 
-    def in_connection(self) -> bool:
-        """True in a connection's greenlet."""
-        ...
-
-    def active_connections(self) -> int:
-        """How many connections run now."""
-        ...
-
     def greenlets(self) -> list[Any]:
         """The live greenlets of running connections."""
         ...
 
-    def wait_idle(self) -> Any:
-        """A waitable that is ready once no connection runs."""
-        ...
 
-    def kill_connections(self) -> None:
-        """Cut every connection still running."""
-        ...
-
-
-#: ``server_type`` name -> personality class.
-PERSONALITIES: dict[str, type[Single]] = {Single.name: Single}
+#: ``server_type`` name -> personality class, built as ``cls(max_servers, max_handshakes)``.
+PERSONALITIES: dict[str, Callable[[int, int], Personality]] = {Single.name: Single}
 
 #: The personality used when no ``server_type`` names a known one.
 DEFAULT_PERSONALITY = Single.name
