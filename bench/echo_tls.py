@@ -6,6 +6,7 @@ reads ``/proc``)::
     python bench/echo_tls.py                       # all measures, both key types
     python bench/echo_tls.py --rounds 1 --keys ecdsa --requests 100   # a quick look
     python bench/echo_tls.py --help                # sizes, rounds, time caps
+    python bench/echo_tls.py --before ../old-tree  # also gnetserver from another source tree
 
 Both servers run at once, each in its own subprocess pinned to CPU 0, and are measured in turn
 (A, B / B, A...) by one load generator pinned to CPU 1 (a gevent client with the stdlib ``ssl``
@@ -16,7 +17,14 @@ module, one process; its own CPU use is reported, so a saturated client would sh
 * **baseline**: ``gevent.server.StreamServer`` whose handler wraps the socket with
   ``gevent.ssl`` (``do_handshake_on_connect=False``, then ``do_handshake()`` under a 10 s
   socket timeout) and echoes lines through ``makefile("rb")`` the same way; it sets
-  TCP_NODELAY on accepted sockets as nginx does (``--baseline-nagle`` leaves Nagle on).
+  TCP_NODELAY on accepted sockets as nginx does (``--baseline-nagle`` leaves Nagle on);
+* **gnetserver-before**, only with ``--before PATH``: the same gnetserver server, run from
+  another gnetserver source tree (for example a git worktree of an older commit, to check a
+  change for regressions): its subprocess has PATH first on ``PYTHONPATH`` and loads
+  ``PATH/examples/echo_server.py``. The three are then measured A, B, C / C, B, A...
+
+Each gnetserver server checks that it imported the tree it claims (this checkout's gnetserver,
+not an installed or editable one) and the table's header shows its ``gnetserver.__file__``.
 
 Measures (medians over the rounds; server CPU is utime+stime from ``/proc/PID/stat``, which
 depends far less on the client and the machine's other load than the rates do):
@@ -29,8 +37,10 @@ b. full handshakes: C concurrent clients, each connecting, handshaking (no sessi
 c. memory per idle TLS connection: K connections opened (each after one echo), server RSS growth
    divided by K (first round only, while the heap is still growing).
 
-The table prints as Markdown with the ratios gnetserver/baseline; bench/README.md holds the
-latest results measured on the project's machine and the command used.
+The table prints as Markdown with the ratios gnetserver/baseline and, with ``--before``,
+gnetserver/gnetserver-before: the ratio of the medians, then in brackets the lowest and highest
+of the per-round ratios (round r of one server against round r of the other), its spread.
+bench/README.md holds the latest results measured on the project's machine and the command used.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,9 +58,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # loadgen, servers beside this file
 
 from loadgen import Load, LoadGenerator  # noqa: E402
-from servers import KEY_TYPES, ServerProcess, write_certificate  # noqa: E402
+from servers import KEY_TYPES, REPO, ServerProcess, write_certificate  # noqa: E402
 
 SERVERS = ("gnetserver", "baseline")
+BEFORE = "gnetserver-before"  #: the third server, with --before PATH
 
 #: gnetserver's targets from design.md section 5 (server CPU per operation, memory).
 GOALS = {
@@ -74,6 +86,46 @@ class Results:
     def median(self, measure: str, server: str) -> float | None:
         values = self.samples.get(measure, {}).get(server)
         return statistics.median(values) if values else None
+
+    def ratio(self, measure: str, server: str, other: str, spread: bool = False) -> str:
+        """``server``'s median over ``other``'s; with ``spread``, then the lowest and highest
+        per-round ratio (the samples of both are appended round by round)."""
+        top, bottom = self.median(measure, server), self.median(measure, other)
+        if top is None or not bottom:
+            return "-"
+        text = f"{top / bottom:.2f}"
+        if spread:
+            tops, bottoms = self.samples[measure][server], self.samples[measure][other]
+            if len(tops) != len(bottoms):  # not paired round by round
+                return text + " (?)"
+            rounds = [a / b for a, b in zip(tops, bottoms, strict=True) if b]
+            text += (f" ({min(rounds):.2f}-{max(rounds):.2f})" if len(rounds) > 1
+                     else " (1 round)")
+        return text
+
+
+def server_kinds(args: argparse.Namespace) -> tuple[str, ...]:
+    """The servers of this run, in the order of the first round (A, B[, C])."""
+    return (*SERVERS, BEFORE) if args.before else SERVERS
+
+
+def source_tree(text: str) -> Path:
+    """An argparse type: a gnetserver source tree (gnetserver/ and examples/echo_server.py)."""
+    tree = Path(text).resolve()
+    for needed in ("gnetserver/__init__.py", "examples/echo_server.py"):
+        if not (tree / needed).is_file():
+            raise argparse.ArgumentTypeError(f"{text}: no {needed} there")
+    return tree
+
+
+def describe_tree(tree: Path) -> str:
+    """``git describe --always --dirty`` of a source tree, or "" outside git."""
+    try:
+        done = subprocess.run(["git", "-C", str(tree), "describe", "--always", "--dirty"],
+                              capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return ""
+    return done.stdout.strip()
 
 
 def positive(text: str) -> int:
@@ -105,7 +157,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--samples", action="store_true", help="also print every round's value")
     add("--baseline-nagle", action="store_true",
         help="leave Nagle on in the baseline (default: it sets TCP_NODELAY, as nginx does)")
-    add("--serve", choices=SERVERS, help=argparse.SUPPRESS)  # internal: server subprocess
+    add("--before", type=source_tree, metavar="PATH",
+        help="also measure gnetserver run from the source tree PATH (e.g. a git worktree of an "
+             "older commit) as a third server, gnetserver-before")
+    add("--serve", choices=(*SERVERS, BEFORE), help=argparse.SUPPRESS)  # a server subprocess
+    add("--tree", type=Path, help=argparse.SUPPRESS)
     add("--cert", help=argparse.SUPPRESS)
     add("--key", help=argparse.SUPPRESS)
     add("--cpu", type=int, default=-1, help=argparse.SUPPRESS)
@@ -145,7 +201,7 @@ def measure_handshakes(gen: LoadGenerator, proc: ServerProcess, key: str,
 
 
 def run_benchmark(args: argparse.Namespace) -> Results:
-    """Per key type: start both servers, measure them in alternating order, stop them."""
+    """Per key type: start the servers, measure them in alternating order, stop them."""
     results = Results()
     keys = [k.strip() for k in args.keys.split(",") if k.strip()]
     for key in keys:
@@ -156,12 +212,15 @@ def run_benchmark(args: argparse.Namespace) -> Results:
         for index, key in enumerate(keys):
             cert, keyfile = write_certificate(Path(tmp), key)
             extra = ("--baseline-nagle",) if args.baseline_nagle else ()
-            procs = [ServerProcess(kind, cert, keyfile, -1 if args.no_pin else 0, extra)
-                     for kind in SERVERS]
+            procs = [ServerProcess(kind, cert, keyfile, -1 if args.no_pin else 0, extra,
+                                   args.before if kind == BEFORE else REPO)
+                     for kind in server_kinds(args)]
             try:
                 for proc in procs:
                     proc.wait_ready()
-                    results.versions[proc.kind] = proc.version
+                    described = describe_tree(proc.tree) if proc.kind != "baseline" else ""
+                    results.versions[proc.kind] = proc.version + (
+                        f" (git {described})" if described else "")
                 for round_number in range(args.rounds):
                     order = procs if round_number % 2 == 0 else procs[::-1]
                     for proc in order:
@@ -179,30 +238,37 @@ def run_benchmark(args: argparse.Namespace) -> Results:
 
 def format_table(results: Results, args: argparse.Namespace, pinned: bool) -> str:
     """The run's conditions, then a Markdown table of medians, ratios and goals."""
+    kinds = server_kinds(args)
     lines = [
-        f"gnetserver vs baseline, one run: {args.rounds} round(s), medians; "
+        f"{' vs '.join(kinds)}, one run: {args.rounds} round(s), medians; "
         f"keep-alive {args.connections} conns x {args.requests} round-trips of "
         f"{args.payload} B; handshakes {args.handshakes} per measurement, {args.concurrency} "
         f"concurrent; idle memory over {args.idle} conns.",
         f"Pinned: {'servers CPU 0, load generator CPU 1' if pinned else 'no'}. "
         f"Python {sys.version.split()[0]}.",
     ]
-    for kind in SERVERS:
+    for kind in kinds:
         lines.append(f"{kind}: {results.versions.get(kind, '?')}")
     lines.append(f"Negotiated: {results.session}")
-    lines += ["", "| measure | gnetserver | baseline | gnetserver/baseline | goal |",
-              "|---|---:|---:|---:|---:|"]
+    before = f" gnetserver/{BEFORE} (spread) |" if args.before else ""
+    lines += ["", f"| measure | {' | '.join(kinds)} | gnetserver/baseline |{before} goal |",
+              "|---|" + "---:|" * (len(kinds) + 2 + bool(args.before))]
     for measure, by_server in results.samples.items():
-        gnet, base = (results.median(measure, kind) for kind in SERVERS)
-        ratio = f"{gnet / base:.2f}" if gnet is not None and base else "-"
+        medians = " | ".join(_num(results.median(measure, kind)) for kind in kinds)
+        ratio = results.ratio(measure, "gnetserver", "baseline")
+        if args.before:
+            ratio += f" | {results.ratio(measure, 'gnetserver', BEFORE, spread=True)}"
         goal = GOALS.get(measure, "")
-        lines.append(f"| {measure} | {_num(gnet)} | {_num(base)} | {ratio} | {goal} |")
+        lines.append(f"| {measure} | {medians} | {ratio} | {goal} |")
         if args.samples:
             shown = "; ".join(f"{kind} {', '.join(_num(v) for v in by_server.get(kind, []))}"
-                              for kind in SERVERS)
-            lines.append(f"|   samples: {shown} | | | | |")
+                              for kind in kinds)
+            lines.append(f"|   samples: {shown} |" + " |" * (len(kinds) + 2 + bool(args.before)))
     lines += ["", "Ratios: above 1 is better for rates, below 1 is better for CPU and memory. "
               "Goal: gnetserver's target in design.md section 5."]
+    if args.before:
+        lines.append(f"{BEFORE}: from {args.before}. Spread: the lowest and highest per-round "
+                     "ratio; memory is measured in the first round only.")
     return "\n".join(lines)
 
 
@@ -219,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         from servers import serve
 
         pin(args.cpu)
-        serve(args.serve, args.cert, args.key, nodelay=not args.baseline_nagle)
+        serve(args.serve, args.cert, args.key, nodelay=not args.baseline_nagle, tree=args.tree)
         return 0
     if not sys.platform.startswith("linux"):
         sys.exit("bench/echo_tls.py needs Linux (/proc, sched_setaffinity)")

@@ -1,8 +1,14 @@
-"""The two servers of bench/echo_tls.py, their certificates, and their subprocesses.
+"""The servers of bench/echo_tls.py, their certificates, and their subprocesses.
 
 ``serve(kind, cert, key)`` runs inside a server subprocess (``echo_tls.py --serve KIND``); a
 :class:`ServerProcess` starts one, learns its address from its "Server ready: HOST:PORT/ssl"
 line on stderr, and reads its CPU time and memory from ``/proc``.
+
+A gnetserver server runs from one source tree: this checkout, or with ``echo_tls.py --before
+PATH`` another one ("gnetserver-before"). Its subprocess gets that tree first on
+``PYTHONPATH`` (ahead of any installed or editable gnetserver) and loads that tree's
+``examples/echo_server.py``; it checks that ``gnetserver`` really came from the tree and reports
+``gnetserver.__file__`` on its version line.
 """
 
 from __future__ import annotations
@@ -69,30 +75,41 @@ def raise_fd_limit(wanted: int = 65536) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def serve(kind: str, cert: str, key: str, nodelay: bool = True) -> None:
-    """Serve the line echo on 127.0.0.1, kernel-chosen port, until terminated."""
+def serve(kind: str, cert: str, key: str, nodelay: bool = True,
+          tree: Path | None = None) -> None:
+    """Serve the line echo on 127.0.0.1, kernel-chosen port, until terminated.
+
+    ``tree``: the gnetserver source tree of a gnetserver server (default: this checkout).
+    """
     raise_fd_limit()  # room for the idle-memory measurement
-    if kind == "gnetserver":
-        serve_gnetserver(cert, key)
+    if kind.startswith("gnetserver"):
+        serve_gnetserver(cert, key, tree or REPO)
     else:
         serve_baseline(cert, key, nodelay)
 
 
-def serve_gnetserver(cert: str, key: str) -> None:
-    """The Echo class of examples/echo_server.py, as users would run it."""
+def serve_gnetserver(cert: str, key: str, tree: Path = REPO) -> None:
+    """The Echo class of ``TREE/examples/echo_server.py``, as users would run it, with the
+    gnetserver of ``TREE`` (which the parent put first on PYTHONPATH; checked here)."""
     import importlib.util
 
     import gevent
     import OpenSSL
     from OpenSSL import SSL
 
-    spec = importlib.util.spec_from_file_location("echo_server", REPO / "examples/echo_server.py")
+    import gnetserver
+
+    tree = tree.resolve()
+    package = Path(gnetserver.__file__ or "?").resolve()
+    if not package.is_relative_to(tree):
+        sys.exit(f"bench: gnetserver came from {package}, not from {tree}")
+    spec = importlib.util.spec_from_file_location("echo_server", tree / "examples/echo_server.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     openssl = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
     print(f"bench-version: gevent {gevent.__version__}, pyOpenSSL {OpenSSL.__version__} over "
-          f"{openssl}", file=sys.stderr, flush=True)
+          f"{openssl}; gnetserver from {package}", file=sys.stderr, flush=True)
     module.Echo(port="127.0.0.1:0/ssl", SSL_cert_file=cert, SSL_key_file=key,
                 max_servers=4096).serve_forever()
 
@@ -143,16 +160,17 @@ class ServerProcess:
     """One server subprocess (``echo_tls.py --serve KIND``), optionally pinned to ``cpu``."""
 
     def __init__(self, kind: str, cert: str, key: str, cpu: int,
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), tree: Path = REPO) -> None:
         self.kind = kind
+        self.tree = tree.resolve()
         self.address: tuple[str, int] | None = None
         self.version = "?"
         self.lines: list[str] = []
         self._ready = threading.Event()
-        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+        path = os.pathsep.join(p for p in (str(self.tree), os.environ.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(
             [sys.executable, str(BENCH / "echo_tls.py"), "--serve", kind, "--cert", cert,
-             "--key", key, "--cpu", str(cpu), *extra],
+             "--key", key, "--cpu", str(cpu), "--tree", str(self.tree), *extra],
             env=dict(os.environ, PYTHONPATH=path), stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
