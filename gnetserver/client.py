@@ -117,7 +117,7 @@ class Client:
             raise RuntimeError(f"{self!r}: a stream is attached already, or the client is "
                                "closed")
         self._stream = stream
-        self._io = stream
+        self._io = stream.io  # the socket or TLS connection itself: no wrapper per call
 
     @property
     def stream(self) -> Stream | None:
