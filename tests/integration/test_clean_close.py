@@ -1,5 +1,5 @@
 """Acceptance point 11: the server closes like a good TLS citizen, and stop(timeout) drains then
-cuts (pitfalls C.7, D.11).
+cuts.
 
 * A response written just before the close reaches a client that still had request data in
   flight (closing a socket with unread input makes the kernel send RST, which would destroy the

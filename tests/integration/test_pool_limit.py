@@ -1,6 +1,6 @@
 """Acceptance point 9: ``max_servers`` bounds the established sessions across all ports, and a
 connection beyond it waits (it is not refused) until a slot frees. Also gevent's pool-full
-behaviour (pitfalls D.8): once the pool of greenlets is full the server stops accepting, new
+behaviour: once the pool of greenlets is full the server stops accepting, new
 connections wait in the kernel backlog, and accepting resumes as soon as a greenlet ends.
 
 Concurrency is observed exactly: each session announces ``in N`` (N = sessions active in the
