@@ -30,6 +30,10 @@ setup(
             "ruff>=0.6",
             "locust>=2.20",
             "docutils>=0.18",
+            # the gates of .ci/run: types, import layers
+            "mypy>=2.4",
+            "types-gevent>=26.9",
+            "import-linter>=2.17",
         ],
         "bench": ["psutil>=5.9"],
     },

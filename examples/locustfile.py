@@ -14,7 +14,8 @@ timed on its own through ``events.request.fire``: ``connect`` (TCP connect + TLS
 ``echo`` (one line out, the same line back) and ``close``.
 
 The client is the stdlib ``ssl`` module, which locust's gevent monkey-patching makes
-cooperative (pyOpenSSL would block the whole worker; pitfalls.md F.14). The certificate is not
+cooperative (pyOpenSSL, which no monkey patch makes cooperative, would block the whole
+worker). The certificate is not
 verified unless ``LOCUST_TLS_CAFILE`` names a CA file (then the host name is checked against
 ``LOCUST_TLS_SERVER_NAME``, default the host of ``--host``). ``--host`` is ``host:port``,
 ``[v6addr]:port`` or ``tls://host:port``.

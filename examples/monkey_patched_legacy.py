@@ -19,7 +19,9 @@ in about one ``legacy_delay``, not one after the other::
 "threads" that each connect over TLS, send one line and read the answer.)
 
 The patch must be the first statement of the program, before anything imports ``ssl``,
-``socket`` users or ``OpenSSL`` (pitfalls.md E.13). gnetserver never patches by itself; its own
+``socket`` users or ``OpenSSL`` (imported earlier, ``ssl`` stays unpatched: gevent warns with
+a ``MonkeyPatchWarning`` and ``SSLContext`` options fail with a ``RecursionError``).
+gnetserver never patches by itself; its own
 command offers the same with ``gnetserver --monkey-patch --server yourmodule:YourServer``.
 """
 

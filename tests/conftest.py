@@ -9,6 +9,7 @@ conftest.py module ``conftest``, so such an import finds whichever was loaded la
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -28,6 +29,7 @@ if _TESTS not in sys.path:  # ``import support`` must work whatever pytest's imp
 
 from support.conformance import StartServer, make_starter  # noqa: E402
 from support.handshake import Pems, write_pems  # noqa: E402
+from support.leftovers import socket_descriptors, started, wait_for_no_leftovers  # noqa: E402
 from support.net import (  # noqa: E402,F401  (re-exported for older imports from conftest)
     HOSTS,
     IPV6,
@@ -43,6 +45,48 @@ from support.tls import trusting, write_leaf  # noqa: E402
 
 from gnetserver import GServer  # noqa: E402
 from gnetserver.testing import ServerThread  # noqa: E402
+
+# -- every server a test built is gone after it -------------------------------------------------
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Iterator[pytest.TestReport]:
+    """Keep each phase's report on the item (``item.rep_call``) for the fixtures below."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture(autouse=True)
+def no_server_leftovers(request: pytest.FixtureRequest,
+                        monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """After a test that started servers (in this process), fail unless each is fully gone:
+    listeners closed, socket descriptors back to those before the test, no live greenlet of it
+    (support.leftovers). Servers built before the test (module-scoped fixtures) are not
+    watched; their descriptors are in the "before" set. Skipped when the test itself failed:
+    its traceback keeps its sockets alive."""
+    built: list[GServer] = []
+    original = GServer.__init__
+
+    @functools.wraps(original)
+    def recording_init(self: GServer, *args: Any, **kwargs: Any) -> None:
+        if not any(server is self for server in built):  # subclasses call it through super()
+            built.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GServer, "__init__", recording_init)
+    sockets_before = socket_descriptors()
+    yield
+    servers = [server for server in built if started(server)]
+    call = getattr(request.node, "rep_call", None)
+    if not servers or call is None or not call.passed:
+        return
+    found = wait_for_no_leftovers(servers, sockets_before)
+    if found:
+        pytest.fail("the test left server resources behind:\n  " + "\n  ".join(found),
+                    pytrace=False)
+
 
 # -- certificates ----------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ The same server as proto ``ssl``, with a second TLS backend: the context comes f
 :class:`~gnetserver.tls.TLSContexts` (so ``reload_tls`` rebuilds ssl and ssleay contexts
 together, all or none, and the HUP preflight checks both), each accepted
 socket is wrapped with ``do_handshake_on_connect=False`` and the handshake runs explicitly in
-the connection's own greenlet under ``timeout_handshake`` (pitfalls.md D.12: gevent's implicit
+the connection's own greenlet under ``timeout_handshake`` (gevent's implicit
 handshake on wrap has no deadline, so a silent client would hold its greenlet forever).
 
 Rules of this module:

@@ -1,6 +1,7 @@
 """Cooperative server-side TLS: pyOpenSSL driven over a gevent socket.
 
-pyOpenSSL is not cooperative, and monkey patching does not change that (pitfalls.md A.1): on a
+pyOpenSSL is not cooperative, and monkey patching does not change that (it patches the stdlib
+``ssl``, never pyOpenSSL): on a
 non-blocking fd every call may raise ``WantReadError`` or ``WantWriteError``. A
 :class:`TLSConnection` turns those into gevent waits, so a slow peer only parks its own greenlet.
 
@@ -9,14 +10,15 @@ Rules of this module:
 * **One wait loop** (``TLSConnection._run``) drives every OpenSSL call: ``do_handshake``,
   ``recv``, ``recv_into``, ``send`` and ``shutdown``. ``WantReadError`` waits for readable and
   ``WantWriteError`` for writable in *every* operation, because a read can need a write and a
-  write a read (TLS 1.3 KeyUpdate, post-handshake messages; pitfalls.md A.2). The loop is a
+  write a read (renegotiation, TLS 1.3 KeyUpdate, post-handshake messages). The loop is a
   ``while True`` (never recursion) and every wait is bounded by the operation's deadline.
 * **Two io watchers per connection**, created once and reused by every wait (creating one per
   wait, as ``gevent.socket.wait_read`` does, costs an allocation and a start/stop each time).
 * **Partial writes:** ``send`` may write less than it is given (pyOpenSSL sets
   ``SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER``). ``sendall`` loops
   over ``send(view[:16384])`` and advances by the count returned; a retry after a Want* uses the
-  same bytes. pyOpenSSL's own ``Connection.sendall`` is never called (pitfalls.md B.4).
+  same bytes. pyOpenSSL's own ``Connection.sendall`` is never called: on WANT_WRITE it loses
+  count of what it sent, and a retry with other bytes fails with ``bad write retry``.
 * **Callers never see an OpenSSL exception.** The mapping at the boundary:
 
   ======================================  ==================================================
@@ -300,8 +302,9 @@ class TLSConnection:
 
         Does nothing before a completed handshake, after a fatal error, after ``close()`` or
         on a second call. The peer's close_notify is not awaited: a one-way shutdown is
-        enough for a server (pitfalls.md C.6). Lingering close (``SHUT_WR`` plus a short
-        drain before ``close()``, pitfalls.md C.7) is the caller's job.
+        enough for a server (the peer may well be gone). Lingering close (``SHUT_WR`` plus a
+        short drain before ``close()``, so that unread input does not turn the close into a
+        reset that destroys the end of the response) is the caller's job.
         """
         if self._shutdown_sent or self._broken or self._closed or not self._handshake_done:
             return

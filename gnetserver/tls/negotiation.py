@@ -5,7 +5,8 @@ Rules of this module:
 * ``SSL_version`` follows IO::Socket::SSL: ``SSLv23:!TLSv1:!TLSv1_1`` is "negotiate, minus the
   excluded versions", ``TLSv1_2`` alone pins one version. An explicit ``SSLv23`` therefore enables
   TLS 1.0 and 1.1 as in Perl, but OpenSSL 3's default security level 1 still refuses them in
-  practice (pitfalls.md G.16); enabling them really needs ``@SECLEVEL=0`` in ``SSL_cipher_list``.
+  practice (it also rejects TLS 1.2 hellos without signature_algorithms); enabling them
+  really needs ``@SECLEVEL=0`` in ``SSL_cipher_list``.
 * Defaults are the secure ones of design.md section 4: TLS 1.2 minimum, forward-secret AEAD
   suites (:data:`DEFAULT_CIPHER_LIST`) in the server's order; OpenSSL's TLS 1.3 suites and
   groups. DHE needs ``SSL_dh_file`` (OpenSSL's automatic DH is not reachable from pyOpenSSL), so

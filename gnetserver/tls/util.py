@@ -111,7 +111,8 @@ def tls_library_versions() -> str:
     """``"pyOpenSSL 26.4.0 over OpenSSL 4.0.3 ... (bundled with cryptography 50.0.2)"``.
 
     pyOpenSSL uses the OpenSSL that the cryptography wheel bundles, not the system's, and TLS
-    behaviour differs between OpenSSL versions (pitfalls.md G.15): the server logs this at start.
+    behaviour differs between OpenSSL versions (so do conformance verdicts): the server logs
+    this at start.
     """
     import cryptography
     import OpenSSL

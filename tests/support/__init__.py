@@ -12,4 +12,6 @@ tests/conftest.py puts tests/ on ``sys.path``, so every test module imports thes
 - :mod:`support.sigserver`: the server the signal tests run as a subprocess, and its clients.
 - :mod:`support.handshake`: one real handshake against a bare ``build_context`` context.
 - :mod:`support.runthread`: ``server.run()`` for real, in a thread with its own hub.
+- :mod:`support.leftovers`: what a server left behind after a test (the autouse fixture
+  ``no_server_leftovers`` in conftest.py).
 """
