@@ -28,6 +28,8 @@ from typing import Any
 
 import gevent
 
+from gnetserver.lifecycle import State
+
 #: How long leftovers get to go away once the test is over (closing runs in server threads).
 SETTLE_SECONDS = 3.0
 
@@ -46,9 +48,9 @@ def socket_descriptors() -> dict[int, str]:
 
 
 def started(server: Any) -> bool:
-    """True once the server got as far as configuring (it has a conf) or binding."""
+    """True once the server was started (its lifecycle left IDLE), or bound a port."""
     try:
-        return bool(server.listeners) or bool(server.conf)
+        return bool(server.listeners) or server.lifecycle.state is not State.IDLE
     except Exception:  # an object half built by a failing constructor
         return False
 
@@ -58,7 +60,7 @@ def open_listeners(server: Any) -> list[str]:
 
 
 def _owners(server: Any) -> list[Any]:
-    personality = getattr(server, "personality", None)
+    personality = server.personality
     return [server] if personality is None else [server, personality]
 
 
@@ -115,12 +117,11 @@ def all_live_greenlets() -> list[gevent.Greenlet]:
 
 
 def live_greenlets(server: Any, candidates: list[gevent.Greenlet]) -> list[gevent.Greenlet]:
-    """The greenlets among ``candidates`` (and in the personality's list) of ``server``."""
+    """The greenlets among ``candidates`` (and the personality's own list) of ``server``."""
     owners = _owners(server)
     found: dict[int, gevent.Greenlet] = {}
-    listing = getattr(owners[-1], "greenlets", None) if len(owners) > 1 else None
-    if callable(listing):  # the personality's own list (ARCH.md), when there is one
-        found.update((id(g), g) for g in listing() if not g.dead)
+    if server.personality is not None:  # the personality's own list
+        found.update((id(g), g) for g in server.personality.greenlets() if not g.dead)
     found.update((id(g), g) for g in candidates if _belongs(g, owners))
     return list(found.values())
 
