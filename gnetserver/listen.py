@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import restart
+from .conf import Conf
 from .errors import ConfigError
 from .listener import Listener
 from .options import DEFAULT_PORT
@@ -34,11 +35,11 @@ SPEC_KEYS = frozenset({"port", "host", "proto", "ipv", "listen", "unix_type"})
 Log = Callable[[int, str], None]
 
 
-def plan_ports(conf: Mapping[str, Any]) -> tuple[list[PortSpec], list[PortSpec]]:
+def plan_ports(conf: Conf) -> tuple[list[PortSpec], list[PortSpec]]:
     """The port specs of ``conf`` (``port`` or the default port, with ``host``, ``proto``,
     ``ipv``), and the duplicates left out; ConfigError for a port that cannot be served."""
-    ports = conf["port"] or [DEFAULT_PORT]
-    specs = parse_ports(ports, host=conf["host"], proto=conf["proto"], ipv=conf["ipv"],
+    ports = conf.port or [DEFAULT_PORT]
+    specs = parse_ports(ports, host=conf.host, proto=conf.proto, ipv=conf.ipv,
                         keep_duplicates=True)
     kept, dropped = split_duplicates(specs)
     for spec in kept:

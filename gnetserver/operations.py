@@ -25,12 +25,13 @@ import atexit
 import os
 import resource
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import gevent
 
 from . import daemon, log, privileges, restart, signals
+from .conf import Conf
 from .errors import ConfigError
 
 
@@ -59,12 +60,12 @@ class ServerLog:
         """The resolved ``log_function`` (None without one)."""
         return self._function
 
-    def open(self, conf: Mapping[str, Any], owner: object) -> None:
+    def open(self, conf: Conf, owner: object) -> None:
         """Open the target ``log_file`` names (a path, ``Sys::Syslog``, or stderr when unset)
         and resolve ``log_function`` (a callable, or the name of a method of ``owner``);
         targets opened before are closed. ConfigError for a file that cannot be opened, an
         unreachable syslog (unless ``nofatal``) or an unknown method name."""
-        function = log.resolve_log_function(conf.get("log_function"), owner)
+        function = log.resolve_log_function(conf.log_function, owner)
         targets = log.LogTargets.from_conf(conf)
         self.close()
         self._targets, self._function = targets, function
@@ -139,7 +140,7 @@ class ProcessControl:
         """The pid file written by :meth:`daemonize` (None without ``pid_file``)."""
         return self._pid_file
 
-    def daemonize(self, conf: Mapping[str, Any], logs: ServerLog, redirect: bool | None,
+    def daemonize(self, conf: Conf, logs: ServerLog, redirect: bool | None,
                   say: Callable[[int, str], None]) -> None:
         """Net::Server's order: check ``pid_file`` (ConfigError while a live process owns
         it; a stale one is overwritten with a warning), point stdin/stdout at /dev/null
@@ -147,23 +148,23 @@ class ProcessControl:
         not after a HUP re-exec), setsid, point stderr at the log file (or /dev/null under
         ``setsid``), write the pid file. ``redirect`` None: only in the main thread."""
         main = signals.in_main_thread()
-        if (conf["background"] or conf["setsid"]) and not main:
+        if (conf.background or conf.setsid) and not main:
             raise ConfigError("options 'background'/'setsid': the server must run in the "
                               "main thread to fork into the background")
-        pid_file = daemon.PidFile.from_option(conf["pid_file"]) if conf["pid_file"] else None
+        pid_file = daemon.PidFile.from_option(conf.pid_file) if conf.pid_file else None
         if pid_file is not None and (warning := pid_file.check()):
             say(1, warning)
         redirect = main if redirect is None else redirect
-        if redirect and (conf["setsid"] or conf["log_file"]):
+        if redirect and (conf.setsid or conf.log_file):
             daemon.stdin_stdout_to_devnull()
-        if (conf["background"] or conf["setsid"]) and not restart.reexecuted():
-            daemon.background(conf["setsid"])  # the parent exits 0 in there
+        if (conf.background or conf.setsid) and not restart.reexecuted():
+            daemon.background(conf.setsid)  # the parent exits 0 in there
             say(2, "Process Backgrounded")
         targets = logs.targets
         if redirect and targets is not None and targets.fileno() is not None \
                 and logs.function is None:
             targets.point_stderr()  # tracebacks and warnings land in the log too
-        elif redirect and conf["setsid"]:
+        elif redirect and conf.setsid:
             daemon.stderr_to(1)
         if pid_file is not None:
             pid_file.write()
@@ -183,13 +184,13 @@ class ProcessControl:
         """A HUP re-exec keeps pid and file: the exit handler must leave the file."""
         self._pid_file = None
 
-    def drop_privileges(self, conf: Mapping[str, Any], unix_paths: list[str], logs: ServerLog,
+    def drop_privileges(self, conf: Conf, unix_paths: list[str], logs: ServerLog,
                         say: Callable[[int, str], None]) -> None:
         """Net::Server's order: hand the files the server keeps writing (log file, pid file,
         unix socket files) to ``user``/``group``, ``chroot``, then setgid and setuid. Unknown
         names, a missing chroot, a failed chown and a failed switch while root are
         ConfigErrors; a failed switch when not root is said (level 1)."""
-        identity = privileges.resolve(conf["user"], conf["group"])
+        identity = privileges.resolve(conf.user, conf.group)
         if identity is None and os.geteuid() == 0:
             say(2, "Running as root: set 'user' (and 'group') to drop privileges")
         files = list(unix_paths)
@@ -198,23 +199,23 @@ class ProcessControl:
         targets = logs.targets
         if targets is not None and targets.path:
             files.append(targets.path)
-        privileges.drop(identity, conf["chroot"], files, say)
-        if conf["chroot"]:  # the files the server still opens by name, seen from the new root
+        privileges.drop(identity, conf.chroot, files, say)
+        if conf.chroot:  # the files the server still opens by name, seen from the new root
             if self._pid_file is not None:
-                self._pid_file.path = privileges.rebase(self._pid_file.path, conf["chroot"])
+                self._pid_file.path = privileges.rebase(self._pid_file.path, conf.chroot)
             if targets is not None:
-                targets.rebase(privileges.rebase, conf["chroot"])
+                targets.rebase(privileges.rebase, conf.chroot)
 
 
-def check_process_options(conf: Mapping[str, Any], owner: object) -> None:
+def check_process_options(conf: Conf, owner: object) -> None:
     """For the HUP preflight: what post_configure and post_bind would refuse that can be
     checked without acting: ``user``/``group`` names, ``log_function`` naming no method of
     ``owner``, a ``log_file`` path that cannot be written (looked up, not opened). ConfigError
     as the start would raise it."""
-    privileges.resolve(conf.get("user"), conf.get("group"))
-    log.resolve_log_function(conf.get("log_function"), owner)
-    target = conf.get("log_file")
-    if not target or target == "Sys::Syslog" or conf.get("chroot"):
+    privileges.resolve(conf.user, conf.group)
+    log.resolve_log_function(conf.log_function, owner)
+    target = conf.log_file
+    if not target or target == "Sys::Syslog" or conf.chroot:
         return
     path = os.path.abspath(target)
     probe = path if os.path.exists(path) else os.path.dirname(path)

@@ -103,7 +103,6 @@ class GServer:
         self.commandline: list[str] | None = None if commandline is None else list(commandline)
         self.run_args: dict[str, Any] = {}
         self.conf: Conf = Conf()  # the table's defaults until configure
-        self.conf_sources: Mapping[str, str] = {}  # option name -> the source that set it
         self.argv_unused: list[str] = []
         self.port_specs: list[PortSpec] = []
         self.listeners: list[Listener] = []
@@ -204,23 +203,22 @@ class GServer:
     def configure(self) -> None:
         """Framework step (first in run(), after configure_hook): plan the configuration from
         the server's sources (:meth:`plan_options`) and set ``self.conf`` (the frozen
-        :class:`~gnetserver.conf.Conf`), ``self.conf_sources`` (the source of every option one
-        set) and ``self.argv_unused`` (command-line words no option took). Raises ConfigError
+        :class:`~gnetserver.conf.Conf`; ``conf.sources``: the source of every option one set)
+        and ``self.argv_unused`` (command-line words no option took). Raises ConfigError
         naming a bad option."""
-        self.conf, self.argv_unused = self._plan()
-        self.conf_sources = self.conf.sources
+        self.conf, self.argv_unused = self.plan_options()
 
-    def plan_options(self) -> tuple[Conf, Mapping[str, str]]:
+    @property
+    def conf_sources(self) -> Mapping[str, str]:
+        """Where each option some source set came from (``self.conf.sources``)."""
+        return self.conf.sources
+
+    def plan_options(self) -> tuple[Conf, list[str]]:
         """The options from every source (constructor, command line, ``run()``, conf file,
         ``default_values()``, the IPV variable), planned by the one pure function
         :func:`gnetserver.conf.plan_conf` that ``configure``, ``gnetserver --help`` and the
-        HUP preflight share; returns the configuration and, per option a source set, that
-        source. Changes nothing."""
-        conf, _ = self._plan()
-        return conf, conf.sources
-
-    def _plan(self) -> tuple[Conf, list[str]]:
-        """:func:`~gnetserver.conf.plan_conf` over this server's sources."""
+        HUP preflight share; returns the configuration and the command-line words no option
+        took. Changes nothing."""
         return plan_conf(table(self.options()), constructor=self.new_args,
                          commandline=self.commandline or [], run_args=self.run_args,
                          default_values=self.default_values(), environ=os.environ)
@@ -247,7 +245,7 @@ class GServer:
         """Apply what the options ask for before binding: raise the open-file limit so the
         pools fit, open the log targets, then report (there) the command-line words and the
         Net::Server options that have no effect, then background and write the pid file."""
-        needed = 2 * (self.conf["max_servers"] + self.conf["max_handshakes"]) + 64
+        needed = 2 * (self.conf.max_servers + self.conf.max_handshakes) + 64
         raise_open_file_limit(needed)
         self.initialize_logging()  # log_file, syslog, log_function
         if self.argv_unused:
@@ -279,7 +277,7 @@ class GServer:
         """Whether :meth:`log` would pass a message of ``level`` on (``log_level`` allows it).
         Cheap: ask it before building a message that costs something (a traceback, an
         f-string per connection). Any greenlet may call it; it touches nothing."""
-        return log.should_log(level, self.conf.get("log_level", 2))
+        return log.should_log(level, self.conf.log_level)
 
     def write_to_log_hook(self, level: int, message: str) -> None:
         """Hook: the default log sink, called by log() for every message that passes
@@ -342,7 +340,7 @@ class GServer:
         ``self.port_specs`` (duplicates are logged and skipped); refuse server-wide SSL_*
         options a user gave when no port is TLS."""
         self.log(2, f"{type(self).__name__} starting! pid({os.getpid()})")
-        if not self.conf["port"]:
+        if not self.conf.port:
             self.log(2, f"Port Not Defined.  Defaulting to '{DEFAULT_PORT}'")
         self.port_specs, dropped = listen.plan_ports(self.conf)
         for spec in dropped:
@@ -354,7 +352,7 @@ class GServer:
         TLS, refuse the server-wide SSL_* options that a user gave; ConfigError naming them
         and where they came from. Values from default_values() and SSL_* methods/attributes
         are the program's own and are left alone."""
-        tls_setup.check_ssl_options_used(self.port_specs, self.conf, self.conf_sources)
+        tls_setup.check_ssl_options_used(self.port_specs, self.conf, self.conf.sources)
 
     def bind(self) -> None:
         """Framework step: build every protocol (TLS contexts: fail before binding anything),
@@ -367,7 +365,7 @@ class GServer:
         libraries = (protocol.tls_library() for protocol in protocols)
         for library in dict.fromkeys(text for text in libraries if text):  # once each, in order
             self.log(2, f"TLS by {library}")
-        self.listeners = listen.bind_listeners(protocols, self.conf["listen"], self.log,
+        self.listeners = listen.bind_listeners(protocols, self.conf.listen, self.log,
                                                self.restart_open_hook)
         for listener in self.listeners:
             self.log(2, f"Binding to {listener}")
@@ -436,7 +434,7 @@ class GServer:
         has, Net::Server's MultiType order; default ``Single``), sized by ``max_servers``
         and ``max_handshakes``."""
         name = personality_name(self.conf.get("server_type") or [])
-        return PERSONALITIES[name](self.conf["max_servers"], self.conf["max_handshakes"])
+        return PERSONALITIES[name](self.conf.max_servers, self.conf.max_handshakes)
 
     def start_accepting(self) -> Personality:
         """Framework step: compile the access rules, make the personality and let it accept
@@ -549,9 +547,9 @@ class GServer:
         not run: they may have effects), the fork, the pid file, a syslog that cannot be
         reached, chown/chroot/setuid. Nothing is bound, forked, written or opened for writing,
         no signal is touched, and nothing is logged (the new image logs it all again)."""
-        conf, sources = self.plan_options()
+        conf, _ = self.plan_options()
         specs, _ = listen.plan_ports(conf)
-        tls_setup.check_ssl_options_used(specs, conf, sources)
+        tls_setup.check_ssl_options_used(specs, conf, conf.sources)
         contexts = TLSContexts(_discard)
         for spec in specs:
             self.make_protocol(spec, conf, contexts)
@@ -669,8 +667,8 @@ class GServer:
         the handshake, bounded by ``timeout_handshake``). Raising drops the connection."""
         self.requests += 1
         protocol = client.listener.protocol
-        client.attach(protocol.post_accept(client.sock, self.conf["timeout_handshake"]))
-        client.settimeout(self.conf["timeout_idle"] or None)
+        client.attach(protocol.post_accept(client.sock, self.conf.timeout_handshake))
+        client.settimeout(self.conf.timeout_idle or None)
 
     def get_client_info(self, client: Client) -> None:
         """Framework step: fill ``peeraddr``/``peerport``/``sockaddr``/``sockport``; with
@@ -802,7 +800,7 @@ class GServer:
         """Framework step of server_close: let the running connections finish until the
         drain's deadline (the shortest ``stop(timeout)``, else ``graceful_timeout``), then cut
         those left. Signals received meanwhile are dispatched (TERM and INT end it)."""
-        graceful = self.conf.get("graceful_timeout", 0)
+        graceful = self.conf.graceful_timeout
         running = self.personality.active_connections() if self.personality else 0
         timeout = self.lifecycle.drain_timeout(graceful)
         if timeout > 0 and running:

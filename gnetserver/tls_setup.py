@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from .conf import DEFAULT_VALUES
+from .conf import DEFAULT_VALUES, Conf
 from .errors import ConfigError
 from .listen import is_tls
 from .ports import PortSpec
@@ -32,7 +32,7 @@ from .tls import TLSContexts
 Log = Callable[[int, str], None]
 
 
-def resolve_ssl_options(spec: PortSpec, conf: Mapping[str, Any], provider: object,
+def resolve_ssl_options(spec: PortSpec, conf: Conf, provider: object,
                         self_signed: Callable[[], tuple[Any, Any]]) -> dict[str, Any]:
     """The SSL_* options of one port: the per-port dict, else the server-wide option, else a
     method (called with host, port, proto) or attribute of that name on ``provider`` (the
@@ -54,7 +54,7 @@ def resolve_ssl_options(spec: PortSpec, conf: Mapping[str, Any], provider: objec
                 value = _method_value(name, value, spec)
         if value is not None:
             resolved[name] = value
-    if not ({"SSL_cert_file", "SSL_cert"} & resolved.keys()) and conf["self_signed"]:
+    if not ({"SSL_cert_file", "SSL_cert"} & resolved.keys()) and conf.self_signed:
         resolved["SSL_cert"], resolved["SSL_key"] = self_signed()
     return resolved
 
