@@ -25,25 +25,14 @@ Rules of this module:
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from .proto.stream import Stream, TLSFacts, linger_close
+from .proto.stream import Stream, StreamIO, TLSFacts, linger_close
 
 if TYPE_CHECKING:
     from cryptography import x509
 
 __all__ = ["Client", "Stream", "TLSFacts"]
-
-
-class _IO(Protocol):
-    """What the client's reads and writes go through: the attached stream, or before that
-    the accepted socket."""
-
-    def recv(self, bufsize: int, /) -> bytes: ...
-    def recv_into(self, buffer: Any, nbytes: int = 0, /) -> int: ...
-    def send(self, data: bytes, /) -> int: ...
-    def sendall(self, data: bytes, /) -> None: ...
-    def settimeout(self, timeout: float | None, /) -> None: ...
 
 
 class Client:
@@ -88,7 +77,7 @@ class Client:
         self.listener = listener
         self._accepted = sock
         self._stream: Stream | None = None
-        self._io: _IO = sock  # reads and writes: the accepted socket until a stream is attached
+        self._io: StreamIO = sock  # the accepted socket until a stream is attached
         self.proto: str = listener.spec.proto
         self.address = address
         self.peeraddr: str | None = None
@@ -297,7 +286,7 @@ class Client:
             self.closed = True
             if self._stream is not None:
                 self._stream.close()
-            else:
+            elif self._accepted.fileno() != -1:  # a failed post_accept closed it already
                 linger_close(self._accepted)
 
     def abort(self) -> None:

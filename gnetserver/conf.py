@@ -261,7 +261,7 @@ def plan_conf(known: Mapping[str, Option], *, constructor: Mapping[str, Any],
     the ``gnetserver`` command (``strict=True``, before it builds the server).
 
     Args:
-        known: the option table, by name (``OptionSourcesMixin.option_table``).
+        known: the option table, by name (``GServer.option_table``).
         constructor: the constructor's keyword arguments.
         commandline: the command-line words (after the program name).
         run_args: the keyword arguments of ``run()``.

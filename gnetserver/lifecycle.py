@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import gevent
@@ -119,7 +120,7 @@ class Lifecycle:
         return self._restart
 
     @property
-    def looping(self) -> bool:
+    def in_loop(self) -> bool:
         """True while the server's loop runs (``run()``; not with ``start()``)."""
         return self._looper is not None
 
@@ -129,8 +130,9 @@ class Lifecycle:
         return self._signals is not None and self._signals.installed
 
     def bound(self) -> None:
-        """The start-up bound every port (IDLE -> BOUND)."""
-        self._state = State.BOUND
+        """The start-up bound every port (IDLE -> BOUND; a server already closing stays so)."""
+        if self._state is State.IDLE:
+            self._state = State.BOUND
 
     def serving(self, connections: Connections) -> None:
         """Accepting started; ``connections`` tells about the running ones (-> SERVING)."""
@@ -213,19 +215,25 @@ class Lifecycle:
         if self._signals is not None:
             self._signals.uninstall()
 
-    def wait_for_stop(self, dispatch: Dispatch) -> None:
-        """The loop of a one-hub server: wait until a stop is asked for, handing queued signals
-        to ``dispatch`` meanwhile, in this greenlet."""
-        queue = self._signals
+    @contextmanager
+    def looping(self) -> Iterator[None]:
+        """Around the server's loop (whatever the personality does in it): the close knows a
+        loop runs (``stop()`` then lets it end and ``run()`` close) and never waits for it."""
         self._looper = gevent.getcurrent()
         try:
-            wake: list[Any] = [self._stop] + ([queue.event] if queue is not None else [])
-            while not self._stop.is_set():
-                gevent.wait(wake, count=1)
-                if queue is not None:
-                    dispatch(queue.pop_all())
+            yield
         finally:
             self._looper = None
+
+    def wait_for_stop(self, dispatch: Dispatch) -> None:
+        """Wait until a stop is asked for, handing queued signals to ``dispatch`` meanwhile,
+        in this greenlet (the loop of a one-hub personality)."""
+        queue = self._signals
+        wake: list[Any] = [self._stop] + ([queue.event] if queue is not None else [])
+        while not self._stop.is_set():
+            gevent.wait(wake, count=1)
+            if queue is not None:
+                dispatch(queue.pop_all())
 
     # -- the one close -----------------------------------------------------------------------
 
@@ -241,30 +249,28 @@ class Lifecycle:
             return False
         if self.in_connection():
             self._stop.set()
-            if not self.looping:
+            if not self.in_loop:
                 gevent.spawn(close)
             return False
         self._claimed, self._closer = True, gevent.getcurrent()
         self._state = State.RESTARTING if self._restart else State.DRAINING
         return True
 
-    def drain(self, graceful_timeout: float, dispatch: Dispatch) -> None:
+    def drain(self, graceful_timeout: float, dispatch: Dispatch,
+              log: Callable[[int, str], None]) -> None:
         """Let the running connections finish until the drain's deadline (the shortest
         ``stop(timeout)``, else ``graceful_timeout``, from now), then cut those left. Signals
-        that come meanwhile go to ``dispatch``."""
+        that come meanwhile go to ``dispatch``; the wait is announced through ``log``."""
         connections = self._connections
         if connections is None:
             return  # never accepted
-        timeout = self.drain_timeout(graceful_timeout)
+        timeout = graceful_timeout if self._stop_timeout is None else self._stop_timeout
         self._drain_deadline = time.monotonic() + timeout
-        if timeout > 0 and connections.active_connections():
+        running = connections.active_connections()
+        if timeout > 0 and running:
+            log(2, f"Waiting up to {timeout:g}s for {running} connection(s) to finish")
             self._wait_for_connections(connections, dispatch)
         connections.kill_connections()
-
-    def drain_timeout(self, graceful_timeout: float) -> float:
-        """The seconds the drain will give connections (the shortest stop(timeout) asked for,
-        else ``graceful_timeout``)."""
-        return graceful_timeout if self._stop_timeout is None else self._stop_timeout
 
     def _wait_for_connections(self, connections: Connections, dispatch: Dispatch) -> None:
         """Wait until no connection runs or the deadline has passed; a later

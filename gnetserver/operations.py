@@ -25,7 +25,8 @@ import atexit
 import os
 import resource
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import gevent
@@ -45,6 +46,7 @@ class ServerLog:
 
     def __init__(self, sink: Callable[[int, str], None]) -> None:
         self._sink = sink
+        self._muted = False  # the HUP dry run: its start-up says nothing
         self._targets: log.LogTargets | None = None
         self._function: Callable[[int, str], Any] | None = None
         self._inside: set[Any] = set()  # greenlets inside a sink: never recurse into it
@@ -54,6 +56,20 @@ class ServerLog:
     def targets(self) -> log.LogTargets | None:
         """The open targets (None before :meth:`open`: the ``gnetserver`` logger)."""
         return self._targets
+
+    @property
+    def is_muted(self) -> bool:
+        """True inside :meth:`muted`: nothing is written."""
+        return self._muted
+
+    @contextmanager
+    def muted(self) -> Iterator[None]:
+        """Say nothing meanwhile (the HUP dry run: the new image logs it all again)."""
+        before, self._muted = self._muted, True
+        try:
+            yield
+        finally:
+            self._muted = before
 
     @property
     def function(self) -> Callable[[int, str], Any] | None:
@@ -130,9 +146,15 @@ class ServerLog:
 
 class ProcessControl:
     """The server as a process: background, standard streams, pid file, privileges (see the
-    module rules). Holds the pid file it wrote."""
+    module rules). Holds the pid file it wrote.
 
-    def __init__(self) -> None:
+    Args:
+        keep_pid_file: asked when the pid file would be removed (at close and at exit): True
+            keeps it (the server's ``keep_pid_file``, set for a HUP re-exec).
+    """
+
+    def __init__(self, keep_pid_file: Callable[[], bool]) -> None:
+        self._keep = keep_pid_file
         self._pid_file: daemon.PidFile | None = None
 
     @property
@@ -172,17 +194,13 @@ class ProcessControl:
             atexit.register(_remove_pid_file_at_exit, weakref.ref(self))
 
     def remove_pid_file(self, say: Callable[[int, str], None]) -> None:
-        """Remove the pid file this process wrote (a file that no longer holds our pid is
-        left alone). Never raises (problems are said)."""
-        if self._pid_file is None:
+        """Remove the pid file this process wrote, unless it is to be kept (a file that no
+        longer holds our pid is left alone). Never raises (problems are said)."""
+        if self._pid_file is None or self._keep():
             return
         problem = self._pid_file.remove()
         if problem:
             say(1, problem)
-
-    def keep_pid_file_at_exit(self) -> None:
-        """A HUP re-exec keeps pid and file: the exit handler must leave the file."""
-        self._pid_file = None
 
     def drop_privileges(self, conf: Conf, unix_paths: list[str], logs: ServerLog,
                         say: Callable[[int, str], None]) -> None:
@@ -237,5 +255,5 @@ def _remove_pid_file_at_exit(ref: weakref.ref[ProcessControl]) -> None:
     """atexit: remove the pid file of a server that exited without server_close (a failed
     start, an exception); a HUP re-exec never gets here (exec runs no atexit handlers)."""
     process = ref()
-    if process is not None and process.pid_file is not None:
-        process.pid_file.remove()
+    if process is not None:
+        process.remove_pid_file(lambda level, message: None)

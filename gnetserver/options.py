@@ -308,7 +308,7 @@ _SSL: Sequence[Option] = tuple(
 
 #: Section of the options Net::Server conf files carry for other personalities or protocols:
 #: accepted from every source so such files work unchanged, without effect, and named in one
-#: level-1 log line at start (OptionSourcesMixin.warn_inert_options). Subclasses may add theirs.
+#: level-1 log line at start (GServer.warn_inert_options). Subclasses may add theirs.
 NETSERVER_COMPAT = "Net::Server compatibility"
 
 _ONE_PROCESS = ("gnetserver serves every connection in a greenlet of one process: there are no "

@@ -113,7 +113,7 @@ class GServer:
         # Collaborators call back through lambdas: a hook replaced on the instance counts.
         self.access = AccessPolicy(lambda level, message: self.log(level, message))
         self.logs = ServerLog(lambda level, message: self.write_to_log_hook(level, message))
-        self.process = ProcessControl()
+        self.process = ProcessControl(lambda: self.keep_pid_file)
         self._self_signed = tls_setup.SelfSigned()
 
     # == entry points ===========================================================================
@@ -151,17 +151,23 @@ class GServer:
     def _start_up(self) -> None:
         """Everything before the loop; on failure, whatever was bound is released and a pid
         file this process wrote is removed."""
+        steps = (
+            self.configure_hook,  # user: set up state before parsing
+            self.configure,  # options from every source, with Net::Server's precedence
+            self.post_configure,  # open-file limit, logging, background, pid file
+            self.post_configure_hook,  # user: validate custom options
+            self.pre_bind,  # port options -> port specs
+            self.bind,  # one listening socket per address, TLS contexts built (-> BOUND)
+            self.post_bind_hook,  # user: runs with the privileges the server started with
+            self.post_bind,  # drop privileges, prepare signal handlers
+            self.pre_loop_hook,  # user: last preparation before serving
+        )
         try:
-            self.configure_hook()  # user: set up state before parsing
-            self.configure()  # options from every source, with Net::Server's precedence
-            self.post_configure()  # open-file limit, logging, background, pid file
-            self.post_configure_hook()  # user: validate custom options
-            self.pre_bind()  # port options -> port specs
-            self.bind()  # one listening socket per address, TLS contexts built
-            self.lifecycle.bound()
-            self.post_bind_hook()  # user: runs with the privileges the server started with
-            self.post_bind()  # drop privileges, prepare signal handlers
-            self.pre_loop_hook()  # user: last preparation before serving
+            for step in steps:
+                step()
+                if self.lifecycle.closing:  # stop() in a step: what it closed stays closed
+                    self.release_listeners()
+                    return
         except BaseException:
             self.release_listeners()
             self.remove_pid_file()
@@ -274,10 +280,11 @@ class GServer:
             self.logs.write(level, message)
 
     def log_enabled(self, level: int) -> bool:
-        """Whether :meth:`log` would pass a message of ``level`` on (``log_level`` allows it).
-        Cheap: ask it before building a message that costs something (a traceback, an
-        f-string per connection). Any greenlet may call it; it touches nothing."""
-        return log.should_log(level, self.conf.log_level)
+        """Whether :meth:`log` would pass a message of ``level`` on (``log_level`` allows it,
+        and the log is not muted by the HUP dry run). Cheap: ask it before building a message
+        that costs something (a traceback, an f-string per connection). Any greenlet may call
+        it; it touches nothing."""
+        return log.should_log(level, self.conf.log_level) and not self.logs.is_muted
 
     def write_to_log_hook(self, level: int, message: str) -> None:
         """Hook: the default log sink, called by log() for every message that passes
@@ -319,10 +326,7 @@ class GServer:
         """Remove the pid file this process wrote, unless ``keep_pid_file`` is set (a HUP
         re-exec keeps it: same pid). Called at the end of server_close and at exit; a file
         that no longer holds our pid is left alone. Never raises (problems are logged)."""
-        if self.keep_pid_file:
-            self.process.keep_pid_file_at_exit()
-        else:
-            self.process.remove_pid_file(self.log)
+        self.process.remove_pid_file(self.log)
 
     def drop_privileges(self) -> None:
         """Framework step (in post_bind: every port is bound, the loop has not started), in
@@ -352,7 +356,7 @@ class GServer:
         TLS, refuse the server-wide SSL_* options that a user gave; ConfigError naming them
         and where they came from. Values from default_values() and SSL_* methods/attributes
         are the program's own and are left alone."""
-        tls_setup.check_ssl_options_used(self.port_specs, self.conf, self.conf.sources)
+        tls_setup.check_ssl_options_used(self.port_specs, self.conf)
 
     def bind(self) -> None:
         """Framework step: build every protocol (TLS contexts: fail before binding anything),
@@ -369,25 +373,22 @@ class GServer:
                                                self.restart_open_hook)
         for listener in self.listeners:
             self.log(2, f"Binding to {listener}")
+        self.lifecycle.bound()
 
-    def make_protocol(self, spec: PortSpec, conf: Any = None,
-                      contexts: TLSContexts | None = None) -> StreamProtocol:
+    def make_protocol(self, spec: PortSpec) -> StreamProtocol:
         """Framework step: the protocol object of one port spec, with its options resolved
-        (at bind, and in the HUP preflight with the new ``conf`` and a scratch ``contexts``);
+        (at bind, and in the HUP preflight); its TLS context comes from ``tls_contexts``.
         ConfigError for a bad per-port key or TLS option."""
-        conf = self.conf if conf is None else conf
-        contexts = contexts if contexts is not None else self.tls_contexts
-        if contexts is None:
+        if self.tls_contexts is None:
             raise RuntimeError("make_protocol: bind() creates the TLS registry first")
-        options = self.ssl_options(spec, conf) if listen.is_tls(spec) else dict(spec.opts)
-        return listen.make_protocol(spec, options, contexts)
+        options = self.ssl_options(spec) if listen.is_tls(spec) else dict(spec.opts)
+        return listen.make_protocol(spec, options, self.tls_contexts)
 
-    def ssl_options(self, spec: PortSpec, conf: Any = None) -> dict[str, Any]:
+    def ssl_options(self, spec: PortSpec) -> dict[str, Any]:
         """Framework step: the SSL_* options of one TLS port: the per-port dict, else the
         server-wide option, else a method (called with host, port, proto) or attribute of that
         name on the server; with ``self_signed`` and no certificate, a self-signed one."""
-        return tls_setup.resolve_ssl_options(spec, self.conf if conf is None else conf, self,
-                                             self.self_signed_certificate)
+        return tls_setup.resolve_ssl_options(spec, self.conf, self, self.self_signed_certificate)
 
     def self_signed_certificate(self) -> tuple[Any, Any]:
         """Framework step: a self-signed certificate and key, made once per server, its
@@ -427,14 +428,14 @@ class GServer:
             return  # the listeners may be closed already: nothing to accept on
         self.lifecycle.install_signals()
         personality = self.start_accepting()
-        personality.loop(self.lifecycle, self.dispatch_signals)
+        with self.lifecycle.looping():
+            personality.loop(self.lifecycle, self.dispatch_signals)
 
     def make_personality(self) -> Personality:
         """Framework step: the personality ``server_type`` names (the first one gnetserver
-        has, Net::Server's MultiType order; default ``Single``), sized by ``max_servers``
-        and ``max_handshakes``."""
-        name = personality_name(self.conf.get("server_type") or [])
-        return PERSONALITIES[name](self.conf.max_servers, self.conf.max_handshakes)
+        has, Net::Server's MultiType order; default ``Single``), built from the
+        configuration."""
+        return PERSONALITIES[personality_name(self.conf["server_type"])](self.conf)
 
     def start_accepting(self) -> Personality:
         """Framework step: compile the access rules, make the personality and let it accept
@@ -535,26 +536,33 @@ class GServer:
 
     def dry_run_start(self) -> DryRun:
         """The start-up the re-executed server will run, minus every effect outside the objects
-        it makes (raises what the start would raise): the options planned again from every
-        source (constructor, command line, ``run()``, conf file, ``default_values()``), the
-        port specs, the SSL_* options no port uses, every port's protocol with its TLS
-        contexts built from the files now on disk (in a scratch registry), then the process
-        options that can be checked without acting (user and group names, log_function,
-        log_file's folder). This server is left as it was.
+        it makes (raises what the start would raise): the framework steps ``configure`` (every
+        source read again: constructor, command line, ``run()``, conf file,
+        ``default_values()``), ``pre_bind`` (port specs, SSL_* options no port uses) and
+        ``make_protocol`` for every port (TLS contexts built from the files now on disk, in a
+        scratch registry), then the process options that can be checked without acting (user
+        and group names, log_function, log_file's folder). The steps run on this server with
+        its log muted, and its ``conf``, ``argv_unused``, ``port_specs`` and ``tls_contexts``
+        are put back afterwards: the server is left as it was. The dry run does not yield, so
+        no connection sees the planned values meanwhile.
 
         Not foreseen: binding (a new port already taken, or below 1024 once privileges are
         dropped, fails in the new image only), anything the user hooks do or raise (they are
         not run: they may have effects), the fork, the pid file, a syslog that cannot be
         reached, chown/chroot/setuid. Nothing is bound, forked, written or opened for writing,
         no signal is touched, and nothing is logged (the new image logs it all again)."""
-        conf, _ = self.plan_options()
-        specs, _ = listen.plan_ports(conf)
-        tls_setup.check_ssl_options_used(specs, conf, conf.sources)
-        contexts = TLSContexts(_discard)
-        for spec in specs:
-            self.make_protocol(spec, conf, contexts)
-        check_process_options(conf, self)
-        return DryRun(conf, specs)
+        saved = self.conf, self.argv_unused, self.port_specs, self.tls_contexts
+        try:
+            with self.logs.muted():
+                self.configure()
+                self.pre_bind()
+                self.tls_contexts = TLSContexts(_discard)
+                for spec in self.port_specs:
+                    self.make_protocol(spec)
+                check_process_options(self.conf, self)
+                return DryRun(self.conf, list(self.port_specs))
+        finally:
+            self.conf, self.argv_unused, self.port_specs, self.tls_contexts = saved
 
     def restart_open_hook(self) -> None:
         """Hook: in the re-executed server after a HUP, in bind, before the inherited sockets
@@ -747,7 +755,7 @@ class GServer:
         lifecycle = self.lifecycle
         lifecycle.cancel_restart()
         lifecycle.request_stop(timeout)
-        if not lifecycle.looping:
+        if not lifecycle.in_loop:
             self.server_close()
         elif lifecycle.may_wait():  # the loop ends and run() closes the server
             lifecycle.wait_closed()
@@ -800,12 +808,7 @@ class GServer:
         """Framework step of server_close: let the running connections finish until the
         drain's deadline (the shortest ``stop(timeout)``, else ``graceful_timeout``), then cut
         those left. Signals received meanwhile are dispatched (TERM and INT end it)."""
-        graceful = self.conf.graceful_timeout
-        running = self.personality.active_connections() if self.personality else 0
-        timeout = self.lifecycle.drain_timeout(graceful)
-        if timeout > 0 and running:
-            self.log(2, f"Waiting up to {timeout:g}s for {running} connection(s) to finish")
-        self.lifecycle.drain(graceful, self.dispatch_signals)
+        self.lifecycle.drain(self.conf.graceful_timeout, self.dispatch_signals, self.log)
 
     def release_listeners(self) -> None:
         """Close every listening socket (also when a start-up step failed). Idempotent."""

@@ -20,7 +20,7 @@ Rules of this module:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .conf import DEFAULT_VALUES, Conf
@@ -69,17 +69,16 @@ def _method_value(name: str, method: Callable[..., Any], spec: PortSpec) -> Any:
                           f"must return the option's value: {exc}") from exc
 
 
-def check_ssl_options_used(specs: Iterable[PortSpec], conf: Mapping[str, Any],
-                           sources: Mapping[str, str]) -> None:
+def check_ssl_options_used(specs: Iterable[PortSpec], conf: Conf) -> None:
     """When no port is TLS, refuse the server-wide SSL_* options a user gave: ConfigError
-    naming them and where they came from (``sources``: option -> source label). Values from
-    default_values() are the program's own and are left alone."""
+    naming them and where they came from (``conf.sources``). Values from default_values() are
+    the program's own and are left alone."""
     specs = list(specs)
     if any(is_tls(spec) for spec in specs):
         return
     given = {name: where for name, value in conf.items()
              if name.startswith("SSL_") and value is not None
-             and (where := sources.get(name)) not in (None, DEFAULT_VALUES)}
+             and (where := conf.sources.get(name)) not in (None, DEFAULT_VALUES)}
     if not given:
         return
     names = ", ".join(f"{name} ({where})" for name, where in sorted(given.items()))

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Protocol
 
+from ..conf import Conf
 from ..lifecycle import Connections, Dispatch, Lifecycle
 from ..listener import Listener
 from .single import Single
@@ -57,8 +58,8 @@ class Personality(Connections, Protocol):
         ...
 
 
-#: ``server_type`` name -> personality class, built as ``cls(max_servers, max_handshakes)``.
-PERSONALITIES: dict[str, Callable[[int, int], Personality]] = {Single.name: Single}
+#: ``server_type`` name -> personality class, built as ``cls(conf)`` when accepting starts.
+PERSONALITIES: dict[str, Callable[[Conf], Personality]] = {Single.name: Single}
 
 #: The personality used when no ``server_type`` names a known one.
 DEFAULT_PERSONALITY = Single.name

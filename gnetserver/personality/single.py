@@ -25,6 +25,7 @@ from gevent.lock import BoundedSemaphore
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
+from ..conf import Conf
 from ..lifecycle import Dispatch, Lifecycle
 from ..listener import Listener
 
@@ -33,27 +34,21 @@ class Single:
     """One process, one hub (see the module rules).
 
     Args:
-        max_servers: sessions served at once (established connections).
-        max_handshakes: connections in their handshake, or waiting for a session, on top.
+        conf: the server's configuration: ``max_servers`` sessions served at once
+            (established connections), ``max_handshakes`` connections in their handshake, or
+            waiting for a session, on top.
     """
 
     name: ClassVar[str] = "Single"
 
-    def __init__(self, max_servers: int, max_handshakes: int) -> None:
-        self._pool = Pool(max_servers + max_handshakes)
-        self._slots = BoundedSemaphore(max_servers)
+    def __init__(self, conf: Conf) -> None:
+        self._pool = Pool(conf.max_servers + conf.max_handshakes)
+        self._slots = BoundedSemaphore(conf.max_servers)
         self._servers: list[StreamServer] = []
-        self._started = False
-
-    @property
-    def accepting_started(self) -> bool:
-        """True once :meth:`start` ran (the server accepted, or accepts, connections)."""
-        return self._started
 
     def start(self, listeners: Sequence[Listener],
               handle: Callable[[Listener, Any, Any], None]) -> None:
         """One StreamServer per listener, all spawning into the one pool."""
-        self._started = True
         for listener in listeners:
             server = StreamServer(listener.sock, handle=functools.partial(handle, listener),
                                   spawn=self._pool)

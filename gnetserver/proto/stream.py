@@ -7,11 +7,10 @@ Rules of this module:
   (a :class:`~gnetserver.tls.TLSConnection` on ssl ports, a
   :class:`~gnetserver.proto.ssleay.SSLeayConnection` on ssleay ports: both are
   :class:`TLSSession` objects). It owns its socket from then on.
-* ``io`` is the object reads and writes go through (the socket, or the TLS connection): a
-  Client calls ``io.recv``/``io.send``... directly, so a read costs what a read on that object
-  costs, and a stream keeps no per-connection cache of bound methods (measured: five of them
-  were +0.3 kB per idle connection). The stream's own ``recv``, ``send``... delegate to it,
-  for other callers.
+* ``io`` is the object reads and writes go through (the socket, or the TLS connection), the
+  one I/O surface of a stream: a Client calls ``io.recv``/``io.sendall``... directly, so a read
+  costs what a read on that object costs, and a stream keeps no per-connection cache of bound
+  methods (measured: five of them were +0.3 kB per idle connection).
 * ``close`` is graceful, idempotent and never raises: TLS close_notify once, bounded by
   :data:`~gnetserver.tls.connection.SHUTDOWN_SECONDS` (TLS streams only), then the lingering
   close (:func:`linger_close`); the TLS connection's resources are released even when the
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
     from cryptography import x509
 
 __all__ = ["LINGER_SECONDS", "SHUTDOWN_SECONDS", "PlainStream", "Stream", "TLSFacts",
-           "TLSSession", "TLSStream", "linger_close"]
+           "StreamIO", "TLSSession", "TLSStream", "linger_close"]
 
 #: Seconds a closing connection is drained after the half-close. Closing a socket with unread
 #: input makes the kernel send RST, and the peer may then lose the last response it was sent.
@@ -127,6 +126,17 @@ class TLSSession(TLSFacts, Protocol):
         ...
 
 
+class StreamIO(Protocol):
+    """What a stream's reads and writes go through (``stream.io``): the socket, or the TLS
+    connection; a Client calls these directly."""
+
+    def recv(self, bufsize: int, /) -> bytes: ...
+    def recv_into(self, buffer: Any, nbytes: int = 0, /) -> int: ...
+    def send(self, data: bytes, /) -> int: ...
+    def sendall(self, data: bytes, /) -> None: ...
+    def settimeout(self, timeout: float | None, /) -> None: ...
+
+
 class Stream(Protocol):
     """One connection ready for I/O, as a protocol's ``post_accept`` returns it and a Client
     owns it (see the module rules)."""
@@ -137,33 +147,13 @@ class Stream(Protocol):
         ...
 
     @property
-    def io(self) -> Any:
+    def io(self) -> StreamIO:
         """What reads and writes go through directly: the socket, or the TLS connection."""
         ...
 
     @property
     def tls(self) -> TLSFacts | None:
         """The TLS connection with its facts; None on tcp/unix."""
-        ...
-
-    def recv(self, bufsize: int, /) -> bytes:
-        """Up to ``bufsize`` bytes; ``b""`` at end of stream; TimeoutError when idle."""
-        ...
-
-    def recv_into(self, buffer: Any, nbytes: int = 0, /) -> int:
-        """Read into ``buffer``; the count, 0 at end of stream."""
-        ...
-
-    def send(self, data: bytes, /) -> int:
-        """Write some of ``data``; the count written."""
-        ...
-
-    def sendall(self, data: bytes, /) -> None:
-        """Write all of ``data``."""
-        ...
-
-    def settimeout(self, timeout: float | None, /) -> None:
-        """Per-call read/write timeout in seconds (None: wait forever)."""
         ...
 
     def close(self) -> None:
@@ -197,29 +187,6 @@ class PlainStream:
     def io(self) -> Any:
         """The socket: reads and writes go to it directly."""
         return self.sock
-
-    def recv(self, bufsize: int, /) -> bytes:
-        """Up to ``bufsize`` bytes; ``b""`` at end of stream."""
-        data: bytes = self.sock.recv(bufsize)
-        return data
-
-    def recv_into(self, buffer: Any, nbytes: int = 0, /) -> int:
-        """Read into ``buffer``; the count, 0 at end of stream."""
-        count: int = self.sock.recv_into(buffer, nbytes)
-        return count
-
-    def send(self, data: bytes, /) -> int:
-        """Write some of ``data``; the count written."""
-        count: int = self.sock.send(data)
-        return count
-
-    def sendall(self, data: bytes, /) -> None:
-        """Write all of ``data``."""
-        self.sock.sendall(data)
-
-    def settimeout(self, timeout: float | None, /) -> None:
-        """Per-call read/write timeout in seconds (None: wait forever)."""
-        self.sock.settimeout(timeout)
 
     def close(self) -> None:
         """Half-close, drain briefly, close (:func:`linger_close`); idempotent, never raises."""
@@ -259,26 +226,6 @@ class TLSStream:
     def io(self) -> TLSSession:
         """The TLS connection: reads and writes go to it directly."""
         return self.tls
-
-    def recv(self, bufsize: int, /) -> bytes:
-        """Up to ``bufsize`` decrypted bytes; ``b""`` once the peer has closed."""
-        return self.tls.recv(bufsize)
-
-    def recv_into(self, buffer: Any, nbytes: int = 0, /) -> int:
-        """Read into ``buffer``; the count, 0 once the peer has closed."""
-        return self.tls.recv_into(buffer, nbytes)
-
-    def send(self, data: bytes, /) -> int:
-        """Encrypt and send some of ``data``; the count consumed."""
-        return self.tls.send(data)
-
-    def sendall(self, data: bytes, /) -> None:
-        """Send all of ``data``."""
-        self.tls.sendall(data)
-
-    def settimeout(self, timeout: float | None, /) -> None:
-        """Per-call timeout of recv/send (None: wait forever)."""
-        self.tls.settimeout(timeout)
 
     def close(self) -> None:
         """close_notify once (bounded by SHUTDOWN_SECONDS; nothing before a completed

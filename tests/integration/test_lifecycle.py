@@ -13,6 +13,7 @@ import socket
 import threading
 from typing import Any
 
+import gevent
 import pytest
 from support.net import address, read_line, read_until_eof, wait_until
 from support.runthread import RunThread
@@ -50,7 +51,7 @@ class StateRecorder(GServer):
         self._note("process_request")
         assert self.personality is not None
         client.data["active"] = self.personality.active_connections()
-        client.data["mine"] = any(g is not None for g in self.personality.greenlets())
+        client.data["mine"] = gevent.getcurrent() in self.personality.greenlets()
         client.sendall(f"hello {client.data['active']} {client.data['mine']}\n".encode())
         self.in_session.set()
         client.readline()
@@ -138,3 +139,42 @@ def test_server_type_single_is_not_reported_as_ignored(serve: Any) -> None:
     server = serve(Recording, port="127.0.0.1:0/tcp", server_type="Single")
     assert isinstance(server.personality, Single)
     assert not [m for m in server.messages if "ignored Net::Server options" in m]
+
+
+@pytest.mark.parametrize("hook", ["post_configure_hook", "post_bind_hook", "pre_loop_hook"])
+def test_stop_in_a_start_up_hook_leaves_nothing_open(hook: str) -> None:
+    """stop() in a start-up hook closes the server; the steps after it bind nothing more and
+    the state stays CLOSED."""
+    server = GServer(commandline=[], port="127.0.0.1:0/tcp")
+    setattr(server, hook, lambda: server.stop())
+    server.start()
+    assert server.lifecycle.state is State.CLOSED and server.personality is None
+    assert all(listener.sock.fileno() == -1 for listener in server.listeners)
+
+
+class OverridingSteps(GServer):
+    """Overrides framework steps the documented way (one argument, ``super()``), and counts
+    them: the HUP preflight runs the same steps as the start."""
+
+    def configure_hook(self) -> None:
+        self.calls: list[str] = []
+
+    def pre_bind(self) -> None:
+        self.calls.append("pre_bind")
+        super().pre_bind()
+
+    def ssl_options(self, spec: Any) -> dict[str, Any]:
+        self.calls.append("ssl_options")
+        return super().ssl_options(spec)
+
+
+def test_overridden_steps_run_at_start_and_in_the_hup_preflight(
+        serve: Any, pem_files: dict[str, Any]) -> None:
+    server = serve(OverridingSteps, port="127.0.0.1:0/ssl", **pem_files)
+    assert server.calls == ["pre_bind", "ssl_options"]
+    thread_calls = list(server.calls)
+    server.calls.clear()
+    conf_before = server.conf
+    assert server.restart_problem() is None
+    assert server.calls == thread_calls  # the same steps, on the planned configuration
+    assert server.conf is conf_before  # and the server is left as it was

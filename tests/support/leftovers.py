@@ -159,5 +159,6 @@ def wait_for_no_leftovers(servers: list[Any], sockets_before: dict[int, str],
         found = leftovers(servers, sockets_before)
         if not found or time.monotonic() >= deadline:
             return found
-        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        # gevent.sleep: a server started in this thread's hub goes on closing meanwhile.
+        gevent.sleep(min(interval, max(0.0, deadline - time.monotonic())))
         interval = min(interval * 2, 0.2)

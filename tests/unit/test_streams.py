@@ -162,7 +162,7 @@ def test_plain_stream_reads_and_writes_on_the_socket(listener: Any) -> None:
         assert stream.sock is sock and stream.tls is None
         assert stream.io is sock  # a Client reads and writes on the socket itself
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-        stream.sendall(b"hello")
+        stream.io.sendall(b"hello")
         stream.close()  # half-close: the peer reads to its EOF, then closes
         assert sock.fileno() == -1
         stream.close()
@@ -177,7 +177,7 @@ def test_plain_stream_close_sends_fin_and_drains(listener: Any) -> None:
 
     with accepted(listener, raw_peer(peer)) as (sock, thread):
         stream = TCPProtocol(spec("tcp"), {}, None).post_accept(sock, 1.0)
-        stream.sendall(b"answer")
+        stream.io.sendall(b"answer")
         stream.close()
         assert thread.result() == b"answer"
 
@@ -209,7 +209,7 @@ def test_unix_stream_and_listener_file(short_tmp_path: str) -> None:
     stream = protocol.post_accept(sock, 1.0)
     assert isinstance(stream, PlainStream) and stream.sock is sock and stream.tls is None
     peer.sendall(b"x")
-    assert stream.recv(1) == b"x"
+    assert stream.io.recv(1) == b"x"
     peer.close()
     stream.close()
     assert sock.fileno() == -1
@@ -266,12 +266,12 @@ def test_tls_post_accept_returns_a_handshaken_stream(
         else:
             assert stream.sock is accepted_sock
         assert stream.io is stream.tls  # a Client reads and writes on the connection itself
-        stream.settimeout(WAIT)
+        stream.io.settimeout(WAIT)
         got = b""
         while len(got) < 4:
-            got += stream.recv(4 - len(got))
+            got += stream.io.recv(4 - len(got))
         assert got == b"ping"
-        stream.sendall(b"pong")
+        stream.io.sendall(b"pong")
         stream.close()  # close_notify, half-close, drain until the peer closes
         assert stream.sock.fileno() == -1
         stream.close()
@@ -333,7 +333,8 @@ def test_killed_handshake_aborts(listener: Any, tls_protocol: Any) -> None:
     baseline = open_fds()
     with accepted(listener, raw_peer(silent)) as (sock, thread):
         handshake = gevent.spawn(tls_protocol.post_accept, sock, None)
-        gevent.sleep(0.05)  # parked in the handshake
+        gevent.sleep(0)  # the handshake runs until it waits for the ClientHello
+        assert not handshake.dead
         handshake.kill(block=True, timeout=WAIT)
         assert handshake.dead and isinstance(handshake.value, gevent.GreenletExit)
         assert sock.fileno() == -1
