@@ -1,4 +1,4 @@
-"""Which peers may talk to the server: Net::Server's allow/deny rules, as pure functions.
+r"""Which peers may talk to the server: Net::Server's allow/deny rules, as pure functions.
 
 Rules of this module (behaviour: spec/netserver.md section 1.6 step 4):
 
@@ -6,24 +6,47 @@ Rules of this module (behaviour: spec/netserver.md section 1.6 step 4):
   lookups found one); :mod:`gnetserver.lookup` does the lookups.
 * An IPv4-mapped IPv6 address (``::ffff:a.b.c.d``, how IPv4 peers appear on a dual-stack
   socket) is matched as ``a.b.c.d``, by the regexes and the CIDR blocks alike.
-* ``allow`` and ``deny`` are regular expressions that must match the **whole** address, or the
-  whole host name when there is one (Python's ``fullmatch``; Perl's ``/^$rule$/`` anchors only
-  the first and last alternatives of ``a|b``, we anchor all of them). Matching is case-sensitive,
-  as in Net::Server. ``cidr_allow`` and ``cidr_deny`` hold CIDR blocks (``10.0.0.0/8``,
-  ``::1/128``, a bare address, or a range ``a-b``) matched against the address; a block only
-  matches addresses of its own IP version.
-* The decision: no rules at all -> allow. Otherwise a matching ``deny`` (host or address) or
-  ``cidr_deny`` -> deny; then a matching ``allow`` (host or address) or ``cidr_allow`` ->
+* ``allow`` and ``deny`` are regular expressions that must match the **whole** text (Python's
+  ``fullmatch``; Perl's ``/^$rule$/`` anchors only the first and last alternatives of ``a|b``,
+  we anchor all of them). Each one is either an **address rule** or a **name rule**, decided
+  once, when it is compiled (:func:`rule_kind`), from the characters the regex writes out
+  (literal characters, escapes such as ``\x41`` included, and the members and ranges of
+  ``[...]`` sets; ``\d``, ``\w``, ``\s``, ``.``, inline flags and group names write none):
+
+  1. a regex that writes a ``:`` is an address rule (an IPv6 rule; host names have no colon);
+  2. otherwise a regex that writes a letter is a name rule (IPv4 addresses have no letters,
+     and IPv6 addresses have colons): ``localhost``, ``.*\.example\.org``, ``.*\.de``;
+  3. otherwise it is an address rule: ``10\..*``, ``127\.0\.0\.\d+``, ``.*``.
+
+  An address rule is matched against the peer address only, a name rule against the host
+  name only (so a peer that controls its PTR record cannot pass an address rule by naming
+  itself ``10.1.2.3``, nor an address rule leak into names such as ``10.1.2.3.evil.test``).
+  Consequences, documented with the options: write an IPv6 rule with a colon (``fe80:.*``,
+  not ``fe80.*``), and never mix address and name alternatives in one regex (``10\..*|.*\.lan``
+  is a name rule: write two rules). Host names are compared case-insensitively: a name is
+  normalised (lower case, one trailing dot dropped) and every rule is compiled with
+  ``re.IGNORECASE`` (an address rule too: IPv6 hex digits may be written in either case).
+  Net::Server matched every rule against the name or the address, case-sensitively.
+* ``cidr_allow`` and ``cidr_deny`` hold CIDR blocks (``10.0.0.0/8``, ``::1/128``, a bare
+  address, or a range ``a-b``) matched against the address; a block only matches addresses of
+  its own IP version.
+* The decision: no rules at all -> allow. Otherwise a matching ``deny`` (name or address) or
+  ``cidr_deny`` -> deny; then a matching ``allow`` (name or address) or ``cidr_allow`` ->
   allow; otherwise deny. **Deny wins, and any rule makes the default deny.**
+* Name rules trust the reverse (PTR) lookup, which the peer's own DNS answers: only
+  double-reverse lookups make a name trustworthy. :meth:`AccessPlan.warnings` says so (the
+  server logs it at level 1 when it compiles the rules), and says when name rules can never
+  match because reverse lookups are off.
 * Double-reverse lookups (``double_reverse_lookups``) are checked before the rules: a peer
   whose host name does not resolve back to its address is denied whatever the rules say.
 """
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,20 +194,102 @@ def _ip(address: str) -> IPAddress | None:
 
 # -- the rules ----------------------------------------------------------------------------------
 
+#: :func:`rule_kind`'s answers.
+ADDRESS, NAME = "address", "name"
+
+
+def _sre_parser() -> Any:
+    """The stdlib's regex parser (``re._parser`` since 3.11, ``sre_parse`` before; importing
+    ``sre_parse`` on 3.11+ warns), so that a rule is classified by what it really writes."""
+    try:
+        return importlib.import_module("re._parser")
+    except ImportError:  # Python 3.10: re is a module, not a package
+        return importlib.import_module("sre_parse")
+
+
+def _written(items: Any, constants: Any) -> Iterator[tuple[int, int]]:
+    """The code point ranges a parsed regex writes out (see the module rules): literals,
+    set members and ranges, in every branch, group, repeat and assertion."""
+    for op, av in items:
+        if op in (constants.LITERAL, constants.NOT_LITERAL):
+            yield av, av
+        elif op == constants.IN:
+            yield from _written(av, constants)
+        elif op == constants.RANGE:
+            yield av
+        elif op == constants.BRANCH:
+            for branch in av[1]:
+                yield from _written(branch, constants)
+        elif op == constants.SUBPATTERN:
+            yield from _written(av[-1], constants)
+        elif op in (constants.MAX_REPEAT, constants.MIN_REPEAT) or \
+                op == getattr(constants, "POSSESSIVE_REPEAT", None):
+            yield from _written(av[2], constants)
+        elif op in (constants.ASSERT, constants.ASSERT_NOT):
+            yield from _written(av[1], constants)
+        elif op == getattr(constants, "ATOMIC_GROUP", None):
+            yield from _written(av, constants)
+        elif op == constants.GROUPREF_EXISTS:
+            for part in av[1:]:
+                if part is not None:
+                    yield from _written(part, constants)
+        # ANY, AT, CATEGORY, GROUPREF, NEGATE: nothing written out
+
+
+def _has_letter(low: int, high: int) -> bool:
+    if high - low > 0x3000:  # a huge range: surely holds a letter
+        return True
+    return any(chr(code).isalpha() for code in range(low, high + 1))
+
+
+def rule_kind(pattern: str | re.Pattern[str]) -> str:
+    """:data:`ADDRESS` or :data:`NAME`: how an allow/deny regex is matched (module rules: a
+    regex writing a ``:`` is an address rule, else one writing a letter a name rule, else an
+    address rule)."""
+    text, flags = (pattern.pattern, pattern.flags) if isinstance(pattern, re.Pattern) \
+        else (pattern, 0)
+    parser = _sre_parser()  # it re-exports its opcodes (LITERAL, IN...) too
+    ranges = list(_written(parser.parse(text, flags), parser))
+    if any(low <= ord(":") <= high for low, high in ranges):
+        return ADDRESS
+    if any(_has_letter(low, high) for low, high in ranges):
+        return NAME
+    return ADDRESS
+
+
+def normalise_name(host: str) -> str:
+    """A host name as name rules see it: lower case, one trailing dot (the root) dropped."""
+    host = host.lower()
+    return host[:-1] if host.endswith(".") else host
+
 
 @dataclass(frozen=True)
 class AccessRules:
-    """Compiled allow/deny/cidr_allow/cidr_deny rules; see the module rules for the decision."""
+    """Compiled allow/deny/cidr_allow/cidr_deny rules; see the module rules for the decision.
+
+    Attributes:
+        allow, deny: the address rules (matched against the address only).
+        cidr_allow, cidr_deny: the blocks.
+        allow_names, deny_names: the name rules (matched against the host name only).
+    """
 
     allow: tuple[re.Pattern[str], ...] = ()
     deny: tuple[re.Pattern[str], ...] = ()
     cidr_allow: tuple[Network, ...] = ()
     cidr_deny: tuple[Network, ...] = ()
+    allow_names: tuple[re.Pattern[str], ...] = ()
+    deny_names: tuple[re.Pattern[str], ...] = ()
 
     @property
     def empty(self) -> bool:
         """True when no rule is set: every peer is allowed."""
-        return not (self.allow or self.deny or self.cidr_allow or self.cidr_deny)
+        return not (self.allow or self.deny or self.cidr_allow or self.cidr_deny
+                    or self.allow_names or self.deny_names)
+
+    @property
+    def name_rules(self) -> tuple[re.Pattern[str], ...]:
+        """Every name rule, allow then deny (empty when all rules are address rules)."""
+        return self.allow_names + self.deny_names
 
     def allowed(self, address: str, host: str | None = None) -> bool:
         """Net::Server's decision for a peer address (and its host name, if one was found)."""
@@ -196,11 +301,10 @@ class AccessRules:
         if self.empty:
             return True
         ip = _ip(address) if self.cidr_allow or self.cidr_deny else None
-        if self._denied(address, host, ip):
+        name = normalise_name(host) if host and self.name_rules else None
+        if self._address_denied(address, ip) or _any_match(self.deny_names, name):
             return False
-        if any(_matches(rule, address, host) for rule in self.allow):
-            return True
-        return _in_blocks(ip, self.cidr_allow)
+        return self._address_allowed(address, ip) or _any_match(self.allow_names, name)
 
     def address_verdict(self, address: str, host_pending: bool) -> bool:
         """The check that can run before a TLS handshake, from the address alone.
@@ -208,49 +312,72 @@ class AccessRules:
         Args:
             address: the peer address text.
             host_pending: True when a host name will be looked up later (reverse_lookups on),
-                so an allow rule may still match it.
+                so an allow name rule may still match it.
 
         Returns:
-            False when the peer is denied whatever its host name turns out to be (a deny or
-            cidr_deny rule matches the address; or, with no host name to come, no allow rule
-            matches); True otherwise (:meth:`allowed` still decides after the handshake).
+            False when the peer is denied whatever its host name turns out to be (an address
+            deny rule or cidr_deny matches; or no address allow rule nor cidr_allow matches,
+            and no allow name rule could match a name to come); True otherwise
+            (:meth:`allowed` still decides after the handshake). With no host pending this is
+            exactly :meth:`allowed` without a host name.
         """
         if self.empty:
             return True
         address = normalise_address(address)
-        if not host_pending:
-            return self.decide(address)
-        return not self._denied(address, None, _ip(address) if self.cidr_deny else None)
-
-    def _denied(self, address: str, host: str | None, ip: IPAddress | None) -> bool:
-        if any(_matches(rule, address, host) for rule in self.deny):
+        ip = _ip(address) if self.cidr_allow or self.cidr_deny else None
+        if self._address_denied(address, ip):
+            return False
+        if self._address_allowed(address, ip):
             return True
-        return _in_blocks(ip, self.cidr_deny)
+        return host_pending and bool(self.allow_names)
+
+    def _address_denied(self, address: str, ip: IPAddress | None) -> bool:
+        return _any_match(self.deny, address) or _in_blocks(ip, self.cidr_deny)
+
+    def _address_allowed(self, address: str, ip: IPAddress | None) -> bool:
+        return _any_match(self.allow, address) or _in_blocks(ip, self.cidr_allow)
 
 
-def _matches(rule: re.Pattern[str], address: str, host: str | None) -> bool:
-    return bool((host is not None and rule.fullmatch(host)) or rule.fullmatch(address))
+def _any_match(rules: tuple[re.Pattern[str], ...], text: str | None) -> bool:
+    return text is not None and any(rule.fullmatch(text) for rule in rules)
 
 
 def _in_blocks(ip: IPAddress | None, blocks: tuple[Network, ...]) -> bool:
     return ip is not None and any(ip.version == net.version and ip in net for net in blocks)
 
 
+def compile_rule(value: str | re.Pattern[str]) -> re.Pattern[str]:
+    """An allow/deny value compiled as it is matched: case-insensitive (a compiled pattern
+    keeps its other flags)."""
+    if isinstance(value, re.Pattern):
+        if value.flags & re.IGNORECASE:
+            return value
+        return re.compile(value.pattern, value.flags | re.IGNORECASE)
+    return re.compile(value, re.IGNORECASE)
+
+
 def rules_from_options(allow: Iterable[Any] = (), deny: Iterable[Any] = (),
                        cidr_allow: Iterable[Any] = (), cidr_deny: Iterable[Any] = ()
                        ) -> AccessRules:
-    """The compiled rules for these option values (the server compiles them once per start).
+    """The compiled rules for these option values (the server compiles them once per start),
+    each allow/deny regex sorted by :func:`rule_kind`.
 
     Raises:
         ValueError: a regex or CIDR block does not parse (the option converters check first).
     """
-    def patterns(values: Iterable[Any]) -> tuple[re.Pattern[str], ...]:
-        return tuple(v if isinstance(v, re.Pattern) else re.compile(v) for v in values)
+    def patterns(values: Iterable[Any]) -> tuple[tuple[re.Pattern[str], ...],
+                                                 tuple[re.Pattern[str], ...]]:
+        compiled = [compile_rule(v) for v in values]
+        return (tuple(p for p in compiled if rule_kind(p) == ADDRESS),
+                tuple(p for p in compiled if rule_kind(p) == NAME))
 
     def blocks(values: Iterable[Any]) -> tuple[Network, ...]:
         return tuple(net for value in values for net in parse_cidr(str(value)))
 
-    return AccessRules(patterns(allow), patterns(deny), blocks(cidr_allow), blocks(cidr_deny))
+    allow_addresses, allow_names = patterns(allow)
+    deny_addresses, deny_names = patterns(deny)
+    return AccessRules(allow_addresses, deny_addresses, blocks(cidr_allow), blocks(cidr_deny),
+                       allow_names, deny_names)
 
 
 # -- reverse and double-reverse lookups ---------------------------------------------------------
@@ -298,6 +425,21 @@ class AccessPlan:
 
     rules: AccessRules | None
     mode: LookupMode
+
+    def warnings(self) -> list[str]:
+        """What the server logs at level 1 when it compiles these rules: name rules without
+        double-reverse lookups trust a PTR name the peer's own DNS gives (spoofable), and
+        without reverse lookups they never match at all."""
+        names = self.rules.name_rules if self.rules is not None else ()
+        if not names or self.mode.double:
+            return []
+        listed = ", ".join(repr(rule.pattern) for rule in names)
+        if not self.mode.reverse:
+            return [f"allow/deny host-name rule(s) {listed} never match: reverse_lookups is "
+                    "off (an address rule needs no letter, or a ':' for IPv6)"]
+        return [f"allow/deny host-name rule(s) {listed} are matched against the PTR name, "
+                "which the peer's own DNS gives: without double_reverse_lookups a peer can "
+                "claim any name"]
 
 
 def access_plan(conf: Mapping[str, Any]) -> AccessPlan:

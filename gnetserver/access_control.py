@@ -13,6 +13,9 @@ Rules of this module (behaviour: spec/netserver.md section 1.6):
   (:meth:`AccessPolicy.address_allowed`, so that a denied peer costs no handshake and gets no
   hook at all), and once in :meth:`AccessPolicy.allows` with the host name, after it. Plain tcp
   ports keep Net::Server's single check.
+* An allow/deny regex is an address rule or a host-name rule (:mod:`gnetserver.access` says
+  how it is classified); name rules only see ``client.peerhost``, address rules only the
+  address, so that a peer's PTR record cannot pass an address rule.
 * The rules and the lookup mode are compiled once per start (:meth:`AccessPolicy.prepare`,
   called by the server's ``prepare_access`` when it starts accepting): a connection only reads
   them, and with no rule and no double-reverse lookups every check returns at once.
@@ -44,8 +47,12 @@ class AccessPolicy:
 
     def prepare(self, conf: Mapping[str, Any]) -> access.AccessPlan:
         """Compile the allow/deny/cidr_allow/cidr_deny rules and the lookup mode of ``conf``
-        (values checked by the option converters already); returns the plan."""
+        (values checked by the option converters already); returns the plan. Host-name
+        rules without double-reverse lookups get a level-1 warning
+        (:meth:`~gnetserver.access.AccessPlan.warnings`)."""
         self._plan = access.access_plan(conf)
+        for warning in self._plan.warnings():
+            self._log(1, warning)
         return self._plan
 
     @property

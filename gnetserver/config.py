@@ -34,6 +34,9 @@ from .ssl_names import refusal_reason
 
 Source = dict[str, list[Any]]
 
+#: The largest conf file read (bytes): a bigger one (or /dev/zero) is a ConfigError.
+MAX_CONF_FILE_BYTES = 1 << 20
+
 # The separator is `=`, `:` or whitespace. A `:` followed by another `:` starts an IPv6 value
 # (`cidr_allow ::1/128`, `host ::`), not a separator: Net::Server's own regex reads ":1/128".
 _CONF_LINE = re.compile(r"^\s*(?:--)?(\w+)(?:\s*(?:=|:(?!:))\s*|\s+)(.*?)\s*$")
@@ -172,11 +175,25 @@ def from_conf_file(path: str | Path, known: Mapping[str, Option]) -> Source:
 
     ``#`` starts a comment unless written ``\\#``; blank lines are skipped; keys may carry a
     leading ``--``; repeated keys accumulate for list options and the last one wins otherwise.
+    The file must be UTF-8 text of at most :data:`MAX_CONF_FILE_BYTES` (1 MiB; at most that
+    much plus one byte is read): otherwise, as when it cannot be read, a ConfigError names it.
     """
+    name = f"conf_file {str(path)!r}"
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as file:
+            # Bounded: a conf file is small; /dev/zero or a huge file must not eat the memory.
+            data = file.read(MAX_CONF_FILE_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"conf_file {str(path)!r}: cannot read: {exc.strerror}") from None
+        raise ConfigError(f"{name}: cannot read: {exc.strerror}") from None
+    if len(data) > MAX_CONF_FILE_BYTES:
+        raise ConfigError(f"{name}: larger than {MAX_CONF_FILE_BYTES} bytes (1 MiB): not a "
+                          "conf file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        number = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{name} line {number}: not UTF-8 text (byte 0x{data[exc.start]:02x} "
+                          f"at offset {exc.start})") from None
     source: Source = {}
     for number, raw in enumerate(text.splitlines(), 1):
         line = re.sub(r"(?<!\\)#.*", "", raw).replace("\\#", "#")

@@ -15,6 +15,10 @@ Rules of this module:
   attached to a shared logger, so two servers in one process never write to each other's files.
 * A log file is created ``0o640`` and opened for appending; :meth:`LogTargets.reopen` closes and
   opens it again by name (logrotate renames the file, then the server reopens on HUP).
+* Every message is escaped by :func:`escape` (one line of printable ASCII, ``%XX`` for the
+  rest) before any target sees it, so that a peer's bytes in a message cannot forge a log line
+  or send a terminal escape, whichever the target: file, stderr, the ``gnetserver`` logger,
+  syslog (and ``log_function``: the server escapes before calling it).
 * Nothing here raises or waits at run time: a failed write is reported on stderr (once until
   writing works again) and the server goes on; syslog never blocks the hub
   (:mod:`gnetserver.syslog_socket` drops, counts and reports what syslog does not take).
@@ -67,7 +71,7 @@ LOGGER_NAME = "gnetserver"
 SYSLOG = "Sys::Syslog"
 
 _PERL_PACKAGE = re.compile(r"^[A-Za-z]\w*(?:::[A-Za-z]\w*)+$")
-_UNPRINTABLE = re.compile(r"[^\n -~]")
+_UNPRINTABLE = re.compile(r"[^ -~]")
 _TIME_FORMAT = "%Y/%m/%d-%H:%M:%S"
 
 
@@ -123,10 +127,16 @@ def should_log(level: int, log_level: int) -> bool:
 
 
 def escape(message: str) -> str:
-    """Net::Server's escaping for file output: bytes outside printable ASCII (newlines kept)
-    become ``%XX``, so a peer cannot forge log lines or terminal escapes."""
+    """The one escaping of every log sink: each character outside printable ASCII (space to
+    ``~``) becomes the ``%XX`` of its UTF-8 bytes, newlines, carriage returns and terminal
+    escapes included, so that a message is always one line and a peer cannot forge log
+    lines or drive a terminal. (Net::Server escapes the same way for its file, but keeps
+    ``\n``: a multi-line message, a traceback, is one line with ``%0A`` here.) Idempotent."""
+    if message.isascii() and message.isprintable():  # the common case: nothing to escape
+        return message
     return _UNPRINTABLE.sub(
-        lambda m: "".join(f"%{byte:02X}" for byte in m.group().encode("utf-8")), message
+        lambda m: "".join(f"%{byte:02X}" for byte in m.group().encode("utf-8", "surrogatepass")),
+        message,
     )
 
 
@@ -298,11 +308,10 @@ class LogTargets:
 
     def emit(self, level: int, message: str) -> None:
         """Write one message at Net::Server ``level`` to this server's target."""
+        message = escape(message)  # every target: file, syslog, the logger (stderr)
         if self.handler is None:
             to_logger(level, message)
             return
-        if self.path is not None:
-            message = escape(message)
         record = logging.LogRecord(LOGGER_NAME, STDLIB_LEVELS[level], __file__, 0, message,
                                    None, None)
         record.created = time.time()

@@ -12,6 +12,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import logging.handlers
 import os
@@ -88,14 +89,44 @@ def resolve_log_function(value: Callable[[int, str], Any] | str | None,
                          server: Any) -> Callable[[int, str], Any] | None:
     """The ``log_function`` option's value made callable: a method name is looked up on
     ``server``. Run at start (initialize_logging) and by the HUP dry run; touches nothing.
-    Raises ConfigError when the name is not a method of the server."""
+
+    A name must be meant for it (it comes from a command line or a conf file, so it must not
+    reach any attribute): the name of a public method (or other callable) that a class of
+    ``server`` defines outside the ``gnetserver`` package, callable as ``(level, msg)``. A
+    name starting with ``_`` (``__class__``), a method gnetserver defines (``handle_term``,
+    ``log``, ``process_request``, even when a subclass overrides it), an instance attribute
+    or one that does not take ``(level, msg)`` is a ConfigError naming the option."""
     if not isinstance(value, str):
         return value
-    method: Callable[[int, str], Any] | None = getattr(server, value, None)
+    where = f"option 'log_function': {value!r}"
+    if value.startswith("_"):
+        raise ConfigError(f"{where} is private (starts with '_'): name a public method of "
+                          f"{type(server).__name__} that takes (level, msg)")
+    if not any(value in vars(cls) for cls in type(server).__mro__):
+        raise ConfigError(f"{where} is not a method of {type(server).__name__}")
+    if _framework_name(value, type(server)):
+        raise ConfigError(f"{where} is a method of gnetserver itself, not a log function: "
+                          f"name a method your class adds, taking (level, msg)")
+    method = getattr(server, value, None)
     if not callable(method):
-        raise ConfigError(f"option 'log_function': {value!r} is not a method of "
-                          f"{type(server).__name__}")
-    return method
+        raise ConfigError(f"{where} is not a method of {type(server).__name__}")
+    try:
+        inspect.signature(method).bind(0, "")
+    except TypeError:
+        raise ConfigError(f"{where} does not take (level, msg)") from None
+    except ValueError:  # no signature to read (a builtin): trust it
+        pass
+    function: Callable[[int, str], Any] = method
+    return function
+
+
+def _framework_name(name: str, cls: type) -> bool:
+    """Whether a class of the gnetserver package in ``cls``'s MRO defines ``name`` (a hook or
+    step a subclass may override: still not a log function)."""
+    return any(name in vars(base) and (base.__module__ == "gnetserver"
+                                       or base.__module__.startswith("gnetserver."))
+               for base in cls.__mro__)
+
 
 def syslog_address(logsock: str) -> tuple[Any, int | None]:
     """``syslog_logsock`` -> (address, socktype) for :class:`SyslogHandler`."""

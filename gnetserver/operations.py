@@ -6,8 +6,10 @@ Rules of this module (behaviour: spec/netserver.md, logging and process sections
 * Every message goes through the server's ``log``: filtered by ``log_level`` (a caller about
   to build a costly message asks ``log_enabled`` first), then :meth:`ServerLog.write` hands it
   to ``log_function`` (a broken one is reported and bypassed), else to ``write_to_log_hook``,
-  the one sink users override. Logging never raises (a sink that raises or re-enters the log
-  gets the message written to stderr instead) and never blocks the hub (syslog included).
+  the one sink users override. Every sink gets the message escaped (one line of printable
+  ASCII, :func:`gnetserver.log.escape`): a peer's bytes in it cannot forge a log line.
+  Logging never raises (a sink that raises or re-enters the log gets the message written to
+  stderr instead) and never blocks the hub (syslog included).
 * The steps run in Net::Server's order, called by the server (server.py): the log targets
   then ``daemonize`` in post_configure (before binding), ``drop_privileges`` in post_bind
   (after binding), the pid file's removal at the end of server_close and at exit. The
@@ -88,7 +90,11 @@ class ServerLog:
 
     def write(self, level: int, message: str) -> None:
         """Pass one message (already filtered by level) on: to ``log_function`` when one is
-        set, else (or when it raises) to the sink. Never raises; see the module rules."""
+        set, else (or when it raises) to the sink. Never raises; see the module rules.
+        The message is escaped first (:func:`gnetserver.log.escape`: one line, printable
+        ASCII), so every sink gets the same safe text, log_function and an overridden
+        write_to_log_hook included."""
+        message = log.escape(message)
         me = gevent.getcurrent()
         if me in self._inside:  # a sink or log_function that logs: never recurse into it
             log.write_fallback(message)

@@ -211,8 +211,13 @@ _LOGGING: Sequence[Option] = (
            "Default: stderr, through the stdlib logger `gnetserver`.", "Logging"),
     Option("log_function", None, log_options.log_function,
            "A callable (level, msg), or the name of a method of the server, that receives every "
-           "log message instead of the log_file/stderr sink (write_to_log_hook). The command "
-           "line and conf files give a method name; a callable comes from code.", "Logging"),
+           "log message instead of the log_file/stderr sink (write_to_log_hook), escaped as "
+           "every sink gets it (one line; characters outside printable ASCII, newlines "
+           "included, as `%XX`; Net::Server passes it raw). The command line and conf files "
+           "give a method name; a callable comes from code. A name must be a public method "
+           "your server class adds (not one gnetserver defines, such as handle_term or log, "
+           "nor one starting with `_`) that takes (level, msg); anything else stops the "
+           "start.", "Logging"),
     Option("syslog_logsock", "native", log_options.syslog_logsock,
            "With log_file Sys::Syslog: `native`/`unix` (the local syslog socket, the default: "
            "/dev/log, else /var/run/syslog or /var/run/log), "
@@ -240,18 +245,24 @@ _TLS: Sequence[Option] = (
 
 _ACCESS: Sequence[Option] = (
     Option("allow", [], access.regex_rule,
-           "Regular expression a peer must fully match to be let in: its address (an IPv4-mapped "
-           "`::ffff:a.b.c.d` is matched as `a.b.c.d`) or, with reverse_lookups, its host name. "
-           "Repeat for several. Any allow/deny/cidr rule makes the default deny; deny rules win.",
-           "Access", multi=True),
+           "Regular expression a peer must fully match to be let in, matched case-insensitively. "
+           "A regex that writes a `:`, or no letter at all, is an address rule, matched against "
+           "the peer address only (an IPv4-mapped `::ffff:a.b.c.d` as `a.b.c.d`): `10\\..*`, "
+           "`::1`, `fe80:.*`, `.*`. A regex that writes a letter and no `:` is a host-name "
+           "rule, matched against the host name only (lower case, trailing dot dropped; needs "
+           "reverse_lookups, and double_reverse_lookups to be trusted: a level-1 warning says "
+           "so): `.*\\.example\\.org`. Write IPv6 rules with a colon and never mix address "
+           "and name alternatives in one regex. Repeat for several. Any allow/deny/cidr rule "
+           "makes the default deny; deny rules win.", "Access", multi=True),
     Option("deny", [], access.regex_rule,
-           "Regular expression (full match) on the peer address, or host name with "
-           "reverse_lookups, that refuses the peer. Repeat for several; a match wins over every "
-           "allow rule. On TLS ports (ssl and ssleay) a peer that the address rules alone deny "
-           "is closed before the TLS handshake and no per-connection hook runs for it (not "
-           "even request_denied_hook). Host-name rules and allow_deny_hook run after the "
-           "handshake; a peer they deny, or any denied peer of a tcp port, gets "
-           "request_denied_hook instead of process_request.", "Access", multi=True),
+           "Regular expression (full match, case-insensitive) that refuses the peer: an "
+           "address rule or a host-name rule, classified as for allow. Repeat for several; a "
+           "match wins over every allow rule. On TLS ports (ssl and ssleay) a peer that the "
+           "address rules alone deny is closed before the TLS handshake and no per-connection "
+           "hook runs for it (not even request_denied_hook). Host-name rules and "
+           "allow_deny_hook run after the handshake; a peer they deny, or any denied peer of a "
+           "tcp port, gets request_denied_hook instead of process_request.", "Access",
+           multi=True),
     Option("cidr_allow", [], access.cidr_rule,
            "CIDR block of peers let in: `10.0.0.0/8`, `::1/128`, an address or a range `a-b` "
            "(several per value with commas). Repeat for several.", "Access", multi=True),
@@ -259,7 +270,8 @@ _ACCESS: Sequence[Option] = (
            "CIDR block of peers refused (same forms as cidr_allow). Repeat for several; a match "
            "wins over every allow rule.", "Access", multi=True),
     Option("reverse_lookups", False, access.reverse_lookups_setting,
-           "Look up the peer's host name (client.peerhost) so that allow/deny can match it. "
+           "Look up the peer's host name (client.peerhost) so that allow/deny host-name rules "
+           "can match it (the peer's own DNS answers: see double_reverse_lookups). "
            "Lookups are cooperative and bounded (5 s); `double` also turns on "
            "double_reverse_lookups.", "Access", flag=True),
     Option("double_reverse_lookups", False, access.double_reverse_setting,

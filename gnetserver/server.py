@@ -273,7 +273,8 @@ class GServer:
 
     def log(self, level: int, message: str) -> None:
         """Log ``message`` at Net::Server ``level`` (0-4) if ``log_level`` allows it: to
-        ``log_function`` when one is set, else (or when it raises) to write_to_log_hook.
+        ``log_function`` when one is set, else (or when it raises) to write_to_log_hook,
+        escaped for either (:func:`gnetserver.log.escape`: a peer cannot forge a line).
         Never raises: a sink that raises, or logs from inside itself, gets the message
         written to stderr instead."""
         if self.log_enabled(level):
@@ -288,8 +289,9 @@ class GServer:
 
     def write_to_log_hook(self, level: int, message: str) -> None:
         """Hook: the default log sink, called by log() for every message that passes
-        ``log_level``: the log file (one ``YYYY/MM/DD-HH:MM:SS msg`` line, bytes outside
-        printable ASCII escaped as ``%XX``), syslog, or the ``gnetserver`` stdlib logger
+        ``log_level``, already escaped (one line: every character outside printable ASCII,
+        newlines included, is ``%XX``): the log file (one ``YYYY/MM/DD-HH:MM:SS msg`` line),
+        syslog, or the ``gnetserver`` stdlib logger
         (stderr unless configured otherwise). Runs in whatever greenlet logs; must not block
         for long. Override to send the log elsewhere. If it raises, log() writes the message
         to stderr instead (and the reason, once until it works again); a message it logs

@@ -307,3 +307,82 @@ def test_lookups_are_cooperative(serve: Serve, tls: dict[str, Any],
         first.close()
     stalling = server.stalling  # type: ignore[attr-defined]
     assert stalling.calls >= 2 and stalling.stall_ended_by_other_client is True
+
+
+# -- issue 16 point 4: a peer's PTR record cannot pass address rules; names ignore case --------
+
+
+class ClaimedName:
+    """The hub's real resolver, except that every reverse lookup answers ``name``: what a peer
+    that controls its own PTR record makes the server see."""
+
+    def __init__(self, real: Any, name: str) -> None:
+        self.real, self.name = real, name
+
+    def getnameinfo(self, sockaddr: Any, flags: int) -> Any:
+        return self.name, str(sockaddr[1])
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.real, attribute)
+
+
+class PTRClaimer(Recorder):
+    """Its peers' PTR records say ``claimed`` (set on the class before serving)."""
+
+    claimed = ""
+
+    def pre_loop_hook(self) -> None:
+        hub = gevent.get_hub()  # the server thread's hub
+        hub.resolver = ClaimedName(hub.resolver, self.claimed)
+
+
+def claimer(name: str) -> type[PTRClaimer]:
+    return type("PTRClaimer", (PTRClaimer,), {"claimed": name})
+
+
+@pytest.mark.parametrize("claimed", ["10.1.2.3", "10.1.2.3.evil.test"])
+def test_a_ptr_name_cannot_pass_an_address_rule(serve: Serve, tls: dict[str, Any],
+                                                client_context: ssl.SSLContext,
+                                                caplog: pytest.LogCaptureFixture,
+                                                claimed: str) -> None:
+    """A peer on 127.0.0.1 whose PTR says 10.1.2.3 is not let in by a rule for 10.x addresses
+    (it was: the regex was tried on the name too). The address rule alone decides, so the
+    peer is closed before the TLS handshake."""
+    server = serve(claimer(claimed), port="127.0.0.1:0", reverse_lookups=1, allow=r"10\..*",
+                   **tls)
+    assert_denied_before_handshake(server, client_context, caplog, "127.0.0.1")
+    plain = serve(claimer(claimed), port="127.0.0.1:0", reverse_lookups=1, allow=r"10\..*",
+                  log_level=3)
+    with socket.create_connection(address(plain), timeout=5) as conn:
+        assert read_until_eof(conn) == b"denied\n"
+
+
+def test_host_name_rules_ignore_case(serve: Serve, tls: dict[str, Any],
+                                     client_context: ssl.SSLContext,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    """`EVIL.example.` is denied by `deny evil\\.example` (it passed: the match was
+    case-sensitive and kept the root's dot)."""
+    server = serve(claimer("EVIL.example."), port="127.0.0.1:0", reverse_lookups=1,
+                   deny=r"evil\.example", cidr_allow="127.0.0.0/8", **tls)
+    assert talk(server, client_context) == b"denied\n"
+    assert logged(caplog, r"Denied \[127\.0\.0\.1\]:\d+ \(EVIL\.example\.\) by the allow/deny")
+    allowed = serve(claimer("WWW.Example.ORG"), port="127.0.0.1:0", reverse_lookups=1,
+                    allow=r"www\.example\.org", **tls)
+    assert talk(allowed, client_context) == b"hello 127.0.0.1 WWW.Example.ORG\n"
+
+
+def test_name_rules_without_double_reverse_are_warned_about(
+        serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    """Name rules trust a PTR name the peer's DNS gives: a level-1 warning at start (none
+    with double-reverse lookups, none for address rules)."""
+    caplog.set_level(logging.INFO, logger="gnetserver")
+    serve(Recorder, port="127.0.0.1:0", reverse_lookups=1, deny=r"evil\.example",
+          allow=r"127\..*")
+    warnings = [r for r in caplog.records if "double_reverse_lookups" in r.getMessage()]
+    assert [r.levelno for r in warnings] == [logging.ERROR]  # Net::Server level 1
+    assert r"'evil\\.example'" in warnings[0].getMessage()
+    assert "127" not in warnings[0].getMessage()
+    caplog.clear()
+    serve(Recorder, port="127.0.0.1:0", double_reverse_lookups=1, deny=r"evil\.example")
+    serve(Recorder, port="127.0.0.1:0", reverse_lookups=1, allow=r"127\..*")
+    assert not [r for r in caplog.records if "host-name rule" in r.getMessage()]

@@ -216,6 +216,47 @@ def test_bad_log_options_stop_the_start(serve: Any, tmp_path: Path, options: dic
         serve(GServer, port=LOCAL, **options)
 
 
+# -- issue 16 point 11: log_function names a method meant for it -------------------------------
+
+
+class Overriding(Recording):
+    """Adds a log method taking the wrong arguments, and overrides framework methods."""
+
+    def wrong_shape(self) -> None:
+        """Takes no (level, msg)."""
+
+    def process_request(self, client: Any) -> None:  # a framework step, even overridden
+        super().process_request(client)
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("handle_term", "method of gnetserver itself"),  # it was accepted: a HUP/TERM handler
+    ("log", "method of gnetserver itself"),
+    ("write_to_log_hook", "method of gnetserver itself"),  # overridden by Recording: still
+    ("process_request", "method of gnetserver itself"),  # overridden by Overriding: still
+    ("__class__", "private"),  # it was accepted: every log line made a new server
+    ("__init__", "private"),
+    ("_self_signed", "private"),
+    ("requests", "not a method"),  # an instance attribute
+    ("wrong_shape", "does not take (level, msg)"),
+    ("no_such_method", "not a method of Overriding"),
+])
+def test_log_function_must_name_a_method_meant_for_it(name: str, why: str) -> None:
+    """A method name from text must be a public method the server's class adds, taking
+    (level, msg); anything else stops the start, naming the option and the value."""
+    server = Overriding(commandline=[], log_function=name)
+    server.configure()
+    with pytest.raises(ConfigError) as info:
+        server.initialize_logging()
+    assert f"option 'log_function': {name!r}" in str(info.value) and why in str(info.value)
+    ok = Overriding(commandline=[], log_function="my_log")
+    ok.configure()
+    ok.initialize_logging()
+    ok.log(2, "through my_log")
+    assert ("my_log", 2, "through my_log") in ok.lines
+    ok.logs.close()
+
+
 # -- a syslog that stops reading never stalls the server (datagram and stream) -------------------
 
 

@@ -71,6 +71,19 @@ DECISIONS = [
     ({"cidr_allow": ["::ffff:127.0.0.0/104"]}, "::ffff:127.0.0.1", None, True),
     # compiled patterns from code keep their flags
     ({"allow": [re.compile("LOCALHOST", re.I)]}, "127.0.0.1", "localhost", True),
+    # issue 16: address rules see addresses only, name rules names only
+    ({"allow": [r"10\..*"]}, "192.0.2.1", "10.1.2.3", False),  # a PTR posing as an address
+    ({"allow": [r"10\..*"]}, "192.0.2.1", "10.1.2.3.evil.test", False),
+    ({"allow": [r"10\..*"]}, "10.1.2.3", "anything.test", True),
+    ({"allow": [r".*"], "deny": [r"10\..*"]}, "192.0.2.1", "10.1.2.3", True),
+    ({"allow": [r".*\.example\.org"]}, "www.example.org", None, False),  # not an address
+    ({"allow": [r"fe80:.*"]}, "fe80::1", "fe80.example", True),  # a colon: an address rule
+    ({"allow": [r"FE80::.*"]}, "fe80::1", None, True),  # hex digits in either case
+    # issue 16: names are compared case-insensitively, without the root's trailing dot
+    ({"deny": [r"evil\.example"], "allow": [".*"]}, "192.0.2.1", "EVIL.example", False),
+    ({"deny": [r"evil\.example"], "allow": [".*"]}, "192.0.2.1", "evil.example.", False),
+    ({"deny": [r"Evil\.Example"], "allow": [".*"]}, "192.0.2.1", "evil.example", False),
+    ({"allow": [r".*\.example\.org"]}, "192.0.2.1", "WWW.Example.ORG.", True),
 ]
 
 
@@ -126,7 +139,11 @@ def test_truth_words_among_double_reverse_flags_are_skipped() -> None:
 @pytest.mark.parametrize(("options", "address", "pending", "expected"), [
     ({}, "127.0.0.1", True, True),
     ({"allow": [r"10\..*"]}, "127.0.0.1", False, False),  # final: no host name to come
-    ({"allow": [r"10\..*"]}, "127.0.0.1", True, True),  # an allow may match the host later
+    # issue 16: an address rule never sees the host name, so no name can rescue this peer
+    ({"allow": [r"10\..*"]}, "127.0.0.1", True, False),
+    ({"allow": [r".*\.example\.org"]}, "127.0.0.1", True, True),  # a name rule may, later
+    ({"allow": [r".*\.example\.org"]}, "127.0.0.1", False, False),  # no name to come
+    ({"deny": [r"evil\.test"], "cidr_allow": ["127.0.0.0/8"]}, "127.0.0.1", True, True),
     ({"deny": [r"127\..*"]}, "127.0.0.1", True, False),  # deny wins whatever the host
     ({"cidr_deny": ["127.0.0.0/8"]}, "::ffff:127.0.0.1", True, False),
     ({"cidr_allow": ["127.0.0.0/8"]}, "127.0.0.1", False, True),
@@ -222,3 +239,68 @@ def test_good_values_are_kept() -> None:
     assert server.conf["cidr_deny"] == ["10.0.0.0/8", "::1"]
     assert server.conf["reverse_lookups"] == "double"
     assert server.conf["double_reverse_lookups"] is False
+
+
+# -- issue 16: how a rule is classified -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("rule", "kind"), [
+    # no letter and no colon: an address rule (IPv4, or a wildcard)
+    (r"10\..*", access.ADDRESS), (r"127\.0\.0\.\d+", access.ADDRESS), (r".*", access.ADDRESS),
+    (r"[\d.]+", access.ADDRESS), (r"(?i)10\..*", access.ADDRESS),  # inline flags write nothing
+    (r"(?P<net>10)\..*", access.ADDRESS), (r"\d+(?#comment)", access.ADDRESS),
+    # a colon: an address rule (IPv6), letters or not
+    (r"::1", access.ADDRESS), (r"fe80:.*", access.ADDRESS), (r"[0-9a-f:]+", access.ADDRESS),
+    (r"fe80::.*%eth0", access.ADDRESS),
+    # a letter and no colon: a name rule
+    (r"localhost", access.NAME), (r".*\.example\.org", access.NAME), (r".*\.de", access.NAME),
+    (r"fe80.*", access.NAME), (r"\x41", access.NAME), (r"[a-z]+", access.NAME),
+    (r"10\..*|.*\.lan", access.NAME),  # mixed alternatives: a name rule (documented)
+    (re.compile("LOCALHOST", re.I), access.NAME),
+])
+def test_rule_kind(rule: Any, kind: str) -> None:
+    """The documented classification (module rules of gnetserver.access)."""
+    assert access.rule_kind(rule) == kind
+
+
+def test_rules_are_sorted_by_kind_and_case_insensitive() -> None:
+    compiled = rules(allow=[r"10\..*", r"host\.test"], deny=[r"::1", r"evil\.test"])
+    assert [p.pattern for p in compiled.allow] == [r"10\..*"]
+    assert [p.pattern for p in compiled.allow_names] == [r"host\.test"]
+    assert [p.pattern for p in compiled.deny] == [r"::1"]
+    assert [p.pattern for p in compiled.deny_names] == [r"evil\.test"]
+    everything = compiled.allow + compiled.allow_names + compiled.deny + compiled.deny_names
+    assert all(p.flags & re.IGNORECASE for p in everything)
+
+
+@pytest.mark.parametrize(("options", "reverse", "double", "needle"), [
+    ({"allow": [r"10\..*"]}, True, False, None),  # address rules only: nothing to say
+    ({"deny": [r"evil\.example"]}, True, False, "without double_reverse_lookups"),
+    ({"allow": [r".*\.example\.org"]}, "1", False, "without double_reverse_lookups"),
+    ({"allow": [r".*\.example\.org"]}, False, False, "never match: reverse_lookups is off"),
+    ({"allow": [r".*\.example\.org"]}, True, True, None),
+    ({"allow": [r".*\.example\.org"]}, "double", False, None),
+])
+def test_plan_warns_about_spoofable_name_rules(options: dict[str, Any], reverse: Any,
+                                               double: Any, needle: str | None) -> None:
+    conf = {"allow": [], "deny": [], "cidr_allow": [], "cidr_deny": [], **options,
+            "reverse_lookups": reverse, "double_reverse_lookups": double}
+    warnings = access.access_plan(conf).warnings()
+    if needle is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and needle in warnings[0]
+        assert all(repr(rule) in warnings[0] for value in options.values() for rule in value)
+
+
+def test_prepare_access_logs_the_warning_at_level_1() -> None:
+    """GServer.prepare_access (AccessPolicy.prepare) logs the warning once per compile."""
+    lines: list[tuple[int, str]] = []
+    server = GServer(commandline=[], deny=r"evil\.example", reverse_lookups=1,
+                     log_function=lambda level, msg: lines.append((level, msg)))
+    server.configure()
+    server.initialize_logging()
+    server.prepare_access()
+    assert [(level, "double_reverse_lookups" in msg) for level, msg in lines] == [(1, True)]
+    assert r"'evil\\.example'" in lines[0][1]
+    server.logs.close()

@@ -264,6 +264,38 @@ def test_missing_conf_file(tmp_path: Path) -> None:
     assert missing in str(info.value)
 
 
+# -- issue 16 point 11: a conf file is bounded UTF-8 text -----------------------------------------
+
+
+def test_non_utf8_conf_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    """It was a raw UnicodeDecodeError traceback."""
+    path = tmp_path / "latin1.conf"
+    path.write_bytes(b"max_servers 3\nsyslog_ident caf\xe9\n")
+    with pytest.raises(ConfigError) as info:
+        configure(new={"conf_file": str(path)})
+    text = str(info.value)
+    assert str(path) in text and "not UTF-8" in text and "line 2" in text and "0xe9" in text
+
+
+def test_conf_file_larger_than_1_mib_is_refused(tmp_path: Path) -> None:
+    line = b"# " + b"x" * 1021 + b"\n"  # 1 KiB lines
+    exact, over = tmp_path / "exact.conf", tmp_path / "over.conf"
+    exact.write_bytes(line * 1023 + b"max_servers 7\n".ljust(1024, b" "))
+    assert exact.stat().st_size == config.MAX_CONF_FILE_BYTES == 1 << 20
+    assert configure(new={"conf_file": str(exact)})["max_servers"] == 7  # the limit itself
+    over.write_bytes(exact.read_bytes() + b"\n")
+    with pytest.raises(ConfigError) as info:
+        configure(new={"conf_file": str(over)})
+    assert str(over) in str(info.value) and "larger than 1048576 bytes" in str(info.value)
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+def test_dev_zero_as_conf_file_is_a_config_error_not_a_memory_error() -> None:
+    """It read without end (MemoryError); at most 1 MiB + 1 byte is read now."""
+    with pytest.raises(ConfigError, match=r"conf_file '/dev/zero': larger than"):
+        configure(argv=["--conf_file=/dev/zero"])
+
+
 # -- options added by a subclass -----------------------------------------------------------------
 
 
