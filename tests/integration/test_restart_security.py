@@ -92,6 +92,7 @@ def _nobody() -> pwd.struct_passwd | None:
 
 
 NOBODY = _nobody()
+NOBODY_UID = NOBODY.pw_uid if NOBODY is not None else -1
 needs_root_and_nobody = pytest.mark.skipif(
     not IS_ROOT or NOBODY is None, reason="needs root and a 'nobody' user: drops privileges")
 
@@ -139,7 +140,7 @@ def test_hup_with_a_root_only_key_is_refused_and_the_server_keeps_serving(
     refusal = server.wait_for(REFUSED).group(1)
     key = str(shared_dir / "key.pem")
     assert f"SSL_key_file '{key}': cannot read (Permission denied)" in refusal, refusal
-    assert f"read as uid {NOBODY.pw_uid} ('nobody')" in refusal, refusal  # type: ignore[union-attr]
+    assert f"read as uid {NOBODY_UID} ('nobody')" in refusal, refusal
     assert server.count("Re-exec server during HUP") == 0
     assert server.proc.poll() is None
     assert "You said" in echo(where[:2], client_context)  # still serving, same listener
@@ -159,7 +160,7 @@ def test_hup_with_an_interpreter_nobody_cannot_run_is_refused(
         server.send(signal.SIGHUP)
         refusal = server.wait_for(REFUSED).group(1)
         assert f"the re-exec would fail: the interpreter '{python}' cannot be reached by uid " \
-               f"{NOBODY.pw_uid} ('nobody')" in refusal, refusal  # type: ignore[union-attr]
+               f"{NOBODY_UID} ('nobody')" in refusal, refusal
         assert server.count("Re-exec server during HUP") == 0
         assert "You said" in echo(where[:2])
     finally:
@@ -191,7 +192,7 @@ def test_ticket_rotation_with_a_root_only_key_keeps_serving_and_says_why(
     line = server.wait_for(r"session-ticket key rotation failed.*$").group(0)
     assert "keeping the current keys and certificates" in line
     assert f"SSL_key_file '{shared_dir / 'key.pem'}': cannot read (Permission denied)" in line
-    assert f"read as uid {NOBODY.pw_uid}" in line  # type: ignore[union-attr]
+    assert f"read as uid {NOBODY_UID}" in line
     assert "You said" in echo(where[:2], client_context)
     assert server.proc.poll() is None
 
