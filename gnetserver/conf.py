@@ -102,6 +102,7 @@ class Conf(Mapping[str, Any]):
     proto: list[Any]
     ipv: list[Any]
     listen: int
+    unix_mode: int
     # -- Limits
     max_servers: int
     max_handshakes: int

@@ -24,13 +24,14 @@ from . import restart
 from .conf import Conf
 from .errors import ConfigError
 from .listener import Listener
-from .options import DEFAULT_PORT
+from .options import DEFAULT_PORT, DEFAULT_UNIX_MODE
 from .ports import PortSpec, parse_ports, split_duplicates
 from .proto import PROTOCOLS, StreamProtocol
+from .resolve import socket_mode
 from .tls import TLSContexts
 
 #: Per-port dict keys that are port-spec fields rather than protocol options.
-SPEC_KEYS = frozenset({"port", "host", "proto", "ipv", "listen", "unix_type"})
+SPEC_KEYS = frozenset({"port", "host", "proto", "ipv", "listen", "unix_type", "unix_mode"})
 
 Log = Callable[[int, str], None]
 
@@ -44,6 +45,7 @@ def plan_ports(conf: Conf) -> tuple[list[PortSpec], list[PortSpec]]:
     kept, dropped = split_duplicates(specs)
     for spec in kept:
         check_served(spec)
+        socket_mode(spec)  # a bad per-port unix_mode stops the start before anything is bound
     return kept, dropped
 
 
@@ -66,13 +68,15 @@ def make_protocol(spec: PortSpec, options: Mapping[str, Any],
 
 
 def bind_listeners(protocols: Sequence[StreamProtocol], backlog: int, log: Log,
-                   restart_open_hook: Callable[[], None]) -> list[Listener]:
+                   restart_open_hook: Callable[[], None], *,
+                   unix_mode: int = DEFAULT_UNIX_MODE) -> list[Listener]:
     """Bind and listen on every resolved address of every protocol's port spec (after a HUP
     re-exec: ``restart_open_hook``, then adopt the inherited sockets that match, bind the
-    rest). Returns the listeners, in port order."""
+    rest); unix socket files get ``unix_mode`` (or their port's own). Returns the listeners,
+    in port order."""
     by_spec = {id(protocol.spec): protocol for protocol in protocols}
     bound = restart.bind_ports([protocol.spec for protocol in protocols], backlog, log,
-                               restart_open_hook)
+                               restart_open_hook, unix_mode=unix_mode)
     listeners = []
     for address, sock in bound:
         sock.setblocking(False)

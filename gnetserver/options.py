@@ -134,6 +134,23 @@ def seconds_or_zero(value: Any) -> float:
     return 0.0 if str(value).strip() in ("0", "0.0") else seconds(value)
 
 
+def file_mode(value: Any) -> int:
+    """A file mode from 0 to 0777: text is octal (``0660``, ``660``, ``0o660``); an int from
+    code is taken as it is (write ``0o660``)."""
+    if isinstance(value, bool):
+        raise TypeError("expected an octal mode such as 0660")
+    if isinstance(value, int):
+        number = value
+    else:
+        text = as_str(value).strip().lower().removeprefix("0o")
+        if not text or any(char not in "01234567" for char in text):
+            raise ValueError("expected an octal mode such as 0660")
+        number = int(text, 8)
+    if not 0 <= number <= 0o777:
+        raise ValueError("expected a mode from 0 to 0777 (permission bits only)")
+    return number
+
+
 def group_names(value: Any) -> str | None:
     """The ``group`` option: text, or a list of names/gids joined by spaces; None if empty.
     (The names are resolved at start, by :func:`gnetserver.privileges.resolve`.)"""
@@ -159,6 +176,10 @@ def as_list(value: Any) -> list[Any]:
 
 DEFAULT_PORT = 20203
 
+#: The mode of a unix socket file unless ``unix_mode`` says otherwise: the owner and the group
+#: (``user``/``group``, to whom the file is handed) may connect, nobody else.
+DEFAULT_UNIX_MODE = 0o660
+
 _SERVER: Sequence[Option] = (
     Option("conf_file", None, as_optional_str,
            "Path of a Net::Server style conf file (`key value` lines, `#` comments), read with "
@@ -181,6 +202,11 @@ _SERVER: Sequence[Option] = (
     Option("listen", socket.SOMAXCONN, int_in(1),
            "Listen backlog of each socket (a per-port dict may override it).", "Server Socket",
            shown_default="SOMAXCONN"),
+    Option("unix_mode", DEFAULT_UNIX_MODE, file_mode,
+           "Permissions of each unix socket file, in octal, set right after it is bound "
+           "whatever the umask (connecting needs write permission): by default its owner and "
+           "group only. A per-port dict may override it (`unix_mode` key).", "Server Socket",
+           shown_default="0660"),
 )
 
 _LIMITS: Sequence[Option] = (

@@ -21,8 +21,15 @@ Rules of this module (behaviour: spec/netserver.md, sections 3.5 and 3.6):
   failure every socket it opened is closed before the error propagates.
 * The server serves streams only: a datagram record (udp, unixdgram, ``unix_type``
   sock_dgram; :attr:`~gnetserver.ports.PortSpec.is_datagram`) is refused, never bound.
-* A stale UNIX socket file is unlinked before binding; any other existing file is refused,
-  never deleted.
+* A UNIX socket path is only taken over when the socket file there is stale: nothing
+  listens on it (``connect`` is refused, ECONNREFUSED). A socket some process still listens
+  on is a ConfigError naming the path (two servers must not steal each other's socket), as
+  is a socket whose state cannot be told (connect fails otherwise) and any other existing
+  file, never deleted.
+* A UNIX socket file gets its mode explicitly (``unix_mode``, 0660 by default; a per-port
+  ``unix_mode`` key wins), whatever the umask: ``chmod`` right after ``bind`` and before
+  ``listen``, through an ``O_PATH|O_NOFOLLOW`` descriptor of the socket file itself, so a
+  symlink put in its place is refused, never followed.
 * Every failure is a :class:`~gnetserver.errors.ConfigError` naming the spec and the reason.
 """
 
@@ -39,6 +46,7 @@ from dataclasses import dataclass, replace
 from typing import cast
 
 from gnetserver.errors import ConfigError
+from gnetserver.options import DEFAULT_UNIX_MODE, file_mode
 from gnetserver.ports import UNIX_PROTOS, PortSpec
 
 SockAddr = tuple[str, int] | tuple[str, int, int, int] | str
@@ -87,7 +95,8 @@ def resolve(spec: PortSpec) -> list[BindAddress]:
     return _fold_dual_stack(spec, _lookup(spec, socket.AF_UNSPEC))
 
 
-def bind_all(specs: Iterable[PortSpec], backlog: int) -> list[tuple[BindAddress, socket.socket]]:
+def bind_all(specs: Iterable[PortSpec], backlog: int, *,
+             unix_mode: int = DEFAULT_UNIX_MODE) -> list[tuple[BindAddress, socket.socket]]:
     """Resolve every record and bind one socket per address.
 
     With port 0 and several addresses for one record, the first is bound to learn the port the
@@ -97,6 +106,7 @@ def bind_all(specs: Iterable[PortSpec], backlog: int) -> list[tuple[BindAddress,
     Args:
         specs: The records, usually from :func:`gnetserver.ports.parse_ports`.
         backlog: The listen backlog for records whose ``listen`` is ``None``.
+        unix_mode: The mode of UNIX socket files for records without a ``unix_mode`` key.
 
     Returns:
         ``(address, socket)`` pairs in the order of ``specs``, every socket listening.
@@ -106,13 +116,15 @@ def bind_all(specs: Iterable[PortSpec], backlog: int) -> list[tuple[BindAddress,
 
     Error handling:
         Resolution and socket errors (EADDRINUSE, EACCES, EADDRNOTAVAIL, a missing directory,
-        an existing non-socket file...) raise ConfigError, such as
+        an existing non-socket file, a UNIX socket another process listens on...) raise
+        ConfigError, such as
         ``cannot bind 127.0.0.1:8443/ssl: [Errno 98] Address already in use``.
     """
     bound: list[tuple[BindAddress, socket.socket]] = []
     try:
         for spec in specs:
-            _bind_addresses(resolve(spec), spec.listen or backlog, bound)
+            _bind_addresses(resolve(spec), spec.listen or backlog, bound,
+                            unix_mode=socket_mode(spec, unix_mode))
     except BaseException:
         for _, sock in bound:
             sock.close()
@@ -127,22 +139,38 @@ def describe(addr: BindAddress, sock: socket.socket) -> str:
     return _address_text(addr.family, sock.getsockname())
 
 
+def socket_mode(spec: PortSpec, default: int = DEFAULT_UNIX_MODE) -> int:
+    """The mode of a record's UNIX socket file: its per-port ``unix_mode``, else ``default``.
+    ConfigError naming the record for a bad per-port value, or one on a port that is not UNIX."""
+    value = spec.opts.get("unix_mode")
+    if value is None:
+        return default
+    if not spec.is_unix:
+        raise ConfigError(f"port {spec}: unix_mode {value!r} is only for unix ports")
+    try:
+        return file_mode(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"port {spec}: bad unix_mode {value!r}: {exc}") from None
+
+
 def _bind_addresses(
-    addrs: list[BindAddress], backlog: int, bound: list[tuple[BindAddress, socket.socket]]
+    addrs: list[BindAddress], backlog: int, bound: list[tuple[BindAddress, socket.socket]],
+    *, unix_mode: int = DEFAULT_UNIX_MODE,
 ) -> None:
     """Bind the addresses of one record, appending to ``bound`` (which the caller cleans up)."""
     learned: int | None = None
     for addr in addrs:
         if learned is not None:
             addr = _with_port(addr, learned)
-        sock = _open_socket(addr, backlog)
+        sock = _open_socket(addr, backlog, unix_mode)
         if learned is None and addr.spec.port == 0:
             learned = sock.getsockname()[1]
             addr = _with_port(addr, learned)
         bound.append((addr, sock))
 
 
-def _open_socket(addr: BindAddress, backlog: int) -> socket.socket:
+def _open_socket(addr: BindAddress, backlog: int,
+                 unix_mode: int = DEFAULT_UNIX_MODE) -> socket.socket:
     try:
         sock = socket.socket(addr.family, socket.SOCK_STREAM)
     except OSError as exc:
@@ -155,6 +183,8 @@ def _open_socket(addr: BindAddress, backlog: int) -> socket.socket:
         if addr.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, addr.v6only is not False)
         sock.bind(addr.sockaddr)
+        if addr.family == socket.AF_UNIX:
+            _set_mode(addr, unix_mode)  # before listen: nobody connects under the umask's mode
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
@@ -166,7 +196,8 @@ def _open_socket(addr: BindAddress, backlog: int) -> socket.socket:
 
 
 def _remove_stale_socket(addr: BindAddress) -> None:
-    """Unlink a socket file left at the path by a previous run; refuse any other file."""
+    """Unlink a socket file left at the path by a previous run (nothing listens on it);
+    refuse a live socket and any other file."""
     path = str(addr.sockaddr)
     try:
         mode = os.lstat(path).st_mode
@@ -174,8 +205,62 @@ def _remove_stale_socket(addr: BindAddress) -> None:
         return
     if not stat.S_ISSOCK(mode):
         raise ConfigError(f"cannot bind {addr.spec}: {path!r} exists and is not a socket")
+    problem = _in_use(path)
+    if problem is not None:
+        raise ConfigError(f"cannot bind {addr.spec}: {path!r} {problem}; not taken over")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def _in_use(path: str) -> str | None:
+    """Why the socket file at ``path`` must be left alone, or None when it is stale (a
+    connect is refused: nothing listens on it). Non-blocking: a listener whose backlog is
+    full answers EAGAIN, which is "in use" too."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.setblocking(False)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            return None
+        except FileNotFoundError:
+            return None  # gone meanwhile: bind creates it
+        except (BlockingIOError, InterruptedError):
+            return "is in use: another process listens on it (its backlog is full)"
+        except OSError as exc:
+            return f"may be in use: cannot tell ({exc.strerror or exc})"
+    return "is in use: another process listens on it"
+
+
+def _set_mode(addr: BindAddress, mode: int) -> None:
+    """chmod the socket file just bound, without following a symlink put in its place.
+
+    The file is opened ``O_PATH|O_NOFOLLOW`` (a symlink is opened as itself, and refused), and
+    the mode set through ``/proc/self/fd``, which names that very inode. Without ``O_PATH`` or
+    ``/proc``: ``lstat`` then ``chmod`` (the symlink check is then not race-free).
+    """
+    path = str(addr.sockaddr)
+    o_path = getattr(os, "O_PATH", 0)
+    if not o_path:
+        _check_socket_file(addr, os.lstat(path).st_mode)
+        os.chmod(path, mode)
+        return
+    fd = os.open(path, o_path | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _check_socket_file(addr, os.fstat(fd).st_mode)
+        try:
+            os.chmod(f"/proc/self/fd/{fd}", mode)
+        except FileNotFoundError:  # no /proc
+            _check_socket_file(addr, os.lstat(path).st_mode)
+            os.chmod(path, mode)
+    finally:
+        os.close(fd)
+
+
+def _check_socket_file(addr: BindAddress, mode: int) -> None:
+    """ConfigError unless ``mode`` is a socket file's (a symlink swapped in after bind)."""
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(f"cannot bind {addr.spec}: {str(addr.sockaddr)!r} is no longer the "
+                          "socket just bound (replaced, by a symlink?): its mode not set")
 
 
 def _bind_error(addr: BindAddress, exc: OSError) -> ConfigError:

@@ -17,12 +17,21 @@ Rules of this module:
   ("Closing un-mapped port"). ``BOUND_SOCKETS`` is then removed from the environment. TLS
   contexts are rebuilt by the new image, so new certificates take effect on HUP.
 * A malformed entry is logged and ignored; an fd below 3 is never adopted nor closed.
+* ``BOUND_SOCKETS`` is only trusted with the marker the re-exec sets next to it
+  (:data:`MARKER`: the pid of the process that exec'ed, which the new image keeps). A first
+  start that finds the variable without a matching marker (a stray variable in a service
+  manager's environment, or one set by someone who hands the server sockets of their own)
+  ignores it (level 2), removes both and binds every port itself.
+* The HUP preflight (:func:`exec_problems`, :func:`as_the_reexec_sees_it`) checks what the
+  exec needs as the user the process now is (after a privilege drop: the service user), so a
+  HUP that could only end in a failed exec and a shutdown is refused instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import signal
 import socket
 import sys
@@ -33,11 +42,16 @@ from typing import Any
 
 from .daemon import flush_std_streams
 from .errors import ConfigError
+from .options import DEFAULT_UNIX_MODE
 from .resolve import BindAddress, bind_all, resolve
 from .signals import in_main_thread
 
 #: The environment variable carrying the inherited sockets across the exec.
 ENV = "BOUND_SOCKETS"
+
+#: Set by the re-exec next to :data:`ENV`: the pid of the exec'ing process (the new image has
+#: the same pid). Without it, or with another pid, :data:`ENV` is not trusted.
+MARKER = "GNETSERVER_REEXEC_PID"
 
 #: Where the process started: the exec runs from here, so relative script paths still work.
 START_CWD = os.getcwd()
@@ -126,9 +140,21 @@ def _ipv_field(address: BindAddress) -> str:
 
 
 def reexecuted() -> bool:
-    """True in the image a HUP re-exec started (it inherits :data:`ENV`), until
-    :func:`bind_ports` took the sockets back."""
-    return bool(os.environ.get(ENV))
+    """True in the image a HUP re-exec started (it inherits :data:`ENV` with the
+    :data:`MARKER` of this very pid), until :func:`bind_ports` took the sockets back."""
+    return bool(os.environ.get(ENV)) and os.environ.get(MARKER) == str(os.getpid())
+
+
+def _set_handover(text: str) -> None:
+    """Set :data:`ENV` and its :data:`MARKER` (this pid: the exec keeps it)."""
+    os.environ[ENV] = text
+    os.environ[MARKER] = str(os.getpid())
+
+
+def _clear_handover() -> None:
+    """Remove :data:`ENV` and :data:`MARKER`: a child process of ours must not inherit them."""
+    os.environ.pop(ENV, None)
+    os.environ.pop(MARKER, None)
 
 
 def key_for(address: BindAddress) -> str:
@@ -195,7 +221,7 @@ def reexec(entries: Sequence[BoundSocket], log: Log) -> None:
     second HUP during the new image's start-up cannot kill it; its loop installs the handler.
     """
     argv = exec_argv()
-    os.environ[ENV] = encode(entries)
+    _set_handover(encode(entries))
     log(0, f"Re-exec server during HUP: {' '.join(argv)}")
     flush_std_streams()
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN) if in_main_thread() else None
@@ -208,7 +234,7 @@ def reexec(entries: Sequence[BoundSocket], log: Log) -> None:
         log(0, f"Re-exec failed, shutting down instead: {exc}")
     if previous is not None:
         signal.signal(signal.SIGHUP, previous)
-    os.environ.pop(ENV, None)
+    _clear_handover()
     close_fds(entries)
 
 
@@ -223,12 +249,15 @@ def close_fds(entries: Iterable[BoundSocket]) -> None:
 
 
 def bind_ports(specs: Sequence[Any], backlog: int, log: Log,
-               open_hook: Callable[[], None]) -> list[Pair]:
+               open_hook: Callable[[], None], *,
+               unix_mode: int = DEFAULT_UNIX_MODE) -> list[Pair]:
     """``bind_all`` for a server that may have been re-executed by a HUP.
 
-    Without ``BOUND_SOCKETS`` this is :func:`gnetserver.resolve.bind_all`. With it:
-    ``open_hook`` (the server's ``restart_open_hook``) runs, matching specs adopt their inherited
-    fds, the others are bound fresh, and the variable is removed from the environment.
+    Without ``BOUND_SOCKETS`` this is :func:`gnetserver.resolve.bind_all`. With it and the
+    re-exec's :data:`MARKER` for this pid: ``open_hook`` (the server's ``restart_open_hook``)
+    runs, matching specs adopt their inherited fds, the others are bound fresh, and both
+    variables are removed from the environment. With it but no matching marker (not a HUP
+    re-exec of this process), it is ignored (level 2) and removed, and every spec is bound.
 
     Returns:
         ``(address, socket)`` pairs in the order of ``specs``, as ``bind_all`` returns them.
@@ -237,16 +266,21 @@ def bind_ports(specs: Sequence[Any], backlog: int, log: Log,
         The caller owns the returned sockets; on failure none is left open.
     """
     text = os.environ.get(ENV)
+    if text is not None and not reexecuted():
+        log(2, f"{ENV} is set, but not by a HUP re-exec of this process (no {MARKER} "
+               f"for pid {os.getpid()}): ignored, binding every port")
+        _clear_handover()
+        text = None
     if text is None:
-        return bind_all(specs, backlog)
+        return bind_all(specs, backlog, unix_mode=unix_mode)
     open_hook()
     entries, bad = decode(text)
     for piece in bad:
         log(1, f"{ENV}: ignoring malformed entry {piece!r}")
-    del os.environ[ENV]  # a child process of ours must not inherit it
+    _clear_handover()  # a child process of ours must not inherit them
     adopted, fresh = adopt(specs, entries, log)
     try:
-        pairs = adopted + bind_all(fresh, backlog)
+        pairs = adopted + bind_all(fresh, backlog, unix_mode=unix_mode)
     except BaseException:
         for _, sock in adopted:
             sock.close()
@@ -344,6 +378,82 @@ def _close_socket_fd(fd: int) -> None:
 # -- the HUP preflight: the environment the new image will see ---------------------------------
 
 
+def who() -> str:
+    """The user the process runs as now (the one the re-exec runs as): ``uid 65534
+    ('nobody')``."""
+    uid = os.geteuid()
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name!r})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def exec_problems() -> list[str]:
+    """What would make the exec itself fail, checked as the user the process now is (after a
+    privilege drop: the service user, who runs the re-exec): a command line to run again, the
+    interpreter (``sys.executable``) executable, the script or ``-m`` module the interpreter
+    was started with and gnetserver's own package readable. Call it inside
+    :func:`as_the_reexec_sees_it` (relative paths are the exec's). Empty when nothing is found.
+
+    Not foreseen: every other module the new image imports, the interpreter's shared
+    libraries; the options' files (conf file, TLS files) are read by the dry run itself.
+    """
+    argv = exec_argv()
+    if not argv[0] or len(argv) < 2:  # an embedded interpreter, or a bare REPL
+        return [f"no command line to run again: {sys.orig_argv!r}"]
+    problems = []
+    if (why := _cannot(argv[0], os.X_OK)) is not None:
+        problems.append(f"the interpreter {argv[0]!r} {why}")
+    checked = set()
+    for what, path in (("the script", _main_file()), ("gnetserver's package", __file__)):
+        if path is None or path in checked:
+            continue
+        checked.add(path)
+        if (why := _cannot(path, os.R_OK)) is not None:
+            problems.append(f"{what} {path!r} {why}")
+    return [f"the re-exec would fail: {problem}" for problem in problems]
+
+
+def _main_file() -> str | None:
+    """The file the interpreter ran as ``__main__`` (a script, or the ``-m`` module's file);
+    None for ``-c`` and interactive sessions."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    origin = getattr(spec, "origin", None) or getattr(main, "__file__", None)
+    if not isinstance(origin, str) or origin in ("built-in", "frozen"):
+        return None
+    return origin
+
+
+def _cannot(path: str, mode: int) -> str | None:
+    """Why the current user cannot use ``path`` as ``mode`` asks (read, run), or None."""
+    effective = os.access in os.supports_effective_ids
+    if os.access(path, mode, effective_ids=effective):
+        return None
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return "does not exist"
+    except PermissionError:
+        return f"cannot be reached by {who()}: a folder on its path is not searchable"
+    except OSError as exc:
+        return f"cannot be reached: {exc.strerror}"
+    return f"is not {'executable' if mode == os.X_OK else 'readable'} by {who()}"
+
+
+def read_as(exc: BaseException) -> str:
+    """``exc``'s text; when a file could not be read for lack of permission, followed by who
+    tried (the re-executed server will read its files as that same user)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, PermissionError):
+            return f"{exc} (read as {who()}, the user the re-executed server runs as)"
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return str(exc)
+
+
 @contextmanager
 def as_the_reexec_sees_it(listeners: Sequence[Any]) -> Iterator[None]:
     """For the HUP dry run: ``BOUND_SOCKETS`` set as the exec will set it, and the directory
@@ -352,12 +462,12 @@ def as_the_reexec_sees_it(listeners: Sequence[Any]) -> Iterator[None]:
     ConfigError when that directory is gone (the exec would fail)."""
     # Those the exec will not pass on are left out: the new image binds them again.
     entries = [entry for _, entry in listener_entries(listeners)]
-    saved_env = os.environ.get(ENV)
+    saved_env = {name: os.environ.get(name) for name in (ENV, MARKER)}
     try:  # by fd: the way back even if its path changed (O_PATH: no read permission needed)
         here: int | None = os.open(".", getattr(os, "O_PATH", os.O_RDONLY))
     except OSError:
         here = None  # cannot come back: stay here, relative paths may then be misjudged
-    os.environ[ENV] = encode(entries)
+    _set_handover(encode(entries))
     try:
         if here is not None:
             try:
@@ -370,7 +480,8 @@ def as_the_reexec_sees_it(listeners: Sequence[Any]) -> Iterator[None]:
         if here is not None:
             os.fchdir(here)
             os.close(here)
-        if saved_env is None:
-            os.environ.pop(ENV, None)
-        else:
-            os.environ[ENV] = saved_env
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -372,7 +372,8 @@ class GServer:
         for library in dict.fromkeys(text for text in libraries if text):  # once each, in order
             self.log(2, f"TLS by {library}")
         self.listeners = listen.bind_listeners(protocols, self.conf.listen, self.log,
-                                               self.restart_open_hook)
+                                               self.restart_open_hook,
+                                               unix_mode=self.conf.unix_mode)
         for listener in self.listeners:
             self.log(2, f"Binding to {listener}")
         self.lifecycle.bound()
@@ -523,18 +524,32 @@ class GServer:
         return self.lifecycle.closing
 
     def restart_problem(self) -> str | None:
-        """What would make the re-executed server fail to start, found before the exec by a
-        dry run (:meth:`dry_run_start`); None if nothing. Run by handle_hup; a problem makes
-        it refuse the HUP (level 1), so a bad edit of the conf file or a botched certificate
-        renewal cannot take the server down."""
+        """What would make the re-executed server fail to start, found before the exec; None
+        if nothing. Run by handle_hup; a problem makes it refuse the HUP (level 1), so a bad
+        edit of the conf file or a botched certificate renewal cannot take the server down.
+
+        Checked as the user the process now is, which is the user the exec runs as (after a
+        privilege drop: the service user): the exec itself (:func:`gnetserver.restart.
+        exec_problems`: the interpreter executable, the script readable), then the dry run of
+        the start-up (:meth:`dry_run_start`: the conf file and TLS files read again, by that
+        user). Every problem found is named, joined by ``"; "``; a file that cannot be read
+        for lack of permission is said with the user that tried. A server inside its
+        ``chroot`` is always refused: the interpreter, the code and the files outside the jail
+        cannot be reached any more (Net::Server's limit too); restart it instead."""
+        if self.conf.chroot:
+            return (f"a HUP cannot re-execute the server inside its chroot "
+                    f"{self.conf.chroot!r}: the interpreter, the code and the files outside "
+                    "it are out of reach (restart the server to reload)")
+        problems = []
         try:
             with restart.as_the_reexec_sees_it(self.listeners):
+                problems += restart.exec_problems()
                 self.dry_run_start()
         except ConfigError as exc:
-            return str(exc)
+            problems.append(restart.read_as(exc))
         except Exception as exc:  # the new image runs the same code: it would fail there too
-            return f"{type(exc).__name__}: {exc}"
-        return None
+            problems.append(f"{type(exc).__name__}: {restart.read_as(exc)}")
+        return "; ".join(problems) or None
 
     def dry_run_start(self) -> DryRun:
         """The start-up the re-executed server will run, minus every effect outside the objects

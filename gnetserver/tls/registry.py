@@ -25,6 +25,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -97,10 +98,25 @@ class ContextHandle:
     def _rotate(self) -> None:
         try:
             self.swap(self.build())
-        except ConfigError as exc:
+        except Exception as exc:  # whatever it is, new connections keep the current context
             self.built_at = time.monotonic()  # try again one period later
-            self._warn(f"{self.where}: session-ticket key rotation failed, keeping the current "
-                       f"keys and certificates: {exc}")
+            self._warn(f"{self.where}: session-ticket key rotation failed, keeping the "
+                       f"current keys and certificates: {_reason(exc)}")
+
+
+def _reason(exc: Exception) -> str:
+    """The failure's text (its type too unless a ConfigError); a permission problem says which
+    user the files were read as (after a privilege drop: the service user, every time)."""
+    text = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+    cause: BaseException | None = exc
+    for _ in range(8):  # a short chain: ConfigError from OSError
+        if cause is None:
+            break
+        if isinstance(cause, PermissionError):
+            return (f"{text} (read as uid {os.geteuid()}: rotation fails until the files are "
+                    "readable by that user)")
+        cause = cause.__cause__ or cause.__context__
+    return text
 
 
 class TLSContexts:

@@ -26,7 +26,7 @@ from support.net import read_until_eof
 from support.process import REPO, Where, python_env
 from support.sigserver import InFlight, SignalServerProcess, refused, request
 
-from gnetserver import GServer
+from gnetserver import GServer, restart
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -229,10 +229,12 @@ class HupInProcess(Recording):
 
 def test_failed_reexec_shuts_down_cleanly(monkeypatch: pytest.MonkeyPatch,
                                           tmp_path: Path) -> None:
-    """run() in the main thread: HUP is handled in the loop; when the exec cannot happen (no
-    command line to run again), the server closes as after TERM: sockets closed, pid file
-    removed, BOUND_SOCKETS gone, the previous signal handlers back."""
+    """run() in the main thread: HUP is handled in the loop; when the exec fails anyway
+    (something the preflight could not foresee: here its exec check is switched off, and
+    there is no command line to run again), the server closes as after TERM: sockets closed,
+    pid file removed, BOUND_SOCKETS gone, the previous signal handlers back."""
     monkeypatch.setattr(sys, "orig_argv", [sys.executable])  # nothing to re-execute
+    monkeypatch.setattr(restart, "exec_problems", lambda: [])  # unforeseen by the preflight
     before = signal.getsignal(signal.SIGHUP)
     pid_file = tmp_path / "server.pid"
     server = HupInProcess(commandline=[], port="127.0.0.1:0/tcp", pid_file=str(pid_file))
@@ -243,4 +245,27 @@ def test_failed_reexec_shuts_down_cleanly(monkeypatch: pytest.MonkeyPatch,
     assert any(m.startswith("Re-exec failed, shutting down instead") for m in server.messages)
     assert refused(("127.0.0.1", server.listeners[0].port, "tcp"))
     assert not pid_file.exists() and "BOUND_SOCKETS" not in os.environ
+    assert restart.MARKER not in os.environ
     assert signal.getsignal(signal.SIGHUP) == before
+
+
+class HupThenStop(HupInProcess):
+    """Sends itself a HUP, then a TERM once the HUP was handled (refused)."""
+
+    def write_to_log_hook(self, level: int, message: str) -> None:
+        super().write_to_log_hook(level, message)
+        if message.startswith("HUP ignored"):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_reexec_that_cannot_happen_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No command line to run again: the preflight refuses the HUP (level 1) and the server
+    keeps serving, where it used to close (a failed exec)."""
+    monkeypatch.setattr(sys, "orig_argv", [sys.executable])
+    server = HupThenStop(commandline=[], port="127.0.0.1:0/tcp")
+    with gevent.Timeout(10):
+        server.run()
+    refusal = [m for m in server.messages if m.startswith("HUP ignored")]
+    assert refusal and "no command line to run again" in refusal[0], server.messages
+    assert "restart_close_hook" not in server.messages
+    assert not any(m.startswith("Re-exec failed") for m in server.messages)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -17,7 +18,14 @@ from support.net import IPV6
 
 from gnetserver.errors import ConfigError
 from gnetserver.ports import PortSpec, parse_ports
-from gnetserver.resolve import BindAddress, _bind_addresses, bind_all, describe, resolve
+from gnetserver.resolve import (
+    BindAddress,
+    _bind_addresses,
+    _set_mode,
+    bind_all,
+    describe,
+    resolve,
+)
 
 S = PortSpec
 Bound = list[tuple[BindAddress, socket.socket]]
@@ -279,3 +287,110 @@ def test_missing_directory(tmp_path: Path) -> None:
     path = tmp_path / "missing" / "s.sock"
     with pytest.raises(ConfigError, match=rf"^cannot bind {path}\|unix: \[Errno {errno.ENOENT}\]"):
         bind_all(parse_ports(f"{path}|unix"), 8)
+
+
+# -- unix socket files: a live socket is never taken over; the mode is set, not the umask's ----
+
+
+def test_a_live_unix_socket_of_another_process_is_not_taken_over(tmp_path: Path) -> None:
+    """Another program listens on the path (a plain socket here): the bind is refused with
+    the path named, and that program's socket keeps its file and its clients."""
+    path = tmp_path / "s.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
+        other.bind(str(path))
+        other.listen(1)
+        inode = path.stat().st_ino
+        with pytest.raises(ConfigError, match=rf"cannot bind {path}\|unix: '{path}' is in use"):
+            bind_all(parse_ports(f"{path}|unix"), 8)
+        assert path.is_socket() and path.stat().st_ino == inode  # not unlinked, not replaced
+        accept_from(other, socket.AF_UNIX, str(path))  # still the other program's
+
+
+def test_a_live_unix_socket_with_a_full_backlog_is_not_taken_over(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    clients: list[socket.socket] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
+        other.bind(str(path))
+        other.listen(0)
+        try:
+            for _ in range(8):  # fill the backlog: a further connect would block
+                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                clients.append(client)
+                client.setblocking(False)
+                try:
+                    client.connect(str(path))
+                except BlockingIOError:
+                    break
+            with pytest.raises(ConfigError, match="is in use"):
+                bind_all(parse_ports(f"{path}|unix"), 8)
+            assert path.is_socket()
+        finally:
+            for client in clients:
+                client.close()
+
+
+def test_a_stale_unix_socket_is_taken_over(bind: Callable[..., Bound], tmp_path: Path) -> None:
+    """Bound once and closed (nothing listens: connect is refused): unlinked and bound anew."""
+    path = tmp_path / "s.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as previous_run:
+        previous_run.bind(str(path))
+        previous_run.listen(1)
+    ((_, sock),) = bind(parse_ports(f"{path}|unix"))
+    accept_from(sock, socket.AF_UNIX, str(path))
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
+def test_unix_socket_mode_is_0660_whatever_the_umask(bind: Callable[..., Bound],
+                                                      tmp_path: Path, umask: int) -> None:
+    path = tmp_path / "s.sock"
+    old = os.umask(umask)
+    try:
+        bind(parse_ports(f"{path}|unix"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o660
+
+
+def test_unix_mode_option_and_per_port_key(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.sock", tmp_path / "b.sock"
+    specs = parse_ports([f"{first}|unix", {"port": str(second), "proto": "unix",
+                                           "unix_mode": "0600"}])
+    pairs = bind_all(specs, 8, unix_mode=0o666)
+    try:
+        assert stat.S_IMODE(first.stat().st_mode) == 0o666
+        assert stat.S_IMODE(second.stat().st_mode) == 0o600
+    finally:
+        for _, sock in pairs:
+            sock.close()
+
+
+@pytest.mark.parametrize(("port", "match"), [
+    ({"port": "{dir}/s.sock", "proto": "unix", "unix_mode": "0999"},
+     r"bad unix_mode '0999': expected an octal mode"),
+    ({"port": "{dir}/s.sock", "proto": "unix", "unix_mode": "4755"},
+     r"bad unix_mode '4755': expected a mode from 0 to 0777"),
+    ({"port": 0, "host": "127.0.0.1", "proto": "tcp", "unix_mode": "0600"},
+     r"unix_mode '0600' is only for unix ports"),
+])
+def test_bad_per_port_unix_mode(tmp_path: Path, port: dict[str, object], match: str) -> None:
+    if isinstance(port["port"], str):
+        port = {**port, "port": str(port["port"]).format(dir=tmp_path)}
+    with pytest.raises(ConfigError, match=match):
+        bind_all(parse_ports([port]), 8)
+    assert not (tmp_path / "s.sock").exists()
+
+
+def test_a_symlink_swapped_in_after_bind_is_not_chmodded(tmp_path: Path) -> None:
+    """The mode is set on the socket file itself, never through a symlink put in its place
+    (a service user owning the folder must not get chmod on root's files)."""
+    path, target = tmp_path / "s.sock", tmp_path / "secret"
+    target.write_text("root's")
+    target.chmod(0o600)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(path))
+        path.unlink()
+        path.symlink_to(target)  # the swap, between bind and chmod
+        (address,) = resolve(parse_ports(f"{path}|unix")[0])
+        with pytest.raises(ConfigError, match="is no longer the socket just bound"):
+            _set_mode(address, 0o666)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600

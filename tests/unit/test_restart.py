@@ -148,6 +148,7 @@ def test_bind_ports_adopts_matching_and_binds_the_rest(
     gone_fd, (_, gone_port) = listening_dup(handed_over)  # a port no longer configured
     unix_path = str(tmp_path / "s.sock")
     unix_fd, _ = listening_dup(handed_over, socket.AF_UNIX, unix_path)
+    monkeypatch.setenv(restart.MARKER, str(os.getpid()))  # as the re-exec sets it
     monkeypatch.setenv(restart.ENV, f"{kept_fd}|127.0.0.1|{kept_port}|SSL|ipv4|0; "
                                     f"{gone_fd}|127.0.0.1|{gone_port}|TCP|ipv4; "
                                     f"{unix_fd}|*|{unix_path}|UNIX|*")
@@ -158,7 +159,7 @@ def test_bind_ports_adopts_matching_and_binds_the_rest(
                                lambda: hooks.append(os.environ.get(restart.ENV, "")))
     try:
         assert hooks and hooks[0]  # restart_open_hook ran before adoption
-        assert restart.ENV not in os.environ
+        assert restart.ENV not in os.environ and restart.MARKER not in os.environ
         assert [pair[0].spec for pair in pairs] == specs  # spec order kept
         (unix_addr, unix_sock), (ssl_addr, ssl_sock), (tcp_addr, tcp_sock) = pairs
         assert unix_sock.fileno() == unix_fd and unix_sock.getsockname() == unix_path
@@ -174,6 +175,36 @@ def test_bind_ports_adopts_matching_and_binds_the_rest(
         for _, sock in pairs:
             sock.close()
         handed_over.clear()  # adopted or closed by the code under test
+
+
+@pytest.mark.parametrize("marker", [None, "", "1", "pid+1"])
+def test_bound_sockets_without_the_reexec_marker_is_ignored(
+        monkeypatch: pytest.MonkeyPatch, handed_over: list[int], marker: str | None) -> None:
+    """A first start (no marker, or another process's pid) never adopts what BOUND_SOCKETS
+    names: a stray or planted variable must not give the server someone else's socket."""
+    fd, (_, port) = listening_dup(handed_over)
+    monkeypatch.setenv(restart.ENV, f"{fd}|127.0.0.1|{port}|TCP|ipv4|0")
+    if marker is None:
+        monkeypatch.delenv(restart.MARKER, raising=False)
+    else:
+        monkeypatch.setenv(restart.MARKER, str(os.getpid() + 1) if marker == "pid+1" else marker)
+    assert not restart.reexecuted()
+    messages: list[tuple[int, str]] = []
+    hooks: list[str] = []
+    pairs = restart.bind_ports(parse_ports("127.0.0.1:0/tcp"), 8,
+                               lambda level, msg: messages.append((level, msg)),
+                               lambda: hooks.append("hook"))
+    try:
+        ((_, sock),) = pairs
+        assert sock.fileno() != fd and sock.getsockname()[1] != port  # bound fresh
+        assert fd_open(fd)  # not ours: neither adopted nor closed
+        assert hooks == []  # not a restart: restart_open_hook does not run
+        assert any(level == 2 and f"{restart.ENV} is set, but not by a HUP re-exec" in msg
+                   for level, msg in messages), messages
+        assert restart.ENV not in os.environ and restart.MARKER not in os.environ
+    finally:
+        for _, sock in pairs:
+            sock.close()
 
 
 def test_adopt_fd_refuses_a_socket_that_does_not_listen(handed_over: list[int]) -> None:
@@ -200,6 +231,7 @@ def test_unmapped_fd_that_is_not_a_socket_is_left_alone(
     path.write_text("x")
     fd = os.open(path, os.O_RDONLY)
     try:
+        monkeypatch.setenv(restart.MARKER, str(os.getpid()))
         monkeypatch.setenv(restart.ENV, f"{fd}|127.0.0.1|1|TCP|ipv4")
         pairs = restart.bind_ports(parse_ports("127.0.0.1:0/tcp"), 8, lambda *a: None,
                                    lambda: None)

@@ -7,6 +7,7 @@ Contexts are built from the ``pems``/``pem_files`` fixtures' files (the session'
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,22 @@ def test_failed_rotation_keeps_the_context_and_warns(pems: Pems, tmp_path: Path)
     assert handle.context is first
     assert len(warnings) == 1 and "session-ticket key rotation failed" in warnings[0]
     assert handle.context is first and len(warnings) == 1  # retried one period later
+
+
+def test_a_rotation_failing_with_any_error_keeps_the_context(pem_files: dict[str, Any]) -> None:
+    """Whatever the build raises (not only a ConfigError: an OSError of a file made
+    unreadable, a bug of a custom builder), the connection gets the current context and the
+    reason is warned, with the user the files were read as when it is a permission problem."""
+    warnings: list[str] = []
+    handle = TLSContexts(warnings.append).handle({**pem_files, "SSL_ticket_key_rotation": 1},
+                                                 WHERE)
+    first = handle.context
+
+    def unreadable(*args: Any) -> Any:
+        raise PermissionError(13, "Permission denied", pem_files["SSL_key_file"])
+
+    handle.builder = unreadable
+    handle.built_at -= 2
+    assert handle.context is first
+    assert len(warnings) == 1 and "session-ticket key rotation failed" in warnings[0]
+    assert "PermissionError" in warnings[0] and f"read as uid {os.geteuid()}" in warnings[0]
