@@ -131,6 +131,7 @@ class Conf(Mapping[str, Any]):
     user: str | None
     group: str | None
     chroot: str | None
+    chroot_as_root: bool
     # -- TLS (the SSL_* options are read by name: conf["SSL_cert_file"])
     self_signed: bool
 

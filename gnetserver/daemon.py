@@ -11,6 +11,14 @@ Rules of this module:
 * After a HUP re-exec (``BOUND_SOCKETS`` in the environment, see
   :func:`gnetserver.restart.reexecuted`) the process is already a daemon: no fork, no setsid,
   and a pid file holding its own pid is simply rewritten.
+* Files that root opens by a name others may control (the pid file, the log file:
+  :func:`open_no_follow`) are opened with ``O_NOFOLLOW``: a path whose last component is a
+  symbolic link is refused, so a service user owning the directory cannot point root at
+  another file. The pid file is read without waiting (a FIFO is refused, not waited on) and its
+  contents are never quoted in a message (it may be a link to any file).
+* The pid file stays owned by whoever wrote it (root when the server starts as root): it is
+  never handed to ``user``, so the service user cannot point root's ``kill $(cat pidfile)``
+  at another process (:mod:`gnetserver.privileges`).
 * Whatever points a standard stream elsewhere (or forks, or execs: :mod:`gnetserver.restart`)
   first flushes Python's buffers with :func:`flush_std_streams`, so nothing written before
   lands in the wrong place or twice.
@@ -18,8 +26,10 @@ Rules of this module:
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -30,6 +40,27 @@ from .errors import ConfigError
 EMPTY_PID_FILE_GRACE = 864.0
 
 _PID = re.compile(r"\s*(\d{1,10})\b")
+
+
+def open_no_follow(path: str, flags: int, mode: int = 0o600) -> int:
+    """``os.open`` that never follows a symbolic link in the last component of ``path``
+    (``O_NOFOLLOW``) and never waits on a FIFO (opened ``O_NONBLOCK``, then made blocking
+    again); close-on-exec. Returns the descriptor.
+
+    Raises:
+        OSError: as os.open; for a symbolic link, ELOOP with the text "is a symbolic link
+            (refused: ...)" and the path.
+    """
+    flags |= os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and os.path.islink(path):
+            raise OSError(errno.ELOOP, "is a symbolic link (refused: root would follow it to "
+                          "whatever file it names)", path) from None
+        raise
+    os.set_blocking(fd, True)
+    return fd
 
 
 def process_alive(pid: int) -> bool:
@@ -62,12 +93,11 @@ class PidFile:
         return cls(os.path.abspath(value))
 
     def check(self) -> str | None:
-        """Before starting: raise ConfigError if a live process owns the file; remove a stale
-        file and return a warning to log; None when there is nothing to say."""
+        """Before starting: raise ConfigError if a live process owns the file, or the path
+        is a symbolic link or not a regular file; remove a stale file and return a warning to
+        log; None when there is nothing to say. Never quotes what the file holds."""
         try:
-            with open(self.path, encoding="ascii", errors="replace") as file:
-                text = file.read(64)
-            age = time.time() - os.stat(self.path).st_mtime
+            text, age = self._read()
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -81,24 +111,40 @@ class PidFile:
             raise ConfigError(f"option 'pid_file': {self.path!r} holds pid {pid}, a running "
                               f"process (is the server already running?); not starting")
         if pid <= 0 and (text.strip() or age < EMPTY_PID_FILE_GRACE):
-            raise ConfigError(f"option 'pid_file': {self.path!r} holds no pid ({text[:20]!r}); "
-                              "remove it if no server is running")
+            raise ConfigError(f"option 'pid_file': {self.path!r} holds no pid; remove it if "
+                              "no server is running")
         self._unlink()
         what = f"dead process {pid}" if pid else "no process (empty file)"
         return f'Pid_file "{self.path}" already exists for {what}.  Overwriting!'
+
+    def _read(self) -> tuple[str, float]:
+        """The file's first 64 bytes as text and its age in seconds. OSError for a symbolic
+        link (ELOOP), a file that is not a regular file (EINVAL), or a failed read."""
+        fd = open_no_follow(self.path, os.O_RDONLY)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", self.path)
+            data = os.read(fd, 64)
+        finally:
+            os.close(fd)
+        return data.decode("ascii", "replace"), time.time() - info.st_mtime
 
     def write(self) -> None:
         """Write this process's pid (after the fork, so it is the daemon's pid)."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
         try:
             try:  # O_EXCL: two servers starting at once cannot both believe they own it
-                fd = os.open(self.path, flags | os.O_EXCL, 0o644)
+                fd = os.open(self.path, flags | os.O_EXCL | os.O_NOFOLLOW, 0o644)
             except FileExistsError:
                 owner = self.read_pid()
                 if owner != os.getpid():
                     raise ConfigError(f"option 'pid_file': {self.path!r} was just written by "
                                       f"another process (pid {owner}); not starting") from None
-                fd = os.open(self.path, flags | os.O_TRUNC, 0o644)  # our own pid: HUP
+                # A HUP re-exec: the file holds our pid already. It is left as it is: it stays
+                # root's, and a server running as the service user could not rewrite it.
+                self.written = True
+                return
             with os.fdopen(fd, "w", encoding="ascii") as file:
                 file.write(f"{os.getpid()}\n")
         except OSError as exc:
@@ -107,12 +153,13 @@ class PidFile:
         self.written = True
 
     def read_pid(self) -> int | None:
-        """The pid the file holds, or None (no file, no pid in it, unreadable)."""
+        """The pid the file holds, or None (no file, no pid in it, unreadable, a symbolic
+        link, not a regular file)."""
         try:
-            with open(self.path, encoding="ascii", errors="replace") as file:
-                match = _PID.match(file.read(64))
+            text, _ = self._read()
         except OSError:
             return None
+        match = _PID.match(text)
         return int(match.group(1)) if match else None
 
     def remove(self) -> str | None:

@@ -19,6 +19,11 @@ Rules of this module:
   rest) before any target sees it, so that a peer's bytes in a message cannot forge a log line
   or send a terminal escape, whichever the target: file, stderr, the ``gnetserver`` logger,
   syslog (and ``log_function``: the server escapes before calling it).
+* The log file is opened as root, in a directory the service user may own: it is opened with
+  ``O_NOFOLLOW`` (:func:`gnetserver.daemon.open_no_follow`), so a path whose last component is
+  a symbolic link is refused (a ConfigError at start, a log line on reopen, the old file kept),
+  and so is a regular file with more than one hard link (another file may be linked in); it
+  is handed to ``user`` by its descriptor (``fchown``), never by its name.
 * Nothing here raises or waits at run time: a failed write is reported on stderr (once until
   writing works again) and the server goes on; syslog never blocks the hub
   (:mod:`gnetserver.syslog_socket` drops, counts and reports what syslog does not take).
@@ -28,16 +33,18 @@ Rules of this module:
 
 from __future__ import annotations
 
+import errno
 import logging
 import logging.handlers
 import os
 import re
+import stat
 import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .daemon import stderr_to
+from .daemon import open_no_follow, stderr_to
 from .errors import ConfigError
 from .log_options import LOCAL_SYSLOG_PATHS as LOCAL_SYSLOG_PATHS
 from .log_options import SYSLOG_LOGOPTS as SYSLOG_LOGOPTS
@@ -156,7 +163,8 @@ def write_fallback(message: str, reason: str | None = None) -> None:
 
 
 class LogFileHandler(logging.FileHandler):
-    """Append to a log file created ``0o640``; :meth:`reopen` follows a rename (logrotate)."""
+    """Append to a log file created ``0o640``, never through a symbolic link nor to a file
+    with several hard links; :meth:`reopen` follows a rename (logrotate)."""
 
     def __init__(self, path: str) -> None:
         super().__init__(os.path.abspath(path), mode="a", encoding="utf-8")
@@ -165,9 +173,14 @@ class LogFileHandler(logging.FileHandler):
         self._error = False  # the current emit failed
 
     def _open(self) -> Any:
-        # os.open so a new file gets 0o640, never the world-readable 0o644 of open().
-        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                     0o640)
+        # os.open so a new file gets 0o640, never the world-readable 0o644 of open();
+        # O_NOFOLLOW: root must not append to whatever a planted link names.
+        fd = open_no_follow(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:  # another file linked in
+            os.close(fd)
+            raise OSError(errno.EMLINK, f"has {info.st_nlink} hard links (refused: it may be "
+                          "another file linked in)", self.baseFilename)
         return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
 
     def reopen(self) -> None:

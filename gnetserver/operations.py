@@ -210,20 +210,21 @@ class ProcessControl:
 
     def drop_privileges(self, conf: Conf, unix_paths: list[str], logs: ServerLog,
                         say: Callable[[int, str], None]) -> None:
-        """Net::Server's order: hand the files the server keeps writing (log file, pid file,
-        unix socket files) to ``user``/``group``, ``chroot``, then setgid and setuid. Unknown
-        names, a missing chroot, a failed chown and a failed switch while root are
-        ConfigErrors; a failed switch when not root is said (level 1)."""
+        """Net::Server's order: hand the files the server keeps writing (the log file by its
+        descriptor, unix socket files without following links) to ``user``/``group``,
+        ``chroot``, then setgid and setuid. The pid file is not handed over: it stays owned
+        by the user who started the server (root). Unknown names, a missing chroot, ``user``
+        on a start that is not root's, ``chroot`` leaving uid 0 without ``chroot_as_root``,
+        a refused or failed chown and a failed switch are ConfigErrors."""
         identity = privileges.resolve(conf.user, conf.group)
         if identity is None and os.geteuid() == 0:
             say(2, "Running as root: set 'user' (and 'group') to drop privileges")
-        files = list(unix_paths)
-        if self._pid_file is not None and self._pid_file.written:
-            files.append(self._pid_file.path)
+        descriptors = []
         targets = logs.targets
-        if targets is not None and targets.path:
-            files.append(targets.path)
-        privileges.drop(identity, conf.chroot, files, say)
+        if targets is not None and targets.path and (fd := targets.fileno()) is not None:
+            descriptors.append((targets.path, fd))
+        privileges.drop(identity, conf.chroot, descriptors, unix_paths, say,
+                        conf.chroot_as_root)
         if conf.chroot:  # the files the server still opens by name, seen from the new root
             if self._pid_file is not None:
                 self._pid_file.path = privileges.rebase(self._pid_file.path, conf.chroot)
@@ -233,10 +234,12 @@ class ProcessControl:
 
 def check_process_options(conf: Conf, owner: object) -> None:
     """For the HUP preflight: what post_configure and post_bind would refuse that can be
-    checked without acting: ``user``/``group`` names, ``log_function`` naming no method of
+    checked without acting: ``user``/``group`` names (and a switch only root could make),
+    ``chroot`` leaving uid 0 without ``chroot_as_root``, ``log_function`` naming no method of
     ``owner``, a ``log_file`` path that cannot be written (looked up, not opened). ConfigError
     as the start would raise it."""
-    privileges.resolve(conf.user, conf.group)
+    identity = privileges.resolve(conf.user, conf.group)
+    privileges.check(identity, conf.chroot, conf.chroot_as_root)
     log.resolve_log_function(conf.log_function, owner)
     target = conf.log_file
     if not target or target == "Sys::Syslog" or conf.chroot:

@@ -309,22 +309,36 @@ _ACCESS: Sequence[Option] = (
 _PROCESS: Sequence[Option] = (
     Option("pid_file", None, as_optional_str,
            "File to write the server's pid to. A file holding the pid of a running process "
-           "stops the start; a stale one is overwritten with a warning. Removed at exit, kept "
-           "across a HUP restart.", "Process"),
+           "stops the start; a stale one is overwritten with a warning; a symbolic link or a "
+           "file that is not a regular file is refused. Removed at exit, kept across a HUP "
+           "restart. It is not handed to user: started as root, it stays owned by root, so "
+           "the service user cannot point root's `kill $(cat pidfile)` at another process "
+           "(keep it in a directory only root may write; the server then cannot remove it "
+           "at exit once it runs as user, and the next start overwrites the stale file).",
+           "Process"),
     Option("background", False, as_bool,
            "Fork into the background before binding (the parent exits 0).", "Process"),
     Option("setsid", False, as_bool,
            "Like background, then leave the terminal's session (setsid) and point stdin, stdout "
            "and stderr at /dev/null (stderr at log_file when there is one).", "Process"),
     Option("user", None, as_optional_str,
-           "User name or uid to run as after binding (ports below 1024 are bound first). "
+           "User name or uid to run as after binding (ports below 1024 are bound first); the "
+           "log file and unix socket files are handed to it first. Only a server started as "
+           "root can switch: on any other start, a user (or group) other than the current "
+           "one stops the start (Net::Server logs and goes on as the starting user). "
            "Default: stay who started the server.", "Process"),
     Option("group", None, group_names,
            "Group name(s) or gid(s) to run as after binding, separated by spaces or commas; the "
-           "first is the primary group. Default: the primary group of user, when user is given.",
-           "Process"),
+           "first is the primary group. Default: the primary group of user, when user is given. "
+           "Required with a bare numeric user that has no passwd entry (it has no primary "
+           "group, and root's gid 0 must not stay behind it).", "Process"),
     Option("chroot", None, as_optional_str,
-           "Directory to chroot into after binding, before switching user.", "Process"),
+           "Directory to chroot into after binding, before switching user. Requires user (a "
+           "process still running as root can leave a chroot), unless chroot_as_root is set.",
+           "Process"),
+    Option("chroot_as_root", False, as_bool,
+           "Accept chroot without user: the server then runs as root (uid 0) inside the "
+           "chroot, which root can leave; logged at level 1 at each start.", "Process"),
 )
 
 #: SSL_* options whose values are Python objects (callables, certificate and key objects or

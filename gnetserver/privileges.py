@@ -4,13 +4,24 @@ Rules of this module:
 
 * Names are resolved (and a chroot directory checked) before anything changes, so a typo stops
   the start with a ConfigError naming the option and the value, and leaves the process as it was.
-* Order: hand the files the server keeps writing (log file, pid file, unix socket files) to the
-  new user, then chroot, then the groups, the gid and last the uid (after setuid, nothing else
+* Order: hand the files the server keeps writing (log file, unix socket files) to the new
+  user, then chroot, then the groups, the gid and last the uid (after setuid, nothing else
   could change).
+* Handing over never follows a name the service user may have changed since root created the
+  file: the log file is changed through the descriptor root opened (``fchown``; a device or
+  FIFO is left as it is), a unix socket path with
+  ``lchown`` after checking it is still a socket. The pid file is not handed over at all: it
+  stays owned by root, so the service user cannot point root's ``kill $(cat pidfile)`` at
+  another process (the server removes it at exit when the user may write in its directory).
 * ``group`` may list several groups (spaces or commas); the first is the primary gid, all of
   them become the supplementary groups. When ``user`` is given without ``group`` the user's
   primary group is used: keeping root's gid (Net::Server's default) would leave a root-group
-  process behind the unprivileged uid.
+  process behind the unprivileged uid. A bare uid without a passwd entry has no primary
+  group: ``group`` is then required (a ConfigError names both options).
+* Refused before anything changes (:func:`check`): ``user``/``group`` naming other ids when the
+  server does not start as root (it cannot switch; Net::Server logs and goes on as the
+  starting user), and ``chroot`` when the server would still run as uid 0 inside the jail
+  (root can leave a chroot) unless ``chroot_as_root`` accepts it.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import grp
 import os
 import pwd
 import re
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -75,9 +87,30 @@ def resolve(user: str | None, group: str | None) -> Identity | None:
         groups = resolve_groups(group)
     elif isinstance(entry, pwd.struct_passwd):
         groups = (entry.pw_gid,)
-    else:
-        groups = (os.getegid(),)
+    elif uid == os.geteuid():
+        groups = (os.getegid(),)  # no switch at all: the current ids stay
+    else:  # the starting gid (root's 0) must not stay behind an unprivileged uid
+        raise ConfigError(f"option 'user': uid {uid} has no passwd entry, so no primary "
+                          "group: set option 'group' too (a group name or gid)")
     return Identity(uid, groups[0], groups)
+
+
+def check(identity: Identity | None, chroot: str | None, chroot_as_root: bool) -> None:
+    """What the switch must refuse before acting (see the module rules): ConfigError for
+    ``user``/``group`` naming other ids on a start that is not root's, and for ``chroot``
+    leaving the server uid 0 inside the jail without ``chroot_as_root``."""
+    euid, egid = os.geteuid(), os.getegid()
+    if identity is not None and identity.differs() and euid != 0:
+        raise ConfigError(f"options 'user'/'group': the server started as uid {euid} gid "
+                          f"{egid}, not as root, so it cannot switch to uid {identity.uid} "
+                          f"gid {identity.gid}: start it as root, or leave 'user' and "
+                          "'group' out")
+    final_uid = euid if identity is None else identity.uid
+    if chroot and final_uid == 0 and not chroot_as_root:
+        raise ConfigError(f"option 'chroot': {chroot!r} without 'user' leaves the server "
+                          "running as root (uid 0) inside the chroot, and root can leave a "
+                          "chroot: set 'user' (and 'group'), or set 'chroot_as_root' to "
+                          "accept it")
 
 
 def check_chroot(path: str) -> str:
@@ -87,14 +120,40 @@ def check_chroot(path: str) -> str:
     return os.path.abspath(path)
 
 
-def hand_over(paths: Iterable[str], identity: Identity) -> None:
-    """chown each file to the new uid and primary gid; a failure is a ConfigError."""
-    for path in paths:
+def hand_over(descriptors: Iterable[tuple[str, int]], sockets: Iterable[str],
+              identity: Identity) -> None:
+    """Give the files the server keeps writing to the new uid and primary gid, never by a
+    name that could have been changed into a symbolic link since they were made.
+
+    Args:
+        descriptors: ``(path, fd)`` of open files (the log file): ``fchown(fd)``, the file
+            root opened whatever its name has become since. A device or FIFO
+            (``/dev/null``) is not the server's to give and is left as it is.
+        sockets: unix socket paths: ``lchown`` after checking the path is still a socket.
+
+    Raises:
+        ConfigError: a refused file or a failed chown, naming the file.
+    """
+    def refuse(path: str, why: str) -> ConfigError:
+        return ConfigError(f"cannot chown {path!r} to {identity.uid}:{identity.gid} for "
+                           f"option 'user'/'group': {why}")
+
+    for path, fd in descriptors:
         try:
-            os.chown(path, identity.uid, identity.gid)
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            os.fchown(fd, identity.uid, identity.gid)
         except OSError as exc:
-            raise ConfigError(f"cannot chown {path!r} to {identity.uid}:{identity.gid} "
-                              f"for option 'user'/'group': {exc.strerror}") from None
+            raise refuse(path, str(exc.strerror)) from None
+    for path in sockets:
+        try:
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise refuse(path, "the path is no longer the unix socket the server bound "
+                                   "(replaced after binding: refused)")
+            os.chown(path, identity.uid, identity.gid, follow_symlinks=False)
+        except OSError as exc:
+            raise refuse(path, str(exc.strerror)) from None
 
 
 def enter_chroot(path: str) -> None:
@@ -137,23 +196,28 @@ def become(identity: Identity) -> None:
                       f"uid {identity.uid} gid {identity.gid}")
 
 
-def drop(identity: Identity | None, chroot: str | None, files: Iterable[str],
-         log: Callable[[int, str], None]) -> None:
-    """The whole switch, in order: check, hand ``files`` over, chroot, setgid/setuid.
+def drop(identity: Identity | None, chroot: str | None, descriptors: Iterable[tuple[str, int]],
+         sockets: Iterable[str], log: Callable[[int, str], None],
+         chroot_as_root: bool = False) -> None:
+    """The whole switch, in order: check, hand the files over (see :func:`hand_over`),
+    chroot, setgid/setuid.
 
     Raises:
-        ConfigError: a missing chroot, a failed chown or chroot, or a failed switch while
-            root. A failed switch when not root is logged at level 1 (Net::Server logs it).
+        ConfigError: a missing chroot, what :func:`check` refuses, a failed chown or chroot,
+            or a failed switch.
     """
     new_root = check_chroot(chroot) if chroot else None
+    check(identity, new_root, chroot_as_root)
     changing = identity is not None and identity.differs()
     if changing or new_root is not None:
         prepare()  # load lazily-imported modules while they are reachable
     if changing:
         assert identity is not None
-        hand_over(files, identity)
+        hand_over(descriptors, sockets, identity)
     if new_root is not None:
         log(2, f"Chrooting to {new_root}")
+        if (identity.uid if identity is not None else os.geteuid()) == 0:
+            log(1, f"Running as root inside the chroot {new_root} (chroot_as_root)")
         enter_chroot(new_root)
     if not changing:
         return
@@ -162,10 +226,8 @@ def drop(identity: Identity | None, chroot: str | None, files: Iterable[str],
     try:
         become(identity)
     except OSError as exc:
-        message = f"cannot become uid {identity.uid} gid {identity.gid}: {exc}"
-        if os.geteuid() == 0:
-            raise ConfigError(f"options 'user'/'group': {message}") from None
-        log(1, f"Couldn't switch user: {message}")
+        raise ConfigError(f"options 'user'/'group': cannot become uid {identity.uid} gid "
+                          f"{identity.gid}: {exc}") from None
 
 
 def rebase(path: str, root: str) -> str:

@@ -332,10 +332,12 @@ class GServer:
 
     def drop_privileges(self) -> None:
         """Framework step (in post_bind: every port is bound, the loop has not started), in
-        Net::Server's order: hand the files the server keeps writing (log file, pid file, unix
-        socket files) to ``user``/``group``, ``chroot``, then setgid and setuid. Unknown
-        names, a missing chroot, a failed chown and a failed switch while root are
-        ConfigErrors; a failed switch when not root is logged (level 1)."""
+        Net::Server's order: hand the files the server keeps writing (the log file by its
+        descriptor, unix socket files without following links; the pid file stays root's) to
+        ``user``/``group``, ``chroot``, then setgid and setuid. Unknown names, a missing
+        chroot, ``user``/``group`` on a start that is not root's, ``chroot`` leaving uid 0
+        without ``chroot_as_root``, a refused or failed chown and a failed switch are
+        ConfigErrors (see :mod:`gnetserver.privileges`)."""
         unix = [str(lst.address.sockaddr) for lst in self.listeners if lst.proto == "unix"]
         self.process.drop_privileges(self.conf, unix, self.logs, self.log)
 

@@ -141,11 +141,14 @@ def test_root_binds_a_low_port_then_serves_as_nobody(shared_dir: Path, run_serve
     assert sorted(status["Groups"]) == sorted({gid, extra})
     assert "You said" in echo(("127.0.0.1", port))
     assert "You said" in echo(sock_path)
-    for path in (log_file, pid_file, Path(sock_path)):  # handed over before the switch
+    for path in (log_file, Path(sock_path)):  # handed over before the switch
         assert (path.stat().st_uid, path.stat().st_gid) == (uid, gid), path
+    # issue 16 point 6: the pid file stays root's (nobody must not aim root's kill at others)
+    assert (pid_file.stat().st_uid, pid_file.stat().st_gid) == (0, 0)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
-    assert not pid_file.exists() and not os.path.exists(sock_path)  # removed as nobody
+    # removed as nobody (the directory is nobody's; the file's owner does not matter)
+    assert not pid_file.exists() and not os.path.exists(sock_path)
 
 
 @needs_root
