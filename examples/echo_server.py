@@ -37,7 +37,7 @@ class Echo(GServer):
 
     def process_request(self, client: Client) -> None:
         """Runs in the connection's own greenlet, after the TLS handshake."""
-        for line in client.makefile("rb"):  # or client.recv / client.readline
+        for line in client.makefile("rb"):  # each line at most max_line_length (64 KiB)
             client.sendall(line)
 
 

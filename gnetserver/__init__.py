@@ -24,17 +24,27 @@ _EXPORTS = {
     "ConfigError": "gnetserver.errors",
     "TLSError": "gnetserver.errors",
     "HandshakeTimeout": "gnetserver.errors",
+    "LineTooLong": "gnetserver.errors",
+    "SessionWaitTimeout": "gnetserver.errors",
 }
 
 __all__ = [
     "OPTIONS", "Client", "Conf", "ConfigError", "GNetServerError", "GServer", "HandshakeTimeout",
-    "Listener", "Option", "PortSpec", "TLSError", "__version__", "parse_ports",
+    "LineTooLong", "Listener", "Option", "PortSpec", "SessionWaitTimeout", "TLSError",
+    "__version__", "parse_ports",
 ]
 
 if TYPE_CHECKING:
     from .client import Client
     from .conf import Conf
-    from .errors import ConfigError, GNetServerError, HandshakeTimeout, TLSError
+    from .errors import (
+        ConfigError,
+        GNetServerError,
+        HandshakeTimeout,
+        LineTooLong,
+        SessionWaitTimeout,
+        TLSError,
+    )
     from .listener import Listener
     from .options import OPTIONS, Option
     from .ports import PortSpec, parse_ports

@@ -15,6 +15,12 @@ Rules of this module:
 * ``readline`` keeps surplus bytes in the client's own buffer, and ``recv`` serves that buffer
   first, so mixing the two never loses data. A file from ``makefile`` buffers on its own, as a
   socket's does: do not mix reads through a file with direct reads.
+* Line reads are bounded: without an explicit limit, ``readline()``, iteration over the client
+  and ``readline()``/iteration on a file from ``makefile`` raise
+  :class:`~gnetserver.errors.LineTooLong` past ``max_line_length`` bytes (given at
+  construction: the server passes its ``max_line_length`` option), so a peer cannot make the
+  server buffer without bound. An explicit limit keeps the stdlib meaning (at most that many
+  bytes, no error).
 * The client owns its connection: ``close`` (graceful: TLS close_notify, half-close, short
   drain) and ``abort`` (at once) close the stream, or the bare accepted socket when no stream
   was attached; both are idempotent, and the server calls ``close`` in
@@ -25,14 +31,19 @@ Rules of this module:
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, AnyStr, cast
 
+from .errors import LineTooLong
 from .proto.stream import Stream, StreamIO, TLSFacts, linger_close
 
 if TYPE_CHECKING:
     from cryptography import x509
 
-__all__ = ["Client", "Stream", "TLSFacts"]
+__all__ = ["MAX_LINE_LENGTH", "Client", "LineTooLong", "Stream", "TLSFacts"]
+
+#: The default bound of a line read without a limit (the ``max_line_length`` option's default).
+MAX_LINE_LENGTH = 64 * 1024
 
 
 class Client:
@@ -63,17 +74,21 @@ class Client:
             (a set of address texts; None when that lookup found none or did not run).
         allowed: the outcome of allow_deny and allow_deny_hook once they ran.
         data: a dict for handlers to keep per-connection state in.
+        max_line_length: the bound of a line read without a limit (see :meth:`readline`).
 
     TLS facts (read-only, ``None`` on tcp/unix clients): ``tls_version``, ``cipher``,
     ``server_name``, ``alpn_protocol``, ``session_reused``, ``peer_certificate``,
     ``peer_subject``, ``peer_issuer``.
     """
 
-    def __init__(self, sock: Any, address: Any, listener: Any, server: Any) -> None:
+    def __init__(self, sock: Any, address: Any, listener: Any, server: Any,
+                 max_line_length: int = MAX_LINE_LENGTH) -> None:
         """Per accepted socket, in its connection's greenlet. ``listener`` and ``server`` are
         typed Any: importing their modules here would make the import cycle this module
-        must not be part of (they import the client)."""
+        must not be part of (they import the client). ``max_line_length``: the server's
+        option of that name."""
         self.server = server
+        self.max_line_length = max_line_length
         self.listener = listener
         self._accepted = sock
         self._stream: Stream | None = None
@@ -211,26 +226,40 @@ class Client:
             return count
         return self._io.recv_into(buffer, nbytes)
 
-    def readline(self, limit: int = -1) -> bytes:
-        """One line including its ``\\n`` (at most ``limit`` bytes); ``b""`` at end of stream."""
+    def readline(self, limit: int | None = -1) -> bytes:
+        """One line including its ``\\n``; ``b""`` at end of stream (the last line may lack
+        its ``\\n``).
+
+        With a ``limit`` (>= 0): at most ``limit`` bytes, as ``io`` files do (a longer line
+        comes in pieces). Without (-1 or None): at most :attr:`max_line_length` bytes, its
+        end included; a longer line raises :class:`~gnetserver.errors.LineTooLong` (its bytes
+        stay buffered: the server ends the connection). Raises TimeoutError when idle."""
+        if limit is None or limit < 0:
+            strict, bound = True, self.max_line_length
+        else:
+            strict, bound = False, limit
+        buf = self._rbuf
+        start = 0  # bytes already searched for the line end
         while True:
-            end = self._rbuf.find(b"\n")
-            if end >= 0 or 0 <= limit <= len(self._rbuf):
-                cut = end + 1 if end >= 0 else limit
-                if 0 <= limit < cut:
-                    cut = limit
-                line = bytes(self._rbuf[:cut])
-                del self._rbuf[:cut]
+            end = buf.find(b"\n", start, bound)  # only within the bound: never scan past it
+            if end >= 0 or len(buf) >= bound:
+                if end < 0 and strict:
+                    raise LineTooLong(bound)
+                cut = end + 1 if end >= 0 else bound
+                line = bytes(buf[:cut])
+                del buf[:cut]
                 return line
+            start = len(buf)
             chunk = self._io.recv(65536)
             if not chunk:
-                line = bytes(self._rbuf)
-                self._rbuf.clear()
+                line = bytes(buf)
+                buf.clear()
                 return line
-            self._rbuf += chunk
+            buf += chunk
 
     def __iter__(self) -> Any:
-        """Iterate over lines until end of stream."""
+        """Iterate over lines until end of stream, each bounded by :attr:`max_line_length`
+        (:meth:`readline` without a limit)."""
         while line := self.readline():
             yield line
 
@@ -251,11 +280,14 @@ class Client:
     def makefile(self, mode: str = "r", buffering: int = -1, encoding: str | None = None,
                  errors: str | None = None, newline: str | None = None) -> Any:
         """A file object over the connection, like ``socket.makefile``; closing it leaves the
-        connection open."""
+        connection open. Its ``readline()`` without a size, and iteration over it, are bounded
+        by :attr:`max_line_length` (bytes; characters in text mode) and raise
+        :class:`~gnetserver.errors.LineTooLong` past it; ``readline(size)`` is the stdlib's."""
         if not set(mode) <= {"r", "w", "b"}:
             raise ValueError(f"invalid mode {mode!r} (only r, w, b)")
         reading, writing = "r" in mode or "w" not in mode, "w" in mode
-        raw = _ClientIO(self, reading, writing)
+        limit = self.max_line_length
+        raw = _ClientIO(self, reading, writing, limit)
         size = io.DEFAULT_BUFFER_SIZE if buffering in (-1, 1) else buffering
         if buffering == 0:
             if "b" not in mode:
@@ -263,16 +295,16 @@ class Client:
             return raw
         buffered: io.BufferedIOBase
         if reading and writing:
-            buffered = io.BufferedRWPair(raw, raw, size)
+            buffered = _BoundedRWPair(raw, raw, size, limit)
         elif reading:
-            buffered = io.BufferedReader(raw, size)
+            buffered = _BoundedReader(raw, size, limit)
         else:
             buffered = io.BufferedWriter(raw, size)
         if "b" in mode:
             return buffered
         # typeshed wants a buffer with ``name``; BufferedRWPair has none (only text.name, which
         # nobody reads on a connection, would miss it).
-        text = io.TextIOWrapper(cast(Any, buffered), encoding, errors, newline)
+        text = _BoundedText(cast(Any, buffered), encoding, errors, newline, limit)
         text.mode = mode  # type: ignore[misc]
         return text
 
@@ -301,12 +333,62 @@ class Client:
                 self._accepted.close()
 
 
-class _ClientIO(io.RawIOBase):
-    """A raw file over a Client, for makefile()."""
+def _bounded(readline: Callable[[int], AnyStr], size: int | None, limit: int) -> AnyStr:
+    """A file's ``readline(size)``: the stdlib's with a size; without one, bounded by
+    ``limit`` (LineTooLong past it). The C iterators of io's subclasses call ``readline``, so
+    iteration is bounded too."""
+    if size is not None and size >= 0:
+        return readline(size)
+    line = readline(limit + 1)
+    if len(line) > limit:
+        raise LineTooLong(limit)
+    return line
 
-    def __init__(self, client: Client, reading: bool, writing: bool) -> None:
+
+class _BoundedReader(io.BufferedReader):
+    """makefile("rb"): lines bounded by ``max_line_length``."""
+
+    def __init__(self, raw: Any, size: int, limit: int) -> None:
+        super().__init__(raw, size)
+        self._limit = limit
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        return _bounded(super().readline, size, self._limit)
+
+
+class _BoundedRWPair(io.BufferedRWPair):
+    """makefile("rwb"): lines bounded by ``max_line_length``."""
+
+    def __init__(self, reader: Any, writer: Any, size: int, limit: int) -> None:
+        super().__init__(reader, writer, size)
+        self._limit = limit
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        return _bounded(super().readline, size, self._limit)
+
+
+class _BoundedText(io.TextIOWrapper):
+    """makefile("r"): lines bounded by ``max_line_length`` characters."""
+
+    def __init__(self, buffer: Any, encoding: str | None, errors: str | None,
+                 newline: str | None, limit: int) -> None:
+        super().__init__(buffer, encoding, errors, newline)
+        self._limit = limit
+
+    def readline(self, size: int = -1, /) -> str:  # type: ignore[override]  # as typeshed
+        return _bounded(super().readline, size, self._limit)
+
+
+class _ClientIO(io.RawIOBase):
+    """A raw file over a Client, for makefile() (``buffering=0``); lines bounded too."""
+
+    def __init__(self, client: Client, reading: bool, writing: bool, limit: int) -> None:
         super().__init__()
         self._client, self._reading, self._writing = client, reading, writing
+        self._limit = limit
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        return _bounded(super().readline, size, self._limit)
 
     def readable(self) -> bool:
         return self._reading

@@ -107,8 +107,10 @@ class Conf(Mapping[str, Any]):
     max_servers: int
     max_handshakes: int
     timeout_handshake: float
+    timeout_session_wait: float
     timeout_idle: float
     graceful_timeout: float
+    max_line_length: int
     # -- Logging
     log_level: int
     log_file: str | None

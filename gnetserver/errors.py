@@ -1,8 +1,9 @@
 """The exceptions gnetserver raises to its users.
 
 Every error that stops a server at start is a :class:`ConfigError` whose message names the
-option (or port) and the offending value; errors of a single connection are :class:`TLSError`
-(or plain ``OSError``/``TimeoutError``) and never escape the connection's greenlet.
+option (or port) and the offending value; errors of a single connection are :class:`TLSError`,
+:class:`SessionWaitTimeout`, :class:`LineTooLong` (or plain ``OSError``/``TimeoutError``) and
+never escape the connection's greenlet.
 """
 
 from __future__ import annotations
@@ -22,3 +23,28 @@ class TLSError(GNetServerError, OSError):
 
 class HandshakeTimeout(TLSError, TimeoutError):
     """The TLS handshake did not finish within ``timeout_handshake`` seconds."""
+
+
+class SessionWaitTimeout(GNetServerError, TimeoutError):
+    """A connection finished its handshake but no session slot (``max_servers``) freed within
+    ``timeout_session_wait`` seconds; the server closes it (logged at level 3)."""
+
+    def __init__(self, waited: float) -> None:
+        super().__init__(f"no session slot freed within {waited:g}s (max_servers busy; "
+                         f"timeout_session_wait)")
+        #: The seconds the connection waited.
+        self.waited = waited
+
+
+class LineTooLong(GNetServerError, ValueError):
+    """A line read without an explicit limit (``client.readline()``, iteration over the client
+    or over a file from ``client.makefile()``) is longer than ``max_line_length`` bytes, its
+    end included: no line end came within them, so a peer cannot make the server buffer
+    without bound. The server logs it at level 3, without a traceback, and the connection ends
+    (unless the handler catches it). An explicit limit (``readline(n)``) keeps the usual
+    meaning instead: at most ``n`` bytes are returned, no error."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"no line end within {limit} bytes (max_line_length)")
+        #: The bound that was exceeded (``max_line_length``).
+        self.limit = limit

@@ -212,19 +212,30 @@ _SERVER: Sequence[Option] = (
 _LIMITS: Sequence[Option] = (
     Option("max_servers", 256, int_in(1),
            "Maximum number of established sessions served at once, across all ports; further "
-           "connections wait (they are not refused) until a slot frees.", "Limits"),
+           "connections wait (they are not refused) until a slot frees, for at most "
+           "timeout_session_wait.", "Limits"),
     Option("max_handshakes", 1000, int_in(1),
-           "Maximum number of connections that may be in their TLS handshake (or waiting for a "
-           "session slot) at once, on top of max_servers; beyond it the kernel backlog holds "
-           "new connections.", "Limits"),
+           "Maximum number of pending connections (in their TLS handshake, or waiting for a "
+           "session slot) at once, on top of max_servers. When all are taken, a new "
+           "connection evicts the oldest one still in its handshake (logged at level 3), so "
+           "silent sockets cannot lock real clients out; when every pending connection waits "
+           "for a session, the kernel backlog holds new connections.", "Limits"),
     Option("timeout_handshake", 10.0, seconds,
            "Seconds a client gets to complete its TLS handshake before it is dropped.", "Limits"),
+    Option("timeout_session_wait", 30.0, seconds,
+           "Seconds a connection that finished its handshake may wait for a session slot "
+           "(max_servers busy) before it is closed (logged at level 3).", "Limits"),
     Option("timeout_idle", 60.0, seconds_or_zero,
            "Seconds a read or a write on an established connection may wait for the peer "
            "(data to read, room to write) before the connection is closed (0 = no limit).",
            "Limits"),
     Option("graceful_timeout", 5.0, seconds_or_zero,
            "Seconds stop() lets in-flight connections finish before they are cut.", "Limits"),
+    Option("max_line_length", 64 * 1024, int_in(1),
+           "Longest line, in bytes with its end, that client.readline(), iteration over the "
+           "client and readline/iteration on client.makefile() read when no limit is given; "
+           "a longer one raises LineTooLong (logged at level 3, the connection ends), so a "
+           "peer cannot make the server buffer without bound.", "Limits"),
 )
 
 _LOGGING: Sequence[Option] = (

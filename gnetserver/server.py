@@ -35,12 +35,12 @@ from .access import AccessRules
 from .access_control import AccessPolicy
 from .client import Client
 from .conf import Conf, plan_conf
-from .errors import ConfigError, HandshakeTimeout, TLSError
+from .errors import ConfigError, HandshakeTimeout, LineTooLong, SessionWaitTimeout, TLSError
 from .lifecycle import Lifecycle
 from .listener import Listener
 from .operations import ProcessControl, ServerLog, check_process_options, raise_open_file_limit
 from .options import DEFAULT_PORT, NETSERVER_COMPAT, OPTIONS, Option, table
-from .personality import PERSONALITIES, Personality, personality_name
+from .personality import PERSONALITIES, Evicted, Personality, personality_name
 from .ports import PortSpec
 from .proto import StreamProtocol
 from .tls import TLSContexts
@@ -454,7 +454,8 @@ class GServer:
 
     def _on_connection(self, listener: Listener, sock: Any, address: Any) -> None:
         """Greenlet body for one accepted socket (gevent closes ``sock`` afterwards)."""
-        self.run_client_connection(Client(sock, address, listener, self))
+        self.run_client_connection(Client(sock, address, listener, self,
+                                          self.conf.max_line_length))
 
     # == signals (gnetserver.lifecycle; the OS handlers only queue) =============================
 
@@ -626,7 +627,12 @@ class GServer:
         An exception in a hook is logged and ends this connection only. The session slot is
         released before post_process_request, so the lingering close (up to a few seconds
         with a peer that does not close) never holds a ``max_servers`` slot. When :meth:`stop`
-        runs out of time it kills the greenlet (GreenletExit): the client is cut at once."""
+        runs out of time it kills the greenlet (GreenletExit): the client is cut at once.
+
+        The budget is the personality's: a connection still in its handshake may be evicted
+        to make room for a newer one (``Evicted``: aborted, logged at level 3), and one that
+        finds no session slot within ``timeout_session_wait`` is closed (``SessionWaitTimeout``,
+        logged at level 3); no per-connection hook runs for either."""
         try:
             tls = client.listener.protocol.is_tls
             if not self.access.address_allowed(client, tls):  # address rules, before TLS
@@ -634,7 +640,7 @@ class GServer:
             if not self._negotiate(client):  # post_accept: the TLS handshake
                 return
             assert self.personality is not None, "connections come from the personality"
-            with self.personality.session_slot():  # at most max_servers; others wait here
+            with self.personality.session_slot():  # at most max_servers; a bounded wait
                 try:
                     self.get_client_info(client)  # peer/local addresses, CONNECT log line
                     self.post_accept_hook(client)  # user
@@ -649,6 +655,13 @@ class GServer:
                     self.connection_error(client, exc)
             self._guarded(self.post_process_request, client)  # closes the client (slot free)
             self._guarded(self.post_client_connection_hook, client)  # user: after close
+        except Evicted:  # the personality made room for a newer connection
+            self._dropped(client, "evicted from its handshake: the pending budget "
+                                  "(max_handshakes) is full")
+            client.abort()
+        except SessionWaitTimeout as exc:  # entering session_slot(): no hook ran yet
+            self._dropped(client, f"closed: {exc}")
+            client.close()
         except BaseException:
             client.abort()  # killed by stop(): no close_notify, no lingering (no-op if closed)
             raise
@@ -671,6 +684,11 @@ class GServer:
             client.close()
         return False
 
+    def _dropped(self, client: Client, why: str) -> None:
+        """Log (level 3) a pending connection the budget ended."""
+        if self.log_enabled(3):
+            self.log(3, f"Connection {client.peer_text()} {why}")
+
     def _guarded(self, hook: Any, client: Client) -> None:
         """Call a cleanup hook; an exception is logged, never propagated."""
         try:
@@ -679,9 +697,10 @@ class GServer:
             self.connection_error(client, exc)
 
     def connection_error(self, client: Client, exc: BaseException) -> None:
-        """Log an exception of one connection: disconnects and timeouts at level 3, others at
-        level 1 with the traceback (formatted only when that level is logged)."""
-        if isinstance(exc, (TimeoutError, ConnectionError, TLSError)):
+        """Log an exception of one connection: disconnects, timeouts and over-long lines
+        (:class:`~gnetserver.errors.LineTooLong`) at level 3, others at level 1 with the
+        traceback (formatted only when that level is logged)."""
+        if isinstance(exc, (TimeoutError, ConnectionError, TLSError, LineTooLong)):
             if self.log_enabled(3):
                 self.log(3, f"Connection {client.peer_text()} ended: {type(exc).__name__}: "
                             f"{exc}")

@@ -11,6 +11,12 @@ Rules of this package:
 * :data:`PERSONALITIES` maps a ``server_type`` name to its class. ``Single`` (one process, one
   gevent hub, a greenlet per connection) is the default; a worker-process personality plugs in
   here without touching hooks, protocols or TLS.
+* The connection budget is the personality's (it owns accepting): at most ``max_servers``
+  sessions and ``max_handshakes`` pending connections on top. A pending connection still in
+  its handshake may be evicted (:class:`Evicted` is thrown into its greenlet) to make room for
+  a new one, and the wait for a session slot is bounded (``timeout_session_wait``:
+  :class:`~gnetserver.errors.SessionWaitTimeout`); see :mod:`.pending`. The server only
+  enters :meth:`Personality.session_slot` and handles those two exceptions.
 * Nothing here imports the server or the client: a personality sees listeners and greenlets.
 """
 
@@ -23,6 +29,7 @@ from typing import Any, ClassVar, Protocol
 from ..conf import Conf
 from ..lifecycle import Connections, Dispatch, Lifecycle
 from ..listener import Listener
+from .pending import Evicted, PendingBudget
 from .single import Single
 
 #: What a personality calls for each accepted connection: ``handle(listener, sock, address)``,
@@ -37,6 +44,17 @@ class Personality(Connections, Protocol):
     #: The ``server_type`` name it answers to.
     name: ClassVar[str]
 
+    @property
+    def evictions(self) -> int:
+        """Connections evicted from their handshake to make room for newer ones (each got
+        :class:`Evicted` in its greenlet)."""
+        ...
+
+    @property
+    def session_wait_timeouts(self) -> int:
+        """Connections that waited ``timeout_session_wait`` for a session slot in vain."""
+        ...
+
     def start(self, listeners: Sequence[Listener], handle: Handle) -> None:
         """Start accepting on ``listeners``; each connection runs ``handle`` in a greenlet."""
         ...
@@ -50,7 +68,10 @@ class Personality(Connections, Protocol):
         ...
 
     def session_slot(self) -> AbstractContextManager[Any]:
-        """A context manager held while a connection runs its session (``max_servers``)."""
+        """A context manager held while a connection runs its session (``max_servers``).
+        Entering it ends the connection's handshake stage (it can no longer be evicted) and
+        waits for a slot at most ``timeout_session_wait`` seconds, then raises
+        :class:`~gnetserver.errors.SessionWaitTimeout`. Cheap when a slot is free (no timer)."""
         ...
 
     def greenlets(self) -> list[Any]:
@@ -71,5 +92,5 @@ def personality_name(server_types: Sequence[str]) -> str:
     return next((name for name in server_types if name in PERSONALITIES), DEFAULT_PERSONALITY)
 
 
-__all__ = ["DEFAULT_PERSONALITY", "PERSONALITIES", "Handle", "Personality", "Single",
-           "personality_name"]
+__all__ = ["DEFAULT_PERSONALITY", "PERSONALITIES", "Evicted", "Handle", "PendingBudget",
+           "Personality", "Single", "personality_name"]
