@@ -41,9 +41,10 @@ import re
 import stat
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
+from .conf import Conf
 from .daemon import open_no_follow, stderr_to
 from .errors import ConfigError
 from .log_options import LOCAL_SYSLOG_PATHS as LOCAL_SYSLOG_PATHS
@@ -303,9 +304,9 @@ class LogTargets:
         self.stderr_follows = False
 
     @classmethod
-    def from_conf(cls, conf: Mapping[str, Any]) -> LogTargets:
+    def from_conf(cls, conf: Conf) -> LogTargets:
         """Open what ``log_file`` names; raises ConfigError naming the option and value."""
-        target = conf.get("log_file")
+        target = conf.log_file
         if not target:
             return cls()
         if target == SYSLOG:
@@ -374,13 +375,13 @@ class LogTargets:
 LOGGER_TARGETS = LogTargets()
 
 
-def open_syslog(conf: Mapping[str, Any]) -> SyslogHandler:
+def open_syslog(conf: Conf) -> SyslogHandler:
     """The syslog handler for ``log_file Sys::Syslog``; unreachable syslog is a ConfigError
     unless ``syslog_logopt`` has ``nofatal`` (then each message tries to reconnect)."""
-    logopt = logopt_words(conf.get("syslog_logopt"))
-    address, socktype = syslog_address(conf.get("syslog_logsock") or "")
-    ident = conf.get("syslog_ident") or "net_server"
-    facility = facility_number(conf.get("syslog_facility") or "daemon")
+    logopt = logopt_words(conf.syslog_logopt)
+    address, socktype = syslog_address(conf.syslog_logsock or "")
+    ident = conf.syslog_ident or "net_server"
+    facility = facility_number(conf.syslog_facility or "daemon")
     handler = SyslogHandler(address, facility, ident, logopt, socktype)
     if not handler.connected() and "nofatal" not in logopt:
         error = handler.sender.error
