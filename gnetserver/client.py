@@ -333,16 +333,30 @@ class Client:
                 self._accepted.close()
 
 
-def _bounded(readline: Callable[[int], AnyStr], size: int | None, limit: int) -> AnyStr:
-    """A file's ``readline(size)``: the stdlib's with a size; without one, bounded by
-    ``limit`` (LineTooLong past it). The C iterators of io's subclasses call ``readline``, so
-    iteration is bounded too."""
-    if size is not None and size >= 0:
-        return readline(size)
-    line = readline(limit + 1)
-    if len(line) > limit:
-        raise LineTooLong(limit)
-    return line
+class _LineBound:
+    """The ``max_line_length`` bound of one file from ``makefile()``: ``readline(size)`` is the
+    stdlib's with a size; without one, at most ``limit`` bytes (characters, for text), else
+    LineTooLong. Once a line was too long, every later unbounded read raises again, since the
+    rest of that line must not pass for a new one. The C iterators of io's classes call
+    ``readline``, so iteration is bounded too."""
+
+    __slots__ = ("limit", "tripped")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.tripped = False
+
+    def readline(self, readline: Callable[[int], AnyStr], size: int | None) -> AnyStr:
+        """One line through ``readline`` (a stdlib file's), bounded as the class says."""
+        if size is not None and size >= 0:
+            return readline(size)
+        if self.tripped:
+            raise LineTooLong(self.limit)
+        line = readline(self.limit + 1)
+        if len(line) > self.limit:
+            self.tripped = True
+            raise LineTooLong(self.limit)
+        return line
 
 
 class _BoundedReader(io.BufferedReader):
@@ -350,10 +364,10 @@ class _BoundedReader(io.BufferedReader):
 
     def __init__(self, raw: Any, size: int, limit: int) -> None:
         super().__init__(raw, size)
-        self._limit = limit
+        self._bound = _LineBound(limit)
 
     def readline(self, size: int | None = -1, /) -> bytes:
-        return _bounded(super().readline, size, self._limit)
+        return self._bound.readline(super().readline, size)
 
 
 class _BoundedRWPair(io.BufferedRWPair):
@@ -361,10 +375,10 @@ class _BoundedRWPair(io.BufferedRWPair):
 
     def __init__(self, reader: Any, writer: Any, size: int, limit: int) -> None:
         super().__init__(reader, writer, size)
-        self._limit = limit
+        self._bound = _LineBound(limit)
 
     def readline(self, size: int | None = -1, /) -> bytes:
-        return _bounded(super().readline, size, self._limit)
+        return self._bound.readline(super().readline, size)
 
 
 class _BoundedText(io.TextIOWrapper):
@@ -373,10 +387,10 @@ class _BoundedText(io.TextIOWrapper):
     def __init__(self, buffer: Any, encoding: str | None, errors: str | None,
                  newline: str | None, limit: int) -> None:
         super().__init__(buffer, encoding, errors, newline)
-        self._limit = limit
+        self._bound = _LineBound(limit)
 
     def readline(self, size: int = -1, /) -> str:  # type: ignore[override]  # as typeshed
-        return _bounded(super().readline, size, self._limit)
+        return self._bound.readline(super().readline, size)
 
 
 class _ClientIO(io.RawIOBase):
@@ -385,10 +399,10 @@ class _ClientIO(io.RawIOBase):
     def __init__(self, client: Client, reading: bool, writing: bool, limit: int) -> None:
         super().__init__()
         self._client, self._reading, self._writing = client, reading, writing
-        self._limit = limit
+        self._bound = _LineBound(limit)
 
     def readline(self, size: int | None = -1, /) -> bytes:
-        return _bounded(super().readline, size, self._limit)
+        return self._bound.readline(super().readline, size)
 
     def readable(self) -> bool:
         return self._reading

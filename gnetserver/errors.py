@@ -36,13 +36,17 @@ class SessionWaitTimeout(GNetServerError, TimeoutError):
         self.waited = waited
 
 
-class LineTooLong(GNetServerError, ValueError):
+class LineTooLong(GNetServerError):
     """A line read without an explicit limit (``client.readline()``, iteration over the client
     or over a file from ``client.makefile()``) is longer than ``max_line_length`` bytes, its
     end included: no line end came within them, so a peer cannot make the server buffer
     without bound. The server logs it at level 3, without a traceback, and the connection ends
     (unless the handler catches it). An explicit limit (``readline(n)``) keeps the usual
-    meaning instead: at most ``n`` bytes are returned, no error."""
+    meaning instead: at most ``n`` bytes are returned, no error.
+
+    It is not a ValueError, so that a handler catching parse errors does not swallow it by
+    accident; and once raised, unbounded line reads of that client (or file) raise it again:
+    the rest of the long line is never taken for a new line."""
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"no line end within {limit} bytes (max_line_length)")

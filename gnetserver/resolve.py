@@ -197,7 +197,10 @@ def _open_socket(addr: BindAddress, backlog: int,
 
 def _remove_stale_socket(addr: BindAddress) -> None:
     """Unlink a socket file left at the path by a previous run (nothing listens on it);
-    refuse a live socket and any other file."""
+    refuse a live socket and any other file. A process that starts listening on that path
+    between the check and the unlink (it needs write access to the folder and a race of
+    microseconds) loses its socket file: keep unix sockets in a folder only trusted users
+    can write to."""
     path = str(addr.sockaddr)
     try:
         mode = os.lstat(path).st_mode

@@ -21,7 +21,11 @@ Rules of this module:
   (:data:`MARKER`: the pid of the process that exec'ed, which the new image keeps). A first
   start that finds the variable without a matching marker (a stray variable in a service
   manager's environment, or one set by someone who hands the server sockets of their own)
-  ignores it (level 2), removes both and binds every port itself.
+  ignores it (level 2), removes both and binds every port itself. The fds it names are left
+  alone: a stray variable may name descriptors this process holds for something else (its
+  log file is open by then). The marker guards against a stray variable, not against whoever
+  starts the server: that one can set both (``X=$$; exec ...``) and could hand over any fd
+  anyway; socket activation is the interface for handing sockets to a first start.
 * The HUP preflight (:func:`exec_problems`, :func:`as_the_reexec_sees_it`) checks what the
   exec needs as the user the process now is (after a privilege drop: the service user), so a
   HUP that could only end in a failed exec and a shutdown is refused instead.

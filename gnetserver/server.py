@@ -411,12 +411,24 @@ class GServer:
         """
         return tls_setup.reload(self.tls_contexts, self.log)
 
+    def check_ticket_rotation(self) -> None:
+        """Framework step (in post_bind, after the privilege drop): with
+        ``SSL_ticket_key_rotation``, say at start (level 1) when a rotation could not read the
+        TLS files as the user the server now runs as (a root-only key): the session-ticket
+        keys would then never rotate, the current ones staying in use."""
+        for handle in self.tls_contexts.handles if self.tls_contexts is not None else []:
+            problem = handle.rotation_problem()
+            if problem is not None:
+                self.log(1, f"SSL_ticket_key_rotation will not rotate the session-ticket keys "
+                            f"(the current ones stay in use): {problem}")
+
     def post_bind_hook(self) -> None:
         """Hook: after every port is bound, with the privileges the server started with."""
 
     def post_bind(self) -> None:
         """Framework step after binding: drop privileges, then prepare signal handlers."""
         self.drop_privileges()  # chroot, group, user
+        self.check_ticket_rotation()  # as the user the server now runs as
         self.register_signals()  # TERM/INT/QUIT/HUP handled in the hub
 
     def pre_loop_hook(self) -> None:

@@ -95,6 +95,18 @@ class ContextHandle:
             self._rotate()
         return self._context
 
+    def rotation_problem(self) -> str | None:
+        """Why a ticket-key rotation would fail now (the files read again by the user the
+        process now is), or None when it would work or no rotation is set. Builds a context
+        and throws it away: call it once, at start."""
+        if not self.rotation:
+            return None
+        try:
+            self.build()
+        except Exception as exc:
+            return f"{self.where}: {_reason(exc)}"
+        return None
+
     def _rotate(self) -> None:
         try:
             self.swap(self.build())

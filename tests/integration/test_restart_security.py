@@ -183,6 +183,8 @@ def test_ticket_rotation_with_a_root_only_key_keeps_serving_and_says_why(
         as_nobody: Any, shared_dir: Path, client_context: ssl.SSLContext) -> None:
     server = as_nobody(*tls_args(shared_dir, "--SSL_ticket_key_rotation", "1"))
     (where,) = server.ports()
+    said = server.wait_for(r"SSL_ticket_key_rotation will not rotate.*$").group(0)
+    assert f"read as uid {NOBODY_UID}" in said  # said at start, not only at each rotation
 
     def rotation_tried() -> bool:
         assert "You said" in echo(where[:2], client_context)  # every client is served

@@ -45,7 +45,7 @@ def test_defaults_agree_and_the_error_is_documented() -> None:
     option = table(OPTIONS)["max_line_length"]
     assert option.default == MAX_LINE_LENGTH == 64 * 1024
     assert "LineTooLong" in option.doc
-    assert issubclass(LineTooLong, ValueError) and issubclass(LineTooLong, GNetServerError)
+    assert not issubclass(LineTooLong, ValueError) and issubclass(LineTooLong, GNetServerError)
     assert LineTooLong(LIMIT).limit == LIMIT and str(LIMIT) in str(LineTooLong(LIMIT))
 
 
@@ -109,3 +109,17 @@ def test_makefile_iteration_and_explicit_size(feed: Callable[[bytes], Client], m
     with client.makefile(mode) as file, pytest.raises(LineTooLong):
         for _ in file:
             pass
+
+
+@pytest.mark.parametrize(("mode", "buffering"), [("rb", -1), ("rwb", -1), ("rb", 0), ("r", -1)])
+def test_the_rest_of_a_long_line_never_passes_for_a_line(feed: Callable[[bytes], Client],
+                                                          mode: str, buffering: int) -> None:
+    """A peer cannot choose the next "line" by overflowing the bound: after LineTooLong every
+    unbounded read of that file raises again (an explicit size still reads what is there)."""
+    client = feed(b"A" * 20 + b"DELE all\n")
+    with client.makefile(mode, buffering) as file:
+        for _ in range(2):
+            with pytest.raises(LineTooLong):
+                file.readline()
+        with pytest.raises(LineTooLong):
+            next(iter(file))
