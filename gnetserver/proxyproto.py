@@ -223,6 +223,9 @@ def measure(data: bytes, mode: str = "any") -> int | None:
         if not _V1_PREFIX.startswith(data[:6]):
             raise ProxyHeaderError("not a PROXY header")
         end = data.find(b"\r\n", 0, V1_MAX_LENGTH)
+        lone = re.search(rb"\r[^\n]|(?<!\r)\n", data[:V1_MAX_LENGTH])
+        if lone is not None and (end < 0 or lone.start() < end):
+            raise ProxyHeaderError("v1 header with a lone CR or LF (only CRLF ends it)")
         if end >= 0:
             return end + 2
         if len(data) >= V1_MAX_LENGTH:
@@ -251,7 +254,7 @@ def parse(data: bytes, mode: str = "any") -> ProxyHeader:
     many); :class:`ProxyHeaderError` for anything the specification does not allow, or a
     version ``mode`` does not take."""
     total = measure(data, mode)
-    if total is None:
+    if total is None or total > len(data):
         raise ProxyHeaderError(f"truncated header ({len(data)} bytes)")
     if total != len(data):
         raise ProxyHeaderError(f"header of {total} bytes given {len(data)}")
