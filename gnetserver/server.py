@@ -81,7 +81,8 @@ class GServer:
     ``bind`` (``make_protocol``, ``ssl_options``, ``self_signed_certificate``), ``post_bind``
     (``drop_privileges``, ``register_signals``), ``loop`` (``make_personality``,
     ``dispatch_signals`` -> ``handle_term``, ``handle_int``, ``handle_quit``, ``handle_hup``),
-    ``server_close`` (``remove_pid_file``), and per connection ``post_accept``,
+    ``server_close`` (``remove_pid_file``), and per connection ``read_proxy_header`` (on
+    ``proxy_protocol`` ports; ``proxy_settings`` plans them), ``post_accept``,
     ``get_client_info``, ``allow_deny`` (``access_rules``; ``prepare_access`` compiles them
     when accepting starts), ``post_process_request``, ``connection_error``.
 
