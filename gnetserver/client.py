@@ -40,6 +40,8 @@ from .proto.stream import Stream, StreamIO, TLSFacts, linger_close
 if TYPE_CHECKING:
     from cryptography import x509
 
+    from .proxyproto import ProxyHeader, SSLInfo
+
 __all__ = ["MAX_LINE_LENGTH", "Client", "LineTooLong", "Stream", "TLSFacts"]
 
 #: The default bound of a line read without a limit (the ``max_line_length`` option's default).
@@ -72,6 +74,16 @@ class Client:
             lookup found no name.
         peerhost_rev: with double-reverse lookups, the addresses ``peerhost`` resolves to
             (a set of address texts; None when that lookup found none or did not run).
+        address: the peer address as accepted (``(addr, port)``, or a unix path); on a
+            ``proxy_protocol`` port that relays a client, the header's source address.
+        proxy: on ``proxy_protocol`` ports, the PROXY header received
+            (:class:`~gnetserver.proxyproto.ProxyHeader`: version, command, family, source,
+            dest, tlvs, ssl), before any hook runs; None on other ports.
+        proxy_peer: on ``proxy_protocol`` ports, the balancer's own ``(addr, port)`` (the
+            socket's peer); None on other ports. When the header relays a client
+            (``proxy.proxied``), ``peeraddr``/``peerport`` are the client's and
+            ``sockaddr``/``sockport`` the address it connected to on the balancer; after a
+            LOCAL (v2) or UNKNOWN (v1) header (a health check) they stay the socket's.
         allowed: the outcome of allow_deny and allow_deny_hook once they ran.
         data: a dict for handlers to keep per-connection state in.
         max_line_length: the bound of a line read without a limit (see :meth:`readline`).
@@ -79,6 +91,11 @@ class Client:
     TLS facts (read-only, ``None`` on tcp/unix clients): ``tls_version``, ``cipher``,
     ``server_name``, ``alpn_protocol``, ``session_reused``, ``peer_certificate``,
     ``peer_subject``, ``peer_issuer``.
+
+    PROXY v2 facts (read-only, ``None`` without a header or that TLV): ``proxy_alpn``,
+    ``proxy_authority``, ``proxy_unique_id``, ``proxy_ssl`` (the balancer's view of the
+    client's TLS when it terminated it: ``version``, ``cn``, ``cipher``, ``sig_alg``,
+    ``key_alg``, ``cert_verified``), ``proxy_tlvs`` (every TLV as ``(type, value)``).
     """
 
     def __init__(self, sock: Any, address: Any, listener: Any, server: Any,
@@ -101,6 +118,8 @@ class Client:
         self.sockport: int | str | None = None
         self.peerhost: str | None = None
         self.peerhost_rev: set[str] | None = None
+        self.proxy: ProxyHeader | None = None
+        self.proxy_peer: tuple[str, int] | None = None
         self.allowed: bool | None = None
         self.data: dict[str, Any] = {}
         self.closed = False
@@ -205,6 +224,50 @@ class Client:
         """The client certificate's issuer as an RFC 4514 string."""
         cert = self.peer_certificate
         return None if cert is None else cert.issuer.rfc4514_string()
+
+    # -- PROXY protocol facts (None without a header) ----------------------------------------
+
+    def take_proxy_header(self, header: ProxyHeader, balancer: tuple[str, int]) -> None:
+        """Record the PROXY header read off this connection (the server's
+        ``read_proxy_header`` step, before any hook): ``proxy``, ``proxy_peer`` (the
+        balancer, the socket's peer) and, when the header relays a client, ``address`` (so
+        the access rules, lookups and get_client_info see the client)."""
+        self.proxy, self.proxy_peer = header, balancer
+        if header.proxied:
+            self.address = header.source
+
+    @property
+    def proxy_local(self) -> tuple[str, int] | None:
+        """The address the client connected to on the balancer (the header's destination),
+        None unless the header relays a client; get_client_info takes it as sockaddr/sockport."""
+        header = self.proxy
+        return header.dest if header is not None and header.proxied else None
+
+    @property
+    def proxy_tlvs(self) -> tuple[tuple[int, bytes], ...]:
+        """Every v2 TLV of the header as ``(type, value)``, in order (empty without one)."""
+        return () if self.proxy is None else self.proxy.tlvs
+
+    @property
+    def proxy_alpn(self) -> str | None:
+        """The ALPN protocol the client negotiated with the balancer (v2 TLV 0x01)."""
+        return None if self.proxy is None else self.proxy.alpn
+
+    @property
+    def proxy_authority(self) -> str | None:
+        """The host name the client asked the balancer for: its SNI (v2 TLV 0x02)."""
+        return None if self.proxy is None else self.proxy.authority
+
+    @property
+    def proxy_unique_id(self) -> bytes | None:
+        """The balancer's id of the connection (v2 TLV 0x05, ``unique-id-format``)."""
+        return None if self.proxy is None else self.proxy.unique_id
+
+    @property
+    def proxy_ssl(self) -> SSLInfo | None:
+        """The v2 SSL TLV (0x20) when the balancer terminated TLS: ``version``, ``cn``,
+        ``cipher``, ``sig_alg``, ``key_alg``, ``tls``, ``cert_verified``."""
+        return None if self.proxy is None else self.proxy.ssl
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -126,6 +126,10 @@ class Conf(Mapping[str, Any]):
     cidr_deny: list[str]
     reverse_lookups: bool | str
     double_reverse_lookups: bool | str
+    # -- PROXY protocol
+    proxy_protocol: str | None
+    proxy_protocol_from: list[str]
+    timeout_proxy_header: float
     # -- Process
     pid_file: str | None
     background: bool

@@ -31,7 +31,8 @@ from .resolve import socket_mode
 from .tls import TLSContexts
 
 #: Per-port dict keys that are port-spec fields rather than protocol options.
-SPEC_KEYS = frozenset({"port", "host", "proto", "ipv", "listen", "unix_type", "unix_mode"})
+SPEC_KEYS = frozenset({"port", "host", "proto", "ipv", "listen", "unix_type", "unix_mode",
+                       "proxy_protocol", "proxy_protocol_from"})
 
 Log = Callable[[int, str], None]
 

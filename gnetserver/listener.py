@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .ports import PortSpec
+from .proxyproto import ProxySettings
 from .resolve import BindAddress, describe
 
 if TYPE_CHECKING:
@@ -23,12 +24,15 @@ class Listener:
         sock: the listening stdlib socket.
         protocol: the protocol object that negotiates and closes its connections
             (``protocol.is_tls``: a TLS port).
+        proxy: how its connections' PROXY header is read (``proxy_protocol``), None when
+            they send none; set by the server's ``bind``.
     """
 
     spec: PortSpec
     address: BindAddress
     sock: socket.socket
     protocol: StreamProtocol
+    proxy: ProxySettings | None = None
     #: The address as bound: ``(host, port)`` (IPv6: 4-tuple) or a unix path. Read once at
     #: construction, so it stays available after the socket is closed.
     bound: Any = field(init=False)

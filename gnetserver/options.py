@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import access, log_options
+from . import access, log_options, proxyproto
 from .ssl_names import SUPPORTED_SSL_OPTIONS
 from .truth import perl_truth
 
@@ -317,6 +317,28 @@ _ACCESS: Sequence[Option] = (
            "denies even a match, `debug` logs matches.", "Access", flag=True),
 )
 
+_PROXY: Sequence[Option] = (
+    Option("proxy_protocol", None, proxyproto.proxy_mode,
+           "Read a PROXY protocol header (HAProxy's `send-proxy`, `send-proxy-v2`) first on "
+           "every tcp, ssl and ssleay port: `v1`, `v2` or `any` (off by default; a per-port "
+           "dict key of the same name overrides it, `off` included). The header is read "
+           "before anything else, TLS included, only from peers in proxy_protocol_from; a "
+           "connection without a valid one is closed (level-3 log line). The client's "
+           "peeraddr/peerport/sockaddr/sockport, the access rules and reverse lookups then "
+           "use the addresses of the header; client.proxy_peer is the balancer. A LOCAL (v2) "
+           "or UNKNOWN (v1) header (a health check) keeps the real addresses.",
+           "PROXY protocol", shown_default="off"),
+    Option("proxy_protocol_from", [], access.cidr_rule,
+           "CIDR block(s) of the balancers allowed to send a PROXY header (same forms as "
+           "cidr_allow; a per-port dict key of the same name overrides it). Required when "
+           "proxy_protocol is on: a connection from any other peer is closed before a byte is "
+           "read (level-3 log line), so nobody can claim another client's address.",
+           "PROXY protocol", multi=True),
+    Option("timeout_proxy_header", 3.0, seconds,
+           "Seconds a connection on a proxy_protocol port gets to send its whole PROXY header "
+           "(the specification suggests at least 3: one TCP retransmit).", "PROXY protocol"),
+)
+
 _PROCESS: Sequence[Option] = (
     Option("pid_file", None, as_optional_str,
            "File to write the server's pid to. A file holding the pid of a running process "
@@ -446,7 +468,7 @@ _NETSERVER_COMPAT: Sequence[Option] = (
 
 #: Every option of the base server, in documentation order.
 OPTIONS: tuple[Option, ...] = (
-    *_SERVER, *_LIMITS, *_LOGGING, *_ACCESS, *_PROCESS, *_TLS, *_SSL, *_NETSERVER_COMPAT
+    *_SERVER, *_LIMITS, *_LOGGING, *_ACCESS, *_PROXY, *_PROCESS, *_TLS, *_SSL, *_NETSERVER_COMPAT
 )
 
 

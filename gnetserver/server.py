@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import listen, log, restart, tls_setup
+from . import listen, log, proxyproto, restart, tls_setup
 from .access import AccessRules
 from .access_control import AccessPolicy
 from .client import Client
@@ -43,6 +43,7 @@ from .options import DEFAULT_PORT, NETSERVER_COMPAT, OPTIONS, Option, table
 from .personality import PERSONALITIES, Evicted, Personality, personality_name
 from .ports import PortSpec
 from .proto import StreamProtocol
+from .proxy_reader import ProxyHeaderError, ProxyHeaderTimeout, read_header
 from .tls import TLSContexts
 
 #: The longest line the default echo (``process_request``) reads, its end included.
@@ -80,7 +81,8 @@ class GServer:
     ``bind`` (``make_protocol``, ``ssl_options``, ``self_signed_certificate``), ``post_bind``
     (``drop_privileges``, ``register_signals``), ``loop`` (``make_personality``,
     ``dispatch_signals`` -> ``handle_term``, ``handle_int``, ``handle_quit``, ``handle_hup``),
-    ``server_close`` (``remove_pid_file``), and per connection ``post_accept``,
+    ``server_close`` (``remove_pid_file``), and per connection ``read_proxy_header`` (on
+    ``proxy_protocol`` ports; ``proxy_settings`` plans them), ``post_accept``,
     ``get_client_info``, ``allow_deny`` (``access_rules``; ``prepare_access`` compiles them
     when accepting starts), ``post_process_request``, ``connection_error``.
 
@@ -354,6 +356,16 @@ class GServer:
         for spec in dropped:
             self.log(2, f"Duplicate configuration (port {spec}) - skipping")
         self.check_ssl_options_used()  # SSL_* given with no TLS port: refused, not ignored
+        for spec in self.port_specs:  # proxy_protocol without proxy_protocol_from: refused
+            self.proxy_settings(spec)
+
+    def proxy_settings(self, spec: PortSpec) -> proxyproto.ProxySettings | None:
+        """Framework step (pre_bind checks every port, bind gives each listener its own):
+        how the connections of one port send their PROXY header (the per-port dict's
+        ``proxy_protocol``/``proxy_protocol_from``, else the server-wide options, and
+        ``timeout_proxy_header``); None when they send none. ConfigError when the option is
+        on without ``proxy_protocol_from``, or on a unix port."""
+        return proxyproto.port_settings(spec.proto, spec.opts, self.conf, str(spec))
 
     def check_ssl_options_used(self) -> None:
         """Framework step (end of pre_bind, so the HUP dry run does it too): when no port is
@@ -377,7 +389,9 @@ class GServer:
                                                self.restart_open_hook,
                                                unix_mode=self.conf.unix_mode)
         for listener in self.listeners:
-            self.log(2, f"Binding to {listener}")
+            listener.proxy = self.proxy_settings(listener.spec)
+            self.log(2, f"Binding to {listener}"
+                        f"{f' (PROXY protocol {listener.proxy.mode})' if listener.proxy else ''}")
         self.lifecycle.bound()
 
     def make_protocol(self, spec: PortSpec) -> StreamProtocol:
@@ -647,6 +661,8 @@ class GServer:
         logged at level 3); no per-connection hook runs for either."""
         try:
             tls = client.listener.protocol.is_tls
+            if not self.read_proxy_header(client):  # proxy_protocol ports: before anything
+                return
             if not self.access.address_allowed(client, tls):  # address rules, before TLS
                 return
             if not self._negotiate(client):  # post_accept: the TLS handshake
@@ -677,6 +693,46 @@ class GServer:
         except BaseException:
             client.abort()  # killed by stop(): no close_notify, no lingering (no-op if closed)
             raise
+
+    def read_proxy_header(self, client: Client) -> bool:
+        """Framework step, first per connection on a ``proxy_protocol`` port (before the
+        address rules and the TLS handshake): check that the socket's peer is a trusted
+        balancer (``proxy_protocol_from``), read its PROXY header (exactly its bytes, within
+        ``timeout_proxy_header``) and record it on the client (``client.proxy``,
+        ``client.proxy_peer``; a relayed client's address becomes ``client.address``, so the
+        access rules, reverse lookups and get_client_info see the client). True to go on.
+
+        An untrusted peer, or a header that is malformed, truncated, oversized, of a version
+        the port does not take or late: a level-3 line naming the reason, the connection is
+        closed at once with nothing sent, and no hook runs. A LOCAL (v2) or UNKNOWN (v1)
+        header is the balancer speaking for itself (a health check): accepted, the
+        connection keeps its real addresses and is served as usual."""
+        settings = client.listener.proxy
+        if settings is None or not isinstance(client.address, tuple):
+            return True
+        balancer = (str(client.address[0]), int(client.address[1]))
+        why = None
+        if not settings.trusts(balancer[0]):
+            why = "the peer is not in proxy_protocol_from"
+        else:
+            try:
+                header = read_header(client.sock, settings.mode, settings.timeout)
+            except ProxyHeaderTimeout as exc:
+                why = str(exc)
+            except ProxyHeaderError as exc:
+                why = f"bad PROXY header: {exc}"
+            except OSError as exc:  # a reset: a balancer's probe may do that
+                why = f"reset while reading the PROXY header: {exc}"
+        if why is not None:
+            if self.log_enabled(3):
+                self.log(3, f"Connection {client.peer_text()} refused: {why}")
+            client.abort()  # nothing was sent; no hook has run
+            return False
+        client.take_proxy_header(header, balancer)
+        if self.log_enabled(4):
+            self.log(4, f"PROXY v{header.version} {header.command} {header.family} from "
+                        f"balancer [{balancer[0]}]:{balancer[1]} for {client.peer_text()}")
+        return True
 
     def _negotiate(self, client: Client) -> bool:
         """Run post_accept; log and drop the client on failure."""
@@ -729,7 +785,8 @@ class GServer:
         client.settimeout(self.conf.timeout_idle or None)
 
     def get_client_info(self, client: Client) -> None:
-        """Framework step: fill ``peeraddr``/``peerport``/``sockaddr``/``sockport``; with
+        """Framework step: fill ``peeraddr``/``peerport``/``sockaddr``/``sockport`` (on a
+        ``proxy_protocol`` port, from a header that relays a client); with
         ``reverse_lookups``, ``peerhost`` (and ``peerhost_rev``) by cooperative, bounded
         lookups; then log the CONNECT line (level 3). On a unix socket, as in Net::Server,
         there is no peer (``peeraddr``/``peerport``/``sockaddr`` stay None), ``sockport`` is the
@@ -739,7 +796,7 @@ class GServer:
             if self.log_enabled(3):
                 self.log(3, f'CONNECT UNIX Socket: "{client.sockport}"')
             return
-        local = client.sock.getsockname()
+        local = client.proxy_local or client.sock.getsockname()  # a relayed client's, else ours
         client.sockaddr, client.sockport = local[0], local[1]
         client.peeraddr, client.peerport = client.address[0], client.address[1]
         self.access.lookup_peer(client)  # only with reverse_lookups
