@@ -288,9 +288,12 @@ _ACCESS: Sequence[Option] = (
            "`::1`, `fe80:.*`, `.*`. A regex that writes a letter and no `:` is a host-name "
            "rule, matched against the host name only (lower case, trailing dot dropped; needs "
            "reverse_lookups, and double_reverse_lookups to be trusted: a level-1 warning says "
-           "so): `.*\\.example\\.org`. Write IPv6 rules with a colon and never mix address "
-           "and name alternatives in one regex. Repeat for several. Any allow/deny/cidr rule "
-           "makes the default deny; deny rules win.", "Access", multi=True),
+           "so): `.*\\.example\\.org`. Negated characters (`[^:]`) and lookarounds (`(?!:)`) "
+           "do not count. Each `|` alternative is classified on its own, and a regex mixing "
+           "address and name alternatives (`10\\..*|.*\\.lan`) is refused: write two rules. "
+           "Write IPv6 rules with a colon: a rule whose only letters are hex digits (`fe80.*`) "
+           "is a name rule, and a level-1 warning at start says so. Repeat for several. Any "
+           "allow/deny/cidr rule makes the default deny; deny rules win.", "Access", multi=True),
     Option("deny", [], access.regex_rule,
            "Regular expression (full match, case-insensitive) that refuses the peer: an "
            "address rule or a host-name rule, classified as for allow. Repeat for several; a "
