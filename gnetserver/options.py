@@ -250,11 +250,11 @@ _LOGGING: Sequence[Option] = (
            "A callable (level, msg), or the name of a method of the server, that receives every "
            "log message instead of the log_file/stderr sink (write_to_log_hook), escaped as "
            "every sink gets it (one line; characters outside printable ASCII, newlines "
-           "included, as `%XX`; Net::Server passes it raw). The command line and conf files "
-           "give a method name; a callable comes from code. A name must be a public method "
-           "your server class adds (not one gnetserver defines, such as handle_term or log, "
-           "nor one starting with `_`) that takes (level, msg); anything else stops the "
-           "start.", "Logging"),
+           "included, as `%XX`, and `%` as `%25`; Net::Server passes it raw). The command "
+           "line and conf files give a method name; a callable comes from code. A name must "
+           "be a public method your server class adds (not one gnetserver defines, such as "
+           "handle_term or log, nor one starting with `_`) that takes (level, msg); anything "
+           "else stops the start.", "Logging"),
     Option("syslog_logsock", "native", log_options.syslog_logsock,
            "With log_file Sys::Syslog: `native`/`unix` (the local syslog socket, the default: "
            "/dev/log, else /var/run/syslog or /var/run/log), "
