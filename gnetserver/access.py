@@ -11,19 +11,28 @@ Rules of this module (behaviour: spec/netserver.md section 1.6 step 4):
   we anchor all of them). Each one is either an **address rule** or a **name rule**, decided
   once, when it is compiled (:func:`rule_kind`), from the characters the regex writes out
   (literal characters, escapes such as ``\x41`` included, and the members and ranges of
-  ``[...]`` sets; ``\d``, ``\w``, ``\s``, ``.``, inline flags and group names write none):
+  ``[...]`` sets; ``\d``, ``\w``, ``\s``, ``.``, inline flags and group names write none,
+  and neither do negated characters, ``[^:]``, nor lookaround assertions, ``(?!:)``,
+  ``(?<=a)``: they say what a text must not hold, so ``[^:]+\.evil\.com`` is a name rule).
+  Each alternative of a ``|`` (at the top or inside a group) is classified on its own:
 
-  1. a regex that writes a ``:`` is an address rule (an IPv6 rule; host names have no colon);
-  2. otherwise a regex that writes a letter is a name rule (IPv4 addresses have no letters,
+  1. an alternative that writes a ``:`` is an address one (IPv6; host names have no colon);
+  2. otherwise one that writes a letter is a name one (IPv4 addresses have no letters,
      and IPv6 addresses have colons): ``localhost``, ``.*\.example\.org``, ``.*\.de``;
-  3. otherwise it is an address rule: ``10\..*``, ``127\.0\.0\.\d+``, ``.*``.
+  3. otherwise it is an address one: ``10\..*``, ``127\.0\.0\.\d+``, ``.*``.
+
+  A rule whose alternatives are all of one kind is a rule of that kind; one that mixes them
+  (``10\.0\.0\.\d+|.*\.lan``) is refused with a ConfigError naming it and saying to split it
+  into two rules (failing closed: as one kind it would silently never match the other). A
+  ``[...]`` set, a repeat and a conditional count as one alternative writing all they may
+  write (``[0-9a-f:]+`` is an address rule). A name rule whose only letters are hex digits
+  (``fe80.*``, ``dead.*``, even ``bad\.de``) stays a name rule, but a level-1 warning at start
+  (:meth:`AccessPlan.warnings`) says to write an IPv6 rule with a colon (``fe80:.*``).
 
   An address rule is matched against the peer address only, a name rule against the host
   name only (so a peer that controls its PTR record cannot pass an address rule by naming
   itself ``10.1.2.3``, nor an address rule leak into names such as ``10.1.2.3.evil.test``).
-  Consequences, documented with the options: write an IPv6 rule with a colon (``fe80:.*``,
-  not ``fe80.*``), and never mix address and name alternatives in one regex (``10\..*|.*\.lan``
-  is a name rule: write two rules). Host names are compared case-insensitively: a name is
+  Host names are compared case-insensitively: a name is
   normalised (lower case, one trailing dot dropped) and every rule is compiled with
   ``re.IGNORECASE`` (an address rule too: IPv6 hex digits may be written in either case).
   Net::Server matched every rule against the name or the address, case-sensitively.
@@ -66,8 +75,11 @@ _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 def regex_rule(value: Any) -> str | re.Pattern[str]:
-    """Converter of ``allow``/``deny``: a regex text (or compiled pattern), checked to compile."""
+    """Converter of ``allow``/``deny``: a regex text (or compiled pattern), checked to compile
+    and to be of one kind (:func:`rule_kind`: mixed alternatives are refused, so that a rule
+    fails closed at start instead of silently never matching addresses or names)."""
     if isinstance(value, re.Pattern):
+        rule_kind(value)
         return value
     if not isinstance(value, str):
         raise TypeError(f"expected a regular expression, not {type(value).__name__}")
@@ -75,6 +87,7 @@ def regex_rule(value: Any) -> str | re.Pattern[str]:
         re.compile(value)
     except re.error as exc:
         raise ValueError(f"bad regular expression {value!r}: {exc}") from None
+    rule_kind(value)
     return value
 
 
@@ -209,31 +222,66 @@ def _sre_parser() -> Any:
 
 def _written(items: Any, constants: Any) -> Iterator[tuple[int, int]]:
     """The code point ranges a parsed regex writes out (see the module rules): literals,
-    set members and ranges, in every branch, group, repeat and assertion."""
+    members and ranges of sets, in every branch, group and repeat. Negated characters
+    (``[^:]``, NOT_LITERAL) and lookaround assertions (``(?!:)``, ``(?<=a)``) write nothing:
+    they say what a text must *not* hold, or look at text that another part matches."""
     for op, av in items:
-        if op in (constants.LITERAL, constants.NOT_LITERAL):
+        if op == constants.LITERAL:
             yield av, av
         elif op == constants.IN:
-            yield from _written(av, constants)
+            if not (av and av[0][0] == constants.NEGATE):
+                yield from _written(av, constants)
         elif op == constants.RANGE:
             yield av
         elif op == constants.BRANCH:
             for branch in av[1]:
                 yield from _written(branch, constants)
-        elif op == constants.SUBPATTERN:
-            yield from _written(av[-1], constants)
-        elif op in (constants.MAX_REPEAT, constants.MIN_REPEAT) or \
-                op == getattr(constants, "POSSESSIVE_REPEAT", None):
-            yield from _written(av[2], constants)
-        elif op in (constants.ASSERT, constants.ASSERT_NOT):
-            yield from _written(av[1], constants)
-        elif op == getattr(constants, "ATOMIC_GROUP", None):
-            yield from _written(av, constants)
-        elif op == constants.GROUPREF_EXISTS:
-            for part in av[1:]:
-                if part is not None:
-                    yield from _written(part, constants)
-        # ANY, AT, CATEGORY, GROUPREF, NEGATE: nothing written out
+        else:
+            for part in _inner(op, av, constants):
+                yield from _written(part, constants)
+        # ANY, AT, CATEGORY, GROUPREF, NOT_LITERAL, ASSERT, ASSERT_NOT: nothing written out
+
+
+def _inner(op: Any, av: Any, constants: Any) -> list[Any]:
+    """The sub-patterns of a group, a repeat or a conditional (none for other opcodes, and
+    none for lookaround assertions: they write nothing)."""
+    if op == constants.SUBPATTERN:
+        return [av[-1]]
+    if op in (constants.MAX_REPEAT, constants.MIN_REPEAT) or \
+            op == getattr(constants, "POSSESSIVE_REPEAT", None):
+        return [av[2]]
+    if op == getattr(constants, "ATOMIC_GROUP", None):
+        return [av]
+    if op == constants.GROUPREF_EXISTS:
+        return [part for part in av[1:] if part is not None]
+    return []
+
+
+# One way through a regex, as the classification sees it: (writes a ':', writes a letter).
+_Path = tuple[bool, bool]
+
+
+def _path(ranges: Iterable[tuple[int, int]]) -> _Path:
+    spans = list(ranges)
+    return (any(low <= ord(":") <= high for low, high in spans),
+            any(_has_letter(low, high) for low, high in spans))
+
+
+def _paths(items: Any, constants: Any) -> set[_Path]:
+    """The kinds of path through a parsed regex: the alternatives of every ``|`` (at the top
+    or inside a group, including the prefix the parser pulls out of them) are followed one
+    by one; a set, a repeat or a conditional counts as one path writing all it may write."""
+    paths: set[_Path] = {(False, False)}
+    for op, av in items:
+        if op == constants.BRANCH:
+            options = set[_Path]().union(*(_paths(branch, constants) for branch in av[1]))
+        elif op == constants.SUBPATTERN or op == getattr(constants, "ATOMIC_GROUP", None):
+            options = _paths(_inner(op, av, constants)[0], constants)
+        else:
+            options = {_path(_written([(op, av)], constants))}
+        paths = {(colon or more_colon, letter or more_letter)
+                 for colon, letter in paths for more_colon, more_letter in options}
+    return paths
 
 
 def _has_letter(low: int, high: int) -> bool:
@@ -242,19 +290,51 @@ def _has_letter(low: int, high: int) -> bool:
     return any(chr(code).isalpha() for code in range(low, high + 1))
 
 
-def rule_kind(pattern: str | re.Pattern[str]) -> str:
-    """:data:`ADDRESS` or :data:`NAME`: how an allow/deny regex is matched (module rules: a
-    regex writing a ``:`` is an address rule, else one writing a letter a name rule, else an
-    address rule)."""
+def _path_kind(path: _Path) -> str:
+    colon, letter = path
+    return ADDRESS if colon or not letter else NAME
+
+
+def _parsed(pattern: str | re.Pattern[str]) -> tuple[Any, Any]:
     text, flags = (pattern.pattern, pattern.flags) if isinstance(pattern, re.Pattern) \
         else (pattern, 0)
     parser = _sre_parser()  # it re-exports its opcodes (LITERAL, IN...) too
-    ranges = list(_written(parser.parse(text, flags), parser))
-    if any(low <= ord(":") <= high for low, high in ranges):
-        return ADDRESS
-    if any(_has_letter(low, high) for low, high in ranges):
-        return NAME
-    return ADDRESS
+    return parser.parse(text, flags), parser
+
+
+def rule_kind(pattern: str | re.Pattern[str]) -> str:
+    """:data:`ADDRESS` or :data:`NAME`: how an allow/deny regex is matched (module rules: an
+    alternative writing a ``:`` is an address one, else one writing a letter a name one, else
+    an address one; every alternative must be of the same kind).
+
+    Raises:
+        ValueError: the alternatives of the regex differ in kind (``10\\..*|.*\\.lan``); the
+            message names the rule and says to split it.
+    """
+    parsed, parser = _parsed(pattern)
+    kinds = {_path_kind(path) for path in _paths(parsed, parser)}
+    if len(kinds) > 1:
+        text = pattern.pattern if isinstance(pattern, re.Pattern) else pattern
+        raise ValueError(
+            f"rule {text!r} mixes address and host-name alternatives (an address rule is "
+            "matched against the address only, a host-name rule against the name only): "
+            "split it into one rule per kind")
+    return kinds.pop()
+
+
+def hex_ambiguous(pattern: str | re.Pattern[str]) -> bool:
+    """True for a name rule whose only letters are hex digits (``fe80.*``, ``dead.*``): it
+    may have been meant for IPv6 addresses, which need a ``:`` to be an address rule
+    (:meth:`AccessPlan.warnings` says so at start)."""
+    if rule_kind(pattern) != NAME:
+        return False
+    parsed, parser = _parsed(pattern)
+    ranges = list(_written(parsed, parser))
+    if any(high - low > 0x3000 for low, high in ranges):  # a huge range: surely not hex only
+        return False
+    letters = {chr(code) for low, high in ranges for code in range(low, high + 1)
+               if chr(code).isalpha()}
+    return letters <= set("abcdefABCDEF")
 
 
 def normalise_name(host: str) -> str:
@@ -363,7 +443,8 @@ def rules_from_options(allow: Iterable[Any] = (), deny: Iterable[Any] = (),
     each allow/deny regex sorted by :func:`rule_kind`.
 
     Raises:
-        ValueError: a regex or CIDR block does not parse (the option converters check first).
+        ValueError: a regex or CIDR block does not parse, or a regex mixes address and name
+            alternatives (the option converters check first).
     """
     def patterns(values: Iterable[Any]) -> tuple[tuple[re.Pattern[str], ...],
                                                  tuple[re.Pattern[str], ...]]:
@@ -429,17 +510,22 @@ class AccessPlan:
     def warnings(self) -> list[str]:
         """What the server logs at level 1 when it compiles these rules: name rules without
         double-reverse lookups trust a PTR name the peer's own DNS gives (spoofable), and
-        without reverse lookups they never match at all."""
+        without reverse lookups they never match at all; a name rule whose only letters are
+        hex digits (``fe80.*``) may be an IPv6 rule missing its colon."""
         names = self.rules.name_rules if self.rules is not None else ()
+        found = [f"allow/deny rule {rule.pattern!r} is a host-name rule (its only letters are "
+                 "hex digits and it has no ':'): if it is meant for IPv6 addresses, write it "
+                 "with a colon (e.g. 'fe80:.*')"
+                 for rule in names if hex_ambiguous(rule)]
         if not names or self.mode.double:
-            return []
+            return found
         listed = ", ".join(repr(rule.pattern) for rule in names)
         if not self.mode.reverse:
             return [f"allow/deny host-name rule(s) {listed} never match: reverse_lookups is "
-                    "off (an address rule needs no letter, or a ':' for IPv6)"]
+                    "off (an address rule needs no letter, or a ':' for IPv6)", *found]
         return [f"allow/deny host-name rule(s) {listed} are matched against the PTR name, "
                 "which the peer's own DNS gives: without double_reverse_lookups a peer can "
-                "claim any name"]
+                "claim any name", *found]
 
 
 def access_plan(conf: Mapping[str, Any]) -> AccessPlan:

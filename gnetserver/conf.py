@@ -282,7 +282,8 @@ def plan_conf(known: Mapping[str, Option], *, constructor: Mapping[str, Any],
         The configuration, and the command-line words no option consumed.
 
     Raises:
-        ConfigError: naming the option, its source and the value (unknown option, bad value,
+        ConfigError: naming the option, its source and the value, or for a conf file the line
+            rather than the value (unknown option, bad value,
             a non-flag option given bare on the command line, an unreadable conf file, a bad
             ``IPV``).
     """

@@ -10,7 +10,11 @@ Rules of this module:
 * A source is a plain ``dict[name, list[raw value]]``; parsing a source and merging sources are
   separate, pure functions. Converting happens once, after merging.
 * Every unknown name and every bad value is a :class:`ConfigError` naming the option, the value
-  and the source. ``SSL_*`` names get the list of supported ones in the message.
+  and the source. ``SSL_*`` names get the list of supported ones in the message. A conf file's
+  values (and lines) are never quoted, only its line numbers and keys (a key only when it looks
+  like an option name, cut to :data:`MAX_QUOTED_KEY` characters): the file may be anything
+  root can read (issue 16: ``--conf_file /etc/shadow`` printed its first line). The conf file
+  must be a regular file, opened non-blocking (a FIFO hung the start).
 * On the command line a bare ``--name`` means ``1`` only for on/off options
   (:attr:`Option.bare_flag <gnetserver.options.Option.bare_flag>`: ``--setsid``,
   ``--self_signed``...); any other option needs a value, and without one the ConfigError names
@@ -23,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import re
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +47,25 @@ MAX_CONF_FILE_BYTES = 1 << 20
 # (`cidr_allow ::1/128`, `host ::`), not a separator: Net::Server's own regex reads ":1/128".
 _CONF_LINE = re.compile(r"^\s*(?:--)?(\w+)(?:\s*(?:=|:(?!:))\s*|\s+)(.*?)\s*$")
 _KEY_EQUALS = re.compile(r"^(\w+)=(.*)$", re.S)
+
+# What an option name looks like: a conf-file key is quoted in an error only if it is one.
+_OPTION_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: At most this many characters of a conf-file key are quoted in an error.
+MAX_QUOTED_KEY = 40
+
+
+class ConfValue(str):
+    """A value read from a conf file, remembering its line (:attr:`line`) so that an error
+    about it can name the line without quoting the value: a conf file given by mistake (or by
+    someone probing what root can read, ``--conf_file /etc/shadow``) must not have its
+    contents printed. Converters get a plain ``str`` (:func:`convert`)."""
+
+    line: int
+
+    def __new__(cls, text: str, line: int) -> ConfValue:
+        value = super().__new__(cls, text)
+        value.line = line
+        return value
 
 
 def unknown_option(name: str, known: Mapping[str, Option], where: str,
@@ -175,24 +200,22 @@ def from_conf_file(path: str | Path, known: Mapping[str, Option]) -> Source:
 
     ``#`` starts a comment unless written ``\\#``; blank lines are skipped; keys may carry a
     leading ``--``; repeated keys accumulate for list options and the last one wins otherwise.
-    The file must be UTF-8 text of at most :data:`MAX_CONF_FILE_BYTES` (1 MiB; at most that
-    much plus one byte is read): otherwise, as when it cannot be read, a ConfigError names it.
+    The file must be a regular file (opened non-blocking, so a FIFO or a device cannot hang the
+    start) of UTF-8 text of at most :data:`MAX_CONF_FILE_BYTES` (1 MiB; at most that much plus
+    one byte is read): otherwise, as when it cannot be read, a ConfigError names it.
+
+    Errors about a line never quote its value, nor the line (the file may not be a conf file at
+    all, and root can read anything): they name the line number and the key, at most
+    :data:`MAX_QUOTED_KEY` characters of it and only when it looks like an option name. The
+    values come back as :class:`ConfValue` so that :func:`convert` does the same.
     """
-    name = f"conf_file {str(path)!r}"
-    try:
-        with Path(path).open("rb") as file:
-            # Bounded: a conf file is small; /dev/zero or a huge file must not eat the memory.
-            data = file.read(MAX_CONF_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{name}: cannot read: {exc.strerror}") from None
-    if len(data) > MAX_CONF_FILE_BYTES:
-        raise ConfigError(f"{name}: larger than {MAX_CONF_FILE_BYTES} bytes (1 MiB): not a "
-                          "conf file")
+    label = f"conf_file {str(path)!r}"
+    data = _read_conf_file(path, label)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         number = data.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(f"{name} line {number}: not UTF-8 text (byte 0x{data[exc.start]:02x} "
+        raise ConfigError(f"{label} line {number}: not UTF-8 text (byte 0x{data[exc.start]:02x} "
                           f"at offset {exc.start})") from None
     source: Source = {}
     for number, raw in enumerate(text.splitlines(), 1):
@@ -200,16 +223,49 @@ def from_conf_file(path: str | Path, known: Mapping[str, Option]) -> Source:
         if not line.strip():
             continue
         match = _CONF_LINE.match(line)
-        where = f"conf_file {str(path)!r} line {number}"
+        where = f"{label} line {number}"
         if not match:
-            raise ConfigError(f"{where}: cannot parse {raw.strip()!r} (expected 'key value')")
+            raise ConfigError(f"{where}: cannot parse the line (expected 'key value'; a conf "
+                              "file's lines are not quoted in errors)")
         name, value = match.groups()
         if name not in known:
-            raise unknown_option(name, known, where, value)
+            if not _OPTION_WORD.fullmatch(name):
+                raise ConfigError(f"{where}: unknown option (its key is not an option name; "
+                                  "not quoted)")
+            cut = f", key cut to {MAX_QUOTED_KEY} characters" if len(name) > MAX_QUOTED_KEY \
+                else ""
+            raise unknown_option(name[:MAX_QUOTED_KEY], known, where + cut)
         if not known[name].cli:
-            raise code_only(known[name], known, where, value)  # a conf file holds text only
-        source.setdefault(name, []).append(value)
+            raise code_only(known[name], known, where)  # a conf file holds text only
+        source.setdefault(name, []).append(ConfValue(value, number))
     return source
+
+
+def _read_conf_file(path: str | Path, label: str) -> bytes:
+    """The bytes of a conf file: a regular file of at most MAX_CONF_FILE_BYTES."""
+    try:
+        # O_NONBLOCK: opening a FIFO for reading blocks until a writer comes (the start hung).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read: {exc.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) \
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else \
+                "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+            raise ConfigError(f"{label}: {kind}, not a regular file: not a conf file")
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            # Bounded: a conf file is small; a huge file must not eat the memory.
+            data = file.read(MAX_CONF_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONF_FILE_BYTES:
+        raise ConfigError(f"{label}: larger than {MAX_CONF_FILE_BYTES} bytes (1 MiB): not a "
+                          "conf file")
+    return data
 
 
 def merge(sources: Iterable[tuple[str, Source]],
@@ -236,11 +292,41 @@ def merge(sources: Iterable[tuple[str, Source]],
 
 
 def convert(option: Option, values: list[Any], where: str) -> Any:
-    """Convert the raw values of one option; a bad value raises ConfigError naming both."""
+    """Convert the raw values of one option; a bad value raises ConfigError naming both (a
+    value read from a conf file, :class:`ConfValue`, is named by its line, never quoted)."""
     raw = values if option.multi else values[-1]
+    current = None
     try:
         if option.multi:
-            return [option.convert(value) for value in raw]
-        return option.convert(raw)
+            converted = []
+            for current in raw:
+                converted.append(option.convert(_plain(current)))
+            return converted
+        current = raw
+        return option.convert(_plain(raw))
     except (TypeError, ValueError) as exc:
+        if isinstance(current, ConfValue):
+            reason = _without_value(str(exc), current)
+            raise ConfigError(f"option {option.name!r}: bad value ({where} line {current.line};"
+                              f" a conf file's values are not quoted in errors){reason}"
+                              ) from None
         raise ConfigError(f"option {option.name!r}: bad value {raw!r} ({where}): {exc}") from None
+
+
+def _plain(value: Any) -> Any:
+    """A conf-file value as the plain str converters expect (they may keep it as given)."""
+    return str(value) if isinstance(value, ConfValue) else value
+
+
+# A quoted piece of text in a converter's message: converters quote the value they refuse.
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+
+
+def _without_value(reason: str, value: str) -> str:
+    """A converter's reason for refusing a conf-file value, with nothing of the value in it:
+    quoted texts are dropped, and the whole reason when a word of the value still shows."""
+    reason = _QUOTED.sub("...", reason)
+    words = [word for word in re.split(r"[\s,;=]+", value) if len(word) >= 3]
+    if value.strip() and (value.strip() in reason or any(word in reason for word in words)):
+        return ""
+    return f": {reason}"

@@ -16,9 +16,12 @@ Rules of this module:
 * A log file is created ``0o640`` and opened for appending; :meth:`LogTargets.reopen` closes and
   opens it again by name (logrotate renames the file, then the server reopens on HUP).
 * Every message is escaped by :func:`escape` (one line of printable ASCII, ``%XX`` for the
-  rest) before any target sees it, so that a peer's bytes in a message cannot forge a log line
-  or send a terminal escape, whichever the target: file, stderr, the ``gnetserver`` logger,
-  syslog (and ``log_function``: the server escapes before calling it).
+  rest and ``%25`` for ``%`` itself) before any target sees it, so that a peer's bytes in a
+  message cannot forge a log line or send a terminal escape, nor pass a literal ``%0A`` off as
+  an escaped newline, whichever the target: file, stderr, the ``gnetserver`` logger, syslog
+  (and ``log_function``: the server escapes before calling it). Escaped text is an
+  :class:`Escaped` ``str``, which the later stages (the sink, the stderr fallback) do not
+  escape again.
 * The log file is opened as root, in a directory the service user may own: it is opened with
   ``O_NOFOLLOW`` (:func:`gnetserver.daemon.open_no_follow`), so a path whose last component is
   a symbolic link is refused (a ConfigError at start, a log line on reopen, the old file kept),
@@ -79,7 +82,8 @@ LOGGER_NAME = "gnetserver"
 SYSLOG = "Sys::Syslog"
 
 _PERL_PACKAGE = re.compile(r"^[A-Za-z]\w*(?:::[A-Za-z]\w*)+$")
-_UNPRINTABLE = re.compile(r"[^ -~]")
+# What escape() rewrites: outside printable ASCII, and '%' (the escape character itself).
+_UNPRINTABLE = re.compile(r"[^ -$&-~]")
 _TIME_FORMAT = "%Y/%m/%d-%H:%M:%S"
 
 
@@ -134,18 +138,30 @@ def should_log(level: int, log_level: int) -> bool:
     return log_level > 0 and level <= log_level
 
 
-def escape(message: str) -> str:
+class Escaped(str):
+    """A message :func:`escape` made safe: escaping it again returns it unchanged, so the
+    stages of one message (log(), the sink, the stderr fallback) escape it exactly once. Text
+    built from it (``"prefix " + message``) is a plain ``str`` and is escaped again."""
+
+    __slots__ = ()
+
+
+def escape(message: str) -> Escaped:
     """The one escaping of every log sink: each character outside printable ASCII (space to
     ``~``) becomes the ``%XX`` of its UTF-8 bytes, newlines, carriage returns and terminal
-    escapes included, so that a message is always one line and a peer cannot forge log
-    lines or drive a terminal. (Net::Server escapes the same way for its file, but keeps
-    ``\n``: a multi-line message, a traceback, is one line with ``%0A`` here.) Idempotent."""
-    if message.isascii() and message.isprintable():  # the common case: nothing to escape
+    escapes included, and ``%`` becomes ``%25``, so that a message is always one line, a peer
+    cannot forge log lines or drive a terminal, and a peer's literal ``%0A`` reads ``%250A``,
+    never as an escaped newline (decode with ``urllib.parse.unquote``). Net::Server escapes
+    its file the same way but keeps ``\n`` and ``%`` raw: a multi-line message, a traceback,
+    is one line with ``%0A`` here. An :class:`Escaped` message is returned as it is."""
+    if isinstance(message, Escaped):
         return message
-    return _UNPRINTABLE.sub(
+    if message.isascii() and message.isprintable() and "%" not in message:  # the common case
+        return Escaped(message)
+    return Escaped(_UNPRINTABLE.sub(
         lambda m: "".join(f"%{byte:02X}" for byte in m.group().encode("utf-8", "surrogatepass")),
         message,
-    )
+    ))
 
 
 def write_fallback(message: str, reason: str | None = None) -> None:
@@ -153,7 +169,7 @@ def write_fallback(message: str, reason: str | None = None) -> None:
     message, on stderr, in Net::Server's format. Never raises, never logs."""
     try:
         if reason:
-            sys.stderr.write(f"gnetserver: {reason}\n")
+            sys.stderr.write(f"gnetserver: {escape(reason)}\n")
         sys.stderr.write(f"{time.strftime(_TIME_FORMAT)} {escape(message)}\n")
         sys.stderr.flush()
     except (OSError, ValueError):

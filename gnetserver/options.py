@@ -250,11 +250,11 @@ _LOGGING: Sequence[Option] = (
            "A callable (level, msg), or the name of a method of the server, that receives every "
            "log message instead of the log_file/stderr sink (write_to_log_hook), escaped as "
            "every sink gets it (one line; characters outside printable ASCII, newlines "
-           "included, as `%XX`; Net::Server passes it raw). The command line and conf files "
-           "give a method name; a callable comes from code. A name must be a public method "
-           "your server class adds (not one gnetserver defines, such as handle_term or log, "
-           "nor one starting with `_`) that takes (level, msg); anything else stops the "
-           "start.", "Logging"),
+           "included, as `%XX`, and `%` as `%25`; Net::Server passes it raw). The command "
+           "line and conf files give a method name; a callable comes from code. A name must "
+           "be a public method your server class adds (not one gnetserver defines, such as "
+           "handle_term or log, nor one starting with `_`) that takes (level, msg); anything "
+           "else stops the start.", "Logging"),
     Option("syslog_logsock", "native", log_options.syslog_logsock,
            "With log_file Sys::Syslog: `native`/`unix` (the local syslog socket, the default: "
            "/dev/log, else /var/run/syslog or /var/run/log), "
@@ -288,9 +288,12 @@ _ACCESS: Sequence[Option] = (
            "`::1`, `fe80:.*`, `.*`. A regex that writes a letter and no `:` is a host-name "
            "rule, matched against the host name only (lower case, trailing dot dropped; needs "
            "reverse_lookups, and double_reverse_lookups to be trusted: a level-1 warning says "
-           "so): `.*\\.example\\.org`. Write IPv6 rules with a colon and never mix address "
-           "and name alternatives in one regex. Repeat for several. Any allow/deny/cidr rule "
-           "makes the default deny; deny rules win.", "Access", multi=True),
+           "so): `.*\\.example\\.org`. Negated characters (`[^:]`) and lookarounds (`(?!:)`) "
+           "do not count. Each `|` alternative is classified on its own, and a regex mixing "
+           "address and name alternatives (`10\\..*|.*\\.lan`) is refused: write two rules. "
+           "Write IPv6 rules with a colon: a rule whose only letters are hex digits (`fe80.*`) "
+           "is a name rule, and a level-1 warning at start says so. Repeat for several. Any "
+           "allow/deny/cidr rule makes the default deny; deny rules win.", "Access", multi=True),
     Option("deny", [], access.regex_rule,
            "Regular expression (full match, case-insensitive) that refuses the peer: an "
            "address rule or a host-name rule, classified as for allow. Repeat for several; a "

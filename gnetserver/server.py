@@ -292,8 +292,8 @@ class GServer:
     def write_to_log_hook(self, level: int, message: str) -> None:
         """Hook: the default log sink, called by log() for every message that passes
         ``log_level``, already escaped (one line: every character outside printable ASCII,
-        newlines included, is ``%XX``): the log file (one ``YYYY/MM/DD-HH:MM:SS msg`` line),
-        syslog, or the ``gnetserver`` stdlib logger
+        newlines included, is ``%XX``, and ``%`` is ``%25``): the log file (one
+        ``YYYY/MM/DD-HH:MM:SS msg`` line), syslog, or the ``gnetserver`` stdlib logger
         (stderr unless configured otherwise). Runs in whatever greenlet logs; must not block
         for long. Override to send the log elsewhere. If it raises, log() writes the message
         to stderr instead (and the reason, once until it works again); a message it logs

@@ -60,7 +60,7 @@ def conf(tmp_path: Path, certs: dict[str, str]) -> Path:
 @pytest.mark.parametrize(
     ("edit", "reason"),
     [
-        (lambda c: conf_text(c, "log_level loud"), "option 'log_level': bad value 'loud'"),
+        (lambda c: conf_text(c, "log_level loud"), "option 'log_level': bad value (conf_file"),
         (lambda c: conf_text(c, "colour blue"), "unknown option 'colour'"),
         (lambda c: conf_text(c, cert="/nonexistent/cert.pem"),
          "port 127.0.0.1:0/ssl: SSL_cert_file '/nonexistent/cert.pem': cannot read"),

@@ -282,7 +282,7 @@ def conf_text(cert: Path | str, key: Path, *extra: str) -> str:
     ("edit", "reason"),
     [
         (lambda cert, key: conf_text(cert, key, "log_level loud"),
-         "option 'log_level': bad value 'loud' (conf_file "),
+         "option 'log_level': bad value (conf_file "),
         (lambda cert, key: conf_text("/nonexistent/cert.pem", key),
          "port 127.0.0.1:0/ssl: SSL_cert_file '/nonexistent/cert.pem': cannot read"),
         # Accepted by the ssl port (pyOpenSSL), refused by the ssleay port's stdlib context:

@@ -1,7 +1,8 @@
 """Log injection (issue 16, point 7): bytes a peer sends that end up in a log message (a
-newline and a forged "Received a SIG TERM" line, a carriage return, terminal escapes) are
-escaped in every sink: the log file, stderr, syslog, the ``gnetserver`` logger and
-log_function. Each message stays one line of printable ASCII.
+newline and a forged "Received a SIG TERM" line, a carriage return, terminal escapes, and a
+literal ``%0A`` posing as an escaped newline) are escaped in every sink: the log file,
+stderr, syslog, the ``gnetserver`` logger and log_function. Each message stays one line of
+printable ASCII, escaped exactly once (``%`` is ``%25``, never ``%2525``).
 
 The peer is real (a TCP client); the server is a tcp server whose process_request logs what
 the client sent, as application code does.
@@ -18,13 +19,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from support.net import address, poll
 from support.process import REPO, python_env
 
 from gnetserver import GServer
-from gnetserver.log import LOGGER_NAME, escape
+from gnetserver.log import LOGGER_NAME, Escaped, escape
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -33,11 +35,11 @@ LOCAL = "127.0.0.1:0/tcp"
 #: What a hostile peer sends: a newline and a whole forged log line, a carriage return, an
 #: "erase line" escape and an OSC sequence that retitles a terminal, then the end marker.
 FORGED = (b"hi\n2030/01/01-00:00:00 Received a SIG TERM: stopping now\r\x1b[2K"
-          b"\x1b]0;pwned\x07 caf\xc3\xa9<end>")
+          b"\x1b]0;pwned\x07 caf\xc3\xa9 fake%0Anewline 100%<end>")
 
 #: How the server must log it: escaped, on the line of the message that carries it.
 ESCAPED = ("client said: hi%0A2030/01/01-00:00:00 Received a SIG TERM: stopping now%0D%1B[2K"
-           "%1B]0;pwned%07 caf%C3%A9")
+           "%1B]0;pwned%07 caf%C3%A9 fake%250Anewline 100%25")
 
 
 class Parrot(GServer):
@@ -71,6 +73,8 @@ def assert_one_escaped_line(text: str) -> None:
                         re.M)
     assert not forged.search(text), text
     assert "\x1b" not in text and "\r" not in text and "\x07" not in text
+    assert "%2525" not in text  # escaped once, whatever the stages
+    assert unquote(said[0]).endswith(FORGED.split(b"<end>")[0].decode("utf-8"))
 
 
 def test_the_log_file(serve: Any, tmp_path: Path) -> None:
@@ -146,3 +150,21 @@ def test_a_traceback_is_one_line() -> None:
     assert escape(text) == ("Error in connection: Traceback (most recent call last):%0A  "
                             "File \"x\"%0AValueError")
     assert escape(escape(text)) == escape(text)
+
+
+@pytest.mark.parametrize(("text", "escaped"), [
+    ("fake%0Anewline", "fake%250Anewline"),  # a literal %0A is not an escaped newline
+    ("100%", "100%25"), ("%%", "%25%25"), ("%1B[2J", "%251B[2J"),
+    ("a\nb", "a%0Ab"), ("plain text", "plain text"),
+])
+def test_percent_is_escaped(text: str, escaped: str) -> None:
+    assert escape(text) == escaped
+    assert unquote(escape(text)) == text  # the log line decodes back to the message
+
+
+def test_escaping_is_done_once_per_message() -> None:
+    """escape() returns an Escaped str that it leaves alone (the sink, the stderr fallback
+    after log()); text built from it is plain str and escaped again."""
+    once = escape("a%b\n")
+    assert isinstance(once, Escaped) and escape(once) is once and once == "a%25b%0A"
+    assert escape("x " + once) == "x a%2525b%250A"

@@ -255,12 +255,93 @@ def test_good_values_are_kept() -> None:
     # a letter and no colon: a name rule
     (r"localhost", access.NAME), (r".*\.example\.org", access.NAME), (r".*\.de", access.NAME),
     (r"fe80.*", access.NAME), (r"\x41", access.NAME), (r"[a-z]+", access.NAME),
-    (r"10\..*|.*\.lan", access.NAME),  # mixed alternatives: a name rule (documented)
     (re.compile("LOCALHOST", re.I), access.NAME),
+    # negated characters and lookarounds write nothing (a colon there is no IPv6 rule)
+    (r"[^:]+\.evil\.com", access.NAME), (r"(?!:).*\.evil\.com", access.NAME),
+    (r"(?<!:).*\.evil\.com", access.NAME), (r"(?=[^:]).*\.evil\.com", access.NAME),
+    (r"[^a-z]+", access.ADDRESS), (r"(?!localhost)\d+(\.\d+){3}", access.ADDRESS),
+    (r"(?<=a)\d+", access.ADDRESS),
+    # alternatives of one kind: that kind (also when the parser pulls out a common prefix)
+    (r"::1|127\.0\.0\.1", access.ADDRESS), (r"10\..*|192\.168\..*", access.ADDRESS),
+    (r"fe80:.*|10\..*", access.ADDRESS), (r".*\.lan|.*\.home", access.NAME),
+    (r"(?:www|mail)\.example\.org", access.NAME), (r"10\.0\.0\.(1|2)", access.ADDRESS),
+    # a set or a repeat is one alternative writing all it may write
+    (r"[0-9a-f:]+", access.ADDRESS), (r"(fe80|::)+.*", access.ADDRESS),
 ])
 def test_rule_kind(rule: Any, kind: str) -> None:
     """The documented classification (module rules of gnetserver.access)."""
     assert access.rule_kind(rule) == kind
+
+
+MIXED = [r"10\.0\.0\.\d+|.*\.lan", r".*\.lan|10\..*", r"10\..*|10\.lan",
+         r"(?:10\..*|.*\.lan)", r"(10|lan)\.0", r"::1|localhost", r".*|.*\.lan"]
+
+
+@pytest.mark.parametrize("rule", MIXED)
+def test_rule_kind_refuses_mixed_alternatives(rule: str) -> None:
+    """Alternatives of different kinds: refused (fail closed), the message names the rule."""
+    with pytest.raises(ValueError, match="split it") as info:
+        access.rule_kind(rule)
+    assert repr(rule) in str(info.value)
+
+
+@pytest.mark.parametrize("option", ["allow", "deny"])
+@pytest.mark.parametrize("rule", [MIXED[0], re.compile(MIXED[0])])
+def test_mixed_rule_is_a_config_error(option: str, rule: Any) -> None:
+    """At configure time, from a string or a compiled pattern, and in conf.replace()."""
+    with pytest.raises(ConfigError) as info:
+        GServer(**{option: rule}).configure()
+    text = str(info.value)
+    assert f"option {option!r}" in text and "split it into one rule per kind" in text
+    server = GServer()
+    server.configure()
+    with pytest.raises(ConfigError, match="split it"):
+        server.conf.replace(**{option: [rule]})
+
+
+@pytest.mark.parametrize(("options", "host", "expected"), [
+    # the reviewer's probes: a deny name rule with a negated ':' still denies the name
+    ({"deny": [r"[^:]+\.evil\.com"], "allow": [".*"]}, "x.evil.com", False),
+    ({"deny": [r"(?!:).*\.evil\.com"], "allow": [".*"]}, "x.evil.com", False),
+    ({"deny": [r"[^:]+\.evil\.com"], "allow": [".*"]}, "x.good.com", True),
+    ({"allow": [r"[^:]+\.good\.com"]}, "x.good.com", True),
+])
+def test_negated_rules_match_names(options: dict[str, Any], host: str, expected: bool) -> None:
+    assert rules(**options).allowed("192.0.2.1", host) is expected
+
+
+@pytest.mark.parametrize(("rule", "ambiguous"), [
+    (r"fe80.*", True), (r"dead.*", True), (r"FE80.*", True), (r"[a-f0-9]+", True),
+    (r"bad\.de", True),  # a real name may be all hex: a warning, nothing more
+    (r"fe80:.*", False), (r"localhost", False), (r".*\.example\.org", False),
+    (r"10\..*", False), (r"[^g-z]+", False), (r"\w+", False),
+])
+def test_hex_only_name_rules_are_ambiguous(rule: str, ambiguous: bool) -> None:
+    assert access.hex_ambiguous(rule) is ambiguous
+
+
+@pytest.mark.parametrize(("double", "count"), [(True, 1), (False, 2)])
+def test_plan_warns_about_hex_only_name_rules(double: bool, count: int) -> None:
+    """A level-1 start warning names the rule and says to write IPv6 with a colon (with the
+    spoofable-name warning too when double-reverse lookups are off)."""
+    conf = {"allow": [r"fe80.*", r".*\.example\.org"], "deny": [], "cidr_allow": [],
+            "cidr_deny": [], "reverse_lookups": True, "double_reverse_lookups": double}
+    warnings = access.access_plan(conf).warnings()
+    assert len(warnings) == count
+    hex_warning = warnings[-1]
+    assert "'fe80.*'" in hex_warning and "'fe80:.*'" in hex_warning
+    assert "example" not in hex_warning
+
+
+def test_prepare_access_logs_the_hex_warning_at_level_1() -> None:
+    lines: list[tuple[int, str]] = []
+    server = GServer(commandline=[], allow="dead.*", reverse_lookups="double",
+                     log_function=lambda level, msg: lines.append((level, msg)))
+    server.configure()
+    server.initialize_logging()
+    server.prepare_access()
+    assert [(level, "'dead.*'" in msg and "colon" in msg) for level, msg in lines] == [(1, True)]
+    server.logs.close()
 
 
 def test_rules_are_sorted_by_kind_and_case_insensitive() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -239,22 +240,47 @@ def test_bad_options_stop_the_start(sources: dict[str, Any], words: list[str]) -
         assert word in str(info.value)
 
 
+# (id, conf text, words the error holds, words it must not hold: a conf file's values)
 CONF_ERROR_ROWS = [
-    ("unknown", "max_servers 3\nbogus_key 12\n", ["bogus_key", "12", "line 2"]),
-    ("bad-value", "listen abc\n", ["listen", "abc"]),
-    ("unknown-ssl", "SSL_foo bar\n", ["SSL_foo", "bar", "SSL_cert_file"]),
-    ("no-value", "justakey\n", ["justakey", "line 1"]),
+    ("unknown", "max_servers 3\nbogus_key 12345\n", ["'bogus_key'", "line 2"], ["12345"]),
+    ("bad-value", "max_servers 3\nlisten abcdef\n", ["'listen'", "line 2"], ["abcdef"]),
+    ("bad-list-value", "cidr_allow 10.0.0.0/8\ncidr_allow secret-block\n",
+     ["'cidr_allow'", "line 2"], ["secret"]),
+    ("unknown-ssl", "SSL_foo barbaz\n", ["SSL_foo", "SSL_cert_file", "line 1"], ["barbaz"]),
+    ("no-value", "justakey\n", ["line 1", "cannot parse"], ["justakey"]),
+    ("code-only", "SSL_key hunter2-pem\n", ["'SSL_key'", "code only", "line 1"],
+     ["hunter2"]),
+    # issue 16 point 11: /etc/shadow given as a conf file quoted its first line
+    ("shadow", "root:$6$abc.def$ghijkl:19000:0:99999:7:::\n", ["'root'", "line 1"],
+     ["$6$", "abc", "19000"]),
+    ("shadow-known-key", "max_servers:$6$abc.def$ghijkl:19000\n", ["'max_servers'", "line 1"],
+     ["$6$", "abc"]),
+    ("long-key", "k" * 60 + " 1\n", ["'" + "k" * 40 + "'", "cut to 40"], ["k" * 41]),
+    ("not-a-word-key", "h\u00e9llo_s3cret 1\n", ["unknown option", "line 1"], ["s3cret"]),
+    ("unparsable", "-----BEGIN PRIVATE KEY-----\n", ["line 1", "cannot parse"],
+     ["PRIVATE", "BEGIN"]),
+    ("mixed-rule", "allow 10\\..*|.*\\.secretlan\n", ["'allow'", "line 1", "split it"],
+     ["secretlan"]),
 ]
 
 
-@pytest.mark.parametrize("text, words", [r[1:] for r in CONF_ERROR_ROWS],
+@pytest.mark.parametrize("text, words, hidden", [r[1:] for r in CONF_ERROR_ROWS],
                          ids=[r[0] for r in CONF_ERROR_ROWS])
-def test_bad_conf_file_stops_the_start(text: str, words: list[str], tmp_path: Path) -> None:
+def test_bad_conf_file_stops_the_start(text: str, words: list[str], hidden: list[str],
+                                       tmp_path: Path) -> None:
+    """The error names the file, the line and the key, never the value (issue 16 point 11)."""
     conf_file = write_conf(tmp_path, text)
     with pytest.raises(ConfigError) as info:
         configure(new={"conf_file": conf_file})
     for word in [*words, conf_file]:
         assert word in str(info.value)
+    for word in hidden:
+        assert word not in str(info.value)
+
+
+def test_values_from_other_sources_are_still_quoted() -> None:
+    with pytest.raises(ConfigError, match="bad value 'abcdef'"):
+        configure(argv=["--listen=abcdef"])
 
 
 def test_missing_conf_file(tmp_path: Path) -> None:
@@ -291,9 +317,28 @@ def test_conf_file_larger_than_1_mib_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
 def test_dev_zero_as_conf_file_is_a_config_error_not_a_memory_error() -> None:
-    """It read without end (MemoryError); at most 1 MiB + 1 byte is read now."""
-    with pytest.raises(ConfigError, match=r"conf_file '/dev/zero': larger than"):
+    """It read without end (MemoryError); a device is refused before any read now."""
+    with pytest.raises(ConfigError, match=r"conf_file '/dev/zero': a device, not a regular"):
         configure(argv=["--conf_file=/dev/zero"])
+
+
+@pytest.mark.timeout(20)
+def test_fifo_as_conf_file_is_refused_without_hanging(tmp_path: Path) -> None:
+    """Opening a FIFO with no writer blocked the start for ever (now O_NONBLOCK + fstat)."""
+    fifo = tmp_path / "conf.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match=r"a FIFO, not a regular file"):
+        configure(new={"conf_file": str(fifo)})
+
+
+def test_directory_as_conf_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"a directory, not a regular file"):
+        configure(new={"conf_file": str(tmp_path)})
+
+
+def test_conf_file_values_reach_converters_as_plain_text(tmp_path: Path) -> None:
+    conf = configure(new={"conf_file": write_conf(tmp_path, "allow 127\\.0\\.0\\.1\n")})
+    assert conf["allow"] == [r"127\.0\.0\.1"] and type(conf["allow"][0]) is str
 
 
 # -- options added by a subclass -----------------------------------------------------------------
