@@ -11,11 +11,14 @@ Rules of this module:
 * After a HUP re-exec (``BOUND_SOCKETS`` in the environment, see
   :func:`gnetserver.restart.reexecuted`) the process is already a daemon: no fork, no setsid,
   and a pid file holding its own pid is simply rewritten.
-* Files that root opens by a name others may control (the pid file, the log file:
-  :func:`open_no_follow`) are opened with ``O_NOFOLLOW``: a path whose last component is a
-  symbolic link is refused, so a service user owning the directory cannot point root at
-  another file. The pid file is read without waiting (a FIFO is refused, not waited on) and its
-  contents are never quoted in a message (it may be a link to any file).
+* Files that root opens by a name others may control (the pid file, the log file) are
+  reached by :func:`open_safely` and :func:`unlink_safely`: the path is walked one directory
+  at a time (:class:`PathWalk`), a symbolic link on the way is followed only when root or the
+  server's euid owns it (a service user owning a directory on the way cannot swap a
+  subdirectory for a link to ``/etc``), and the last name is opened with ``O_NOFOLLOW``: a
+  pid file that is a symbolic link is refused. The pid file is read without waiting (a FIFO
+  is refused, not waited on) and its contents are never quoted in a message (it may be a
+  link to any file).
 * The pid file stays owned by whoever wrote it (root when the server starts as root): it is
   never handed to ``user``, so the service user cannot point root's ``kill $(cat pidfile)``
   at another process (:mod:`gnetserver.privileges`).
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pwd
 import re
 import stat
 import sys
@@ -42,25 +46,202 @@ EMPTY_PID_FILE_GRACE = 864.0
 _PID = re.compile(r"\s*(\d{1,10})\b")
 
 
-def open_no_follow(path: str, flags: int, mode: int = 0o600) -> int:
-    """``os.open`` that never follows a symbolic link in the last component of ``path``
-    (``O_NOFOLLOW``) and never waits on a FIFO (opened ``O_NONBLOCK``, then made blocking
-    again); close-on-exec. Returns the descriptor.
+#: Symbolic links followed in one path at most (Linux's own MAXSYMLINKS), then ELOOP.
+MAX_SYMLINKS = 40
+
+_O_PATH: int = getattr(os, "O_PATH", 0)
+#: A directory of the walk: never a symbolic link, only searched (O_PATH needs no read right).
+_DIR_FLAGS = _O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_safely(path: str, flags: int, mode: int = 0o600, *,
+                through_link: bool = False) -> int:
+    """``os.open`` for a file root opens by a name others may control: the path is walked
+    component by component (:class:`PathWalk`: a symbolic link is followed only when root or
+    the current euid owns it), the last name is opened relative to its directory with
+    ``O_NOFOLLOW``, without waiting on a FIFO (``O_NONBLOCK``, then made blocking again),
+    close-on-exec. Returns the descriptor.
+
+    A last name that is a symbolic link is refused, unless ``through_link`` (the log file)
+    and the link is root's or the euid's: it is then followed (with the same rules, at most
+    :data:`MAX_SYMLINKS`) without ``O_CREAT``, and the file reached must not be a regular
+    file. That lets ``/dev/stdout`` (``/proc/self/fd/1``, a tty or a pipe) be a log file,
+    while a link to a regular file, which root would append to, stays refused whoever made it.
+    A link of the process's own ``/proc/<pid>/fd`` is opened by the kernel (it names an open
+    file, not a path: no walk happens).
 
     Raises:
-        OSError: as os.open; for a symbolic link, ELOOP with the text "is a symbolic link
-            (refused: ...)" and the path.
+        OSError: as os.open, with ``path`` as its filename; ELOOP "is a symbolic link
+            (refused: ...)" for a refused last link; EACCES "... is a symbolic link owned by
+            ... (refused: ...)" for a link of someone else's on the way.
     """
-    flags |= os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    walk = PathWalk(path)
+    followed = False
     try:
-        fd = os.open(path, flags, mode)
+        name = walk.last()
+        while True:
+            try:
+                fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode,
+                             dir_fd=walk.fd)
+                break
+            except OSError as exc:
+                if exc.errno != errno.ELOOP or (target := walk.link(name, through_link)) is None:
+                    raise
+                if not through_link:
+                    raise OSError(errno.ELOOP, "is a symbolic link (refused: root would "
+                                  "follow it to whatever file it names)", path) from None
+            flags &= ~(os.O_CREAT | os.O_EXCL)  # through a link: only what exists already
+            followed = True
+            if walk.in_procfs():  # /proc/self/fd/1: the kernel opens that very file
+                fd = os.open(name, flags | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=walk.fd)
+                break
+            walk.follow(target)
+            name = walk.last()
     except OSError as exc:
-        if exc.errno == errno.ELOOP and os.path.islink(path):
-            raise OSError(errno.ELOOP, "is a symbolic link (refused: root would follow it to "
-                          "whatever file it names)", path) from None
-        raise
+        if exc.filename == path:
+            raise
+        raise OSError(exc.errno, exc.strerror, path) from None
+    finally:
+        walk.close()
+    if followed and stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.ELOOP, "is a symbolic link to a regular file (refused: root would "
+                      "append to whatever file it names; name the file itself)", path)
     os.set_blocking(fd, True)
     return fd
+
+
+def unlink_safely(path: str) -> None:
+    """``os.unlink`` of a name others may control: the directories are walked as by
+    :func:`open_safely` and the last name is removed relative to its directory (a symbolic
+    link there is removed itself, never followed). OSError as os.unlink, with ``path``."""
+    walk = PathWalk(path)
+    try:
+        name = walk.last()
+        os.unlink(name, dir_fd=walk.fd)
+    except OSError as exc:
+        if exc.filename == path:
+            raise
+        raise OSError(exc.errno, exc.strerror, path) from None
+    finally:
+        walk.close()
+
+
+class PathWalk:
+    """A path walked from ``/`` (or the cwd for a relative path) one component at a time,
+    through directory descriptors opened ``O_PATH|O_DIRECTORY|O_NOFOLLOW``.
+
+    Why: ``O_NOFOLLOW`` guards only the last name. A service user owning a directory on the
+    way could swap a subdirectory for a link to ``/etc`` and have root create, append to and
+    chown a file there. A link met on the way is therefore followed only when root or the
+    current euid owns it (nobody else can make a link owned by them: a planted link is the
+    planter's), by reading it and walking its target (absolute: from ``/``; relative: from the
+    directory holding it), at most :data:`MAX_SYMLINKS` links. That keeps root's own links
+    working (``/var/run -> /run``, ``/dev/stdout``) and refuses planted ones.
+
+    Attributes:
+        fd: the descriptor of the current directory (owned by the walk: :meth:`close`).
+        where: the current directory as text, for messages.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.links = 0
+        self.fd = -1
+        self.where = ""
+        self.parts: list[str] = []  # still to walk, the next one last
+        self.follow(path)
+
+    def follow(self, target: str) -> None:
+        """Walk ``target`` next (from ``/`` when absolute), then what was left to walk."""
+        if target.startswith("/"):
+            self._enter_fd(os.open("/", _DIR_FLAGS), "/")
+        elif self.fd < 0:
+            self._enter_fd(os.open(".", _DIR_FLAGS), "")
+        self.parts.extend(reversed([p for p in target.split("/") if p not in ("", ".")]))
+
+    def last(self) -> str:
+        """Walk every component but the last one; return that last name (:attr:`fd` is its
+        directory)."""
+        while len(self.parts) > 1:
+            self._enter(self.parts.pop())
+        if not self.parts:
+            raise OSError(errno.EISDIR, "names a directory, not a file", self.path)
+        return self.parts.pop()
+
+    def link(self, name: str, refuse_others: bool = True) -> str | None:
+        """The target of the symbolic link ``name`` in the current directory, or None when it
+        is not a link. The link is opened itself (``O_PATH|O_NOFOLLOW``) so that its owner and
+        its target are read from the same inode. When ``refuse_others``, OSError (EACCES) for
+        a link owned by someone but root and the euid, or with several hard links (where
+        ``fs.protected_hardlinks`` is off, anyone may hard-link root's ``/var/run`` link into
+        a directory of theirs); ELOOP past :data:`MAX_SYMLINKS`."""
+        shown = os.path.join(self.where, name)
+        if _O_PATH:
+            link_fd = os.open(name, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+            try:
+                info = os.fstat(link_fd)
+                target = os.readlink("", dir_fd=link_fd) if stat.S_ISLNK(info.st_mode) else ""
+            finally:
+                os.close(link_fd)
+        else:  # no O_PATH: lstat, read, lstat again (the same inode, or refused)
+            info = os.lstat(name, dir_fd=self.fd)
+            target = os.readlink(name, dir_fd=self.fd) if stat.S_ISLNK(info.st_mode) else ""
+            if os.lstat(name, dir_fd=self.fd).st_ino != info.st_ino:
+                raise OSError(errno.EAGAIN, f"{shown!r} changed while being read", self.path)
+        if not stat.S_ISLNK(info.st_mode):
+            return None
+        euid = os.geteuid()
+        if refuse_others and info.st_uid not in (0, euid):
+            raise OSError(errno.EACCES, f"{shown!r} is a symbolic link owned by "
+                          f"{_user_text(info.st_uid)} (refused: only links owned by root or "
+                          f"by {_user_text(euid)}, the server, are followed)", self.path)
+        if refuse_others and info.st_nlink > 1:  # root's link hard-linked in by someone else
+            raise OSError(errno.EACCES, f"{shown!r} is a symbolic link with {info.st_nlink} "
+                          "hard links (refused: it may be root's link linked in by someone "
+                          "else)", self.path)
+        self.links += 1
+        if self.links > MAX_SYMLINKS:
+            raise OSError(errno.ELOOP, f"more than {MAX_SYMLINKS} symbolic links", self.path)
+        return target
+
+    def in_procfs(self) -> bool:
+        """Whether the current directory is in /proc (links there may name open files)."""
+        try:
+            return os.fstat(self.fd).st_dev == os.stat("/proc").st_dev
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        """Close the current directory's descriptor."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _enter(self, name: str) -> None:
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=self.fd)
+        except OSError as exc:
+            # A symbolic link: O_NOFOLLOW with O_DIRECTORY says ENOTDIR (or ELOOP).
+            if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise OSError(exc.errno, exc.strerror, self.path) from None
+            target = self.link(name)
+            if target is None:
+                raise OSError(exc.errno, exc.strerror, self.path) from None
+            self.follow(target)
+            return
+        self._enter_fd(fd, os.path.join(self.where, name))
+
+    def _enter_fd(self, fd: int, where: str) -> None:
+        self.close()
+        self.fd, self.where = fd, where
+
+
+def _user_text(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def process_alive(pid: int) -> bool:
@@ -120,7 +301,7 @@ class PidFile:
     def _read(self) -> tuple[str, float]:
         """The file's first 64 bytes as text and its age in seconds. OSError for a symbolic
         link (ELOOP), a file that is not a regular file (EINVAL), or a failed read."""
-        fd = open_no_follow(self.path, os.O_RDONLY)
+        fd = open_safely(self.path, os.O_RDONLY)
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
@@ -132,10 +313,9 @@ class PidFile:
 
     def write(self) -> None:
         """Write this process's pid (after the fork, so it is the daemon's pid)."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
         try:
             try:  # O_EXCL: two servers starting at once cannot both believe they own it
-                fd = os.open(self.path, flags | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+                fd = open_safely(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 owner = self.read_pid()
                 if owner != os.getpid():
@@ -167,10 +347,14 @@ class PidFile:
         if not self.written:
             return None
         self.written = False
-        if not os.path.exists(self.path):
+        try:
+            text, _ = self._read()
+        except FileNotFoundError:
             return None
-        owner = self.read_pid()
-        if owner != os.getpid():
+        except OSError:
+            text = ""
+        match = _PID.match(text)
+        if (int(match.group(1)) if match else None) != os.getpid():
             return f'Pid_file "{self.path}" no longer holds pid {os.getpid()}: left in place'
         try:
             self._unlink()
@@ -180,7 +364,7 @@ class PidFile:
 
     def _unlink(self) -> None:
         try:
-            os.unlink(self.path)
+            unlink_safely(self.path)
         except FileNotFoundError:
             pass
         except OSError as exc:

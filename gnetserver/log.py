@@ -22,11 +22,15 @@ Rules of this module:
   (and ``log_function``: the server escapes before calling it). Escaped text is an
   :class:`Escaped` ``str``, which the later stages (the sink, the stderr fallback) do not
   escape again.
-* The log file is opened as root, in a directory the service user may own: it is opened with
-  ``O_NOFOLLOW`` (:func:`gnetserver.daemon.open_no_follow`), so a path whose last component is
-  a symbolic link is refused (a ConfigError at start, a log line on reopen, the old file kept),
-  and so is a regular file with more than one hard link (another file may be linked in); it
-  is handed to ``user`` by its descriptor (``fchown``), never by its name.
+* The log file is opened as root, in a directory the service user may own, by
+  :func:`gnetserver.daemon.open_safely`: a symbolic link on the way (a directory, or the last
+  name) is followed only when root or the server owns it, and the last name may be a link
+  only to what is not a regular file (``/dev/stdout``, a tty or a pipe: nothing there to
+  chown or rotate). Anything else is refused (a ConfigError at start, a log line on reopen,
+  the old file kept), and so is a regular file with more than one hard link (another file
+  may be linked in). The file is handed to ``user`` by its descriptor (``fchown``), never by
+  its name; a device or a pipe is not handed over, nor reopened (there is nothing to rotate:
+  after the start ``/dev/stdout`` would name ``/dev/null``).
 * Nothing here raises or waits at run time: a failed write is reported on stderr (once until
   writing works again) and the server goes on; syslog never blocks the hub
   (:mod:`gnetserver.syslog_socket` drops, counts and reports what syslog does not take).
@@ -48,7 +52,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .conf import Conf
-from .daemon import open_no_follow, stderr_to
+from .daemon import open_safely, stderr_to
 from .errors import ConfigError
 from .log_options import LOCAL_SYSLOG_PATHS as LOCAL_SYSLOG_PATHS
 from .log_options import SYSLOG_LOGOPTS as SYSLOG_LOGOPTS
@@ -180,8 +184,9 @@ def write_fallback(message: str, reason: str | None = None) -> None:
 
 
 class LogFileHandler(logging.FileHandler):
-    """Append to a log file created ``0o640``, never through a symbolic link nor to a file
-    with several hard links; :meth:`reopen` follows a rename (logrotate)."""
+    """Append to a log file created ``0o640``, never through a symbolic link of someone but
+    root's or the server's, never through a link to a regular file, nor to a file with several
+    hard links; :meth:`reopen` follows a rename (logrotate)."""
 
     def __init__(self, path: str) -> None:
         super().__init__(os.path.abspath(path), mode="a", encoding="utf-8")
@@ -191,8 +196,9 @@ class LogFileHandler(logging.FileHandler):
 
     def _open(self) -> Any:
         # os.open so a new file gets 0o640, never the world-readable 0o644 of open();
-        # O_NOFOLLOW: root must not append to whatever a planted link names.
-        fd = open_no_follow(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        # open_safely: root must not append to whatever a planted link names (see the module).
+        fd = open_safely(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640,
+                          through_link=True)
         info = os.fstat(fd)
         if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:  # another file linked in
             os.close(fd)
@@ -202,7 +208,11 @@ class LogFileHandler(logging.FileHandler):
 
     def reopen(self) -> None:
         """Open the same path again (a fresh file if it was renamed), then close the old
-        stream; if opening fails the old stream stays in use and OSError is raised."""
+        stream; if opening fails the old stream stays in use and OSError is raised. A log
+        "file" that is a tty or a pipe (``/dev/stdout``) is kept: nothing rotates it, and its
+        name may now lead elsewhere (the daemon points stdout at /dev/null)."""
+        if self.stream is not None and not stat.S_ISREG(os.fstat(self.stream.fileno()).st_mode):
+            return
         stream = self._open()
         self.acquire()
         try:

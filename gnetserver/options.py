@@ -245,7 +245,16 @@ _LOGGING: Sequence[Option] = (
     Option("log_file", None, as_optional_str,
            "Where the log goes: a file path (appended to, created mode 0640, reopened by "
            "reopen_logs() for logrotate; stderr is pointed at it too), or `Sys::Syslog`. "
-           "Default: stderr, through the stdlib logger `gnetserver`.", "Logging"),
+           "Default: stderr, through the stdlib logger `gnetserver`. The file is opened as "
+           "the starting user (root) and handed to user by its descriptor; a symbolic link in "
+           "its path (a directory or the file's own name) is followed only when owned by root "
+           "or by the user the server runs as when it opens the file (root at start: a link "
+           "planted by the service user stops the start; user for reopen_logs() after the "
+           "switch); the file's own name may be such a link only to what is not a regular "
+           "file (a tty or a pipe: `/dev/stdout` and `/dev/stderr` work; they are neither "
+           "handed to user nor reopened); a file with more than one hard link is refused. "
+           "Under systemd, whose stdout is a socket that cannot be opened by name, leave "
+           "log_file unset: the log goes to stderr.", "Logging"),
     Option("log_function", None, log_options.log_function,
            "A callable (level, msg), or the name of a method of the server, that receives every "
            "log message instead of the log_file/stderr sink (write_to_log_hook), escaped as "
@@ -346,8 +355,12 @@ _PROCESS: Sequence[Option] = (
     Option("pid_file", None, as_optional_str,
            "File to write the server's pid to. A file holding the pid of a running process "
            "stops the start; a stale one is overwritten with a warning; a symbolic link or a "
-           "file that is not a regular file is refused. Removed at exit, kept across a HUP "
-           "restart. It is not handed to user: started as root, it stays owned by root, so "
+           "file that is not a regular file is refused, and a symbolic link on its path (a "
+           "directory) is followed only when owned by root or by the user the server runs as "
+           "(e.g. /var/run -> /run), so a service user owning a directory on the path cannot "
+           "swap a subdirectory for a link. "
+           "Removed at exit, kept across a HUP restart. It is not handed to user: started as "
+           "root, it stays owned by root, so "
            "the service user cannot point root's `kill $(cat pidfile)` at another process "
            "(keep it in a directory only root may write; the server then cannot remove it "
            "at exit once it runs as user, and the next start overwrites the stale file).",

@@ -437,3 +437,154 @@ def test_the_re_executed_server_keeps_roots_pid_file(root_dir: Path) -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert path.read_text() == f"{pid}\n" and path.stat().st_uid == 0
+
+
+# -- point 1, every component: a directory on the way swapped for a link ---------------------
+
+
+def foreign_link(link: Path, target: Path) -> None:
+    """The attack on a directory of the path: ``link`` (in the service user's directory)
+    is a symbolic link to ``target`` (root's), owned by the service user who planted it."""
+    link.symlink_to(target)
+    assert NOBODY is not None
+    os.lchown(link, *NOBODY)
+
+
+@as_root
+def test_a_log_directory_swapped_for_a_link_stops_the_start(shared_dir: Path, secret: Path,
+                                                            start: Any) -> None:
+    """The reviewer's probe: the service user owns the log directory and swaps the
+    subdirectory of the log file for a link to root's directory holding a file of the same
+    name; root must neither append to that file nor hand it over."""
+    foreign_link(shared_dir / "sub", secret.parent)
+    server = start("--port", "127.0.0.1:0/tcp", "--user", "nobody", "--log_file",
+                   str(shared_dir / "sub" / secret.name), folder=shared_dir)
+    result = server.outcome()
+    untouched(secret)
+    assert result.startswith("exit 2"), result
+    assert "'log_file'" in result and f"{shared_dir / 'sub'}" in result, result
+    assert "symbolic link owned by uid" in result and "nobody" in result, result
+
+
+@as_root
+def test_a_pid_directory_swapped_for_a_link_creates_nothing(shared_dir: Path, root_dir: Path,
+                                                            secret: Path) -> None:
+    foreign_link(shared_dir / "sub", root_dir)
+    with pytest.raises(ConfigError, match=r"'pid_file'.*sub.*symbolic link owned by uid"):
+        run_in_thread(pid_file=str(shared_dir / "sub" / "server.pid"))
+    assert list(root_dir.iterdir()) == []
+
+
+@as_root
+def test_a_pid_directory_swapped_for_a_link_removes_no_stale_file(shared_dir: Path,
+                                                                  root_dir: Path) -> None:
+    """A stale pid file (a dead pid) is removed before the start: through the link it would
+    be root's file in root's directory."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    root_file = root_dir / "server.pid"
+    root_file.write_text(f"{dead.pid}\n")
+    root_file.chmod(0o600)
+    foreign_link(shared_dir / "sub", root_dir)
+    with pytest.raises(ConfigError, match=r"'pid_file'.*sub.*symbolic link owned by uid"):
+        run_in_thread(pid_file=str(shared_dir / "sub" / "server.pid"))
+    assert root_file.read_text() == f"{dead.pid}\n"
+    assert stat.S_IMODE(root_file.stat().st_mode) == 0o600
+
+
+@as_root
+def test_reopen_refuses_a_log_directory_swapped_for_a_link(shared_dir: Path,
+                                                           secret: Path) -> None:
+    """After logrotate the directory is swapped before the HUP: the old file stays in use."""
+    sub = shared_dir / "sub"
+    sub.mkdir()
+    log_file = sub / secret.name
+    server = GServer(port="127.0.0.1:0/tcp", log_file=str(log_file))
+    with ServerThread(server):
+        sub.rename(shared_dir / "sub.1")
+        foreign_link(sub, secret.parent)
+        server.reopen_logs()
+        server.log(2, "after the reopen")
+    untouched(secret)
+    text = (shared_dir / "sub.1" / secret.name).read_text()
+    assert "Couldn't reopen the log" in text and "symbolic link owned by uid" in text, text
+    assert "after the reopen" in text
+
+
+def test_links_of_root_or_of_the_server_are_followed(root_dir: Path) -> None:
+    """Root's own links (``/var/run -> /run``) keep working: a relative and an absolute link
+    to a directory, made by whoever runs the server, lead to the log and the pid file."""
+    real = root_dir / "real"
+    real.mkdir()
+    (root_dir / "rel").symlink_to("real")
+    (root_dir / "abs").symlink_to(real)
+    log_file, pid_file = root_dir / "rel" / "server.log", root_dir / "abs" / "server.pid"
+    server = GServer(port="127.0.0.1:0/tcp", log_file=str(log_file), pid_file=str(pid_file))
+    with ServerThread(server):
+        assert (real / "server.pid").read_text() == f"{os.getpid()}\n"
+    assert "Server closing" in (real / "server.log").read_text()
+    assert not (real / "server.pid").exists()  # removed through the link too
+
+
+def test_a_hard_linked_copy_of_roots_link_is_refused(tmp_path: Path, root_dir: Path) -> None:
+    """Where fs.protected_hardlinks is off, anyone may hard-link root's own link (say
+    ``/var/run -> /run``) into a directory of theirs: the copy is owned by root too."""
+    (root_dir / "run").symlink_to(root_dir)
+    os.link(root_dir / "run", tmp_path / "sub", follow_symlinks=False)
+    with pytest.raises(ConfigError, match=r"'log_file'.*sub.*2 hard links"):
+        run_in_thread(log_file=str(tmp_path / "sub" / "server.log"))
+    assert sorted(p.name for p in root_dir.iterdir()) == ["run"]
+
+
+def test_a_link_loop_on_the_way_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    with pytest.raises(ConfigError, match=r"'log_file'.*more than 40 symbolic links"):
+        run_in_thread(log_file=str(tmp_path / "a" / "server.log"))
+
+
+def test_log_file_dev_stdout_writes_to_stdout(tmp_path: Path) -> None:
+    """``/dev/stdout`` (a root link to ``/proc/self/fd/1``, here a pipe) is a log file."""
+    code = ("import sys; sys.argv = ['gnetserver', '--port', '127.0.0.1:0/tcp', "
+            "'--log_file', '/dev/stdout']\n"
+            "from gnetserver.__main__ import main; sys.exit(main())")
+    with open(tmp_path / "err.txt", "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path,
+                                env=python_env(REPO, SUPPORT, inherit=False),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    seen = bytearray()
+
+    def ready() -> bool:
+        try:
+            seen.extend(os.read(proc.stdout.fileno(), 65536) or b"")  # type: ignore[union-attr]
+        except BlockingIOError:
+            pass
+        return b"Server ready" in seen or proc.poll() is not None
+
+    try:
+        assert poll(ready, 20), seen
+        assert b"Server ready" in seen, (seen, (tmp_path / "err.txt").read_text())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert b"Server closing" in seen + rest
+    assert (tmp_path / "err.txt").read_text() == ""
+
+
+def test_log_file_dev_stdout_to_a_regular_file_is_refused(tmp_path: Path) -> None:
+    """Through a link, only a tty, a pipe or a device: a regular file would be root's to
+    append to whatever the link names (name the file itself instead)."""
+    code = ("import sys; sys.argv = ['gnetserver', '--port', '127.0.0.1:0/tcp', "
+            "'--log_file', '/dev/stdout']\n"
+            "from gnetserver.__main__ import main; sys.exit(main())")
+    with open(tmp_path / "out.txt", "wb") as out, open(tmp_path / "err.txt", "wb") as err:
+        done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, timeout=20,
+                              env=python_env(REPO, SUPPORT, inherit=False),
+                              stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+    err_text = (tmp_path / "err.txt").read_text()
+    assert done.returncode == 2, err_text
+    assert "'/dev/stdout'" in err_text and "symbolic link to a regular file" in err_text
+    assert (tmp_path / "out.txt").read_text() == ""
