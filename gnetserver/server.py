@@ -932,6 +932,7 @@ class GServer:
         self.stop_accepting()
         for listener in self.listeners:  # not close_listener: a unix socket file stays
             listener.sock.close()
+        self.log(2, f"HUP: pid {os.getpid()} stopped accepting (the new image accepts)")
         self.drain()
         self.close_logs()
 
