@@ -17,6 +17,10 @@ Rules of this module (behaviour: spec/netserver.md section 6):
 * Signals: the OS-level handlers only queue names (:class:`gnetserver.signals.SignalQueue`);
   the loop, and the drain while it waits, hand them to the server's ``dispatch_signals`` in
   their own greenlet. Installed when the loop starts, removed when the close ends.
+* A HUP's drainer (a child forked by the close right before the exec, :mod:`gnetserver.
+  restart`) keeps this object: :meth:`Lifecycle.become_drainer` swaps the parent's signal
+  queue for its own, :meth:`Lifecycle.wait_for_handover` serves until the new image accepts,
+  then the usual drain runs (TERM/INT: ``stop(0)`` cuts it).
 * The steps of the close (which hook runs when) are the server's (``GServer.server_close``);
   this module keeps the state and the waiting. It knows connections only through the small
   :class:`Connections` interface a personality implements.
@@ -34,6 +38,7 @@ import gevent
 from gevent.event import Event
 
 from . import signals
+from .restart import wait_for_eof as restart_wait_for_eof
 
 #: Called with the names of the signals received, in order (the server's ``dispatch_signals``).
 Dispatch = Callable[[Sequence[str]], None]
@@ -91,6 +96,7 @@ class Lifecycle:
         self._deadline_moved = Event()
         self._connections: Connections | None = None
         self._signals: signals.SignalQueue | None = None
+        self._overlap_over = Event()  # a drainer's wait for the new image ends (QUIT)
 
     # -- state -----------------------------------------------------------------------------
 
@@ -158,6 +164,16 @@ class Lifecycle:
         """A HUP passed its preflight: end the loop; the close hands the sockets over."""
         self._restart = True
         self._stop.set()
+
+    @property
+    def stop_timeout(self) -> float | None:
+        """The shortest ``stop(timeout)`` asked for (TERM and INT ask 0), None if none was."""
+        return self._stop_timeout
+
+    @property
+    def drain_deadline(self) -> float:
+        """When the drain ends (``time.monotonic()``; infinite before a drain started)."""
+        return self._drain_deadline
 
     def cancel_restart(self) -> None:
         """An explicit stop during a HUP's drain: close instead of re-executing."""
@@ -234,6 +250,50 @@ class Lifecycle:
             gevent.wait(wake, count=1)
             if queue is not None:
                 dispatch(queue.pop_all())
+
+    def dispatch_pending(self, dispatch: Dispatch) -> None:
+        """Hand the signals queued now (none is waited for) to ``dispatch``: the close does it
+        before a HUP's exec, so a TERM that came with the HUP wins."""
+        if self._signals is not None and self._signals.event.is_set():
+            dispatch(self._signals.pop_all())
+
+    # -- a HUP's drainer (the forked child that finishes the previous generation) -------------
+
+    def become_drainer(self) -> None:
+        """First thing in a HUP's drainer: the parent's signal watchers (copied by the fork,
+        they would run the parent's handlers here) are cancelled and the drainer's own queue
+        installed (the same names: TERM/INT cut, the server decides about QUIT and HUP); no
+        restart is pending here (-> DRAINING)."""
+        self._restart = False
+        self._state = State.DRAINING
+        self._looper = None
+        self._overlap_over = Event()
+        if self._signals is not None:
+            self._signals.uninstall()
+            self._signals = signals.SignalQueue()
+            self._signals.install()
+
+    def end_overlap(self) -> None:
+        """In a drainer: stop waiting for the new image (a QUIT asks it)."""
+        self._overlap_over.set()
+
+    def wait_for_handover(self, ready_fd: int, dispatch: Dispatch) -> None:
+        """In a drainer: go on serving (the hub keeps accepting) until the new image closes
+        the ready pipe (it accepts, or it died), :meth:`end_overlap` is called, or a stop with
+        a timeout is asked for (TERM/INT: ``stop(0)``). Signals go to ``dispatch``."""
+        eof = gevent.spawn(restart_wait_for_eof, ready_fd)
+        queue = self._signals
+        wake: list[Any] = [eof, self._overlap_over, self._deadline_moved] \
+            + ([queue.event] if queue is not None else [])
+        try:
+            while not (eof.dead or self._overlap_over.is_set()
+                       or self._stop_timeout is not None):
+                self._deadline_moved.clear()
+                gevent.wait(wake, count=1)
+                if queue is not None:
+                    dispatch(queue.pop_all())
+        finally:
+            eof.kill()
 
     # -- the one close -----------------------------------------------------------------------
 

@@ -208,6 +208,11 @@ class ProcessControl:
         if problem:
             say(1, problem)
 
+    def forget_pid_file(self) -> None:
+        """In a HUP's drainer: the pid file names the new image (the drainer's parent), never
+        this process; it is neither removed nor rewritten from here (not at exit either)."""
+        self._pid_file = None
+
     def drop_privileges(self, conf: Conf, unix_paths: list[str], logs: ServerLog,
                         say: Callable[[int, str], None]) -> None:
         """Net::Server's order: hand the files the server keeps writing (the log file by its

@@ -9,8 +9,16 @@ Rules of this module:
 * Old process (:func:`detach_listeners`, :func:`reexec`): every listening socket is dup'ed, the
   dup made inheritable (FD_CLOEXEC cleared), the originals are closed by the caller; then
   ``os.execv`` of ``sys.executable`` with the interpreter's original argv (``sys.orig_argv``),
-  from the directory the process started in. The pid does not change. Until the new image
-  accepts, new connections wait in the kernel's listen backlog: none is refused.
+  from the directory the process started in. The pid does not change.
+* The previous generation (:func:`fork_drainer`): right before the exec, with nothing that
+  yields in between, the old image forks a *drainer* that keeps the in-flight connections and
+  keeps accepting until the new image says it accepts (:func:`announce_ready` closes the write
+  end of a pipe the drainer reads: EOF, also when the new image dies); the drainer then stops
+  accepting, finishes its sessions within ``graceful_timeout`` and exits. So accepting never
+  stops, and the pid (pid file, systemd's main pid) stays the new image's. The new image
+  learns the drainer's pid (:data:`CHILDREN`, :func:`take_inherited`) and reaps it
+  (:class:`Children`); a personality with worker processes passes its own children the same
+  way.
 * New process (:func:`bind_ports`, called by ``GServer.bind``): a configured address whose
   ``host|orig_port-or-port|PROTO|ipv`` matches an inherited entry adopts its fd; the others are
   bound fresh ("Added new port configuration"); inherited fds no longer configured are closed
@@ -26,6 +34,7 @@ Rules of this module:
   log file is open by then). The marker guards against a stray variable, not against whoever
   starts the server: that one can set both (``X=$$; exec ...``) and could hand over any fd
   anyway; socket activation is the interface for handing sockets to a first start.
+* :data:`CHILDREN` and :data:`READY_FD` are trusted with the same marker only.
 * The HUP preflight (:func:`exec_problems`, :func:`as_the_reexec_sees_it`) checks what the
   exec needs as the user the process now is (after a privilege drop: the service user), so a
   HUP that could only end in a failed exec and a shutdown is refused instead.
@@ -39,10 +48,15 @@ import pwd
 import signal
 import socket
 import sys
+import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
+
+import gevent
+from gevent.os import fork_gevent, make_nonblocking, nb_read
 
 from .daemon import flush_std_streams
 from .errors import ConfigError
@@ -56,6 +70,18 @@ ENV = "BOUND_SOCKETS"
 #: Set by the re-exec next to :data:`ENV`: the pid of the exec'ing process (the new image has
 #: the same pid). Without it, or with another pid, :data:`ENV` is not trusted.
 MARKER = "GNETSERVER_REEXEC_PID"
+
+#: Set by the re-exec next to :data:`ENV`: the pids of child processes the exec'ing image
+#: leaves to the new one (HUP drainers; a worker personality's workers), comma-separated.
+CHILDREN = "GNETSERVER_CHILDREN"
+
+#: Set by the re-exec next to :data:`ENV`: an inherited fd, the write end of the pipe the
+#: previous generation (the drainer) reads; the new image closes it once it accepts.
+READY_FD = "GNETSERVER_READY_FD"
+
+#: Seconds between two looks for ended children (:class:`Children`): how long at most an
+#: ended drainer stays a zombie while the server runs.
+REAP_INTERVAL = 0.2
 
 #: Where the process started: the exec runs from here, so relative script paths still work.
 START_CWD = os.getcwd()
@@ -149,16 +175,62 @@ def reexecuted() -> bool:
     return bool(os.environ.get(ENV)) and os.environ.get(MARKER) == str(os.getpid())
 
 
-def _set_handover(text: str) -> None:
-    """Set :data:`ENV` and its :data:`MARKER` (this pid: the exec keeps it)."""
+def _set_handover(text: str, children: Sequence[int] = (), ready_fd: int | None = None) -> None:
+    """Set :data:`ENV` and its :data:`MARKER` (this pid: the exec keeps it), and the children
+    and ready pipe passed on, if any."""
     os.environ[ENV] = text
     os.environ[MARKER] = str(os.getpid())
+    if children:
+        os.environ[CHILDREN] = ",".join(map(str, children))
+    if ready_fd is not None:
+        os.environ[READY_FD] = str(ready_fd)
 
 
 def _clear_handover() -> None:
     """Remove :data:`ENV` and :data:`MARKER`: a child process of ours must not inherit them."""
-    os.environ.pop(ENV, None)
-    os.environ.pop(MARKER, None)
+    for name in (ENV, MARKER, CHILDREN, READY_FD):
+        os.environ.pop(name, None)
+
+
+@dataclass(frozen=True)
+class Inherited:
+    """What the previous image of this pid left besides its sockets (:func:`take_inherited`).
+
+    Attributes:
+        children: pids of its child processes, now ours to reap (its drainer, its workers).
+        ready_fd: the write end of the previous generation's ready pipe: close it
+            (:func:`announce_ready`) once this image accepts; None when there is none.
+    """
+
+    children: tuple[int, ...] = ()
+    ready_fd: int | None = None
+
+
+def take_inherited() -> Inherited:
+    """Take :data:`CHILDREN` and :data:`READY_FD` out of the environment (first thing in the
+    start-up, before the sockets are taken back): trusted only with the re-exec's
+    :data:`MARKER` for this pid; otherwise (a first start) removed and ignored. The ready fd
+    is made close-on-exec again (a later exec must not leak it)."""
+    children_text = os.environ.pop(CHILDREN, "")
+    ready_text = os.environ.pop(READY_FD, "")
+    if os.environ.get(MARKER) != str(os.getpid()):
+        return Inherited()
+    children = tuple(int(pid) for pid in children_text.split(",") if pid.strip().isdigit())
+    ready_fd = int(ready_text) if ready_text.isdigit() and int(ready_text) > 2 else None
+    if ready_fd is not None:
+        try:
+            os.set_inheritable(ready_fd, False)
+        except OSError:
+            ready_fd = None  # not open: nobody waits on it
+    return Inherited(children, ready_fd)
+
+
+def announce_ready(ready_fd: int | None) -> None:
+    """This image accepts: close the ready pipe, so the previous generation (reading its other
+    end) stops accepting and drains. Idempotent through the caller (pass None afterwards)."""
+    if ready_fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(ready_fd)
 
 
 def key_for(address: BindAddress) -> str:
@@ -217,17 +289,34 @@ def exec_argv() -> list[str]:
     return [sys.executable, *sys.orig_argv[1:]]
 
 
-def reexec(entries: Sequence[BoundSocket], log: Log) -> None:
-    """Exec the server again with ``BOUND_SOCKETS`` set. Returns only if the exec failed, after
-    logging why and closing the entries' fds.
+def reexec(entries: Sequence[BoundSocket], log: Log, children: Sequence[int] = (),
+           fork: Callable[[], tuple[int, int]] | None = None,
+           abandon: Callable[[], None] | None = None) -> list[int]:
+    """Exec the server again with ``BOUND_SOCKETS`` set (and :data:`CHILDREN`: ``children``,
+    the pids the new image is to reap). Returns only if the exec failed, after logging why
+    and closing the entries' fds.
+
+    ``fork`` (optional, :func:`fork_drainer` with the caller's drain): called after the last
+    log line and flush, it forks the previous generation's drainer and returns its pid and
+    the write end of its ready pipe, both passed to the new image; from then to the exec
+    nothing yields (the drainer runs the connections now: a copy of them must not run here).
+    An OSError from it propagates before anything changed (the caller may drain in place
+    instead). If the exec then fails, ``abandon`` runs first (the caller drops its copies of
+    the connections), the ready pipe is closed (the drainer stops accepting and drains) and
+    the returned pids include the drainer's: the caller reaps them.
 
     HUP is ignored across the exec (an ignored signal stays ignored in the new image) so that a
     second HUP during the new image's start-up cannot kill it; its loop installs the handler.
     """
     argv = exec_argv()
-    _set_handover(encode(entries))
     log(0, f"Re-exec server during HUP: {' '.join(argv)}")
-    flush_std_streams()
+    flush_std_streams()  # before the fork too: a buffer copied into the drainer prints twice
+    pids, ready_fd = list(children), None
+    if fork is not None:
+        pid, ready_fd = fork()
+        pids.append(pid)
+    # No yield from here to the exec: not a log line, not a greenlet switch.
+    _set_handover(encode(entries), pids, ready_fd)
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN) if in_main_thread() else None
     try:
         if not argv[0] or len(argv) < 2:  # an embedded interpreter, or a bare REPL
@@ -235,11 +324,177 @@ def reexec(entries: Sequence[BoundSocket], log: Log) -> None:
         os.chdir(START_CWD)
         os.execv(argv[0], argv)
     except OSError as exc:
-        log(0, f"Re-exec failed, shutting down instead: {exc}")
+        failure = exc
     if previous is not None:
         signal.signal(signal.SIGHUP, previous)
     _clear_handover()
+    if abandon is not None and ready_fd is not None:
+        abandon()
+    announce_ready(ready_fd)  # the drainer stops accepting: nobody accepts here any more
+    log(0, f"Re-exec failed, shutting down instead: {failure}")
     close_fds(entries)
+    return pids
+
+
+def fork_drainer(drain: Callable[[int], object]) -> tuple[int, int]:
+    """Fork the previous generation's drainer (see the module rules); call it from the
+    main thread, at a point where only connection greenlets wait (they go on in the child).
+
+    In the child, ``drain(ready_fd)`` runs (``ready_fd``: the read end of the ready pipe; see
+    :func:`wait_for_eof`), then the child ends with ``os._exit``: 0, or 1 when ``drain``
+    raised (its traceback on stderr). It never returns, so nothing after the fork in the
+    caller (the exec, atexit handlers, the code after ``run()``) runs there. The child asks
+    for SIGTERM when its parent thread dies (``PR_SET_PDEATHSIG``, Linux, main thread only:
+    an exec keeps the parent; its death cuts the drainer as TERM would).
+
+    Returns:
+        In the parent: the child's pid and the write end of the ready pipe (inheritable, for
+        the new image).
+
+    Raises:
+        OSError: the pipe or the fork failed; nothing is left open.
+    """
+    read_fd, write_fd = os.pipe()
+    parent = os.getpid()
+    try:
+        pid = fork_gevent()
+    except OSError:
+        os.close(read_fd)
+        os.close(write_fd)
+        raise
+    if pid:
+        os.close(read_fd)
+        os.set_inheritable(write_fd, True)
+        return pid, write_fd
+    status = 1
+    try:
+        os.close(write_fd)
+        _die_with_parent(parent)
+        drain(read_fd)
+        status = 0
+    except BaseException:  # the child must never unwind into the parent's code
+        traceback.print_exc()
+    finally:
+        flush_std_streams()
+        os._exit(status)
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a drainer: SIGTERM when the parent thread dies (Linux); if it died already, now."""
+    if not in_main_thread() or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def wait_for_eof(fd: int) -> None:
+    """Read ``fd`` (a pipe's read end) cooperatively until EOF, then close it: in a drainer,
+    the wait for the new image to accept (or to die)."""
+    try:
+        make_nonblocking(fd)
+        while nb_read(fd, 512):
+            pass
+    except OSError:
+        pass  # a broken pipe ends the wait too
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+class Children:
+    """Child processes a server reaps that are not connections: the drainers its HUPs forked
+    and those an earlier image of this pid left (:func:`take_inherited`); a worker
+    personality may add its own. Reaped with ``os.waitpid(pid, WNOHANG)`` on a timer
+    (:data:`REAP_INTERVAL`) while :meth:`watch` runs, never by gevent's child watchers (the
+    forks use ``fork_gevent``). Each end is logged: level 2 for exit status 0, else 1.
+
+    Args:
+        log: the server's log.
+    """
+
+    def __init__(self, log: Log) -> None:
+        self._log = log
+        self._pids: dict[int, str] = {}
+        self._watcher: Any = None
+
+    @property
+    def pids(self) -> list[int]:
+        """The children not reaped yet."""
+        return list(self._pids)
+
+    def add(self, pid: int, what: str = "drainer") -> None:
+        """Reap ``pid`` (``what`` names it in the log) from now on."""
+        self._pids[pid] = what
+
+    def reap(self) -> None:
+        """Reap every child that ended (logs its status); forget pids that are not our
+        children (ECHILD)."""
+        for pid, what in list(self._pids.items()):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                del self._pids[pid]
+                continue
+            if done:
+                del self._pids[pid]
+                self._log(2 if status == 0 else 1,
+                          f"HUP: {what} {pid} of a previous generation {describe(status)}")
+
+    def watch(self) -> None:
+        """Reap on a timer while children remain (a greenlet; :meth:`finish` ends it)."""
+        if self._pids and self._watcher is None:
+            self._watcher = gevent.spawn(self._watch)
+
+    def _watch(self) -> None:
+        while self._pids:
+            gevent.sleep(REAP_INTERVAL)
+            self.reap()
+        self._watcher = None
+
+    def forget(self) -> None:
+        """In a forked child: these are not its children; stop watching, drop them."""
+        self._pids.clear()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.kill(block=False)
+
+    def finish(self, timeout: float) -> None:
+        """At the close: wait up to ``timeout`` seconds for the children to end (a drainer
+        ends by its own deadline), then SIGTERM those left (cut now) and wait up to 2 s more;
+        one still running then is logged (level 1) and left to whoever adopts it."""
+        self.reap()
+        for wait, term in ((timeout, True), (2.0, False)):
+            deadline = time.monotonic() + wait
+            while self._pids and time.monotonic() < deadline:
+                gevent.sleep(min(0.05, REAP_INTERVAL))
+                self.reap()
+            if not term:
+                break
+            for pid in self._pids:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
+        for pid, what in self._pids.items():
+            self._log(1, f"HUP: {what} {pid} of a previous generation still runs: left")
+        self.forget()
+
+
+def describe(status: int) -> str:
+    """A wait status in words: ``exited with status 0``, ``was killed by SIGKILL``."""
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = str(signum)
+        return f"was killed by {name}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
 
 
 def close_fds(entries: Iterable[BoundSocket]) -> None:

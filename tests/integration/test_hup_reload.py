@@ -3,12 +3,14 @@
 ``python -m gnetserver`` (the demo's echo) serves a TLS port with certificate A from the test
 CA. A client connects and keeps its connection open; the certificate and key files are then
 replaced on disk by certificate B (same CA, other subject and serial) and the server gets a
-SIGHUP. What the code does (gnetserver/server.py ``handle_hup`` and ``server_close``,
-restart.py): the listening socket is dup'ed and kept open, established
-connections get ``graceful_timeout`` seconds to end by themselves (they are cut, without a
-close_notify, when it runs out), then the process re-executes itself (same pid) and the new
-image adopts the socket and builds its TLS contexts from the files again. Connections made
-meanwhile wait in the kernel's listen backlog: none is refused, each gets certificate B.
+SIGHUP. What the code does (gnetserver/server.py ``handle_hup`` and ``restart_in_place``,
+restart.py): the listening socket is dup'ed and kept open, a drainer child is forked and the
+process re-executes itself at once (same pid); the new image adopts the socket and builds its
+TLS contexts from the files again. The drainer keeps accepting (certificate A) until the new
+image accepts, then stops; its established connections get ``graceful_timeout`` seconds to end
+by themselves (they are cut, without a close_notify, when it runs out). None is refused;
+connections made once the drainer has stopped get certificate B. (Before the drainer, the
+old image drained first and connections made meanwhile waited in the listen backlog.)
 
 The twin: the files are replaced by a broken key. ``handle_hup`` first runs the new image's
 start-up without its effects (``restart_problem``, ``dry_run_start``: options from every
@@ -201,7 +203,8 @@ def test_hup_serves_new_certificate_without_refusing_or_cutting_early(
     hup_at = time.monotonic()
     server.send(signal.SIGHUP)
     server.wait_for(rf"Waiting up to {GRACEFUL:g}s for \d+ connection\(s\) to finish")  # 2 + knocks
-    probes = [pool.submit(probe, where, client_context)]  # waits in the backlog
+    # The drainer logs that wait once the new image accepts: it alone accepts from now on.
+    probes = [pool.submit(probe, where, client_context)]
     # The established connection keeps working through the drain, until it ends itself.
     assert busy.der == der_of(leaf_a)
     assert busy.say("during the HUP") == f'DemoServer:{pid}: You said "during the HUP"\r\n'
@@ -209,7 +212,7 @@ def test_hup_serves_new_certificate_without_refusing_or_cutting_early(
     assert busy.end()[0] == "close_notify"  # closed by the server after quit, as always
     busy.close()
     server.wait_for("Re-exec server during HUP")
-    probes.append(pool.submit(probe, where, client_context))  # while the new image starts
+    probes.append(pool.submit(probe, where, client_context))
     assert server.ports(2) == [where]
     probes.append(pool.submit(probe, where, client_context))
     # The idle connection was cut (no close_notify) once graceful_timeout ran out, not before.

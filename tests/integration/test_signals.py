@@ -2,7 +2,8 @@
 
 TERM and INT stop at once; QUIT stops accepting and lets in-flight connections finish within
 ``graceful_timeout``; HUP re-executes the server in place (same pid) keeping its listening
-sockets through ``BOUND_SOCKETS``, calling restart_close_hook and restart_open_hook. The
+sockets through ``BOUND_SOCKETS``, calling restart_close_hook and restart_open_hook, while a
+drainer child (another pid, the previous image's token) finishes the connections. The
 server under test (support/sigserver.py, also used by test_hup_load.py) answers one request
 per connection, ``<delay> <payload>`` -> ``<pid> <token> <payload>``, where the token is new
 in every process image: a HUP changes the token, never the pid.
@@ -150,8 +151,10 @@ def test_hup_reexecs_in_place_keeping_every_socket(
     inflight.start()
     server.wait_for(r"request inflight$")
     server.send(signal.SIGHUP)
-    # The request in flight is served by the old image before the exec.
-    assert inflight.outcome() == f"{server.pid} {first} inflight\n"
+    # The request in flight is finished by the previous generation: the drainer forked right
+    # before the exec (its own pid, the old image's token). It used to be the old image,
+    # before the exec (same pid), while accepting paused.
+    assert inflight.outcome() == f"{server.drainer()} {first} inflight\n"
     assert server.ports(2) == ports
     second = server.token(2)
     assert second != first
@@ -160,12 +163,14 @@ def test_hup_reexecs_in_place_keeping_every_socket(
     entries = {entry.split("|", 1)[1] for entry in bound.split("; ")}
     assert entries == {f"127.0.0.1|{ports[0][1]}|SSL|ipv4|0",
                        f"127.0.0.1|{ports[1][1]}|TCP|ipv4|0", f"*|{unix_path}|UNIX|*"}
+    server.drainer_stopped()  # from now on only the new image accepts (the unix file stays)
     for where in ports:
         context = client_context if where[2] == "ssl" else None
         assert request(where, context, where[2]) == f"{server.pid} {second} {where[2]}\n"
     # The new image handles signals too: a second HUP, then TERM.
     server.send(signal.SIGHUP)
     assert server.ports(3) == ports and server.token(3) not in (first, second)
+    server.drainer_stopped(2)
     assert request(ports[0], client_context, "third") == f"{server.pid} {server.token(3)} third\n"
     server.send(signal.SIGTERM)
     assert server.wait_exit() == 0
@@ -185,6 +190,7 @@ def test_hup_applies_a_changed_port_configuration(
     conf.write_text(f"port 127.0.0.1:0/ssl\nport {unix_path}|unix\ngraceful_timeout 5\n")
     server.send(signal.SIGHUP)
     assert server.ports(2) == [kept, ("", unix_path, "unix")]
+    server.drainer_stopped()  # the previous generation holds the dropped port until then
     server.wait_for(rf"Closing un-mapped port \d+\|127\.0\.0\.1\|{dropped[1]}\|TCP\|ipv4\|0")
     server.wait_for(r"Added new port configuration: .*new\.sock\|unix")
     assert refused(dropped)

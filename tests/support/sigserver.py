@@ -19,6 +19,9 @@ from support.net import open_stream, read_until_eof
 from support.process import REPO, ServerProcess, Where, python_env
 
 GENERATION = re.compile(r"generation (\w+)$")
+#: A HUP's drainer (the previous generation, another pid) starts, and stops accepting.
+DRAINER = re.compile(r"HUP: pid (\d+) serves the previous generation")
+DRAINER_STOPPED = re.compile(r"HUP: pid (\d+) stopped accepting")
 
 SERVER_MODULE = textwrap.dedent('''
     """The server the signal tests run (written next to the test's files)."""
@@ -68,6 +71,15 @@ class SignalServerProcess(ServerProcess):
     def token(self, generation: int = 1) -> str:
         """The token of the ``generation``-th process image."""
         return self.wait_for(GENERATION, generation).group(1)
+
+    def drainer(self, hup: int = 1) -> int:
+        """The pid of the drainer the ``hup``-th HUP forked (it answers with the previous
+        image's token until the new image accepts, then finishes its sessions)."""
+        return int(self.wait_for(DRAINER, hup).group(1))
+
+    def drainer_stopped(self, hup: int = 1) -> int:
+        """Wait until the ``hup``-th drainer stopped accepting; its pid."""
+        return int(self.wait_for(DRAINER_STOPPED, hup).group(1))
 
 
 def connect(where: Where, context: ssl.SSLContext | None = None,

@@ -284,3 +284,51 @@ def test_signal_queue_install_is_refused_off_the_main_thread() -> None:
     thread.start()
     thread.join(5)
     assert result == [False]
+
+
+# -- what a re-exec leaves besides its sockets: children and the ready pipe ---------------------
+
+
+def test_take_inherited_trusts_only_the_marker_of_this_pid(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    read_fd, write_fd = os.pipe()
+    try:
+        monkeypatch.setenv(restart.CHILDREN, "12345,x,678")
+        monkeypatch.setenv(restart.READY_FD, str(write_fd))
+        monkeypatch.setenv(restart.MARKER, str(os.getpid() + 1))
+        assert restart.take_inherited() == restart.Inherited()  # someone else's: ignored
+        assert restart.CHILDREN not in os.environ and restart.READY_FD not in os.environ
+        monkeypatch.setenv(restart.CHILDREN, "12345,x,678")
+        monkeypatch.setenv(restart.READY_FD, str(write_fd))
+        monkeypatch.setenv(restart.MARKER, str(os.getpid()))
+        os.set_inheritable(write_fd, True)
+        assert restart.take_inherited() == restart.Inherited((12345, 678), write_fd)
+        assert not os.get_inheritable(write_fd)
+        restart.announce_ready(write_fd)  # closes it: the reader sees EOF
+        assert os.read(read_fd, 10) == b""
+    finally:
+        os.close(read_fd)
+
+
+def test_children_are_reaped_with_their_status_and_strangers_dropped() -> None:
+    said: list[tuple[int, str]] = []
+    children = restart.Children(lambda level, message: said.append((level, message)))
+    ok, failed = os.fork(), None
+    if ok == 0:
+        os._exit(0)
+    failed = os.fork()
+    if failed == 0:
+        os._exit(3)
+    children.add(ok)
+    children.add(failed, "worker")
+    children.add(1)  # not our child: dropped, never signalled
+    children.finish(5)
+    assert children.pids == []
+    assert (2, f"HUP: drainer {ok} of a previous generation exited with status 0") in said
+    assert (1, f"HUP: worker {failed} of a previous generation exited with status 3") in said
+    assert not Path(f"/proc/{ok}").exists() and not Path(f"/proc/{failed}").exists()
+
+
+def test_describe_names_the_signal() -> None:
+    assert restart.describe(9) == "was killed by SIGKILL"
+    assert restart.describe(2 << 8) == "exited with status 2"
