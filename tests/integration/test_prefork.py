@@ -221,11 +221,13 @@ def test_ttin_and_ttou(prefork: Any) -> None:
 
 
 def test_quit_under_load_finishes_every_request_then_the_parent_exits(
-        prefork: Any, client_context: ssl.SSLContext) -> None:
+        prefork: Any, client_context: ssl.SSLContext, tmp_path: Path) -> None:
     server = prefork("--port", "127.0.0.1:0/ssl", "--workers", "2", "--log_level", "3",
-                     "--graceful_timeout", "10")
+                     "--graceful_timeout", "10", "--pid_file", "server.pid")
     where = server.ports()[0]
     workers = server.started(2)
+    pid_file = tmp_path / "server.pid"
+    assert pid_file.read_text().strip() == str(server.pid)  # the parent's, not a worker's
     held = [InFlight(where, client_context, f"slow{n}", 1.0) for n in range(6)]
     for flight in held:
         flight.start()
@@ -242,6 +244,7 @@ def test_quit_under_load_finishes_every_request_then_the_parent_exits(
             line.endswith(f"Worker {pid} exited with status 0") for line in log)
         assert any(line.endswith(f"child_finish_hook {pid}") for line in log)
         assert not alive(pid)
+    assert not pid_file.exists()  # removed by the parent, once
 
 
 def test_term_stops_workers_at_once(prefork: Any, client_context: ssl.SSLContext) -> None:
@@ -312,3 +315,20 @@ def connect_with(where: Where, context: ssl.SSLContext, session: Any) -> Any:
     host, port, _ = where
     raw = socket.create_connection((host, port), timeout=10)
     return context.wrap_socket(raw, server_hostname="localhost", session=session)
+
+
+def test_max_servers_is_per_worker(prefork: Any, client_context: ssl.SSLContext) -> None:
+    """workers 2 x max_servers 1: at most two sessions run at once (one per worker), the
+    others wait for a slot, and every one is served."""
+    server = prefork("--port", "127.0.0.1:0/ssl", "--workers", "2", "--max_servers", "1",
+                     "--log_level", "3")
+    where = server.ports()[0]
+    server.started(2)
+    flights = [InFlight(where, client_context, f"s{n}", 1.0) for n in range(4)]
+    for flight in flights:
+        flight.start()
+    server.wait_for(r"request s\d$")
+    time.sleep(0.6)
+    assert server.count(r"request s\d$") <= 2  # the others wait for a slot
+    answers = [flight.outcome() for flight in flights]
+    assert all(isinstance(answer, str) and answer for answer in answers), answers
