@@ -138,6 +138,10 @@ class Conf(Mapping[str, Any]):
     group: str | None
     chroot: str | None
     chroot_as_root: bool
+    # -- PreFork
+    server_type: list[str]
+    workers: int
+    max_requests: int
     # -- TLS (the SSL_* options are read by name: conf["SSL_cert_file"])
     self_signed: bool
 

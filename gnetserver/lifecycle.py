@@ -213,12 +213,14 @@ class Lifecycle:
 
     # -- signals and the loop ----------------------------------------------------------------
 
-    def register_signals(self) -> bool:
-        """Prepare Net::Server's signals (TERM, INT, QUIT, HUP); only the main thread may
-        install handlers, so elsewhere this does nothing and returns False."""
+    def register_signals(self, names: Sequence[str] = signals.SIGNALS) -> bool:
+        """Prepare Net::Server's signals (TERM, INT, QUIT, HUP, and whatever else ``names``
+        adds: a PreFork parent also queues CHLD, TTIN, TTOU; a worker prepares its own after
+        the fork); only the main thread may install handlers, so elsewhere this does nothing
+        and returns False."""
         if not signals.in_main_thread():
             return False
-        self._signals = signals.SignalQueue()
+        self._signals = signals.SignalQueue(tuple(names))
         return True
 
     def install_signals(self) -> None:
@@ -241,15 +243,24 @@ class Lifecycle:
         finally:
             self._looper = None
 
-    def wait_for_stop(self, dispatch: Dispatch) -> None:
+    def wait_for_stop(self, dispatch: Dispatch, timeout: float | None = None) -> None:
         """Wait until a stop is asked for, handing queued signals to ``dispatch`` meanwhile,
-        in this greenlet (the loop of a one-hub personality)."""
+        in this greenlet (the loop of a one-hub personality). With ``timeout``, return after
+        that many seconds at the latest, or once signals were dispatched (a supervising loop
+        does its rounds between)."""
         queue = self._signals
         wake: list[Any] = [self._stop] + ([queue.event] if queue is not None else [])
+        deadline = None if timeout is None else time.monotonic() + timeout
         while not self._stop.is_set():
-            gevent.wait(wake, count=1)
-            if queue is not None:
-                dispatch(queue.pop_all())
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            gevent.wait(wake, count=1, timeout=left)
+            names = queue.pop_all() if queue is not None else []
+            if names:
+                dispatch(names)
+                if timeout is not None:
+                    return
 
     def dispatch_pending(self, dispatch: Dispatch) -> None:
         """Hand the signals queued now (none is waited for) to ``dispatch``: the close does it

@@ -28,6 +28,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -213,7 +214,9 @@ _LIMITS: Sequence[Option] = (
     Option("max_servers", 256, int_in(1),
            "Maximum number of established sessions served at once, across all ports; further "
            "connections wait (they are not refused) until a slot frees, for at most "
-           "timeout_session_wait.", "Limits"),
+           "timeout_session_wait. Under PreFork, per worker: the server serves up to "
+           "workers x max_servers sessions (each worker is one hub with its own pool).",
+           "Limits"),
     Option("max_handshakes", 1000, int_in(1),
            "Maximum number of pending connections (in their TLS handshake, or waiting for a "
            "session slot) at once, on top of max_servers. When all are taken, a new "
@@ -281,6 +284,47 @@ _LOGGING: Sequence[Option] = (
     Option("syslog_facility", "daemon", log_options.syslog_facility,
            "With log_file Sys::Syslog: the facility name (daemon, user, local0-local7...) or "
            "number.", "Logging"),
+)
+
+#: Section of the PreFork personality's options (``workers``, ``max_requests``, and
+#: ``server_type`` which chooses it): the first two are reported at start when the
+#: personality is not PreFork (GServer.warn_inert_options).
+PREFORK = "PreFork"
+
+
+def server_type_name(value: Any) -> str:
+    """One ``server_type`` value: a personality name (Single, PreFork; other Net::Server
+    names are accepted and reported at start)."""
+    text = as_str(value).strip()
+    if not text:
+        raise ValueError("expected a personality name such as Single or PreFork")
+    return text
+
+
+def _cpu_count() -> int:
+    """The number of CPUs (``workers``' default); 1 when the OS does not say."""
+    return os.cpu_count() or 1
+
+
+_PREFORK: Sequence[Option] = (
+    Option("server_type", [], server_type_name,
+           "The personality: `Single` (the default: one process, a greenlet per connection) "
+           "or `PreFork` (a parent binds every port, builds the TLS contexts, then forks "
+           "`workers` worker processes, each a Single over the inherited listening sockets; "
+           "the parent supervises them). Several values are Net::Server's MultiType order: "
+           "the first one gnetserver has is used, the others are reported at start. PreFork "
+           "needs run() in the main thread; started with start() or in another thread it "
+           "serves as Single (said at level 1).", PREFORK, multi=True),
+    Option("workers", _cpu_count(), int_in(1),
+           "PreFork: the number of worker processes (each one gevent hub, so one core). "
+           "TTIN adds one, TTOU removes one. Net::Server's min_servers, min_spare_servers "
+           "and max_spare_servers do not apply: each worker serves many connections at once. "
+           "Under PreFork, max_servers and max_handshakes are per worker.", PREFORK,
+           shown_default="the number of CPUs"),
+    Option("max_requests", 0, int_in(0),
+           "PreFork: connections a worker accepts before it stops accepting, finishes its "
+           "sessions and exits, replaced by a new one (0: no limit). Net::Server's option "
+           "(its default 1000 applies only when a conf file gives it).", PREFORK),
 )
 
 _TLS: Sequence[Option] = (
@@ -414,7 +458,12 @@ NETSERVER_COMPAT = "Net::Server compatibility"
 
 _ONE_PROCESS = ("gnetserver serves every connection in a greenlet of one process: there are no "
                 "child processes.")
-_ONE_ACCEPTOR = "Only one process accepts, so there is nothing to take turns on."
+_FIXED_WORKERS = ("gnetserver's PreFork keeps a fixed set of `workers` processes, each serving "
+                  "many connections at once (no idle children to count); TTIN/TTOU add or "
+                  "remove one.")
+_ONE_ACCEPTOR = ("PreFork workers do not take turns: each waits on the shared listening sockets "
+                 "in its own hub (a blocking lock would stall all of a worker's connections).")
+_SUPERVISED = "The PreFork parent reaps its workers when SIGCHLD comes (and each second)."
 _NO_DEQUEUE = ("There are no dequeue children: start periodic work in a greenlet from "
                "pre_loop_hook.")
 _NO_STDIO = ("One process serves many connections at once, so the process's standard streams "
@@ -431,30 +480,26 @@ def _compat(name: str, meaning: str, why: str, multi: bool = False, flag: bool =
 
 
 _NETSERVER_COMPAT: Sequence[Option] = (
-    _compat("min_servers", "PreFork: child processes always kept running", _ONE_PROCESS),
+    _compat("min_servers", "PreFork: child processes always kept running", _FIXED_WORKERS),
     _compat("min_spare_servers", "PreFork: idle children kept waiting for connections",
-            _ONE_PROCESS),
+            _FIXED_WORKERS),
     _compat("max_spare_servers", "PreFork: idle children above which some are stopped",
-            _ONE_PROCESS),
-    _compat("max_requests", "PreFork/PreForkSimple: connections a child serves before it is "
-            "replaced", _ONE_PROCESS),
+            _FIXED_WORKERS),
     _compat("serialize", "PreFork/PreForkSimple: how children take turns to accept (flock, "
             "semaphore, pipe, none)", _ONE_ACCEPTOR),
     _compat("lock_file", "PreFork/PreForkSimple: the file of serialize flock",
             f"No file is created. {_ONE_ACCEPTOR}"),
-    _compat("server_type", "MultiType: the personalities to try, in order (Fork, PreFork...)",
-            "gnetserver has one: a greenlet per connection in one process (like Net::Server's "
-            "Thread), at most max_servers at once.", multi=True),
     _compat("check_for_dead", "Fork/PreFork: seconds between checks that children are alive",
-            _ONE_PROCESS),
+            _SUPERVISED),
     _compat("check_for_waiting", "PreFork: seconds the parent waits for news from its children",
-            _ONE_PROCESS),
+            _SUPERVISED),
     _compat("check_for_spawn", "PreFork: seconds between recounts of the children",
-            _ONE_PROCESS),
+            _FIXED_WORKERS),
     _compat("min_child_ttl", "PreFork: seconds after a spawn before idle children may be "
-            "stopped", _ONE_PROCESS),
+            "stopped", _FIXED_WORKERS),
     _compat("child_communication", "PreFork: a socketpair between the parent and each child",
-            f"{_ONE_PROCESS} Greenlets share the server object.", flag=True),
+            "Workers do not talk to the parent; hooks in a worker see that worker's server "
+            "object only.", flag=True),
     _compat("max_dequeue", "Fork/PreFork: the most children running the dequeue hook at once",
             _NO_DEQUEUE),
     _compat("check_for_dequeue", "Fork/PreFork: seconds between runs of the dequeue hook",
@@ -484,7 +529,8 @@ _NETSERVER_COMPAT: Sequence[Option] = (
 
 #: Every option of the base server, in documentation order.
 OPTIONS: tuple[Option, ...] = (
-    *_SERVER, *_LIMITS, *_LOGGING, *_ACCESS, *_PROXY, *_PROCESS, *_TLS, *_SSL, *_NETSERVER_COMPAT
+    *_SERVER, *_LIMITS, *_LOGGING, *_ACCESS, *_PROXY, *_PROCESS, *_PREFORK, *_TLS, *_SSL,
+    *_NETSERVER_COMPAT
 )
 
 

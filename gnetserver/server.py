@@ -40,15 +40,37 @@ from .errors import ConfigError, HandshakeTimeout, LineTooLong, SessionWaitTimeo
 from .lifecycle import Lifecycle
 from .listener import Listener
 from .operations import ProcessControl, ServerLog, check_process_options, raise_open_file_limit
-from .options import DEFAULT_PORT, NETSERVER_COMPAT, OPTIONS, Option, table
-from .personality import PERSONALITIES, Evicted, Personality, personality_name
+from .options import DEFAULT_PORT, NETSERVER_COMPAT, OPTIONS, PREFORK, Option, table
+from .personality import (
+    DEFAULT_PERSONALITY,
+    PERSONALITIES,
+    Evicted,
+    Personality,
+    PreFork,
+    ProcessHooks,
+    personality_name,
+)
 from .ports import PortSpec
 from .proto import StreamProtocol
 from .proxy_reader import ProxyHeaderError, ProxyHeaderTimeout, read_header
+from .signals import SIGNALS
 from .tls import TLSContexts
 
 #: The longest line the default echo (``process_request``) reads, its end included.
 ECHO_LINE_LIMIT = 64 * 1024
+
+#: Net::Server PreFork keys that size one-connection children: no meaning for gevent workers.
+SPARE_SERVER_OPTIONS = ("min_servers", "min_spare_servers", "max_spare_servers")
+
+#: Options a PreFork HUP (which reloads in place, without a re-exec) cannot apply: the
+#: listeners, the process and the log targets were set up once, and the TLS contexts are
+#: rebuilt from the options they were built with (their files are read again).
+RELOAD_NEEDS_RESTART = frozenset({
+    "conf_file", "port", "host", "proto", "ipv", "listen", "unix_mode", "pid_file",
+    "background", "setsid", "user", "group", "chroot", "chroot_as_root", "log_file",
+    "log_function", "syslog_logsock", "syslog_ident", "syslog_logopt", "syslog_facility",
+    "server_type", "self_signed",
+})
 
 
 @dataclass(frozen=True)
@@ -73,6 +95,7 @@ class GServer:
     Hooks for users (no-ops by default): ``configure_hook``, ``post_configure_hook``,
     ``post_bind_hook``, ``pre_loop_hook``, ``pre_server_close_hook``, ``restart_open_hook``
     and ``restart_close_hook`` (HUP re-exec), ``write_to_log_hook`` (the default log sink),
+    under PreFork ``child_init_hook``, ``child_finish_hook`` and ``run_n_children_hook``,
     and per connection ``post_accept_hook``, ``allow_deny_hook``, ``request_denied_hook``,
     ``post_process_request_hook``, ``post_client_connection_hook``. The main one to override is
     ``process_request(client)``; its default is Net::Server's echo.
@@ -242,20 +265,34 @@ class GServer:
     def warn_inert_options(self) -> None:
         """Framework step, in post_configure once the log targets are open: one level-1 log
         line naming, with their values, the options of the "Net::Server compatibility" section
-        that some source set (other personalities' keys, such as ``min_servers``: accepted, no
-        effect here; ``server_type`` values that name no personality gnetserver has). Logs
-        nothing when there is none. Reads ``self.conf``; touches nothing else."""
+        that some source set (other personalities' keys, such as ``serialize``: accepted, no
+        effect here; ``server_type`` values that name no personality gnetserver has;
+        ``workers`` and ``max_requests`` when the personality is not PreFork). Under PreFork,
+        ``min_servers``/``min_spare_servers``/``max_spare_servers`` get one more level-1 line
+        saying what gnetserver does instead. Logs nothing when there is none. Reads
+        ``self.conf``; touches nothing else."""
         given = []
+        prefork = personality_name(self.conf["server_type"]) == PreFork.name
         for option in self.options():
             value = self.conf.get(option.name, option.default)
             if option.name == "server_type":
                 value = [name for name in value if name not in PERSONALITIES]
-            if option.section != NETSERVER_COMPAT or value == option.default:
-                continue
-            shown = ",".join(map(str, value)) if option.multi else value
-            given.append(f"{option.name}={shown}")
+                inert = bool(value)
+            elif option.section == PREFORK:  # workers, max_requests: PreFork's only
+                inert = not prefork and option.name in self.conf.sources
+            else:
+                inert = option.section == NETSERVER_COMPAT and value != option.default
+            if inert:
+                shown = ",".join(map(str, value)) if option.multi else value
+                given.append(f"{option.name}={shown}")
         if given:
             self.log(1, f"ignored Net::Server options (no effect here): {', '.join(given)}")
+        spare = [name for name in SPARE_SERVER_OPTIONS if self.conf.get(name) is not None]
+        if prefork and spare:
+            self.log(1, f"PreFork: {', '.join(spare)} size Net::Server's one-connection "
+                        f"children; gnetserver runs a fixed set of workers={self.conf.workers} "
+                        f"processes, each serving up to max_servers={self.conf.max_servers} "
+                        "sessions at once (set workers instead; TTIN/TTOU add or remove one)")
 
     def post_configure(self) -> None:
         """Apply what the options ask for before binding: raise the open-file limit so the
@@ -470,18 +507,30 @@ class GServer:
         with self.lifecycle.looping():
             personality.loop(self.lifecycle, self.dispatch_signals)
 
+    def personality_class(self) -> Any:
+        """The personality class ``server_type`` names (the first one gnetserver has,
+        Net::Server's MultiType order; default ``Single``)."""
+        return PERSONALITIES[personality_name(self.conf["server_type"])]
+
     def make_personality(self) -> Personality:
-        """Framework step: the personality ``server_type`` names (the first one gnetserver
-        has, Net::Server's MultiType order; default ``Single``), built from the
-        configuration."""
-        return PERSONALITIES[personality_name(self.conf["server_type"])](self.conf)
+        """Framework step: the personality ``server_type`` names, built from the
+        configuration. One that forks and supervises (PreFork) needs the server's own loop
+        in the main thread (``run()``, signals installed): started with ``start()`` or in
+        another thread, the server serves as Single and says so at level 1."""
+        cls = self.personality_class()
+        if cls.needs_main_loop and not self.lifecycle.signals_installed:
+            self.log(1, f"server_type {cls.name}: worker processes need run() in the main "
+                        f"thread; serving in this process ({DEFAULT_PERSONALITY})")
+            cls = PERSONALITIES[DEFAULT_PERSONALITY]
+        personality: Personality = cls(self.conf)
+        return personality
 
     def start_accepting(self) -> Personality:
         """Framework step: compile the access rules, make the personality and let it accept
         on every listener; each connection runs :meth:`run_client_connection`."""
         self.prepare_access()  # allow/deny rules and lookup mode, compiled once per start
         personality = self.personality = self.make_personality()
-        personality.start(self.listeners, self._on_connection)
+        personality.start(self.listeners, self._on_connection, self.process_hooks())
         self.lifecycle.serving(personality)
         self.log(2, "Server ready: " + ", ".join(str(listener) for listener in self.listeners))
         # After a HUP: this image accepts, so the previous generation stops accepting now.
@@ -495,6 +544,67 @@ class GServer:
         self.run_client_connection(Client(sock, address, listener, self,
                                           self.conf.max_line_length))
 
+    # == worker processes (server_type PreFork: gnetserver.personality.prefork) ================
+
+    def process_hooks(self) -> ProcessHooks:
+        """Framework step: what a worker-process personality calls back (PreFork): the
+        hooks below, the log, and :meth:`reload_in_place` for HUP."""
+        return ProcessHooks(
+            name=type(self).__name__,
+            log=lambda level, message: self.log(level, message),
+            child_init=lambda: self.child_init_hook(),
+            child_finish=lambda: self.child_finish_hook(),
+            run_n_children=lambda count: self.run_n_children_hook(count),
+            reload=self.reload_in_place,
+            close_logs=self.close_logs,
+        )
+
+    def child_init_hook(self) -> None:
+        """Hook (PreFork): in each worker right after the fork, before it accepts: its own
+        signals are set, the process title too. Open per-worker resources here (database
+        connections, clients): never share such a connection across the fork. Raising ends
+        the worker (exit status 3); the parent backs off before it forks the next one."""
+
+    def child_finish_hook(self) -> None:
+        """Hook (PreFork): in a worker after its last connection ended, right before it exits
+        (``max_requests``, QUIT, HUP, TERM, the parent's stop). Close per-worker resources.
+        The server's close does not run in a worker (the pid file, listeners and logs are
+        the parent's)."""
+
+    def run_n_children_hook(self, count: int) -> None:
+        """Hook (PreFork): in the parent, after it forked ``count`` workers (at start, to
+        replace dead ones, on TTIN or during a HUP's replacement)."""
+
+    def reload_in_place(self) -> Conf | None:
+        """Framework step, PreFork's HUP in the parent (the personality calls it; no re-exec,
+        the workers are replaced instead): reopen the logs, run the HUP preflight
+        (:meth:`restart_problem`; a problem refuses the HUP at level 1), take the planned
+        configuration (options in :data:`RELOAD_NEEDS_RESTART` that changed keep their value
+        and are named at level 1: they need a restart), rebuild the TLS contexts from their
+        files (:meth:`reload_tls`: new certificates; all or none) and recompile the access
+        rules. Returns the configuration new workers get, or None when refused. The code is
+        not reloaded: the workers are forks of this parent."""
+        self.log(2, "Received a SIG HUP: reloading, then replacing the workers")
+        self.reopen_logs()
+        problem = self.restart_problem()
+        if problem is not None:
+            self.log(1, f"HUP ignored, the workers keep the current configuration: {problem}")
+            return None
+        planned = self.dry_run_start().conf
+        changed = sorted(name for name in planned if planned[name] != self.conf.get(name)
+                         and (name in RELOAD_NEEDS_RESTART or name.startswith("SSL_")))
+        if changed:
+            self.log(1, f"HUP: changes of {', '.join(changed)} need a restart (stop, then "
+                        "start): not applied")
+        values = {name: self.conf[name] if name in changed else planned[name]
+                  for name in planned}
+        conf = Conf(values, sources=planned.sources, known=planned.options)
+        if not self.reload_tls():
+            return None  # the reason is logged; the workers keep the current contexts
+        self.conf = conf
+        self.prepare_access()
+        return conf
+
     # == signals (gnetserver.lifecycle; the OS handlers only queue) =============================
 
     def register_signals(self) -> None:
@@ -505,13 +615,18 @@ class GServer:
         ``handle_<name>`` in its own greenlet. Only the main thread may install handlers:
         elsewhere (a ServerThread) this is a no-op, logged at level 4.
         """
-        if not self.lifecycle.register_signals():
+        names = SIGNALS + tuple(self.personality_class().signals)  # PreFork: CHLD, TTIN, TTOU
+        if not self.lifecycle.register_signals(names):
             self.log(4, "Not in the main thread: signal handlers not installed")
 
     def dispatch_signals(self, names: Sequence[str]) -> None:
-        """Framework step (in the loop, and in server_close while it drains): call
-        ``handle_<name>`` for each queued signal, in order."""
+        """Framework step (in the loop, and in server_close while it drains): for each queued
+        signal, in order, the personality's own handling first (PreFork: CHLD, TTIN, TTOU,
+        HUP in the parent), else ``handle_<name>``."""
         for name in names:
+            personality = self.personality
+            if personality is not None and personality.handle_signal(name):
+                continue
             handler = getattr(self, f"handle_{name.lower()}", None)
             if handler is None:
                 self.log(2, f"Received a SIG {name}: no handle_{name.lower()}, ignored")

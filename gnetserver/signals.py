@@ -20,6 +20,7 @@ default), so a peer that vanishes makes a write fail with EPIPE instead of killi
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 from collections import deque
@@ -30,6 +31,16 @@ from gevent.event import Event
 
 #: The signals a server handles, in Net::Server's names (``SIG`` prefix dropped).
 SIGNALS: tuple[str, ...] = ("TERM", "INT", "QUIT", "HUP")
+
+#: The signals a supervising parent (the PreFork personality) queues on top of
+#: :data:`SIGNALS`: a worker ended (CHLD), add a worker (TTIN), remove one (TTOU).
+SUPERVISOR_SIGNALS: tuple[str, ...] = ("CHLD", "TTIN", "TTOU")
+
+#: Signals installed with a plain ``signal.signal`` handler instead of a gevent watcher:
+#: gevent's libev loop keeps SIGCHLD for its own child watchers, and a ``gevent.signal_handler``
+#: for it never fires (checked with gevent 26.9). The plain handler runs in the hub's thread
+#: between two bytecodes (it interrupts the hub's wait), and does the same one thing: queue.
+_PLAIN = frozenset({"CHLD"})
 
 
 def in_main_thread() -> bool:
@@ -69,8 +80,16 @@ class SignalQueue:
         for name in self.names:
             signum = getattr(signal, f"SIG{name}")
             self._previous[signum] = signal.getsignal(signum)
-            self._watchers.append(gevent.signal_handler(signum, self.queue, name))
+            if name in _PLAIN:
+                signal.signal(signum, functools.partial(self._plain, name))
+                self._watchers.append(_Plain())
+            else:
+                self._watchers.append(gevent.signal_handler(signum, self.queue, name))
         return True
+
+    def _plain(self, name: str, signum: int, frame: Any) -> None:
+        """The plain handler of a :data:`_PLAIN` signal: queue it, nothing else."""
+        self.queue(name)
 
     def uninstall(self) -> None:
         """Cancel the handlers and put back the ones found at install (main thread only)."""
@@ -95,3 +114,11 @@ class SignalQueue:
         self._queued.clear()
         self.event.clear()
         return names
+
+
+class _Plain:
+    """Stands for a plain handler in the watcher list: uninstall restores the previous
+    handler, so cancelling it has nothing to do."""
+
+    def cancel(self) -> None:
+        """Nothing: :meth:`SignalQueue.uninstall` puts the previous handler back."""

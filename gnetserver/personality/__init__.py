@@ -9,8 +9,11 @@ Rules of this package:
   says stop. It knows nothing of hooks, protocols or TLS: the server hands it listeners and
   one callable, and it hands back connection counts (:class:`~gnetserver.lifecycle.Connections`).
 * :data:`PERSONALITIES` maps a ``server_type`` name to its class. ``Single`` (one process, one
-  gevent hub, a greenlet per connection) is the default; a worker-process personality plugs in
-  here without touching hooks, protocols or TLS.
+  gevent hub, a greenlet per connection) is the default; ``PreFork`` (:mod:`.prefork`: a
+  supervising parent, forked workers each running a Single over the inherited listeners)
+  plugs in here without touching hooks, protocols or TLS: what it needs of the server comes
+  as :class:`ProcessHooks`, and the signals it handles itself through
+  :meth:`Personality.handle_signal`.
 * The connection budget is the personality's (it owns accepting): at most ``max_servers``
   sessions and ``max_handshakes`` pending connections on top. A pending connection still in
   its handshake may be evicted (:class:`Evicted` is thrown into its greenlet) to make room for
@@ -29,7 +32,9 @@ from typing import Any, ClassVar, Protocol
 from ..conf import Conf
 from ..lifecycle import Connections, Dispatch, Lifecycle
 from ..listener import Listener
+from .hooks import ProcessHooks
 from .pending import Evicted, PendingBudget
+from .prefork import PreFork
 from .single import Single
 
 #: What a personality calls for each accepted connection: ``handle(listener, sock, address)``,
@@ -43,6 +48,12 @@ class Personality(Connections, Protocol):
 
     #: The ``server_type`` name it answers to.
     name: ClassVar[str]
+    #: Signals it handles itself (:meth:`handle_signal`), which the server's process queues on
+    #: top of TERM/INT/QUIT/HUP (PreFork: CHLD, TTIN, TTOU).
+    signals: ClassVar[tuple[str, ...]]
+    #: True when it needs the server's own loop (``run()``) in the main thread: it forks and
+    #: supervises (PreFork). Started otherwise, the server serves as Single and says so.
+    needs_main_loop: ClassVar[bool]
 
     @property
     def evictions(self) -> int:
@@ -55,8 +66,17 @@ class Personality(Connections, Protocol):
         """Connections that waited ``timeout_session_wait`` for a session slot in vain."""
         ...
 
-    def start(self, listeners: Sequence[Listener], handle: Handle) -> None:
-        """Start accepting on ``listeners``; each connection runs ``handle`` in a greenlet."""
+    def start(self, listeners: Sequence[Listener], handle: Handle,
+              hooks: ProcessHooks | None = None) -> None:
+        """Start accepting on ``listeners``; each connection runs ``handle`` in a greenlet
+        (of this process, or of a worker process: ``hooks`` are the server's callbacks for
+        workers, :class:`ProcessHooks`)."""
+        ...
+
+    def handle_signal(self, name: str) -> bool:
+        """Called by the server's ``dispatch_signals`` first for each signal: True when the
+        personality handled ``name`` itself (the server's ``handle_<name>`` then does not
+        run)."""
         ...
 
     def loop(self, lifecycle: Lifecycle, dispatch: Dispatch) -> None:
@@ -80,7 +100,8 @@ class Personality(Connections, Protocol):
 
 
 #: ``server_type`` name -> personality class, built as ``cls(conf)`` when accepting starts.
-PERSONALITIES: dict[str, Callable[[Conf], Personality]] = {Single.name: Single}
+PERSONALITIES: dict[str, Callable[[Conf], Personality]] = {Single.name: Single,
+                                                          PreFork.name: PreFork}
 
 #: The personality used when no ``server_type`` names a known one.
 DEFAULT_PERSONALITY = Single.name
@@ -93,4 +114,4 @@ def personality_name(server_types: Sequence[str]) -> str:
 
 
 __all__ = ["DEFAULT_PERSONALITY", "PERSONALITIES", "Evicted", "Handle", "PendingBudget",
-           "Personality", "Single", "personality_name"]
+           "Personality", "PreFork", "ProcessHooks", "Single", "personality_name"]

@@ -30,6 +30,7 @@ from gevent.server import StreamServer
 from ..conf import Conf
 from ..lifecycle import Dispatch, Lifecycle
 from ..listener import Listener
+from .hooks import ProcessHooks
 from .pending import PendingBudget
 
 
@@ -44,12 +45,19 @@ class Single:
     """
 
     name: ClassVar[str] = "Single"
+    #: Signals it handles itself (:meth:`handle_signal`): none, the server does them all.
+    signals: ClassVar[tuple[str, ...]] = ()
+    #: Whether it needs the server's own loop in the main thread (forking, supervising).
+    needs_main_loop: ClassVar[bool] = False
 
-    def __init__(self, conf: Conf) -> None:
+    def __init__(self, conf: Conf, *, max_accept: int | None = None) -> None:
         self._pool = Pool(conf.max_servers + conf.max_handshakes)
         self._budget = PendingBudget(conf.max_servers, conf.timeout_session_wait)
         self._servers: list[StreamServer] = []
         self._running = 0  # connection greenlets that started (the others wait to be run)
+        # Connections accepted per wake-up (gevent's default 100): a PreFork worker takes 1,
+        # so that one woken worker does not take a burst its siblings would serve sooner.
+        self._max_accept = max_accept
 
     @property
     def evictions(self) -> int:
@@ -62,13 +70,21 @@ class Single:
         return self._budget.session_wait_timeouts
 
     def start(self, listeners: Sequence[Listener],
-              handle: Callable[[Listener, Any, Any], None]) -> None:
-        """One acceptor (a StreamServer) per listener, all spawning into the one pool."""
+              handle: Callable[[Listener, Any, Any], None],
+              hooks: ProcessHooks | None = None) -> None:
+        """One acceptor (a StreamServer) per listener, all spawning into the one pool
+        (``hooks``: unused, one process has no workers)."""
         for listener in listeners:
             server = _Acceptor(self, listener.sock,
                                functools.partial(self._run, handle, listener))
+            if self._max_accept is not None:
+                server.max_accept = self._max_accept
             server.start()
             self._servers.append(server)
+
+    def handle_signal(self, name: str) -> bool:
+        """No signal of its own: False, the server's ``handle_<name>`` does it."""
+        return False
 
     def _run(self, handle: Callable[[Listener, Any, Any], None], listener: Listener,
              sock: Any, address: Any) -> None:

@@ -13,11 +13,13 @@ import logging
 import re
 import socket
 import ssl
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.net import address, tls_connect
+from support.process import REPO, python_env
 
 from gnetserver import GServer
 from gnetserver.errors import ConfigError
@@ -74,11 +76,21 @@ def test_netserver_conf_file_runs_a_tls_server(
     assert any(m.startswith('CONNECT SSL Peer: "[127.0.0.1]:') for m in caplog.messages)
 
 
-#: The one line the PreFork keys of the conf file give (never silently ignored).
+#: The line the PreFork keys without effect give (never silently ignored): server_type
+#: PreFork and max_requests are real options now; the spare-server keys get SPARE_LINE.
 IGNORED_LINE = (
     "ignored Net::Server options (no effect here): min_servers=4, min_spare_servers=2, "
-    "max_spare_servers=8, max_requests=1000, serialize=flock, "
-    "lock_file=/var/lock/netserver_tls.lock, server_type=PreFork, check_for_dead=30")
+    "max_spare_servers=8, serialize=flock, lock_file=/var/lock/netserver_tls.lock, "
+    "check_for_dead=30")
+#: What gnetserver's PreFork does instead of Net::Server's spare-server logic.
+SPARE_LINE = (
+    "PreFork: min_servers, min_spare_servers, max_spare_servers size Net::Server's "
+    "one-connection children; gnetserver runs a fixed set of workers={workers} processes, "
+    "each serving up to max_servers=16 sessions at once (set workers instead; TTIN/TTOU add "
+    "or remove one)")
+#: Said when a server of a PreFork conf file is embedded (start(), a thread): no workers.
+AS_SINGLE = ("server_type PreFork: worker processes need run() in the main thread; serving "
+             "in this process (Single)")
 
 
 def test_keys_of_other_personalities_are_logged_not_fatal(
@@ -86,16 +98,42 @@ def test_keys_of_other_personalities_are_logged_not_fatal(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The conf file's PreFork keys start the server anyway, create no lock file, and give
-    exactly one level-1 line at start naming them with their values."""
+    level-1 lines at start: one naming the keys without effect with their values, one saying
+    what PreFork does instead of spare servers; embedded in a thread, the server cannot fork
+    workers and says it serves as Single."""
     caplog.set_level(logging.DEBUG, logger="gnetserver")
     server = serve(GServer, conf_file=install_conf(tmp_path, certs), log_level=1)
     with tls_connect(server, client_context, 0) as conn:
         assert echo(conn, b"still TLS")[1].endswith(b'You said "still TLS"\r\n')
-    ignored = [r for r in caplog.records if r.getMessage().startswith("ignored Net::Server")]
-    assert [r.getMessage() for r in ignored] == [IGNORED_LINE]
-    assert ignored[0].levelno == logging.ERROR  # Net::Server level 1: shown from log_level 1
+    level1 = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    expected = [IGNORED_LINE, SPARE_LINE.format(workers=server.conf["workers"]), AS_SINGLE]
+    assert [message for message in level1 if message in expected] == expected
+    assert server.personality is not None and server.personality.name == "Single"
     assert server.conf["max_servers"] == 16  # a real option beside them still applies
+    assert server.conf["max_requests"] == 1000
     assert not Path("/var/lock/netserver_tls.lock").exists()
+
+
+def test_a_prefork_conf_file_runs_prefork(spawn: Any, certs: dict[str, str],
+                                          client_context: ssl.SSLContext,
+                                          tmp_path: Path) -> None:
+    """Run by the gnetserver command (run() in the main thread), the Perl conf file's
+    ``server_type PreFork`` forks workers that serve the TLS port."""
+    conf_file = install_conf(tmp_path, certs)
+    server = spawn([sys.executable, "-m", "gnetserver", "--conf_file", conf_file,
+                    "--workers", "2"], env=python_env(REPO, inherit=False))
+    where = server.ports()[0]
+    server.wait_for(r"Started worker \d+$", 2)
+    assert server.count(re.escape(SPARE_LINE.format(workers=2))) == 1
+    assert server.count("serving in this process") == 0
+    with socket.create_connection(where[:2], timeout=5) as raw, \
+            client_context.wrap_socket(raw, server_hostname="localhost") as conn:
+        welcome, answer, _ = echo(conn, b"worker")
+    assert answer.endswith(b'You said "worker"\r\n')
+    worker = int(welcome.split(b"(")[1].split(b")")[0])
+    assert worker != server.pid and worker in [
+        int(pid) for pid in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text()
+        .split()]
 
 
 class Defaults(GServer):

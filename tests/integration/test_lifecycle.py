@@ -119,7 +119,9 @@ def test_the_drain_waits_on_the_personalitys_connections() -> None:
 @pytest.mark.parametrize("server_types, expected", [
     ([], "Single"),
     (["Single"], "Single"),
-    (["PreFork", "Single"], "Single"),  # MultiType order: the first one gnetserver has
+    (["PreFork", "Single"], "PreFork"),  # MultiType order: the first one gnetserver has
+    (["Fork", "Single"], "Single"),
+    (["Fork", "PreFork"], "PreFork"),
     (["Fork"], "Single"),  # none it has: the default
 ])
 def test_server_type_picks_the_personality(server_types: list[str], expected: str) -> None:

@@ -371,15 +371,18 @@ def test_custom_option_from_every_source(tmp_path: Path) -> None:
 
 #: Keys that Net::Server conf files carry for other personalities (Fork, PreFork, MultiType...)
 #: or for protocols gnetserver does not serve (spec/netserver.md, sections 2.2-2.4).
+#: (``server_type`` and ``max_requests`` are real options since the PreFork personality.)
 NETSERVER_ONLY = (
-    "min_servers", "min_spare_servers", "max_spare_servers", "max_requests", "serialize",
-    "lock_file", "server_type", "check_for_dead", "check_for_waiting", "check_for_spawn",
+    "min_servers", "min_spare_servers", "max_spare_servers", "serialize",
+    "lock_file", "check_for_dead", "check_for_waiting", "check_for_spawn",
     "min_child_ttl", "child_communication", "max_dequeue", "check_for_dequeue",
     "sig_passthrough", "leave_children_open_on_hup", "no_close_by_child", "no_client_stdout",
     "tie_client_stdout", "ipv6_package", "udp_recv_len", "udp_recv_flags", "udp_broadcast",
     "unix_type", "unix_path",
 )
 IGNORED = "ignored Net::Server options (no effect here): "
+SPARE = ("PreFork: min_servers size Net::Server's one-connection children; gnetserver runs a "
+         "fixed set of workers=")
 
 
 def ignored_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -401,16 +404,21 @@ def test_netserver_only_options_in_a_conf_file_are_logged_once(
     them all with their values (never silent)."""
     caplog.set_level(logging.DEBUG, logger="gnetserver")
     lines = [f"{name} {index + 1}" for index, name in enumerate(NETSERVER_ONLY)]
-    lines += ["server_type Fork", "sig_passthrough USR1,USR2"]
+    lines += ["server_type Fork", "server_type Fork2", "sig_passthrough USR1,USR2",
+              "max_requests 1000", "workers 3"]
     configure(new={"conf_file": write_conf(tmp_path, "\n".join(lines) + "\n")})
     [line] = ignored_lines(caplog)
     [record] = [r for r in caplog.records if r.getMessage() == line]
     assert record.levelno == logging.ERROR  # Net::Server level 1
     named = line[len(IGNORED):].split(", ")
-    assert [item.partition("=")[0] for item in named] == list(NETSERVER_ONLY)
-    assert "min_servers=1" in named and "unix_path=25" in named
-    assert "server_type=7,Fork" in named  # list options accumulate, as in Net::Server
-    assert "sig_passthrough=15,USR1,USR2" in named
+    # server_type values naming no personality, PreFork's own options under Single, then
+    # the compatibility keys, in table order.
+    assert [item.partition("=")[0] for item in named] == [
+        "server_type", "workers", "max_requests", *NETSERVER_ONLY]
+    assert "min_servers=1" in named and "unix_path=23" in named
+    assert "server_type=Fork,Fork2" in named  # list options accumulate, as in Net::Server
+    assert "sig_passthrough=13,USR1,USR2" in named
+    assert "max_requests=1000" in named and "workers=3" in named
 
 
 @pytest.mark.parametrize("source", ["new", "argv", "run", "defaults"])
@@ -426,8 +434,12 @@ def test_netserver_only_options_from_every_source(
         conf = configure(**{source: values})
     assert (conf["min_servers"], conf["serialize"], conf["server_type"]) == (
         "5", "flock", ["PreFork", "Fork"])
-    assert ignored_lines(caplog) == [
-        IGNORED + "min_servers=5, serialize=flock, server_type=PreFork,Fork"]
+    # PreFork is chosen (the first name gnetserver has): Fork is reported, and min_servers
+    # gets the line that says what PreFork does instead.
+    assert ignored_lines(caplog) == [IGNORED + "server_type=Fork, min_servers=5, serialize=flock"]
+    [spare] = [r for r in caplog.records if r.getMessage().startswith(SPARE)]
+    assert spare.levelno == logging.ERROR
+    assert "each serving up to max_servers=256 sessions at once" in spare.getMessage()
 
 
 def test_no_ignored_line_without_netserver_only_options(
