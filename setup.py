@@ -20,6 +20,9 @@ setup(
         # load_pem_x509_certificates (39), not_valid_*_utc (42), OCSP next_update_utc (43).
         "pyOpenSSL>=25.2",
         "cryptography>=45.0.7",
+        # PreFork: readable worker titles in ps (the whole command line; prctl only sets the
+        # 15-byte name).
+        "setproctitle>=1.3",
     ],
     extras_require={
         "test": [

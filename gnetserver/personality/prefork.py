@@ -73,6 +73,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import gevent
+import setproctitle
 from gevent.os import fork_gevent
 
 from ..conf import Conf
@@ -515,14 +516,9 @@ def _set_parent_death_signal(signum: int) -> None:
 
 
 def _set_title(title: str, short: str) -> None:
-    """The process title ``ps`` shows: with the optional ``setproctitle`` package the whole
-    command line; on Linux also the 15-byte name ``top`` and ``ps -o comm`` show."""
-    try:
-        import setproctitle  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        pass
-    else:
-        setproctitle.setproctitle(title)
+    """The process title ``ps`` shows: the whole command line (``setproctitle``, a
+    dependency); on Linux also the 15-byte name ``top`` and ``ps -o comm`` show."""
+    setproctitle.setproctitle(title)
     if sys.platform.startswith("linux"):
         libc = _libc()
         if libc is not None:

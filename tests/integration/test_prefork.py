@@ -139,6 +139,8 @@ def test_workers_serve_with_their_own_pids_and_hooks(prefork: Any,
     for pid in workers:
         server.wait_for(rf"child_init_hook {pid} parent {server.pid}$")
         assert Path(f"/proc/{pid}/comm").read_text().strip() == "gns-worker"
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        assert cmdline.startswith(b"gnetserver: worker [")
     seen: set[int] = set()
     for _ in range(60):
         seen.add(worker_pid(request(where, client_context, "who")))
