@@ -16,6 +16,9 @@ Rules of this module:
   bound fresh ("Added new port configuration"); inherited fds no longer configured are closed
   ("Closing un-mapped port"). ``BOUND_SOCKETS`` is then removed from the environment. TLS
   contexts are rebuilt by the new image, so new certificates take effect on HUP.
+* Sockets systemd passed (socket activation, :mod:`gnetserver.systemd`) are adopted by
+  :func:`bind_ports` before any of this; those a port claimed by its ``name`` key are handed
+  over with that name (:data:`gnetserver.systemd.FDNAMES_ENV`) and found by name again.
 * A malformed entry is logged and ignored; an fd below 3 is never adopted nor closed.
 * ``BOUND_SOCKETS`` is only trusted with the marker the re-exec sets next to it
   (:data:`MARKER`: the pid of the process that exec'ed, which the new image keeps). A first
@@ -40,6 +43,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
+from . import systemd
 from .daemon import flush_std_streams
 from .errors import ConfigError
 from .options import DEFAULT_UNIX_MODE
@@ -52,6 +56,9 @@ ENV = "BOUND_SOCKETS"
 #: Set by the re-exec next to :data:`ENV`: the pid of the exec'ing process (the new image has
 #: the same pid). Without it, or with another pid, :data:`ENV` is not trusted.
 MARKER = "GNETSERVER_REEXEC_PID"
+
+#: Every variable of the hand-over.
+HANDOVER_ENV = (ENV, MARKER, systemd.FDNAMES_ENV)
 
 #: Where the process started: the exec runs from here, so relative script paths still work.
 START_CWD = os.getcwd()
@@ -71,6 +78,8 @@ class BoundSocket:
         proto: the protocol in upper case (``TCP``, ``SSL``, ``UNIX``).
         ipv: ``ipv4``, ``ipv6``, ``ipv*``; ``*`` for UNIX sockets.
         orig_port: the configured port text when it was ``0`` or a service name.
+        fdname: the port's ``name`` key when systemd passed the socket by that name (not part
+            of the Net::Server entry: handed on in :data:`systemd.FDNAMES_ENV`).
     """
 
     fd: int
@@ -79,6 +88,7 @@ class BoundSocket:
     proto: str
     ipv: str
     orig_port: str | None = None
+    fdname: str | None = None
 
     @property
     def key(self) -> str:
@@ -126,10 +136,11 @@ def entry_for(fd: int, address: BindAddress) -> BoundSocket:
     """The entry describing a bound address (its ``sockaddr`` carries the real port)."""
     spec = address.spec
     if spec.is_unix:
-        return BoundSocket(fd, "*", str(address.sockaddr), spec.proto.upper(), "*")
+        return BoundSocket(fd, "*", str(address.sockaddr), spec.proto.upper(), "*",
+                           fdname=address.fdname)
     host, port = address.sockaddr[0], address.sockaddr[1]
     return BoundSocket(fd, str(host), str(port), spec.proto.upper(), _ipv_field(address),
-                       spec.orig_port)
+                       spec.orig_port, address.fdname)
 
 
 def _ipv_field(address: BindAddress) -> str:
@@ -145,16 +156,23 @@ def reexecuted() -> bool:
     return bool(os.environ.get(ENV)) and os.environ.get(MARKER) == str(os.getpid())
 
 
-def _set_handover(text: str) -> None:
-    """Set :data:`ENV` and its :data:`MARKER` (this pid: the exec keeps it)."""
-    os.environ[ENV] = text
+def _set_handover(entries: Sequence[BoundSocket]) -> None:
+    """Set :data:`ENV` for ``entries``, its :data:`MARKER` (this pid: the exec keeps it) and
+    the names of the sockets systemd passed by name (:data:`systemd.FDNAMES_ENV`)."""
+    os.environ[ENV] = encode(entries)
     os.environ[MARKER] = str(os.getpid())
+    names = systemd.encode_names((entry.fd, entry.fdname) for entry in entries if entry.fdname)
+    if names:
+        os.environ[systemd.FDNAMES_ENV] = names
+    else:
+        os.environ.pop(systemd.FDNAMES_ENV, None)
 
 
 def _clear_handover() -> None:
-    """Remove :data:`ENV` and :data:`MARKER`: a child process of ours must not inherit them."""
-    os.environ.pop(ENV, None)
-    os.environ.pop(MARKER, None)
+    """Remove :data:`ENV`, :data:`MARKER` and the names: a child process of ours must not
+    inherit them."""
+    for name in HANDOVER_ENV:
+        os.environ.pop(name, None)
 
 
 def key_for(address: BindAddress) -> str:
@@ -221,7 +239,7 @@ def reexec(entries: Sequence[BoundSocket], log: Log) -> None:
     second HUP during the new image's start-up cannot kill it; its loop installs the handler.
     """
     argv = exec_argv()
-    _set_handover(encode(entries))
+    _set_handover(entries)
     log(0, f"Re-exec server during HUP: {' '.join(argv)}")
     flush_std_streams()
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN) if in_main_thread() else None
@@ -251,8 +269,11 @@ def close_fds(entries: Iterable[BoundSocket]) -> None:
 def bind_ports(specs: Sequence[Any], backlog: int, log: Log,
                open_hook: Callable[[], None], *,
                unix_mode: int = DEFAULT_UNIX_MODE) -> list[Pair]:
-    """``bind_all`` for a server that may have been re-executed by a HUP.
+    """``bind_all`` for a server that may have been socket-activated, or re-executed by a HUP.
 
+    When systemd passed sockets to this pid (``LISTEN_FDS``, :func:`gnetserver.systemd.
+    listen_fds`; the variables are removed in any case), every spec is served by them
+    (:func:`gnetserver.systemd.adopt_passed`: nothing is bound, a mismatch is a ConfigError).
     Without ``BOUND_SOCKETS`` this is :func:`gnetserver.resolve.bind_all`. With it and the
     re-exec's :data:`MARKER` for this pid: ``open_hook`` (the server's ``restart_open_hook``)
     runs, matching specs adopt their inherited fds, the others are bound fresh, and both
@@ -265,7 +286,13 @@ def bind_ports(specs: Sequence[Any], backlog: int, log: Log,
     Resource handling:
         The caller owns the returned sockets; on failure none is left open.
     """
+    passed = systemd.listen_fds()
     text = os.environ.get(ENV)
+    if passed:
+        if text is not None:
+            log(2, f"{ENV} is set, but systemd passed sockets: {ENV} ignored")
+            _clear_handover()
+        return systemd.adopt_passed(specs, passed, log)
     if text is not None and not reexecuted():
         log(2, f"{ENV} is set, but not by a HUP re-exec of this process (no {MARKER} "
                f"for pid {os.getpid()}): ignored, binding every port")
@@ -277,8 +304,13 @@ def bind_ports(specs: Sequence[Any], backlog: int, log: Log,
     entries, bad = decode(text)
     for piece in bad:
         log(1, f"{ENV}: ignoring malformed entry {piece!r}")
+    names = systemd.decode_names(os.environ.get(systemd.FDNAMES_ENV, ""))
     _clear_handover()  # a child process of ours must not inherit them
-    adopted, fresh = adopt(specs, entries, log)
+    # Sockets systemd passed by a port's name find that port by name again, wherever the
+    # unit file bound them; the others match by their BOUND_SOCKETS key.
+    named, specs_left, entries = _adopt_named(specs, entries, names, log)
+    adopted, fresh = adopt(specs_left, entries, log)
+    adopted = named + adopted
     try:
         pairs = adopted + bind_all(fresh, backlog, unix_mode=unix_mode)
     except BaseException:
@@ -287,6 +319,21 @@ def bind_ports(specs: Sequence[Any], backlog: int, log: Log,
         raise
     order = {id(spec): index for index, spec in enumerate(specs)}
     return sorted(pairs, key=lambda pair: order[id(pair[0].spec)])
+
+
+def _adopt_named(specs: Sequence[Any], entries: Sequence[BoundSocket], names: dict[int, str],
+                 log: Log) -> tuple[list[Pair], list[Any], list[BoundSocket]]:
+    """The inherited entries :data:`systemd.FDNAMES_ENV` names go to the ports with that
+    ``name`` key (:func:`gnetserver.systemd.adopt_named`). Returns the pairs, the specs left
+    and the entries left (named ones no port claims included: they match by key)."""
+    passed = [systemd.PassedSocket(entry.fd, names[entry.fd])
+              for entry in entries if entry.fd in names]
+    if not passed:
+        return [], list(specs), list(entries)
+    pairs, specs_left, left = systemd.adopt_named(specs, passed, log)
+    left_fds = {item.fd for item in left}
+    kept = [entry for entry in entries if entry.fd not in names or entry.fd in left_fds]
+    return pairs, specs_left, kept
 
 
 def adopt(specs: Sequence[Any], entries: Sequence[BoundSocket],
@@ -462,12 +509,12 @@ def as_the_reexec_sees_it(listeners: Sequence[Any]) -> Iterator[None]:
     ConfigError when that directory is gone (the exec would fail)."""
     # Those the exec will not pass on are left out: the new image binds them again.
     entries = [entry for _, entry in listener_entries(listeners)]
-    saved_env = {name: os.environ.get(name) for name in (ENV, MARKER)}
+    saved_env = {name: os.environ.get(name) for name in HANDOVER_ENV}
     try:  # by fd: the way back even if its path changed (O_PATH: no read permission needed)
         here: int | None = os.open(".", getattr(os, "O_PATH", os.O_RDONLY))
     except OSError:
         here = None  # cannot come back: stay here, relative paths may then be misjudged
-    _set_handover(encode(entries))
+    _set_handover(entries)
     try:
         if here is not None:
             try:

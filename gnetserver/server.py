@@ -43,6 +43,7 @@ from .options import DEFAULT_PORT, NETSERVER_COMPAT, OPTIONS, Option, table
 from .personality import PERSONALITIES, Evicted, Personality, personality_name
 from .ports import PortSpec
 from .proto import StreamProtocol
+from .systemd import Notifier
 from .tls import TLSContexts
 
 #: The longest line the default echo (``process_request``) reads, its end included.
@@ -114,6 +115,8 @@ class GServer:
         self.access = AccessPolicy(lambda level, message: self.log(level, message))
         self.logs = ServerLog(lambda level, message: self.write_to_log_hook(level, message))
         self.process = ProcessControl(lambda: self.keep_pid_file)
+        # sd_notify (READY/RELOADING/STOPPING) when NOTIFY_SOCKET is set; else every call no-ops
+        self.notifier = Notifier.from_environment(lambda level, message: self.log(level, message))
         self._self_signed = tls_setup.SelfSigned()
 
     # == entry points ===========================================================================
@@ -449,7 +452,9 @@ class GServer:
         personality = self.personality = self.make_personality()
         personality.start(self.listeners, self._on_connection)
         self.lifecycle.serving(personality)
-        self.log(2, "Server ready: " + ", ".join(str(listener) for listener in self.listeners))
+        serving = ", ".join(str(listener) for listener in self.listeners)
+        self.log(2, "Server ready: " + serving)
+        self.notifier.ready(f"Serving {serving}")  # systemd: READY=1, MAINPID (also after HUP)
         return personality
 
     def _on_connection(self, listener: Listener, sock: Any, address: Any) -> None:
@@ -512,10 +517,12 @@ class GServer:
         if self._ignored_while_closing("HUP"):
             return
         self.log(2, "Received a SIG HUP: restarting in place")
+        self.notifier.reloading("Reloading (HUP)")  # READY=1 comes from the new image
         self.reopen_logs()  # messages until the exec go to the new file
         problem = self.restart_problem()
         if problem is not None:
             self.log(1, f"HUP ignored, still serving with the current configuration: {problem}")
+            self.notifier.ready(f"HUP refused, still serving: {problem}")
             return
         self.lifecycle.request_restart()
 
@@ -816,6 +823,8 @@ class GServer:
         if not lifecycle.claim_close(self.server_close):  # a close runs, ran, or was handed on
             return
         try:
+            if not lifecycle.restarting:  # a HUP hands over: the service goes on
+                self.notifier.stopping("Stopping")
             self.pre_server_close_hook()  # user: connections may still be running
             self.log(2, "Server closing!")
             handed = self.stop_accepting()  # on HUP the listening sockets are dup'ed first
@@ -826,6 +835,7 @@ class GServer:
             else:
                 restart.close_fds(handed)  # a stop/TERM during a HUP's drain: no restart
             lifecycle.cancel_restart()
+            self.notifier.stopping("Stopping")  # no re-exec after all (once: a no-op if sent)
             self.release_listeners()  # close the listening sockets
             lifecycle.uninstall_signals()  # the program's own signal handlers apply again
             self.remove_pid_file()  # unless keep_pid_file (HUP re-exec)
