@@ -67,7 +67,9 @@ class GServer:
     ``reload_tls()`` (new certificates for new connections), ``reopen_logs()`` (after
     logrotate), ``log(level, message)``; attributes ``listeners`` (the bound sockets: find
     kernel-chosen ports there), ``conf`` (the option values), ``requests`` (a count),
-    ``lifecycle`` (``lifecycle.state``: where the server is) and ``personality``.
+    ``lifecycle`` (``lifecycle.state``: where the server is), ``personality`` and
+    ``notifier`` (:class:`~gnetserver.systemd.Notifier`: systemd's sd_notify; READY=1 in
+    ``start_accepting``, RELOADING=1 in ``handle_hup``, STOPPING=1 in ``server_close``).
 
     Hooks for users (no-ops by default): ``configure_hook``, ``post_configure_hook``,
     ``post_bind_hook``, ``pre_loop_hook``, ``pre_server_close_hook``, ``restart_open_hook``
@@ -447,7 +449,8 @@ class GServer:
 
     def start_accepting(self) -> Personality:
         """Framework step: compile the access rules, make the personality and let it accept
-        on every listener; each connection runs :meth:`run_client_connection`."""
+        on every listener; each connection runs :meth:`run_client_connection`. Then the
+        "Server ready" log line and, under systemd, READY=1 (with MAINPID)."""
         self.prepare_access()  # allow/deny rules and lookup mode, compiled once per start
         personality = self.personality = self.make_personality()
         personality.start(self.listeners, self._on_connection)
@@ -513,7 +516,8 @@ class GServer:
         ``graceful_timeout`` to finish first; the pid and the pid file stay. Log files are
         reopened at once (logrotate). First a dry run of the new image's start-up
         (``restart_problem``): if it fails, the HUP is refused (level 1) and nothing changes.
-        While the server closes already (a drain runs), logged and ignored."""
+        While the server closes already (a drain runs), logged and ignored. Under systemd:
+        RELOADING=1 first, then READY=1 from the new image, or at once when refused."""
         if self._ignored_while_closing("HUP"):
             return
         self.log(2, "Received a SIG HUP: restarting in place")
@@ -817,7 +821,8 @@ class GServer:
         After a HUP (``lifecycle.restarting``) the listening sockets are handed over instead
         of closed: they are dup'ed for the new image, connections get ``graceful_timeout`` to
         finish, then ``restart_close_hook`` runs and the server re-executes itself (same pid);
-        this returns only if that exec failed, and the server then closes as usual.
+        this returns only if that exec failed, and the server then closes as usual. Under
+        systemd, STOPPING=1 is sent when the close is a real one (not a HUP's hand-over).
         """
         lifecycle = self.lifecycle
         if not lifecycle.claim_close(self.server_close):  # a close runs, ran, or was handed on
