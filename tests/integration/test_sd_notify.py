@@ -91,7 +91,7 @@ def test_ready_reloading_stopping(spawn: Callable[..., Any],
         time.CLOCK_MONOTONIC) // 1000
     again = notify_socket.next()  # from the re-executed image: same pid
     assert again["READY"] == "1" and again["MAINPID"] == str(proc.pid)
-    assert proc.count("Server ready") == 2
+    proc.wait_for("Server ready", count=2)  # logged just before READY=1 (a pipe behind)
 
     proc.send(signal.SIGTERM)
     assert notify_socket.next()["STOPPING"] == "1"
@@ -110,6 +110,7 @@ def test_refused_hup_is_ready_again_at_once(spawn: Callable[..., Any], tmp_path:
     refused = notify_socket.next()
     assert refused["READY"] == "1"
     assert refused["STATUS"].startswith("HUP refused, still serving:")
+    proc.wait_for("HUP ignored")  # logged before that READY=1 (stderr may lag behind)
     assert proc.count("Server ready") == 1  # no re-exec
     proc.send(signal.SIGTERM)
     assert notify_socket.next()["STOPPING"] == "1"
@@ -123,6 +124,7 @@ def test_unreachable_notify_socket_is_logged_once(spawn: Callable[..., Any],
     proc.wait_for("Server ready")
     proc.send(signal.SIGTERM)  # STOPPING=1 fails too: not logged again
     assert proc.wait_exit() == 0
+    proc.stop()  # reaps it and reads stderr to its end
     assert proc.count(f"sd_notify to {missing} failed") == 1
 
 
