@@ -63,6 +63,8 @@ class BindAddress:
         v6only: IPV6_V6ONLY for ``AF_INET6`` (``False`` = dual-stack socket); ``None`` otherwise.
         fdname: for a socket systemd passed and a port claimed by its ``name`` key, that name
             (a HUP re-exec hands it on, so the port finds its socket again); else ``None``.
+        passed: True for a socket systemd passed (socket activation): systemd owns its
+            address, so a unix socket file is neither chowned nor removed by the server.
     """
 
     spec: PortSpec
@@ -70,6 +72,7 @@ class BindAddress:
     sockaddr: SockAddr
     v6only: bool | None
     fdname: str | None = None
+    passed: bool = False
 
 
 def resolve(spec: PortSpec) -> list[BindAddress]:

@@ -80,6 +80,7 @@ class BoundSocket:
         orig_port: the configured port text when it was ``0`` or a service name.
         fdname: the port's ``name`` key when systemd passed the socket by that name (not part
             of the Net::Server entry: handed on in :data:`systemd.FDNAMES_ENV`).
+        passed: systemd passed the socket (handed on there too, with an empty name).
     """
 
     fd: int
@@ -89,6 +90,7 @@ class BoundSocket:
     ipv: str
     orig_port: str | None = None
     fdname: str | None = None
+    passed: bool = False
 
     @property
     def key(self) -> str:
@@ -137,10 +139,10 @@ def entry_for(fd: int, address: BindAddress) -> BoundSocket:
     spec = address.spec
     if spec.is_unix:
         return BoundSocket(fd, "*", str(address.sockaddr), spec.proto.upper(), "*",
-                           fdname=address.fdname)
+                           fdname=address.fdname, passed=address.passed)
     host, port = address.sockaddr[0], address.sockaddr[1]
     return BoundSocket(fd, str(host), str(port), spec.proto.upper(), _ipv_field(address),
-                       spec.orig_port, address.fdname)
+                       spec.orig_port, address.fdname, address.passed)
 
 
 def _ipv_field(address: BindAddress) -> str:
@@ -161,7 +163,8 @@ def _set_handover(entries: Sequence[BoundSocket]) -> None:
     the names of the sockets systemd passed by name (:data:`systemd.FDNAMES_ENV`)."""
     os.environ[ENV] = encode(entries)
     os.environ[MARKER] = str(os.getpid())
-    names = systemd.encode_names((entry.fd, entry.fdname) for entry in entries if entry.fdname)
+    names = systemd.encode_names((entry.fd, entry.fdname or "")
+                                 for entry in entries if entry.passed)
     if names:
         os.environ[systemd.FDNAMES_ENV] = names
     else:
@@ -310,7 +313,9 @@ def bind_ports(specs: Sequence[Any], backlog: int, log: Log,
     # unit file bound them; the others match by their BOUND_SOCKETS key.
     named, specs_left, entries = _adopt_named(specs, entries, names, log)
     adopted, fresh = adopt(specs_left, entries, log)
-    adopted = named + adopted
+    # systemd's sockets stay systemd's (their unix socket files are not ours to remove)
+    adopted = named + [(replace(address, passed=sock.fileno() in names), sock)
+                       for address, sock in adopted]
     try:
         pairs = adopted + bind_all(fresh, backlog, unix_mode=unix_mode)
     except BaseException:
@@ -327,12 +332,13 @@ def _adopt_named(specs: Sequence[Any], entries: Sequence[BoundSocket], names: di
     ``name`` key (:func:`gnetserver.systemd.adopt_named`). Returns the pairs, the specs left
     and the entries left (named ones no port claims included: they match by key)."""
     passed = [systemd.PassedSocket(entry.fd, names[entry.fd])
-              for entry in entries if entry.fd in names]
+              for entry in entries if names.get(entry.fd)]
     if not passed:
         return [], list(specs), list(entries)
     pairs, specs_left, left = systemd.adopt_named(specs, passed, log)
+    tried = {item.fd for item in passed}
     left_fds = {item.fd for item in left}
-    kept = [entry for entry in entries if entry.fd not in names or entry.fd in left_fds]
+    kept = [entry for entry in entries if entry.fd not in tried or entry.fd in left_fds]
     return pairs, specs_left, kept
 
 

@@ -343,7 +343,8 @@ class GServer:
         chroot, ``user``/``group`` on a start that is not root's, ``chroot`` leaving uid 0
         without ``chroot_as_root``, a refused or failed chown and a failed switch are
         ConfigErrors (see :mod:`gnetserver.privileges`)."""
-        unix = [str(lst.address.sockaddr) for lst in self.listeners if lst.proto == "unix"]
+        unix = [str(lst.address.sockaddr) for lst in self.listeners
+                if lst.proto == "unix" and not lst.address.passed]  # systemd's are its own
         self.process.drop_privileges(self.conf, unix, self.logs, self.log)
 
     # == binding (gnetserver.listen) ============================================================
@@ -864,9 +865,13 @@ class GServer:
         self.lifecycle.drain(self.conf.graceful_timeout, self.dispatch_signals, self.log)
 
     def release_listeners(self) -> None:
-        """Close every listening socket (also when a start-up step failed). Idempotent."""
+        """Close every listening socket (also when a start-up step failed). Idempotent. A
+        socket systemd passed is only closed: its unix socket file stays, systemd's."""
         for listener in self.listeners:
-            listener.protocol.close_listener(listener.sock)
+            if listener.address.passed:
+                listener.sock.close()
+            else:
+                listener.protocol.close_listener(listener.sock)
 
 
 def _discard(*args: Any) -> None:

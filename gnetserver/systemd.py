@@ -45,7 +45,8 @@ LISTEN_FDS_START = 3
 #: The activation variables, all removed after reading.
 ACTIVATION_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 #: Set by a HUP re-exec beside ``BOUND_SOCKETS``: ``fd=name`` pairs joined by ``:`` for the
-#: handed sockets systemd had named (a name never holds ``:``, as in LISTEN_FDNAMES).
+#: handed sockets systemd had passed (a name never holds ``:``, as in LISTEN_FDNAMES), with
+#: the name of the port that claimed it by name, or an empty name (matched by address).
 FDNAMES_ENV = "GNETSERVER_FDNAMES"
 #: The per-port key by which a port claims the passed sockets of that name.
 NAME_KEY = "name"
@@ -282,7 +283,7 @@ def _address_of(spec: PortSpec, sock: socket.socket, fdname: object = None) -> B
     if sock.family == socket.AF_INET6:
         v6only = bool(sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
     return BindAddress(spec, sock.family, bound, v6only,
-                       fdname if isinstance(fdname, str) else None)
+                       fdname if isinstance(fdname, str) else None, passed=True)
 
 
 def _bind_text(address: BindAddress) -> str:
@@ -303,11 +304,12 @@ def encode_names(pairs: Iterable[tuple[int, str]]) -> str:
 
 
 def decode_names(text: str) -> dict[int, str]:
-    """Read an :data:`FDNAMES_ENV` value back (malformed pieces are skipped)."""
+    """Read an :data:`FDNAMES_ENV` value back (malformed pieces are skipped; ``""``: passed
+    by systemd, matched by address)."""
     names = {}
     for piece in text.split(":"):
         fd, sep, name = piece.partition("=")
-        if sep and fd.isdigit() and name:
+        if sep and fd.isdigit():
             names[int(fd)] = name
     return names
 

@@ -13,10 +13,13 @@ ConfigError naming both sides. A HUP re-exec hands the activated sockets on like
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
+import stat
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -136,3 +139,22 @@ def test_datagram_socket_is_refused(spawn: Callable[..., Any]) -> None:
         udp.sendto(b"wake up", ("127.0.0.1", port))  # the tool execs on the first datagram
     assert proc.wait_exit() != 0
     assert "is not a listening stream socket" in proc.wait_for("socket activation:").string
+
+
+def test_unix_socket_file_stays_systemds(spawn: Callable[..., Any]) -> None:
+    with tempfile.TemporaryDirectory(prefix="gn") as folder:  # short: sun_path is 108 bytes
+        path = f"{folder}/gnet.sock"
+        proc = activate(spawn, [path], "-m", "gnetserver", "--port", f"{path}|unix",
+                        "--graceful_timeout", "1")
+        for generation in (1, 2):
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(15)
+                sock.connect(path)
+                assert sock.makefile("rb").readline().startswith(b"Welcome to")
+            proc.wait_for("Server ready", count=generation)
+            if generation == 1:
+                proc.send(signal.SIGHUP)  # the new image gets it as systemd's too
+        proc.send(signal.SIGTERM)
+        assert proc.wait_exit() == 0
+        # The socket unit owns the file: the server neither removed it, nor took it over.
+        assert stat.S_ISSOCK(os.lstat(path).st_mode)

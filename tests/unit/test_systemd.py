@@ -76,7 +76,7 @@ def test_bad_port_names(name: object) -> None:
 
 def test_names_round_trip() -> None:
     assert decode_names(encode_names([(5, "web"), (9, "a=b")])) == {5: "web", 9: "a=b"}
-    assert decode_names("junk:x=1:7=") == {}
+    assert decode_names("junk:x=1:7=") == {7: ""}  # passed, matched by address
 
 
 def test_matched_by_address(listening: socket.socket) -> None:
