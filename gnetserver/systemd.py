@@ -19,6 +19,8 @@ Rules of this module (behaviour: spec/fleet.md, sections 4 to 6):
   over). After a HUP re-exec (:mod:`gnetserver.restart`) the adopted sockets come back as
   ``BOUND_SOCKETS``; their names ride along (:data:`FDNAMES_ENV`) so that named ports find
   them again (:func:`by_name`); a port new in the conf file is bound then, as on any HUP.
+  Adopted sockets are marked (``BindAddress.passed``): their address is systemd's, so the
+  server never chowns nor removes their unix socket files.
 * :class:`Notifier` is ``sd_notify``: one datagram per message to ``NOTIFY_SOCKET`` (a path,
   or ``@name`` for the abstract namespace), sent from a fresh non-blocking socket. It never
   blocks and never raises: when the variable is unset it does nothing; a failed send is
