@@ -9,8 +9,9 @@ Rules of this module (behaviour: spec/netserver.md, ports and binding):
 * :func:`make_protocol` builds the protocol object of one port spec (TLS ports get their
   context from the server's one :class:`~gnetserver.tls.TLSContexts`), so that a bad option
   fails before any port is bound. The HUP preflight calls the same functions.
-* :func:`bind_listeners` binds, or adopts the sockets inherited over a HUP re-exec
-  (:mod:`gnetserver.restart`), and returns one :class:`~gnetserver.listener.Listener` per bound
+* :func:`bind_listeners` binds, or adopts the sockets systemd passed (socket activation,
+  :mod:`gnetserver.systemd`) or inherited over a HUP re-exec (:mod:`gnetserver.restart`),
+  and returns one :class:`~gnetserver.listener.Listener` per bound
   address.
 * Nothing here accepts connections: the personality does.
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from . import restart
+from . import restart, systemd
 from .conf import Conf
 from .errors import ConfigError
 from .listener import Listener
@@ -32,7 +33,7 @@ from .tls import TLSContexts
 
 #: Per-port dict keys that are port-spec fields rather than protocol options.
 SPEC_KEYS = frozenset({"port", "host", "proto", "ipv", "listen", "unix_type", "unix_mode",
-                       "proxy_protocol", "proxy_protocol_from"})
+                       "proxy_protocol", "proxy_protocol_from", systemd.NAME_KEY})
 
 Log = Callable[[int, str], None]
 
@@ -47,6 +48,7 @@ def plan_ports(conf: Conf) -> tuple[list[PortSpec], list[PortSpec]]:
     for spec in kept:
         check_served(spec)
         socket_mode(spec)  # a bad per-port unix_mode stops the start before anything is bound
+        systemd.check_port_name(spec)  # the name a socket unit's FileDescriptorName= matches
     return kept, dropped
 
 

@@ -61,12 +61,18 @@ class BindAddress:
         family: ``AF_INET``, ``AF_INET6`` or ``AF_UNIX``.
         sockaddr: What ``bind()`` takes: ``(host, port)``, ``(host, port, flow, scope)`` or a path.
         v6only: IPV6_V6ONLY for ``AF_INET6`` (``False`` = dual-stack socket); ``None`` otherwise.
+        fdname: for a socket systemd passed and a port claimed by its ``name`` key, that name
+            (a HUP re-exec hands it on, so the port finds its socket again); else ``None``.
+        passed: True for a socket systemd passed (socket activation): systemd owns its
+            address, so a unix socket file is neither chowned nor removed by the server.
     """
 
     spec: PortSpec
     family: int
     sockaddr: SockAddr
     v6only: bool | None
+    fdname: str | None = None
+    passed: bool = False
 
 
 def resolve(spec: PortSpec) -> list[BindAddress]:

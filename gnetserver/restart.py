@@ -24,6 +24,9 @@ Rules of this module:
   bound fresh ("Added new port configuration"); inherited fds no longer configured are closed
   ("Closing un-mapped port"). ``BOUND_SOCKETS`` is then removed from the environment. TLS
   contexts are rebuilt by the new image, so new certificates take effect on HUP.
+* Sockets systemd passed (socket activation, :mod:`gnetserver.systemd`) are adopted by
+  :func:`bind_ports` before any of this; those a port claimed by its ``name`` key are handed
+  over with that name (:data:`gnetserver.systemd.FDNAMES_ENV`) and found by name again.
 * A malformed entry is logged and ignored; an fd below 3 is never adopted nor closed.
 * ``BOUND_SOCKETS`` is only trusted with the marker the re-exec sets next to it
   (:data:`MARKER`: the pid of the process that exec'ed, which the new image keeps). A first
@@ -58,6 +61,7 @@ from typing import Any
 import gevent
 from gevent.os import fork_gevent, make_nonblocking, nb_read
 
+from . import systemd
 from .daemon import flush_std_streams
 from .errors import ConfigError
 from .options import DEFAULT_UNIX_MODE
@@ -83,6 +87,10 @@ READY_FD = "GNETSERVER_READY_FD"
 #: ended drainer stays a zombie while the server runs.
 REAP_INTERVAL = 0.2
 
+
+#: Every variable of the hand-over.
+HANDOVER_ENV = (ENV, MARKER, systemd.FDNAMES_ENV, CHILDREN, READY_FD)
+
 #: Where the process started: the exec runs from here, so relative script paths still work.
 START_CWD = os.getcwd()
 
@@ -101,6 +109,9 @@ class BoundSocket:
         proto: the protocol in upper case (``TCP``, ``SSL``, ``UNIX``).
         ipv: ``ipv4``, ``ipv6``, ``ipv*``; ``*`` for UNIX sockets.
         orig_port: the configured port text when it was ``0`` or a service name.
+        fdname: the port's ``name`` key when systemd passed the socket by that name (not part
+            of the Net::Server entry: handed on in :data:`systemd.FDNAMES_ENV`).
+        passed: systemd passed the socket (handed on there too, with an empty name).
     """
 
     fd: int
@@ -109,6 +120,8 @@ class BoundSocket:
     proto: str
     ipv: str
     orig_port: str | None = None
+    fdname: str | None = None
+    passed: bool = False
 
     @property
     def key(self) -> str:
@@ -156,10 +169,11 @@ def entry_for(fd: int, address: BindAddress) -> BoundSocket:
     """The entry describing a bound address (its ``sockaddr`` carries the real port)."""
     spec = address.spec
     if spec.is_unix:
-        return BoundSocket(fd, "*", str(address.sockaddr), spec.proto.upper(), "*")
+        return BoundSocket(fd, "*", str(address.sockaddr), spec.proto.upper(), "*",
+                           fdname=address.fdname, passed=address.passed)
     host, port = address.sockaddr[0], address.sockaddr[1]
     return BoundSocket(fd, str(host), str(port), spec.proto.upper(), _ipv_field(address),
-                       spec.orig_port)
+                       spec.orig_port, address.fdname, address.passed)
 
 
 def _ipv_field(address: BindAddress) -> str:
@@ -175,11 +189,19 @@ def reexecuted() -> bool:
     return bool(os.environ.get(ENV)) and os.environ.get(MARKER) == str(os.getpid())
 
 
-def _set_handover(text: str, children: Sequence[int] = (), ready_fd: int | None = None) -> None:
-    """Set :data:`ENV` and its :data:`MARKER` (this pid: the exec keeps it), and the children
-    and ready pipe passed on, if any."""
-    os.environ[ENV] = text
+def _set_handover(entries: Sequence[BoundSocket], children: Sequence[int] = (),
+                  ready_fd: int | None = None) -> None:
+    """Set :data:`ENV` for ``entries``, its :data:`MARKER` (this pid: the exec keeps it), the
+    names of the sockets systemd passed by name (:data:`systemd.FDNAMES_ENV`), and the
+    children and ready pipe passed on, if any."""
+    os.environ[ENV] = encode(entries)
     os.environ[MARKER] = str(os.getpid())
+    names = systemd.encode_names((entry.fd, entry.fdname or "")
+                                 for entry in entries if entry.passed)
+    if names:
+        os.environ[systemd.FDNAMES_ENV] = names
+    else:
+        os.environ.pop(systemd.FDNAMES_ENV, None)
     if children:
         os.environ[CHILDREN] = ",".join(map(str, children))
     if ready_fd is not None:
@@ -187,8 +209,8 @@ def _set_handover(text: str, children: Sequence[int] = (), ready_fd: int | None 
 
 
 def _clear_handover() -> None:
-    """Remove :data:`ENV` and :data:`MARKER`: a child process of ours must not inherit them."""
-    for name in (ENV, MARKER, CHILDREN, READY_FD):
+    """Remove every hand-over variable: a child process of ours must not inherit them."""
+    for name in HANDOVER_ENV:
         os.environ.pop(name, None)
 
 
@@ -316,7 +338,7 @@ def reexec(entries: Sequence[BoundSocket], log: Log, children: Sequence[int] = (
         pid, ready_fd = fork()
         pids.append(pid)
     # No yield from here to the exec: not a log line, not a greenlet switch.
-    _set_handover(encode(entries), pids, ready_fd)
+    _set_handover(entries, pids, ready_fd)
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN) if in_main_thread() else None
     try:
         if not argv[0] or len(argv) < 2:  # an embedded interpreter, or a bare REPL
@@ -510,8 +532,11 @@ def close_fds(entries: Iterable[BoundSocket]) -> None:
 def bind_ports(specs: Sequence[Any], backlog: int, log: Log,
                open_hook: Callable[[], None], *,
                unix_mode: int = DEFAULT_UNIX_MODE) -> list[Pair]:
-    """``bind_all`` for a server that may have been re-executed by a HUP.
+    """``bind_all`` for a server that may have been socket-activated, or re-executed by a HUP.
 
+    When systemd passed sockets to this pid (``LISTEN_FDS``, :func:`gnetserver.systemd.
+    listen_fds`; the variables are removed in any case), every spec is served by them
+    (:func:`gnetserver.systemd.adopt_passed`: nothing is bound, a mismatch is a ConfigError).
     Without ``BOUND_SOCKETS`` this is :func:`gnetserver.resolve.bind_all`. With it and the
     re-exec's :data:`MARKER` for this pid: ``open_hook`` (the server's ``restart_open_hook``)
     runs, matching specs adopt their inherited fds, the others are bound fresh, and both
@@ -524,7 +549,13 @@ def bind_ports(specs: Sequence[Any], backlog: int, log: Log,
     Resource handling:
         The caller owns the returned sockets; on failure none is left open.
     """
+    passed = systemd.listen_fds()
     text = os.environ.get(ENV)
+    if passed:
+        if text is not None:
+            log(2, f"{ENV} is set, but systemd passed sockets: {ENV} ignored")
+            _clear_handover()
+        return systemd.adopt_passed(specs, passed, log)
     if text is not None and not reexecuted():
         log(2, f"{ENV} is set, but not by a HUP re-exec of this process (no {MARKER} "
                f"for pid {os.getpid()}): ignored, binding every port")
@@ -536,8 +567,15 @@ def bind_ports(specs: Sequence[Any], backlog: int, log: Log,
     entries, bad = decode(text)
     for piece in bad:
         log(1, f"{ENV}: ignoring malformed entry {piece!r}")
+    names = systemd.decode_names(os.environ.get(systemd.FDNAMES_ENV, ""))
     _clear_handover()  # a child process of ours must not inherit them
-    adopted, fresh = adopt(specs, entries, log)
+    # Sockets systemd passed by a port's name find that port by name again, wherever the
+    # unit file bound them; the others match by their BOUND_SOCKETS key.
+    named, specs_left, entries = _adopt_named(specs, entries, names, log)
+    adopted, fresh = adopt(specs_left, entries, log)
+    # systemd's sockets stay systemd's (their unix socket files are not ours to remove)
+    adopted = named + [(replace(address, passed=sock.fileno() in names), sock)
+                       for address, sock in adopted]
     try:
         pairs = adopted + bind_all(fresh, backlog, unix_mode=unix_mode)
     except BaseException:
@@ -546,6 +584,22 @@ def bind_ports(specs: Sequence[Any], backlog: int, log: Log,
         raise
     order = {id(spec): index for index, spec in enumerate(specs)}
     return sorted(pairs, key=lambda pair: order[id(pair[0].spec)])
+
+
+def _adopt_named(specs: Sequence[Any], entries: Sequence[BoundSocket], names: dict[int, str],
+                 log: Log) -> tuple[list[Pair], list[Any], list[BoundSocket]]:
+    """The inherited entries :data:`systemd.FDNAMES_ENV` names go to the ports with that
+    ``name`` key (:func:`gnetserver.systemd.adopt_named`). Returns the pairs, the specs left
+    and the entries left (named ones no port claims included: they match by key)."""
+    passed = [systemd.PassedSocket(entry.fd, names[entry.fd])
+              for entry in entries if names.get(entry.fd)]
+    if not passed:
+        return [], list(specs), list(entries)
+    pairs, specs_left, left = systemd.adopt_named(specs, passed, log)
+    tried = {item.fd for item in passed}
+    left_fds = {item.fd for item in left}
+    kept = [entry for entry in entries if entry.fd not in tried or entry.fd in left_fds]
+    return pairs, specs_left, kept
 
 
 def adopt(specs: Sequence[Any], entries: Sequence[BoundSocket],
@@ -721,12 +775,12 @@ def as_the_reexec_sees_it(listeners: Sequence[Any]) -> Iterator[None]:
     ConfigError when that directory is gone (the exec would fail)."""
     # Those the exec will not pass on are left out: the new image binds them again.
     entries = [entry for _, entry in listener_entries(listeners)]
-    saved_env = {name: os.environ.get(name) for name in (ENV, MARKER)}
+    saved_env = {name: os.environ.get(name) for name in HANDOVER_ENV}
     try:  # by fd: the way back even if its path changed (O_PATH: no read permission needed)
         here: int | None = os.open(".", getattr(os, "O_PATH", os.O_RDONLY))
     except OSError:
         here = None  # cannot come back: stay here, relative paths may then be misjudged
-    _set_handover(encode(entries))
+    _set_handover(entries)
     try:
         if here is not None:
             try:

@@ -54,6 +54,7 @@ from .ports import PortSpec
 from .proto import StreamProtocol
 from .proxy_reader import ProxyHeaderError, ProxyHeaderTimeout, read_header
 from .signals import SIGNALS
+from .systemd import Notifier
 from .tls import TLSContexts
 
 #: The longest line the default echo (``process_request``) reads, its end included.
@@ -90,7 +91,9 @@ class GServer:
     ``reload_tls()`` (new certificates for new connections), ``reopen_logs()`` (after
     logrotate), ``log(level, message)``; attributes ``listeners`` (the bound sockets: find
     kernel-chosen ports there), ``conf`` (the option values), ``requests`` (a count),
-    ``lifecycle`` (``lifecycle.state``: where the server is) and ``personality``.
+    ``lifecycle`` (``lifecycle.state``: where the server is), ``personality`` and
+    ``notifier`` (:class:`~gnetserver.systemd.Notifier`: systemd's sd_notify; READY=1 in
+    ``start_accepting``, RELOADING=1 in ``handle_hup``, STOPPING=1 in ``server_close``).
 
     Hooks for users (no-ops by default): ``configure_hook``, ``post_configure_hook``,
     ``post_bind_hook``, ``pre_loop_hook``, ``pre_server_close_hook``, ``restart_open_hook``
@@ -143,6 +146,8 @@ class GServer:
         # Child processes to reap: the drainers of HUPs (this image's, or an earlier one's).
         self.children = restart.Children(lambda level, message: self.log(level, message))
         self._ready_fd: int | None = None  # the previous generation's ready pipe (after HUP)
+        # sd_notify (READY/RELOADING/STOPPING) when NOTIFY_SOCKET is set; else every call no-ops
+        self.notifier = Notifier.from_environment(lambda level, message: self.log(level, message))
         self._self_signed = tls_setup.SelfSigned()
 
     # == entry points ===========================================================================
@@ -385,7 +390,8 @@ class GServer:
         chroot, ``user``/``group`` on a start that is not root's, ``chroot`` leaving uid 0
         without ``chroot_as_root``, a refused or failed chown and a failed switch are
         ConfigErrors (see :mod:`gnetserver.privileges`)."""
-        unix = [str(lst.address.sockaddr) for lst in self.listeners if lst.proto == "unix"]
+        unix = [str(lst.address.sockaddr) for lst in self.listeners
+                if lst.proto == "unix" and not lst.address.passed]  # systemd's are its own
         self.process.drop_privileges(self.conf, unix, self.logs, self.log)
 
     # == binding (gnetserver.listen) ============================================================
@@ -527,12 +533,15 @@ class GServer:
 
     def start_accepting(self) -> Personality:
         """Framework step: compile the access rules, make the personality and let it accept
-        on every listener; each connection runs :meth:`run_client_connection`."""
+        on every listener; each connection runs :meth:`run_client_connection`. Then the
+        "Server ready" log line and, under systemd, READY=1 (with MAINPID)."""
         self.prepare_access()  # allow/deny rules and lookup mode, compiled once per start
         personality = self.personality = self.make_personality()
         personality.start(self.listeners, self._on_connection, self.process_hooks())
         self.lifecycle.serving(personality)
-        self.log(2, "Server ready: " + ", ".join(str(listener) for listener in self.listeners))
+        serving = ", ".join(str(listener) for listener in self.listeners)
+        self.log(2, "Server ready: " + serving)
+        self.notifier.ready(f"Serving {serving}")  # systemd: READY=1, MAINPID (also after HUP)
         # After a HUP: this image accepts, so the previous generation stops accepting now.
         restart.announce_ready(self._ready_fd)
         self._ready_fd = None
@@ -673,14 +682,17 @@ class GServer:
         machine, more than the 200 ms a client may wait) is covered by the old generation,
         as it is by nginx's and gunicorn's overlapping generations. The other design, a new
         generation with a new pid, needs the pid file and systemd's ``MAINPID`` handed over
-        and a readiness channel anyway; this one needs neither."""
+        and a readiness channel anyway; this one needs neither. Under systemd: RELOADING=1
+        first, then READY=1 from the new image, or at once when the HUP is refused."""
         if self._ignored_while_closing("HUP"):
             return
         self.log(2, "Received a SIG HUP: restarting in place")
+        self.notifier.reloading("Reloading (HUP)")  # READY=1 comes from the new image
         self.reopen_logs()  # messages until the exec go to the new file
         problem = self.restart_problem()
         if problem is not None:
             self.log(1, f"HUP ignored, still serving with the current configuration: {problem}")
+            self.notifier.ready(f"HUP refused, still serving: {problem}")
             return
         self.lifecycle.request_restart()
 
@@ -1022,6 +1034,7 @@ class GServer:
         a drainer child finishes the connections; this returns only if no exec happened (a
         TERM came first, or the exec failed), and the server then closes as usual. At the
         end, drainers of earlier HUPs still running get what is left of the drain's time.
+        Under systemd, STOPPING=1 is sent when the close is a real one (not a HUP's hand-over).
         """
         lifecycle = self.lifecycle
         if not lifecycle.claim_close(self.server_close):  # a close runs, ran, or was handed on
@@ -1031,6 +1044,7 @@ class GServer:
             self.log(2, "Server closing!")
             if lifecycle.restarting:
                 self.restart_in_place()  # execs; returns if a stop came first or it failed
+            self.notifier.stopping("Stopping")  # a real close (a HUP's hand-over execs above)
             self.stop_accepting()
             self.drain()  # graceful_timeout or stop(timeout); TERM/INT cut it short
             lifecycle.cancel_restart()
@@ -1151,9 +1165,13 @@ class GServer:
         self.lifecycle.drain(self.conf.graceful_timeout, self.dispatch_signals, self.log)
 
     def release_listeners(self) -> None:
-        """Close every listening socket (also when a start-up step failed). Idempotent."""
+        """Close every listening socket (also when a start-up step failed). Idempotent. A
+        socket systemd passed is only closed: its unix socket file stays, systemd's."""
         for listener in self.listeners:
-            listener.protocol.close_listener(listener.sock)
+            if listener.address.passed:
+                listener.sock.close()
+            else:
+                listener.protocol.close_listener(listener.sock)
 
 
 def _discard(*args: Any) -> None:
