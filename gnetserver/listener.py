@@ -58,9 +58,9 @@ class Listener:
 
     @property
     def proto(self) -> str:
-        """The protocol name: tcp, ssl, ssleay, unix, udp or unixdgram (a unix port with
-        ``unix_type`` sock_dgram says unixdgram: it is served as one)."""
-        return self.protocol.name
+        """The port spec's protocol name: tcp, ssl, ssleay, unix, udp or unixdgram (a unix
+        port with ``unix_type`` sock_dgram says unix; :attr:`is_datagram` tells)."""
+        return self.spec.proto
 
     @property
     def is_datagram(self) -> bool:
