@@ -242,7 +242,8 @@ def test_pkcs12_errors_name_the_file(proto: str, leaf: trustme.LeafCert,
     ]
     garbage = tmp_path / "garbage.bin"
     garbage.write_bytes(b"\x00\x01 neither PEM nor DER")
-    cases.append(({"SSL_cert_file": str(garbage)}, "no valid PEM certificate .nor a DER certificate or a PKCS#12 file."))
+    cases.append(({"SSL_cert_file": str(garbage)},
+                  "no valid PEM certificate .nor a DER certificate or a PKCS#12 file."))
     for opts, message in cases:
         with pytest.raises(ConfigError, match=message) as err:
             Hello(port=[tls_port(proto, **opts)]).start()
