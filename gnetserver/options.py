@@ -488,7 +488,7 @@ _PROCESS: Sequence[Option] = (
 #: a command line would also show in ``ps``; SSL_cert_file/SSL_key_file take paths instead.
 CODE_ONLY_SSL_OPTIONS = frozenset({
     "SSL_cert", "SSL_key", "SSL_passwd_cb", "SSL_verify_callback", "SSL_ocsp_staple_callback",
-    "SSL_create_ctx_callback",
+    "SSL_create_ctx_callback", "SSL_client_ca", "SSL_error_trap",
 })
 
 #: SSL_* options that are on/off (0 or 1): a bare ``--name`` on the command line means 1.

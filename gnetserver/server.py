@@ -890,22 +890,44 @@ class GServer:
         return True
 
     def _negotiate(self, client: Client) -> bool:
-        """Run post_accept; log and drop the client on failure."""
+        """Run post_accept; log and drop the client on failure (a TLS port's
+        ``SSL_error_trap`` is then called, see :meth:`tls_error_trap`)."""
         try:
             self.post_accept(client)
             return True
-        except HandshakeTimeout:
+        except HandshakeTimeout as exc:
             if self.log_enabled(3):
                 self.log(3, f"TLS handshake timed out from {client.peer_text()}")
             client.abort()
+            self.tls_error_trap(client, exc)
         except (TLSError, OSError) as exc:
             if self.log_enabled(3):
                 self.log(3, f"TLS handshake failed from {client.peer_text()}: {exc}")
             client.close()
+            self.tls_error_trap(client, exc)
         except Exception as exc:
             self.connection_error(client, exc)
             client.close()
         return False
+
+    def tls_error_trap(self, client: Client, exc: BaseException) -> None:
+        """Framework step, after a failed or timed-out TLS handshake (logged, the connection
+        already closed): call the port's ``SSL_error_trap(client, exc)`` if it has one
+        (IO::Socket::SSL's name; per port, server-wide, or a method returning the callable).
+        The trap runs in the connection's greenlet and may log, count or ban the peer
+        (``client.peer_text()``, ``client.address``; no other hook has run, so ``peeraddr``
+        and friends are not filled); it cannot answer on the connection. What it raises is
+        logged (level 1, with the traceback) and goes no further."""
+        trap = getattr(client.listener.protocol, "error_trap", None)
+        if trap is None:
+            return
+        try:
+            trap(client, exc)
+        except Exception as trap_exc:
+            if self.log_enabled(1):
+                text = "".join(traceback.format_exception(type(trap_exc), trap_exc,
+                                                          trap_exc.__traceback__))
+                self.log(1, f"SSL_error_trap failed for {client.peer_text()}: {text.rstrip()}")
 
     def _dropped(self, client: Client, why: str) -> None:
         """Log (level 3) a pending connection the budget ended."""
