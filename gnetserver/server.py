@@ -1027,6 +1027,8 @@ class GServer:
         """Log an exception of one connection: disconnects, timeouts and over-long lines
         (:class:`~gnetserver.errors.LineTooLong`) at level 3, others at level 1 with the
         traceback (formatted only when that level is logged)."""
+        if isinstance(exc, Fatal):  # fatal() logged it at level 0 already
+            return
         if isinstance(exc, (TimeoutError, ConnectionError, TLSError, LineTooLong)):
             if self.log_enabled(3):
                 self.log(3, f"Connection {client.peer_text()} ended: {type(exc).__name__}: "
