@@ -458,7 +458,8 @@ class GServer:
         ``self.port_specs`` (duplicates are logged and skipped); refuse server-wide SSL_*
         options a user gave when no port is TLS."""
         self.log(2, f"{type(self).__name__} starting! pid({os.getpid()})")
-        if not self.conf.port:
+        inetd = getattr(self.personality_class(), "serves_inherited_connection", False)
+        if not self.conf.port and not inetd:  # INET binds nothing: its port is inetd's
             self.log(2, f"Port Not Defined.  Defaulting to '{DEFAULT_PORT}'")
         self.port_specs, dropped = listen.plan_ports(self.conf)
         for spec in dropped:
