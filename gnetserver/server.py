@@ -103,8 +103,8 @@ class GServer:
     ``start()`` / ``stop(timeout)`` (embed the server in another program or a test),
     ``reload_tls()`` (new certificates for new connections), ``reopen_logs()`` (after
     logrotate), ``log(level, message, *args)``, ``fatal(message)``, ``run_blocking(fn,
-    *args)`` (a blocking call in gevent's thread pool); attributes ``listeners`` (the bound sockets: find
-    kernel-chosen ports there), ``conf`` (the option values), ``requests`` (a count),
+    *args)`` (a blocking call in gevent's thread pool); attributes ``listeners`` (the bound
+    sockets: find kernel-chosen ports there), ``conf`` (the option values), ``requests`` (a count),
     ``lifecycle`` (``lifecycle.state``: where the server is), ``personality`` and
     ``notifier`` (:class:`~gnetserver.systemd.Notifier`: systemd's sd_notify; READY=1 in
     ``start_accepting``, RELOADING=1 in ``handle_hup``, STOPPING=1 in ``server_close``).
@@ -114,7 +114,8 @@ class GServer:
     and ``restart_close_hook`` (HUP re-exec), ``write_to_log_hook`` (the default log sink),
     under PreFork ``child_init_hook``, ``child_finish_hook``, ``run_n_children_hook`` and
     ``idle_loop_hook``, ``run_dequeue``/``dequeue`` (``check_for_dequeue``), ``fatal_hook``,
-    ``server_exit``, ``handle_log_error``, ``post_child_cleanup_hook``, and per connection ``post_accept_hook``, ``allow_deny_hook``, ``request_denied_hook``,
+    ``server_exit``, ``handle_log_error``, ``post_child_cleanup_hook``, and per connection
+    ``post_accept_hook``, ``allow_deny_hook``, ``request_denied_hook``,
     ``post_process_request_hook``, ``post_client_connection_hook``. The main one to override is
     ``process_request(client)``; its default is Net::Server's echo.
 
