@@ -161,11 +161,11 @@ def print_help(known: Mapping[str, Option]) -> None:
     group.add_argument("--server", metavar="package.module:Class",
                        help="run this GServer subclass (found in the current directory too) "
                             "instead of the demo")
+    group.add_argument("--monkey-patch", action="store_true",
+                       help="apply gevent.monkey.patch_all() before anything else is imported")
     group.add_argument("--wsgi", metavar="package.module:app",
                        help="serve this WSGI application with the HTTP personality "
                             "(GHTTPServer; the option wsgi_app)")
-    group.add_argument("--monkey-patch", action="store_true",
-                       help="apply gevent.monkey.patch_all() before anything else is imported")
     parser = config.command_line_parser(
         known, prog="gnetserver", parents=[own],
         description="Net::Server on gevent. With no options: the TLS/TCP echo demo on "
