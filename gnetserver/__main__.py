@@ -10,6 +10,10 @@ the command line is planned once with :func:`gnetserver.conf.plan_conf` (``stric
 that is no option stops the command). So ``--help`` works for any class, and a class whose
 ``__init__`` needs other arguments gets a clear error, not a traceback, when asked to run.
 
+``--wsgi package.module:app`` serves a WSGI application with
+:class:`~gnetserver.http.GHTTPServer` (it is the option ``--wsgi_app``; with ``--server`` the
+class given, which must take that option, is used instead).
+
 ``--server package.module:Class`` finds modules in the current directory, as
 ``python -m gnetserver`` does: :func:`main` puts the current directory first on ``sys.path``
 (a console script gets its own directory there instead).
@@ -80,16 +84,29 @@ def check_constructible(cls: type[GServer], path: str) -> None:
 
 
 def split_own_flags(words: Sequence[str]) -> tuple[str | None, list[str]]:
-    """Take ``--server X`` / ``--server=X`` and ``--monkey-patch`` out of the words."""
+    """Take ``--server X`` / ``--server=X`` and ``--monkey-patch`` out of the words;
+    ``--wsgi X`` becomes the option ``--wsgi_app X`` (of GHTTPServer)."""
     server, rest, it = None, [], iter(words)
     for word in it:
         if word == "--server":
             server = next(it, "")
         elif word.startswith("--server="):
             server = word.split("=", 1)[1]
+        elif word == "--wsgi":
+            rest += ["--wsgi_app", next(it, "")]
+        elif word.startswith("--wsgi="):
+            rest += ["--wsgi_app", word.split("=", 1)[1]]
         elif word != "--monkey-patch":
             rest.append(word)
     return server, rest
+
+
+def http_server_class() -> type[GServer]:
+    """GHTTPServer, the class ``--wsgi`` runs unless ``--server`` names another (imported
+    here: the demo does not need the HTTP personality)."""
+    from gnetserver.http import GHTTPServer
+
+    return GHTTPServer
 
 
 def current_directory_on_path() -> None:
@@ -110,9 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     try:
         server_path, rest = split_own_flags(words)
-        if server_path:
+        wsgi = "--wsgi_app" in rest
+        if server_path or wsgi:
             current_directory_on_path()
-        cls = load_class(server_path) if server_path else DemoServer
+        if server_path:
+            cls = load_class(server_path)
+        else:
+            cls = http_server_class() if wsgi else DemoServer
         known = cls.option_table()
         if "-h" in rest or "--help" in rest:
             print_help(known)
@@ -142,6 +163,9 @@ def print_help(known: Mapping[str, Option]) -> None:
                             "instead of the demo")
     group.add_argument("--monkey-patch", action="store_true",
                        help="apply gevent.monkey.patch_all() before anything else is imported")
+    group.add_argument("--wsgi", metavar="package.module:app",
+                       help="serve this WSGI application with the HTTP personality "
+                            "(GHTTPServer; the option wsgi_app)")
     parser = config.command_line_parser(
         known, prog="gnetserver", parents=[own],
         description="Net::Server on gevent. With no options: the TLS/TCP echo demo on "

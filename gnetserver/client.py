@@ -94,6 +94,8 @@ class Client:
             LOCAL (v2) or UNKNOWN (v1) header (a health check) they stay the socket's.
         allowed: the outcome of allow_deny and allow_deny_hook once they ran.
         data: a dict for handlers to keep per-connection state in.
+        http: under :class:`gnetserver.http.GHTTPServer`, the request being answered (an
+            :class:`~gnetserver.http.exchange.Exchange`); None otherwise.
         max_line_length: the bound of a line read without a limit (see :meth:`readline`).
 
     TLS facts (read-only, ``None`` on tcp/unix clients): ``tls_version``, ``cipher``,
@@ -131,6 +133,8 @@ class Client:
         self.allowed: bool | None = None
         self.udp_data: bytes | None = sock.data if isinstance(sock, Datagram) else None
         self.data: dict[str, Any] = {}
+        #: Under gnetserver.http.GHTTPServer: the request being served (its Exchange).
+        self.http: Any = None
         self.closed = False
         self._rbuf = bytearray()
 

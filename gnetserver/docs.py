@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from . import options as _options
-from .options import OPTIONS, Option
+from .options import HTTP_OPTIONS, OPTIONS, Option
 
 START = ".. options-table-start"
 END = ".. options-table-end"
@@ -77,8 +77,9 @@ def _cell(first: str, text: str) -> list[str]:
     return [first + lines[0], *(_INDENT + line for line in lines[1:])]
 
 
-def render(options: Sequence[Option] = OPTIONS) -> str:
-    """The option tables, one per section, as reStructuredText (ends with a newline)."""
+def render(options: Sequence[Option] = (*OPTIONS, *HTTP_OPTIONS)) -> str:
+    """The option tables, one per section, as reStructuredText (ends with a newline): the
+    base server's, then the HTTP personality's (GHTTPServer)."""
     sections: dict[str, list[Option]] = {}
     for option in options:
         sections.setdefault(option.section, []).append(option)

@@ -621,6 +621,96 @@ _NETSERVER_COMPAT: Sequence[Option] = (
             "Name the socket in the port spec instead: `/path|unix`."),
 )
 
+#: The section of the HTTP personality's options (:class:`gnetserver.http.GHTTPServer`).
+HTTP = "HTTP (GHTTPServer)"
+
+#: Net::Server::HTTP's default access log format: NCSA combined.
+COMBINED_LOG_FORMAT = '%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-Agent}i"'
+
+
+def http_route(value: Any) -> tuple[tuple[str, Any], ...]:
+    """One item of Net::Server::HTTP's ``app`` option, as ``(prefix, target)`` pairs: text
+    ``"/path target"``, ``"/path=target"`` or a bare ``"/path"`` (the path is the target too);
+    a ``(path, target)`` pair; a dict of them; or a callable alone (mounted at ``/``). A target
+    is a callable or the name of a method of the server (checked at start)."""
+    if callable(value):
+        return (("/", value),)
+    if isinstance(value, dict):
+        return tuple(pair for key, target in value.items() for pair in http_route((key, target)))
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2 or not isinstance(value[0], str):
+            raise ValueError("expected a (path, target) pair")
+        path, target = value
+    else:
+        text = as_str(value).strip()
+        path, _, target = text.replace("=", " ", 1).partition(" ")
+        target = target.strip() or path
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ValueError("the path of an app route must start with /")
+    if not (callable(target) or isinstance(target, str) and target):
+        raise TypeError("the target of an app route is a callable or a method name")
+    return ((path, target),)
+
+
+def wsgi_app_spec(value: Any) -> Any:
+    """``wsgi_app``: a WSGI callable, or ``package.module:attribute`` naming one (imported at
+    start, so that --help never imports an application); None or empty for none."""
+    if value is None or value == "" or callable(value):
+        return value or None
+    text = as_str(value).strip()
+    module, _, attribute = text.partition(":")
+    if not module or not attribute:
+        raise ValueError("expected a callable or 'package.module:attribute'")
+    return text
+
+
+def log_format(value: Any) -> str:
+    """An access log format: Apache's ``%`` directives (checked when the server starts)."""
+    text = as_str(value)
+    if not text:
+        raise ValueError("the access log format is empty")
+    return text
+
+
+#: The options of the HTTP personality (GHTTPServer.options() adds them to the base table).
+HTTP_OPTIONS: tuple[Option, ...] = (
+    Option("app", [], http_route,
+           "Net::Server::HTTP's dispatch: `/path target` (or `/path=target`) sends requests "
+           "whose PATH_INFO starts with `/path` to `target`, a method of the server (or, from "
+           "code, a callable) called with the client; the prefix moves to SCRIPT_NAME. Tried "
+           "in order; the first route also serves `/` when no route is `/`. Used by the "
+           "default process_http_request; no match is a 404.", HTTP, multi=True),
+    Option("wsgi_app", None, wsgi_app_spec,
+           "A WSGI application to serve (PEP 3333): `package.module:attribute`, or the "
+           "callable itself from code; it replaces process_http_request. The gnetserver "
+           "command's `--wsgi` sets it.", HTTP),
+    Option("timeout_header", 15.0, seconds,
+           "Seconds a client has to send a request's line and headers, from its first byte "
+           "(from the connection's start for the first request); later it is answered 408 "
+           "and closed (logged at level 3). Between keep-alive requests the connection may "
+           "wait timeout_idle for the next one's first byte.", HTTP),
+    Option("max_header_size", 100_000, int_in(256),
+           "Largest request line plus headers, in bytes; larger is answered 431 (a request "
+           "target alone that large, 414) and the connection closed.", HTTP),
+    Option("max_request_size", 10 * 1024 * 1024, int_in(0),
+           "Largest request body, in bytes (Content-Length, or chunks as they come); larger "
+           "is answered 413 (before any `100 Continue`) and the connection closed. 0: no "
+           "limit.", HTTP),
+    Option("max_keepalive_requests", 0, int_in(0),
+           "Requests served on one connection before it is closed (`Connection: close` on "
+           "the last answer); 0: no limit.", HTTP),
+    Option("server_revision", "gnetserver", as_str,
+           "The Server header of every response (empty: none).", HTTP),
+    Option("access_log_file", None, as_optional_str,
+           "The access log: a file path (opened for appending, reopened on HUP), or `STDOUT`/"
+           "`STDERR`. Lines are written by a greenlet through the hub's thread pool, never "
+           "blocking the hub. None: no access log.", HTTP),
+    Option("access_log_format", COMBINED_LOG_FORMAT, log_format,
+           "The access log line, in Apache's format: `%h %a %A %p %l %u %t %r %m %U %q %H %s "
+           "%>s %b %B %D %T %{Name}i %{Name}o %{format}t %P %v %V %%` (NCSA combined by "
+           "default).", HTTP),
+)
+
 #: Every option of the base server, in documentation order.
 OPTIONS: tuple[Option, ...] = (
     *_SERVER, *_DATAGRAMS, *_LIMITS, *_LOGGING, *_ACCESS, *_PROXY, *_PROCESS, *_PREFORK,

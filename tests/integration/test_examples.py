@@ -238,3 +238,71 @@ def test_bench_echo_tls_smoke() -> None:
     assert "| server CPU per request (µs) |" in out
     assert "| server CPU per handshake, ECDSA P-256 (µs) |" in out
     assert "Negotiated: TLSv1.3" in out
+
+
+# -- the HTTP examples -------------------------------------------------------------------------
+
+
+def https_get(where: tuple[str, int], path: str, body: bytes | None = None) -> tuple[str, str]:
+    """One HTTP/1.1 request over TLS (certificate not checked: self-signed); (head, body)."""
+    method = "GET" if body is None else "POST"
+    extra = "" if body is None else (f"Content-Type: application/x-www-form-urlencoded\r\n"
+                                     f"Content-Length: {len(body)}\r\n")
+    with tls_client(where, unverified()) as sock:
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n{extra}"
+                     "Connection: close\r\n\r\n".encode() + (body or b""))
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, rest = data.decode().partition("\r\n\r\n")
+    return head, rest
+
+
+def test_https_app_example(run_example: Callable[..., Example]) -> None:
+    """The Net::Server::HTTP style example: its routes answer; the access log is on stdout."""
+    server = run_example("https_app.py", "--port", "127.0.0.1:0/ssl")
+    where = server.wait_ready()["ssl"]
+    head, body = https_get(where, "/hello/ana")
+    assert head.startswith("HTTP/1.1 200 OK") and body == "Hello, ana!\n"
+    head, body = https_get(where, "/echo", b"name=ana")
+    assert body == "name=ana"
+    head, body = https_get(where, "/env")
+    assert "<td>HTTPS</td><td>on</td>" in body
+
+
+def test_flask_app_with_the_wsgi_flag(spawn: Callable[..., ServerProcess]) -> None:
+    """``gnetserver --wsgi examples.flask_app:app``: a Flask app's routes over TLS."""
+    pytest.importorskip("flask")
+    server = spawn([sys.executable, "-m", "gnetserver", "--wsgi", "examples.flask_app:app",
+                    "--port", "127.0.0.1:0/ssl", "--self_signed", "1"], env=example_env(),
+                   cwd=REPO, terminate=True)
+    host, port, _ = server.ports()[0]
+    head, body = https_get((host, port), "/")
+    assert head.startswith("HTTP/1.1 200 OK") and '"scheme":"https"' in body.replace(" ", "")
+    head, body = https_get((host, port), "/items", b"item=pen")
+    assert '"pen"' in body
+    head, body = https_get((host, port), "/count/3")
+    assert "Transfer-Encoding: chunked" in head
+
+
+def test_locustfile_http_bounded_headless_run(run_example: Callable[..., Example],
+                                              tmp_path: Path) -> None:
+    """A real, bounded locust run (3 users, 3 s) with HttpUser against the Flask example:
+    requests of every kind recorded, none failed."""
+    if importlib.util.find_spec("locust") is None or importlib.util.find_spec("flask") is None:
+        pytest.skip("locust and flask are in the test extras: pip install '.[test]'")
+    server = run_example("flask_app.py", "--port", "127.0.0.1:0/ssl")
+    host, port = server.wait_ready()["ssl"]
+    done = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(EXAMPLES / "locustfile_http.py"),
+         "--headless", "-u", "3", "-r", "3", "-t", "3s", "--stop-timeout", "2", "--host",
+         f"https://{host}:{port}", "--csv", str(tmp_path / "run"), "--only-summary",
+         "--loglevel", "WARNING"],
+        env=example_env(), capture_output=True, timeout=40,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    with open(tmp_path / "run_stats.csv", newline="") as stats:
+        rows = {row["Name"]: row for row in csv.DictReader(stats)}
+    for name in ("index", "items POST", "count (streamed)"):
+        assert int(rows[name]["Request Count"]) > 0, rows
+    assert all(int(row["Failure Count"]) == 0 for row in rows.values()), rows

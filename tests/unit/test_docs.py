@@ -124,6 +124,7 @@ def test_help_usage_names_the_commands_own_flags() -> None:
     assert flat_usage.startswith("usage: gnetserver [-h] [--server package.module:Class] "
                                  "[--monkey-patch] ")
     assert "--server package.module:Class" in body and "--monkey-patch" in body
+    assert "--wsgi package.module:app" in body
 
 
 def test_port_default_is_one_truth_in_readme_and_help() -> None:

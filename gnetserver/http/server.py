@@ -1,0 +1,313 @@
+"""GHTTPServer: Net::Server::HTTP over gnetserver: HTTP/1.1 with keep-alive, and WSGI.
+
+Rules of this module:
+
+* :class:`GHTTPServer` is a GServer: every port, protocol, TLS option, personality and hook
+  of the base server applies. It overrides ``process_request`` only: a connection is a loop
+  of requests (keep-alive and pipelining, answered in order), each read by
+  :class:`~gnetserver.http.parser.RequestReader` and answered through an
+  :class:`~gnetserver.http.exchange.Exchange`.
+* What serves a request, in this order: ``wsgi_app`` (a PEP 3333 application,
+  :mod:`gnetserver.http.wsgi`), else :meth:`GHTTPServer.process_http_request` (override it:
+  Net::Server::HTTP's hook), whose default dispatches by the ``app`` routes.
+* A request refused by a limit or malformed (400, 408, 413, 414, 417, 431, 501, 505) is
+  answered with that status and ``Connection: close``, logged at level 3 in one line without
+  a traceback; the connection ends and the server goes on. An exception in a handler is
+  logged at level 1 with its traceback and answered 500 when no head went out (its text is
+  never sent to the client); the connection then ends.
+* The access log (``access_log_file``) gets one line per request, refused ones included.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from typing import Any
+
+from ..client import Client
+from ..errors import ConfigError, TLSError
+from ..options import HTTP_OPTIONS, Option
+from ..server import GServer
+from . import wsgi
+from .accesslog import AccessLog, Entry
+from .exchange import DRAIN_LIMIT, Exchange, reason_of
+from .parser import HTTPError, Request, RequestReader
+
+__all__ = ["GHTTPServer", "cgi_environ"]
+
+
+def _unmapped(address: Any) -> str:
+    """An address as text, a v4-mapped ``::ffff:a.b.c.d`` as ``a.b.c.d`` (Net::Server)."""
+    text = "" if address is None else str(address)
+    return text[7:] if text.lower().startswith("::ffff:") and "." in text else text
+
+
+def cgi_environ(request: Request, client: Client, software: str, server_type: str
+                ) -> dict[str, Any]:
+    """Net::Server::HTTP's CGI-style environment of one request: REQUEST_METHOD,
+    REQUEST_URI, SERVER_PROTOCOL, QUERY_STRING, PATH_INFO (as sent, not decoded),
+    SCRIPT_NAME (``""``), REMOTE_ADDR/REMOTE_PORT (the real client behind a trusted PROXY
+    balancer: ``client.peeraddr``), SERVER_ADDR/SERVER_PORT, SERVER_NAME (from Host),
+    CONTENT_LENGTH, CONTENT_TYPE, ``HTTP_*`` (repeated headers joined by ``", "``), and on TLS
+    ports HTTPS=on with mod_ssl's SSL_PROTOCOL, SSL_CIPHER, SSL_TLS_SNI, SSL_CLIENT_S_DN,
+    SSL_CLIENT_I_DN, SSL_SESSION_RESUMED and SSL_ALPN; NET_SERVER_TYPE and
+    NET_SERVER_SOFTWARE."""
+    env: dict[str, Any] = {
+        "REQUEST_METHOD": request.method,
+        "REQUEST_URI": request.target,
+        "SERVER_PROTOCOL": f"HTTP/{request.version}",
+        "QUERY_STRING": request.query,
+        "PATH_INFO": request.path,
+        "SCRIPT_NAME": "",
+        "REMOTE_ADDR": _unmapped(client.peeraddr),
+        "REMOTE_PORT": str(client.peerport or ""),
+        "SERVER_ADDR": _unmapped(client.sockaddr),
+        "SERVER_PORT": str(client.sockport or ""),
+        "NET_SERVER_TYPE": server_type,
+        "NET_SERVER_SOFTWARE": software,
+    }
+    for name, value in request.headers:
+        key = name.upper().replace("-", "_")
+        if key == "CONTENT_LENGTH" or key == "CONTENT_TYPE":
+            env[key] = value
+            continue
+        key = "HTTP_" + key
+        env[key] = f"{env[key]}, {value}" if key in env else value
+    host = env.get("HTTP_HOST")
+    if host:
+        env["SERVER_NAME"] = host[:host.index("]") + 1] if host.startswith("[") \
+            else host.rsplit(":", 1)[0]
+    else:
+        env["SERVER_NAME"] = env["SERVER_ADDR"] or "localhost"
+    if client.tls is not None:
+        env["HTTPS"] = "on"
+        facts = {
+            "SSL_PROTOCOL": client.tls_version, "SSL_CIPHER": client.cipher,
+            "SSL_TLS_SNI": client.server_name, "SSL_CLIENT_S_DN": client.peer_subject,
+            "SSL_CLIENT_I_DN": client.peer_issuer, "SSL_ALPN": client.alpn_protocol,
+        }
+        env.update({key: value for key, value in facts.items() if value is not None})
+        env["SSL_SESSION_RESUMED"] = "Resumed" if client.session_reused else "Initial"
+    return env
+
+
+class GHTTPServer(GServer):
+    """An HTTP/1.1 server (Net::Server::HTTP), over any of gnetserver's ports (https on ssl).
+
+    Subclass it and override :meth:`process_http_request`, or give ``app`` routes, or give a
+    WSGI application: ``GHTTPServer(wsgi_app=app, port="0.0.0.0:8443/ssl", ...)``. Its options
+    (``timeout_header``, ``max_header_size``, ``max_request_size``, ``access_log_file``...)
+    are in the "HTTP (GHTTPServer)" section of README's table; ``timeout_idle`` bounds each
+    read and write and the wait for the next keep-alive request.
+
+    TLS ports offer ALPN ``http/1.1`` unless ``SSL_alpn_protocols`` says otherwise.
+
+    Hooks (besides the base server's): ``process_http_request(client)`` serves one request
+    (``client.http``: the :class:`~gnetserver.http.exchange.Exchange`);
+    ``http_request_done(client, exchange)`` runs after each response, before the access log
+    line (in the connection's greenlet; may read the exchange, must not write).
+    """
+
+    #: ALPN on TLS ports when no SSL_alpn_protocols option is given (read by tls_setup as a
+    #: server attribute, the lowest of its sources).
+    SSL_alpn_protocols = "http/1.1"
+
+    def __init__(self, *args: Any, **options: Any) -> None:
+        super().__init__(*args, **options)
+        self.wsgi_application: Any = None
+        self.routes: list[tuple[str, Any]] = []
+        self.access_log: AccessLog | None = None
+        self.multiprocess = False  # wsgi.multiprocess: True in PreFork workers
+
+    def options(self) -> list[Option]:
+        """The base table plus the HTTP options (:data:`gnetserver.options.HTTP_OPTIONS`)."""
+        return [*super().options(), *HTTP_OPTIONS]
+
+    def post_configure(self) -> None:
+        """Framework step: the base server's, then resolve ``wsgi_app`` (import
+        ``package.module:attribute``), check the ``app`` routes, open the access log. A bad
+        value is a ConfigError naming the option."""
+        super().post_configure()
+        self.wsgi_application = self.load_wsgi_app(self.conf["wsgi_app"])
+        self.routes = self.compile_routes(self.conf["app"])
+        if self.access_log is not None:  # a restart in place: the old one goes
+            self.access_log.close()
+            self.access_log = None
+        target = self.conf["access_log_file"]
+        if target:
+            self.access_log = AccessLog(target, self.conf["access_log_format"], self.log)
+
+    @staticmethod
+    def load_wsgi_app(spec: Any) -> Any:
+        """``wsgi_app``'s value as a callable (None when unset)."""
+        if spec is None or callable(spec):
+            return spec
+        module_name, _, attribute = str(spec).partition(":")
+        try:
+            app = importlib.import_module(module_name)
+            for part in attribute.split("."):
+                app = getattr(app, part)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"option 'wsgi_app': cannot load {spec!r}: {exc}") from None
+        if not callable(app):
+            raise ConfigError(f"option 'wsgi_app': {spec!r} is not callable")
+        return app
+
+    def compile_routes(self, items: list[Any]) -> list[tuple[str, Any]]:
+        """The ``app`` option as ``(prefix, callable)``: method names looked up on the server;
+        prefixes normalised (no trailing ``/`` but for ``/`` itself); the first route also
+        serves ``/`` when no route is ``/`` (Net::Server::HTTP)."""
+        routes: list[tuple[str, Any]] = []
+        for item in items:
+            for prefix, target in item:
+                if isinstance(target, str):
+                    method = getattr(self, target, None)
+                    if not callable(method):
+                        raise ConfigError(f"option 'app': {target!r} is not a method of "
+                                          f"{type(self).__name__}")
+                    target = method
+                path = "/" + "/".join(part for part in prefix.split("/") if part not in ("",
+                                                                                         "."))
+                routes.append((path, target))
+        if routes and not any(path == "/" for path, _ in routes):
+            routes.append(("/", routes[0][1]))
+        return routes
+
+    def child_init_hook(self) -> None:
+        """Hook (PreFork, in each worker): marks the worker for ``wsgi.multiprocess``.
+        Subclasses overriding it call ``super()``."""
+        self.multiprocess = True
+
+    def server_close(self) -> None:
+        """Framework step: the base server's close, then the access log's (what is pending
+        is written)."""
+        super().server_close()
+        if self.access_log is not None:
+            self.access_log.close()
+            self.access_log = None
+
+    def reopen_logs(self) -> None:
+        """The base server's reopen, and the access log's (logrotate, HUP)."""
+        super().reopen_logs()
+        if self.access_log is not None:
+            self.access_log.reopen()
+
+    # -- one connection: a loop of requests ------------------------------------------------
+
+    def process_request(self, client: Client) -> None:
+        """Serve the requests of one connection, in order, until one is not kept alive, the
+        client closes or stays idle past ``timeout_idle``, or the server stops."""
+        conf = self.conf
+        reader = RequestReader(client.recv, client.settimeout, conf["max_header_size"],
+                               conf["max_request_size"], conf["timeout_header"],
+                               conf.timeout_idle)
+        limit = conf["max_keepalive_requests"]
+        served = 0
+        while True:
+            try:
+                request = reader.next_request(first=served == 0)
+            except HTTPError as exc:
+                self.http_refused(client, exc, reader.received_any or served == 0)
+                return
+            except (TimeoutError, ConnectionError, TLSError):
+                return  # between requests: the client went away; nothing to answer
+            if request is None:
+                return
+            served += 1
+            keep = not self.lifecycle.closing and not (limit and served >= limit)
+            if not self.serve_one(client, reader, request, keep):
+                return
+            if not reader.discard_body(DRAIN_LIMIT):
+                return
+
+    def serve_one(self, client: Client, reader: RequestReader, request: Request,
+                  keep_alive: bool) -> bool:
+        """Answer one request; True when the connection may carry another one."""
+        software = self.conf["server_revision"]
+        env = cgi_environ(request, client, software, type(self).__name__)
+        exchange = Exchange(request, reader, client.sendall, env, software, keep_alive)
+        client.http = exchange
+        started = time.monotonic()
+        try:
+            if self.wsgi_application is not None:
+                wsgi.run(self.wsgi_application, exchange, self.multiprocess)
+            else:
+                self.process_http_request(client)
+            exchange.finish()
+        except HTTPError as exc:  # the body broke a limit, or its chunks were malformed
+            self.log_refusal(client, exc)
+            exchange.status = exc.status
+            self._answer(exchange, exc.status)
+            return False
+        except (TimeoutError, ConnectionError, TLSError) as exc:
+            if self.log_enabled(3):
+                self.log(3, f"HTTP {request.method} {request.path} from {client.peer_text()}: "
+                            f"connection ended: {type(exc).__name__}: {exc}")
+            return False
+        except Exception as exc:
+            self.connection_error(client, exc)  # level 1, with the traceback
+            self._answer(exchange, 500)
+            return False
+        finally:
+            client.http = None
+            self.http_request_done(client, exchange)
+            if self.access_log is not None:
+                line = f"{request.method} {request.target} HTTP/{request.version}"
+                self.access_log.write(Entry(exchange, client, exchange.status, request.started,
+                                            time.monotonic() - started, line))
+        return exchange.keep_alive
+
+    def _answer(self, exchange: Exchange, status: int) -> None:
+        """Send an error status if no head went out yet; never raises."""
+        try:
+            exchange.send_error(status)
+        except Exception:  # the connection is going anyway  # noqa: S110
+            pass
+
+    def log_refusal(self, client: Client, exc: HTTPError) -> None:
+        """One level-3 line for a refused request: status and reason, no traceback."""
+        if self.log_enabled(3):
+            self.log(3, f"HTTP {exc.status} to {client.peer_text()}: {exc.reason}")
+
+    def http_refused(self, client: Client, exc: HTTPError, answer: bool) -> None:
+        """A request refused before its head was complete (or malformed): log it, answer its
+        status with ``Connection: close`` (unless nothing of a request arrived: a silent
+        connection is just closed), write its access log line."""
+        self.log_refusal(client, exc)
+        if answer:
+            body = f"{exc.status} {reason_of(exc.status)}\n".encode()
+            head = (f"HTTP/1.1 {exc.status} {reason_of(exc.status)}\r\nContent-Type: text/plain; "
+                    f"charset=utf-8\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+            try:
+                client.sendall(head.encode() + body)
+            except (OSError, TLSError):
+                pass
+        if self.access_log is not None and answer:
+            self.access_log.write(Entry(None, client, exc.status, time.time(), 0.0, "-"))
+
+    # -- hooks ---------------------------------------------------------------------------------
+
+    def process_http_request(self, client: Client) -> None:
+        """Hook: answer one request, in the connection's greenlet. ``client.http`` is the
+        :class:`~gnetserver.http.exchange.Exchange`: ``env`` (the CGI environment),
+        ``read()``, ``send_status()``, ``send_header()``, ``send_body()``, ``flush()``... The
+        server finishes the response after it returns. The default dispatches by the
+        ``app`` routes (prefix to handler, called with the client); without routes it
+        answers 404."""
+        exchange: Exchange = client.http
+        env = exchange.env
+        path = exchange.request.path
+        for prefix, handler in self.routes:
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/") or prefix == "/":
+                if prefix != "/":
+                    env["SCRIPT_NAME"] = prefix
+                    env["PATH_INFO"] = wsgi.unquote_latin1(path[len(prefix):])
+                else:
+                    env["PATH_INFO"] = wsgi.unquote_latin1(path)
+                handler(client)
+                return
+        exchange.send_response(404, "404 Not Found\n")
+
+    def http_request_done(self, client: Client, exchange: Exchange) -> None:
+        """Hook: after each response (finished or failed), before its access log line."""
+
