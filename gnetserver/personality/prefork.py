@@ -182,10 +182,11 @@ class PreFork:
             self._supervise()
             lifecycle.wait_for_stop(dispatch, timeout=self._nap())
 
-    def stop_accepting(self) -> None:
+    def stop_accepting(self, take_queued: bool = False) -> None:
         """Parent: QUIT every worker (each stops accepting, finishes its sessions within
         ``graceful_timeout`` and exits); nothing is forked any more. Worker: its Single
-        stops accepting."""
+        stops accepting. ``take_queued`` is not used: the listening sockets are shared
+        (a worker's close resets nothing), and the parent accepts nothing."""
         if self._single is not None:
             self._single.stop_accepting()
             return
