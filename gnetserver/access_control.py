@@ -63,7 +63,7 @@ class AccessPolicy:
     def allows(self, client: Client) -> bool:
         """Net::Server's access rules, after the handshake; True allows (see the server's
         ``allow_deny`` for the whole story). A double-reverse failure denies."""
-        if client.proto == "unix" or client.peeraddr is None:
+        if client.is_unix or client.peeraddr is None:
             return True
         rules, mode = self._plan.rules, self._plan.mode
         if rules is None and not mode.double:
@@ -87,7 +87,7 @@ class AccessPolicy:
         """Reverse (and forward) lookups the options ask for, cooperative; fills
         ``client.peerhost`` (and ``peerhost_rev``). Once per client."""
         mode = self._plan.mode
-        if not mode.reverse or client.proto == "unix" or client.peeraddr is None:
+        if not mode.reverse or client.is_unix or client.peeraddr is None:
             return
         host = lookup.reverse_lookup(client.peeraddr)
         forward = lookup.forward_addresses(host) if host and mode.double else None

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, AnyStr, cast
 
 from .errors import LineTooLong
+from .proto.datagram import Datagram
 from .proto.stream import Stream, StreamIO, TLSFacts, linger_close
 
 if TYPE_CHECKING:
@@ -64,9 +65,16 @@ class Client:
         tls: on TLS ports, the TLS connection with its facts (``stream.tls``): a
             TLSConnection on ssl ports, an SSLeayConnection on ssleay ports. None before
             the stream is attached (so during and after a failed handshake) and on tcp/unix.
-        proto: "tcp", "ssl", "ssleay" or "unix".
-        peeraddr, peerport: the peer's address text and port. None on unix sockets, as in
-            Net::Server: a unix peer has no address (its CONNECT line names the socket path).
+        proto: "tcp", "ssl", "ssleay", "unix", "udp" or "unixdgram" (the port spec's proto:
+            "unix" for a unix port with ``unix_type`` sock_dgram).
+        peeraddr, peerport: the peer's address text and port. None on unix stream sockets, as
+            in Net::Server: a unix peer has no address (its CONNECT line names the socket
+            path). On a unix datagram port, peeraddr is the path the sender's socket is bound
+            to (None when it did not bind one: it cannot be answered).
+        udp_data: on a datagram port (udp, unixdgram), the datagram (bytes; Net::Server's
+            ``udp_data``): each datagram is a "connection" of its own, whose reads return
+            it once and then end of stream, and whose ``send``/``sendall`` answer the
+            sender with one datagram each. None on stream ports.
         sockaddr, sockport: the local address text and port; on unix sockets sockaddr is None
             and sockport is the socket path.
         peerhost: the peer's host name, with ``reverse_lookups`` (set by get_client_info,
@@ -121,6 +129,7 @@ class Client:
         self.proxy: ProxyHeader | None = None
         self.proxy_peer: tuple[str, int] | None = None
         self.allowed: bool | None = None
+        self.udp_data: bytes | None = sock.data if isinstance(sock, Datagram) else None
         self.data: dict[str, Any] = {}
         self.closed = False
         self._rbuf = bytearray()
@@ -141,6 +150,11 @@ class Client:
                                "closed")
         self._stream = stream
         self._io = stream.io  # the socket or TLS connection itself: no wrapper per call
+
+    @property
+    def is_unix(self) -> bool:
+        """True on a unix port, stream or datagram (its peer has no inet address)."""
+        return bool(self.listener.spec.is_unix)
 
     @property
     def stream(self) -> Stream | None:

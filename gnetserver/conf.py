@@ -103,6 +103,10 @@ class Conf(Mapping[str, Any]):
     ipv: list[Any]
     listen: int
     unix_mode: int
+    # -- Datagrams
+    udp_recv_len: int
+    udp_recv_flags: int
+    udp_broadcast: bool
     # -- Limits
     max_servers: int
     max_handshakes: int

@@ -41,7 +41,7 @@ class Listener:
     def __post_init__(self) -> None:
         self.bound = self.sock.getsockname()
         where = describe(self.address, self.sock)
-        self._text = f"{where}|unix" if self.spec.proto == "unix" else f"{where}/{self.spec.proto}"
+        self._text = f"{where}|{self.proto}" if self.spec.is_unix else f"{where}/{self.proto}"
 
     @property
     def port(self) -> int | str:
@@ -58,8 +58,15 @@ class Listener:
 
     @property
     def proto(self) -> str:
-        """The protocol name: tcp, ssl, ssleay or unix."""
+        """The port spec's protocol name: tcp, ssl, ssleay, unix, udp or unixdgram (a unix
+        port with ``unix_type`` sock_dgram says unix; :attr:`is_datagram` tells)."""
         return self.spec.proto
+
+    @property
+    def is_datagram(self) -> bool:
+        """True for a datagram port (udp, unixdgram): the personality reads datagrams off
+        its socket instead of accepting connections."""
+        return self.spec.is_datagram
 
     def __str__(self) -> str:
         return self._text

@@ -187,14 +187,15 @@ _SERVER: Sequence[Option] = (
            "lower precedence than the command line and run() arguments.", "Server"),
     Option("port", [], passthrough,
            "Port spec(s) to listen on: `8443`, `host:port/proto`, `[::1]:443/ssl`, "
-           "`/path|unix`, or a dict from code. Repeat for several ports.",
+           "`5353/udp`, `/path|unix`, `/path|unixdgram`, or a dict from code. Repeat for "
+           "several ports.",
            "Server Socket", multi=True, shown_default=str(DEFAULT_PORT)),
     Option("host", ["*"], passthrough,
            "Default bind host for port specs without one (`*` = all interfaces); a list aligns "
            "with `port`, the last element reused.", "Server Socket", multi=True),
     Option("proto", ["tcp"], passthrough,
-           "Default protocol for port specs without one: tcp, ssl, ssleay or unix; a list aligns "
-           "with `port`.", "Server Socket", multi=True),
+           "Default protocol for port specs without one: tcp, ssl, ssleay, unix, udp or "
+           "unixdgram; a list aligns with `port`.", "Server Socket", multi=True),
     Option("ipv", ["*"], passthrough,
            "IP version(s): 4, 6, `*` (one dual-stack socket where the OS allows) or 46 (two "
            "sockets); a list aligns with `port`. When no source sets it, the environment "
@@ -208,6 +209,54 @@ _SERVER: Sequence[Option] = (
            "whatever the umask (connecting needs write permission): by default its owner and "
            "group only. A per-port dict may override it (`unix_mode` key).", "Server Socket",
            shown_default="0660"),
+)
+
+#: Net::Server's ``udp_recv_len`` is 4096 (longer datagrams are cut); gnetserver reads any
+#: datagram whole by default (65535 is the most an IPv4 or IPv6 UDP datagram carries).
+DEFAULT_UDP_RECV_LEN = 65536
+
+#: The ``recv`` flags ``udp_recv_flags`` refuses, with why: each would break the receive loop.
+_BAD_RECV_FLAGS = {
+    "MSG_PEEK": "the datagram would stay queued and be read again forever",
+    "MSG_TRUNC": "recv would report lengths longer than the buffer it fills",
+    "MSG_ERRQUEUE": "it reads the error queue, not datagrams",
+}
+
+
+def recv_flags(value: Any) -> int:
+    """``udp_recv_flags``: the flags of the datagram ``recvfrom`` (a number, as Net::Server's;
+    ``0x40`` and ``0o100`` spellings too), without MSG_PEEK, MSG_TRUNC or MSG_ERRQUEUE."""
+    if isinstance(value, bool):
+        raise TypeError("expected a number of recv flags, e.g. 0")
+    if isinstance(value, int):
+        number = value
+    else:
+        try:
+            number = int(as_str(value).strip(), 0)
+        except ValueError:
+            raise ValueError("expected a number of recv flags, e.g. 0") from None
+    if number < 0:
+        raise ValueError("expected a number of recv flags of at least 0")
+    for name, why in _BAD_RECV_FLAGS.items():
+        flag = getattr(socket, name, 0)
+        if flag and number & flag:
+            raise ValueError(f"{name} ({flag:#x}) is refused: {why}")
+    return number
+
+
+_DATAGRAMS: Sequence[Option] = (
+    Option("udp_recv_len", DEFAULT_UDP_RECV_LEN, int_in(1, 1 << 20),
+           "Datagram ports (udp, unixdgram): the largest datagram read, in bytes; a longer "
+           "one is cut to this length (logged at level 3). Net::Server's default is 4096; "
+           "gnetserver's reads every UDP datagram whole (set 4096 for Net::Server's "
+           "behaviour). A per-port dict may override it (`udp_recv_len` key).", "Datagrams"),
+    Option("udp_recv_flags", 0, recv_flags,
+           "Datagram ports: the flags of each recvfrom, a number (see recv(2)); MSG_PEEK, "
+           "MSG_TRUNC and MSG_ERRQUEUE are refused. A per-port dict may override it.",
+           "Datagrams"),
+    Option("udp_broadcast", False, as_bool,
+           "udp ports: set SO_BROADCAST, so that handlers may answer to a broadcast address. "
+           "A per-port dict may override it.", "Datagrams"),
 )
 
 _LIMITS: Sequence[Option] = (
@@ -439,7 +488,7 @@ _PROCESS: Sequence[Option] = (
 #: a command line would also show in ``ps``; SSL_cert_file/SSL_key_file take paths instead.
 CODE_ONLY_SSL_OPTIONS = frozenset({
     "SSL_cert", "SSL_key", "SSL_passwd_cb", "SSL_verify_callback", "SSL_ocsp_staple_callback",
-    "SSL_create_ctx_callback",
+    "SSL_create_ctx_callback", "SSL_client_ca", "SSL_error_trap",
 })
 
 #: SSL_* options that are on/off (0 or 1): a bare ``--name`` on the command line means 1.
@@ -468,7 +517,6 @@ _NO_DEQUEUE = ("There are no dequeue children: start periodic work in a greenlet
                "pre_loop_hook.")
 _NO_STDIO = ("One process serves many connections at once, so the process's standard streams "
              "are never the client's: handlers use the client object.")
-_NO_UDP = "gnetserver serves no udp ports (tcp, ssl, ssleay and unix stream only)."
 
 
 def _compat(name: str, meaning: str, why: str, multi: bool = False, flag: bool = False) -> Option:
@@ -517,20 +565,17 @@ _NETSERVER_COMPAT: Sequence[Option] = (
             _NO_STDIO, flag=True),
     _compat("ipv6_package", "base: the Perl module for IPv6 sockets (IO::Socket::IP or "
             "IO::Socket::INET6)", "Python's socket module does IPv6 itself; see ipv."),
-    _compat("udp_recv_len", "Proto::UDP: the largest datagram read", _NO_UDP),
-    _compat("udp_recv_flags", "Proto::UDP: the recv flags", _NO_UDP),
-    _compat("udp_broadcast", "Proto::UDP: set SO_BROADCAST", _NO_UDP, flag=True),
     _compat("unix_type", "Proto::UNIX: legacy server-wide socket type (SOCK_STREAM or "
-            "SOCK_DGRAM)", "unix ports are stream sockets named in the port spec "
-            "(`/path|unix`); datagram unix sockets are not served."),
+            "SOCK_DGRAM)", "Name the socket type in the port spec instead: `/path|unix` (stream), "
+            "`/path|unixdgram` (datagram), or a dict's `unix_type` key."),
     _compat("unix_path", "Proto::UNIX: legacy server-wide socket path",
             "Name the socket in the port spec instead: `/path|unix`."),
 )
 
 #: Every option of the base server, in documentation order.
 OPTIONS: tuple[Option, ...] = (
-    *_SERVER, *_LIMITS, *_LOGGING, *_ACCESS, *_PROXY, *_PROCESS, *_PREFORK, *_TLS, *_SSL,
-    *_NETSERVER_COMPAT
+    *_SERVER, *_DATAGRAMS, *_LIMITS, *_LOGGING, *_ACCESS, *_PROXY, *_PROCESS, *_PREFORK, *_TLS,
+    *_SSL, *_NETSERVER_COMPAT
 )
 
 

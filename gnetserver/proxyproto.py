@@ -462,11 +462,16 @@ def port_settings(proto: str, port_options: Mapping[str, Any], conf: Mapping[str
                           f"{port_options['proxy_protocol']!r}: {exc}") from None
     if mode is None:
         return None
-    if proto == "unix":
+    if proto in ("unix", "unixdgram"):
         if not own:
             return None
         raise ConfigError(f"port {where}: proxy_protocol on a unix port: a unix peer has no "
                           "address to check against proxy_protocol_from (inet ports only)")
+    if proto == "udp":
+        if not own:
+            return None
+        raise ConfigError(f"port {where}: proxy_protocol on a udp port: a datagram has no "
+                          "connection to send a header first (tcp, ssl and ssleay ports only)")
     raw = port_options.get("proxy_protocol_from", conf.get("proxy_protocol_from") or [])
     blocks = [raw] if isinstance(raw, str) else list(raw)
     networks: list[access.Network] = []

@@ -16,16 +16,18 @@ Rules of this module (behaviour: spec/netserver.md, sections 3.5 and 3.6):
   ``NO_IPV6`` in the environment (any value but ``""`` or ``"0"``), or a system where IPv6
   sockets cannot be created or IPV6_V6ONLY cannot be turned off, makes ipv ``*`` IPv4-only;
   ipv ``6`` then fails.
-* :func:`bind_all` creates plain blocking stdlib stream sockets: SO_REUSEADDR on inet
-  sockets, IPV6_V6ONLY from the address, then ``listen``. It is all or nothing: on any
-  failure every socket it opened is closed before the error propagates.
-* The server serves streams only: a datagram record (udp, unixdgram, ``unix_type``
-  sock_dgram; :attr:`~gnetserver.ports.PortSpec.is_datagram`) is refused, never bound.
-* A UNIX socket path is only taken over when the socket file there is stale: nothing
-  listens on it (``connect`` is refused, ECONNREFUSED). A socket some process still listens
-  on is a ConfigError naming the path (two servers must not steal each other's socket), as
-  is a socket whose state cannot be told (connect fails otherwise) and any other existing
-  file, never deleted.
+* :func:`bind_all` creates plain blocking stdlib sockets: stream sockets get SO_REUSEADDR
+  on inet, IPV6_V6ONLY from the address, then ``listen``. Datagram records (udp, unixdgram,
+  ``unix_type`` sock_dgram: :attr:`~gnetserver.ports.PortSpec.is_datagram`) get SOCK_DGRAM
+  sockets, bound and never listened on, and no SO_REUSEADDR: on a UDP socket it would let a
+  second server bind the same port and take its datagrams, where a stream port only skips
+  TIME_WAIT. SO_BROADCAST is set on udp sockets when asked (``broadcast``). It is all or
+  nothing: on any failure every socket it opened is closed before the error propagates.
+* A UNIX socket path (stream or datagram) is only taken over when the socket file there is
+  stale: nothing is bound to it (``connect`` is refused, ECONNREFUSED). A socket some
+  process still listens on (or is bound to) is a ConfigError naming the path (two servers
+  must not steal each other's socket), as is a socket whose state cannot be told (connect
+  fails otherwise) and any other existing file, never deleted.
 * A UNIX socket file gets its mode explicitly (``unix_mode``, 0660 by default; a per-port
   ``unix_mode`` key wins), whatever the umask: ``chmod`` right after ``bind`` and before
   ``listen``, through an ``O_PATH|O_NOFOLLOW`` descriptor of the socket file itself, so a
@@ -36,6 +38,7 @@ Rules of this module (behaviour: spec/netserver.md, sections 3.5 and 3.6):
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import ipaddress
 import os
@@ -46,7 +49,7 @@ from dataclasses import dataclass, replace
 from typing import cast
 
 from gnetserver.errors import ConfigError
-from gnetserver.options import DEFAULT_UNIX_MODE, file_mode
+from gnetserver.options import DEFAULT_UNIX_MODE, as_bool, file_mode
 from gnetserver.ports import UNIX_PROTOS, PortSpec
 
 SockAddr = tuple[str, int] | tuple[str, int, int, int] | str
@@ -79,12 +82,9 @@ def resolve(spec: PortSpec) -> list[BindAddress]:
     """The addresses to bind for one record (see the module rules).
 
     Raises:
-        ConfigError: The record is a datagram one, the host does not resolve in the family
-            asked for, IPv6 is asked for but disabled, or an inet port is not a number.
+        ConfigError: The host does not resolve in the family asked for, IPv6 is asked for
+            but disabled, or an inet port is not a number.
     """
-    if spec.is_datagram:  # the server refuses these in pre_bind; callers of bind_all too
-        raise ConfigError(f"cannot bind {spec}: datagram sockets are not supported (stream "
-                          "sockets only)")
     if spec.proto in UNIX_PROTOS:
         return [BindAddress(spec, socket.AF_UNIX, str(spec.port), None)]
     if isinstance(spec.port, bool) or not isinstance(spec.port, int):
@@ -101,8 +101,8 @@ def resolve(spec: PortSpec) -> list[BindAddress]:
     return _fold_dual_stack(spec, _lookup(spec, socket.AF_UNSPEC))
 
 
-def bind_all(specs: Iterable[PortSpec], backlog: int, *,
-             unix_mode: int = DEFAULT_UNIX_MODE) -> list[tuple[BindAddress, socket.socket]]:
+def bind_all(specs: Iterable[PortSpec], backlog: int, *, unix_mode: int = DEFAULT_UNIX_MODE,
+             broadcast: bool = False) -> list[tuple[BindAddress, socket.socket]]:
     """Resolve every record and bind one socket per address.
 
     With port 0 and several addresses for one record, the first is bound to learn the port the
@@ -113,9 +113,12 @@ def bind_all(specs: Iterable[PortSpec], backlog: int, *,
         specs: The records, usually from :func:`gnetserver.ports.parse_ports`.
         backlog: The listen backlog for records whose ``listen`` is ``None``.
         unix_mode: The mode of UNIX socket files for records without a ``unix_mode`` key.
+        broadcast: SO_BROADCAST on udp sockets whose record has no ``udp_broadcast`` key
+            (the ``udp_broadcast`` option).
 
     Returns:
-        ``(address, socket)`` pairs in the order of ``specs``, every socket listening.
+        ``(address, socket)`` pairs in the order of ``specs``, every stream socket listening,
+        every datagram socket bound.
 
     Resource handling:
         The caller owns the returned sockets. On failure nothing is left open.
@@ -130,7 +133,8 @@ def bind_all(specs: Iterable[PortSpec], backlog: int, *,
     try:
         for spec in specs:
             _bind_addresses(resolve(spec), spec.listen or backlog, bound,
-                            unix_mode=socket_mode(spec, unix_mode))
+                            unix_mode=socket_mode(spec, unix_mode),
+                            broadcast=socket_broadcast(spec, broadcast))
     except BaseException:
         for _, sock in bound:
             sock.close()
@@ -159,39 +163,63 @@ def socket_mode(spec: PortSpec, default: int = DEFAULT_UNIX_MODE) -> int:
         raise ConfigError(f"port {spec}: bad unix_mode {value!r}: {exc}") from None
 
 
+def socket_broadcast(spec: PortSpec, default: bool = False) -> bool:
+    """Whether a record's socket gets SO_BROADCAST: its per-port ``udp_broadcast``, else
+    ``default`` (the option); always False but for udp. ConfigError naming the record for a
+    bad per-port value, or one on a port that is not udp."""
+    value = spec.opts.get("udp_broadcast")
+    if value is None:
+        return default and spec.proto == "udp"
+    if spec.proto != "udp":
+        raise ConfigError(f"port {spec}: udp_broadcast {value!r} is only for udp ports")
+    try:
+        return as_bool(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"port {spec}: bad udp_broadcast {value!r}: {exc}") from None
+
+
+def socket_type(spec: PortSpec) -> int:
+    """SOCK_DGRAM for a datagram record, else SOCK_STREAM."""
+    return socket.SOCK_DGRAM if spec.is_datagram else socket.SOCK_STREAM
+
+
 def _bind_addresses(
     addrs: list[BindAddress], backlog: int, bound: list[tuple[BindAddress, socket.socket]],
-    *, unix_mode: int = DEFAULT_UNIX_MODE,
+    *, unix_mode: int = DEFAULT_UNIX_MODE, broadcast: bool = False,
 ) -> None:
     """Bind the addresses of one record, appending to ``bound`` (which the caller cleans up)."""
     learned: int | None = None
     for addr in addrs:
         if learned is not None:
             addr = _with_port(addr, learned)
-        sock = _open_socket(addr, backlog, unix_mode)
+        sock = _open_socket(addr, backlog, unix_mode, broadcast)
         if learned is None and addr.spec.port == 0:
             learned = sock.getsockname()[1]
             addr = _with_port(addr, learned)
         bound.append((addr, sock))
 
 
-def _open_socket(addr: BindAddress, backlog: int,
-                 unix_mode: int = DEFAULT_UNIX_MODE) -> socket.socket:
+def _open_socket(addr: BindAddress, backlog: int, unix_mode: int = DEFAULT_UNIX_MODE,
+                 broadcast: bool = False) -> socket.socket:
+    datagram = addr.spec.is_datagram
     try:
-        sock = socket.socket(addr.family, socket.SOCK_STREAM)
+        sock = socket.socket(addr.family, socket_type(addr.spec))
     except OSError as exc:
         raise _bind_error(addr, exc) from exc
     try:
         if addr.family == socket.AF_UNIX:
             _remove_stale_socket(addr)
-        else:
+        elif not datagram:  # UDP: SO_REUSEADDR would let another server share the port
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if broadcast:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         if addr.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, addr.v6only is not False)
         sock.bind(addr.sockaddr)
         if addr.family == socket.AF_UNIX:
             _set_mode(addr, unix_mode)  # before listen: nobody connects under the umask's mode
-        sock.listen(backlog)
+        if not datagram:
+            sock.listen(backlog)
     except OSError as exc:
         sock.close()
         raise _bind_error(addr, exc) from exc
@@ -214,18 +242,19 @@ def _remove_stale_socket(addr: BindAddress) -> None:
         return
     if not stat.S_ISSOCK(mode):
         raise ConfigError(f"cannot bind {addr.spec}: {path!r} exists and is not a socket")
-    problem = _in_use(path)
+    problem = _in_use(path, socket_type(addr.spec))
     if problem is not None:
         raise ConfigError(f"cannot bind {addr.spec}: {path!r} {problem}; not taken over")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
 
 
-def _in_use(path: str) -> str | None:
+def _in_use(path: str, kind: int = socket.SOCK_STREAM) -> str | None:
     """Why the socket file at ``path`` must be left alone, or None when it is stale (a
-    connect is refused: nothing listens on it). Non-blocking: a listener whose backlog is
-    full answers EAGAIN, which is "in use" too."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+    connect of a ``kind`` socket is refused: nothing is bound to it, whatever its type).
+    Non-blocking: a listener whose backlog is full answers EAGAIN, which is "in use" too; a
+    live socket of the other type answers EPROTOTYPE, "in use" as well."""
+    with socket.socket(socket.AF_UNIX, kind) as probe:
         probe.setblocking(False)
         try:
             probe.connect(path)
@@ -236,7 +265,9 @@ def _in_use(path: str) -> str | None:
         except (BlockingIOError, InterruptedError):
             return "is in use: another process listens on it (its backlog is full)"
         except OSError as exc:
-            return f"may be in use: cannot tell ({exc.strerror or exc})"
+            if exc.errno != errno.EPROTOTYPE:
+                return f"may be in use: cannot tell ({exc.strerror or exc})"
+            return "is in use: a socket of the other type (stream, datagram) is bound to it"
     return "is in use: another process listens on it"
 
 
@@ -298,7 +329,7 @@ def _lookup(spec: PortSpec, family: int) -> list[tuple[int, SockAddr]]:
     """``getaddrinfo`` for a record: unique ``(family, sockaddr)`` pairs, in its order."""
     host = None if spec.host == "*" else spec.host
     try:
-        infos = socket.getaddrinfo(host, spec.port, family, socket.SOCK_STREAM, 0,
+        infos = socket.getaddrinfo(host, spec.port, family, socket_type(spec), 0,
                                    socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as exc:
         raise ConfigError(f"cannot resolve {spec}: {exc}") from exc

@@ -530,8 +530,8 @@ def close_fds(entries: Iterable[BoundSocket]) -> None:
 
 
 def bind_ports(specs: Sequence[Any], backlog: int, log: Log,
-               open_hook: Callable[[], None], *,
-               unix_mode: int = DEFAULT_UNIX_MODE) -> list[Pair]:
+               open_hook: Callable[[], None], *, unix_mode: int = DEFAULT_UNIX_MODE,
+               broadcast: bool = False) -> list[Pair]:
     """``bind_all`` for a server that may have been socket-activated, or re-executed by a HUP.
 
     When systemd passed sockets to this pid (``LISTEN_FDS``, :func:`gnetserver.systemd.
@@ -562,7 +562,7 @@ def bind_ports(specs: Sequence[Any], backlog: int, log: Log,
         _clear_handover()
         text = None
     if text is None:
-        return bind_all(specs, backlog, unix_mode=unix_mode)
+        return bind_all(specs, backlog, unix_mode=unix_mode, broadcast=broadcast)
     open_hook()
     entries, bad = decode(text)
     for piece in bad:
@@ -577,7 +577,7 @@ def bind_ports(specs: Sequence[Any], backlog: int, log: Log,
     adopted = named + [(replace(address, passed=sock.fileno() in names), sock)
                        for address, sock in adopted]
     try:
-        pairs = adopted + bind_all(fresh, backlog, unix_mode=unix_mode)
+        pairs = adopted + bind_all(fresh, backlog, unix_mode=unix_mode, broadcast=broadcast)
     except BaseException:
         for _, sock in adopted:
             sock.close()
@@ -657,8 +657,8 @@ def adopt_fd(entry: BoundSocket, address: BindAddress) -> Pair:
         The address with the socket's real port, and the socket (FD_CLOEXEC set again).
 
     Raises:
-        OSError: the fd is closed, not a listening stream socket, or bound elsewhere. A socket
-            that does not fit is closed.
+        OSError: the fd is closed, not a listening stream socket (a bound datagram socket for
+            a datagram port), or bound elsewhere. A socket that does not fit is closed.
     """
     sock = socket.socket(fileno=entry.fd)  # EBADF/ENOTSOCK: raised, nothing taken over
     try:
@@ -666,8 +666,11 @@ def adopt_fd(entry: BoundSocket, address: BindAddress) -> Pair:
         listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
         wanted = address.sockaddr if isinstance(address.sockaddr, str) else int(entry.port)
         got = bound if isinstance(bound, str) else bound[1]
-        if sock.family != address.family or sock.type != socket.SOCK_STREAM or not listening:
-            raise OSError(f"fd {entry.fd} is not a listening stream socket of the right family")
+        datagram = address.spec.is_datagram
+        kind = socket.SOCK_DGRAM if datagram else socket.SOCK_STREAM
+        if sock.family != address.family or sock.type != kind or not (listening or datagram):
+            what = "a datagram" if datagram else "a listening stream"
+            raise OSError(f"fd {entry.fd} is not {what} socket of the right family")
         if got != wanted:
             raise OSError(f"fd {entry.fd} is bound to {bound!r}, not {wanted!r}")
         os.set_inheritable(entry.fd, False)

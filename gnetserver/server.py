@@ -51,7 +51,7 @@ from .personality import (
     personality_name,
 )
 from .ports import PortSpec
-from .proto import StreamProtocol
+from .proto import Datagram, StreamProtocol
 from .proxy_reader import ProxyHeaderError, ProxyHeaderTimeout, read_header
 from .signals import SIGNALS
 from .systemd import Notifier
@@ -391,7 +391,7 @@ class GServer:
         without ``chroot_as_root``, a refused or failed chown and a failed switch are
         ConfigErrors (see :mod:`gnetserver.privileges`)."""
         unix = [str(lst.address.sockaddr) for lst in self.listeners
-                if lst.proto == "unix" and not lst.address.passed]  # systemd's are its own
+                if lst.spec.is_unix and not lst.address.passed]  # systemd's are its own
         self.process.drop_privileges(self.conf, unix, self.logs, self.log)
 
     # == binding (gnetserver.listen) ============================================================
@@ -438,7 +438,8 @@ class GServer:
             self.log(2, f"TLS by {library}")
         self.listeners = listen.bind_listeners(protocols, self.conf.listen, self.log,
                                                self.restart_open_hook,
-                                               unix_mode=self.conf.unix_mode)
+                                               unix_mode=self.conf.unix_mode,
+                                               broadcast=self.conf.udp_broadcast)
         for listener in self.listeners:
             listener.proxy = self.proxy_settings(listener.spec)
             self.log(2, f"Binding to {listener}"
@@ -451,7 +452,8 @@ class GServer:
         ConfigError for a bad per-port key or TLS option."""
         if self.tls_contexts is None:
             raise RuntimeError("make_protocol: bind() creates the TLS registry first")
-        options = self.ssl_options(spec) if listen.is_tls(spec) else dict(spec.opts)
+        options = self.ssl_options(spec) if listen.is_tls(spec) \
+            else listen.port_options(spec, self.conf)
         return listen.make_protocol(spec, options, self.tls_contexts)
 
     def ssl_options(self, spec: PortSpec) -> dict[str, Any]:
@@ -888,22 +890,44 @@ class GServer:
         return True
 
     def _negotiate(self, client: Client) -> bool:
-        """Run post_accept; log and drop the client on failure."""
+        """Run post_accept; log and drop the client on failure (a TLS port's
+        ``SSL_error_trap`` is then called, see :meth:`tls_error_trap`)."""
         try:
             self.post_accept(client)
             return True
-        except HandshakeTimeout:
+        except HandshakeTimeout as exc:
             if self.log_enabled(3):
                 self.log(3, f"TLS handshake timed out from {client.peer_text()}")
             client.abort()
+            self.tls_error_trap(client, exc)
         except (TLSError, OSError) as exc:
             if self.log_enabled(3):
                 self.log(3, f"TLS handshake failed from {client.peer_text()}: {exc}")
             client.close()
+            self.tls_error_trap(client, exc)
         except Exception as exc:
             self.connection_error(client, exc)
             client.close()
         return False
+
+    def tls_error_trap(self, client: Client, exc: BaseException) -> None:
+        """Framework step, after a failed or timed-out TLS handshake (logged, the connection
+        already closed): call the port's ``SSL_error_trap(client, exc)`` if it has one
+        (IO::Socket::SSL's name; per port, server-wide, or a method returning the callable).
+        The trap runs in the connection's greenlet and may log, count or ban the peer
+        (``client.peer_text()``, ``client.address``; no other hook has run, so ``peeraddr``
+        and friends are not filled); it cannot answer on the connection. What it raises is
+        logged (level 1, with the traceback) and goes no further."""
+        trap = getattr(client.listener.protocol, "error_trap", None)
+        if trap is None:
+            return
+        try:
+            trap(client, exc)
+        except Exception as trap_exc:
+            if self.log_enabled(1):
+                text = "".join(traceback.format_exception(type(trap_exc), trap_exc,
+                                                          trap_exc.__traceback__))
+                self.log(1, f"SSL_error_trap failed for {client.peer_text()}: {text.rstrip()}")
 
     def _dropped(self, client: Client, why: str) -> None:
         """Log (level 3) a pending connection the budget ended."""
@@ -931,8 +955,13 @@ class GServer:
 
     def post_accept(self, client: Client) -> None:
         """Framework step, first per connection: count it and let the protocol negotiate (TLS:
-        the handshake, bounded by ``timeout_handshake``). Raising drops the connection."""
+        the handshake, bounded by ``timeout_handshake``; a datagram has none, its stream
+        answers the sender). Raising drops the connection."""
         self.requests += 1
+        packet = client.sock
+        if isinstance(packet, Datagram) and packet.truncated and self.log_enabled(3):
+            self.log(3, f"Datagram from {client.peer_text()} cut to udp_recv_len "
+                        f"({len(packet.data)} bytes)")
         protocol = client.listener.protocol
         client.attach(protocol.post_accept(client.sock, self.conf.timeout_handshake))
         client.settimeout(self.conf.timeout_idle or None)
@@ -943,9 +972,14 @@ class GServer:
         ``reverse_lookups``, ``peerhost`` (and ``peerhost_rev``) by cooperative, bounded
         lookups; then log the CONNECT line (level 3). On a unix socket, as in Net::Server,
         there is no peer (``peeraddr``/``peerport``/``sockaddr`` stay None), ``sockport`` is the
-        socket path and the line reads ``CONNECT UNIX Socket: "<path>"``."""
-        if client.proto == "unix":
+        socket path and the line reads ``CONNECT UNIX Socket: "<path>"``; on a unix datagram
+        port ``peeraddr`` is the sender's socket path, if it bound one. On a udp port
+        ``sockaddr``/``sockport`` are the port's bound address (``0.0.0.0`` for every
+        interface)."""
+        if client.is_unix:
             client.sockport = str(client.listener.address.sockaddr)
+            if client.udp_data is not None and client.address:
+                client.peeraddr = str(client.address)
             if self.log_enabled(3):
                 self.log(3, f'CONNECT UNIX Socket: "{client.sockport}"')
             return
@@ -972,11 +1006,15 @@ class GServer:
 
     def process_request(self, client: Client) -> None:
         """Hook: serve one connection. The default is Net::Server's echo: a welcome line, each
-        line answered with ``You said "..."``, ``quit`` closes the connection.
+        line answered with ``You said "..."``, ``quit`` closes the connection. A datagram
+        is answered once, ``You said "<datagram>"``, as Net::Server does.
 
         A line is read with a bound, ``ECHO_LINE_LIMIT`` bytes (64 KiB) with its end, so a peer
         cannot make the server buffer without limit: a longer line is answered with
         ``Line too long`` and ends the connection (logged at level 3)."""
+        if client.udp_data is not None:  # a datagram: one answer, as Net::Server's
+            client.send(b'You said "' + client.udp_data + b'"')
+            return
         name, pid = type(self).__name__, os.getpid()
         client.sendall(f'Welcome to "{name}" ({pid})\r\n'.encode())
         while raw := client.readline(ECHO_LINE_LIMIT):

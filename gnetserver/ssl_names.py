@@ -71,6 +71,12 @@ SUPPORTED_SSL_OPTIONS: dict[str, str] = {
     "SSL_verify_callback": "callable(ok, cert, depth, error) -> bool, called per certificate of "
     "the client's chain with OpenSSL's verdict, an x509.Certificate, the depth (0: the client's "
     "own) and OpenSSL's reason; its return decides (default: none, OpenSSL's verdict)",
+    "SSL_client_ca_file": "PEM file of the CA certificates whose names the CertificateRequest "
+    "lists (\"acceptable client certificate CA names\"), so a client picks the right "
+    "certificate; trusts nothing (SSL_ca_file does); needs SSL_verify_mode (default: none, "
+    "no names sent)",
+    "SSL_client_ca": "SSL_client_ca_file's certificates in memory: an x509.Certificate, a list "
+    "of them or PEM bytes (default: none)",
     "SSL_crl_file": "PEM file of CRLs of the client CAs; turns on revocation checks of client "
     "certificates (default: none)",
     "SSL_check_crl": "1: check client certificates against CRLs (from SSL_crl_file or "
@@ -84,6 +90,10 @@ SUPPORTED_SSL_OPTIONS: dict[str, str] = {
     "re-read by reload_tls()" + _SNI + " (default: none)",
     "SSL_ocsp_staple_callback": "callable(cert, server_name) -> DER OCSP response or None, "
     "called in each handshake that asks for a staple" + _SNI + " (default: none)",
+    "SSL_error_trap": "callable(client, error) called when a client's TLS handshake fails or "
+    "times out, after the failure is logged and the connection closed (OpenSSL has sent its "
+    "alert; unlike IO::Socket::SSL the socket is not handed over); error is the exception "
+    "(str(error): the reason); an exception it raises is logged (default: none)",
     "SSL_create_ctx_callback": "callable(context) called with each OpenSSL.SSL.Context once it "
     "is built (per SNI name, on every reload), to set what no option covers (default: none)",
 }
@@ -98,13 +108,10 @@ REFUSED_SSL_OPTIONS: dict[str, str] = {
     "SSL_psk": "pyOpenSSL offers no server PSK callback",
     "SSL_fingerprint": "not implemented; accept certificates by digest in SSL_verify_callback",
     "SSL_force_fingerprint": "not implemented; see SSL_verify_callback",
-    "SSL_client_ca_file": "not implemented: clients get no list of acceptable CAs",
-    "SSL_client_ca": "not implemented: clients get no list of acceptable CAs",
     "SSL_ca": "CA certificates in memory are not implemented; use SSL_ca_file or SSL_ca_path",
     "SSL_dh": "DH parameters in memory are not implemented; use SSL_dh_file",
     "SSL_reuse_ctx": "the server builds and shares contexts itself (ports with the same "
     "options share one); use SSL_create_ctx_callback to adjust them",
-    "SSL_error_trap": "failed handshakes are logged and closed by the server",
     "SSL_keepSocketOnError": "failed handshakes are logged and closed by the server",
     "SSL_startHandshake": "the server always runs the handshake in the connection's greenlet",
     "SSL_server": _FORCED,

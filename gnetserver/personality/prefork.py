@@ -438,7 +438,7 @@ class PreFork:
             return BOOT_FAILED
         conf = self._conf
         self._single = Single(conf, max_accept=1 if self._target > 1 else None)
-        self._single.start(self._listeners, self._counted)
+        self._single.start(self._listeners, self._counted, self._hooks)  # log: datagram drops
         while not lifecycle.stop_requested:
             lifecycle.wait_for_stop(self._worker_signals, timeout=ROUND)
             if os.getppid() != self._parent_pid:

@@ -11,15 +11,28 @@ Rules of this module:
   handshake (:mod:`.pending`: a flood of silent sockets cannot lock real clients out); only
   when none is (every pending connection waits for a session, each for at most
   ``timeout_session_wait``) do new connections wait in the kernel's backlog.
+* Datagram listeners (udp, unixdgram) have no connections: one reader greenlet per listener
+  reads datagrams off the socket (``recvmsg``, the port's ``udp_recv_len`` and
+  ``udp_recv_flags``) and spawns the server's ``handle`` for each, with a
+  :class:`~gnetserver.proto.datagram.Datagram` in the place of an accepted socket, into a
+  pool of its own of ``max_servers`` greenlets: at most that many datagrams are in flight.
+  A datagram that finds the pool full is dropped at once and counted
+  (:attr:`Single.datagrams_dropped`), never queued: the kernel's socket buffer is the only
+  queue, and it drops what overflows it. Drops are logged at level 2, at most one line per
+  :data:`DROP_REPORT_SECONDS` (the count since the last line), and once more when
+  accepting stops. Datagram greenlets are never evicted (they have no handshake).
 * The loop is the lifecycle's wait for a stop: the hub accepts meanwhile.
-* Stopping: :meth:`Single.stop_accepting` closes the StreamServers and so the listening
-  sockets (the server's last close first accepts what the kernel queued on them); the drain
+* Stopping: :meth:`Single.stop_accepting` closes the StreamServers, and so their listening
+  sockets (the server's last close first accepts what the kernel queued on them), and kills
+  the datagram readers (the datagram sockets stay open: the server owns them); the drain
   waits on :meth:`Single.wait_idle`, then :meth:`Single.kill_connections` cuts what is left.
 """
 
 from __future__ import annotations
 
 import functools
+import socket
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -30,8 +43,15 @@ from gevent.server import StreamServer
 from ..conf import Conf
 from ..lifecycle import Dispatch, Lifecycle
 from ..listener import Listener
+from ..proto.datagram import Datagram
 from .hooks import ProcessHooks
 from .pending import PendingBudget
+
+#: The shortest interval between two log lines about dropped datagrams (seconds).
+DROP_REPORT_SECONDS = 5.0
+
+#: Datagrams a reader takes in a row before it lets the greenlets it spawned run.
+DATAGRAM_BURST = 64
 
 
 class Single:
@@ -41,7 +61,7 @@ class Single:
         conf: the server's configuration: ``max_servers`` sessions served at once
             (established connections), ``max_handshakes`` connections in their handshake, or
             waiting for a session, on top, ``timeout_session_wait`` seconds a connection may
-            wait for a session slot.
+            wait for a session slot. ``max_servers`` also bounds the datagrams in flight.
     """
 
     name: ClassVar[str] = "Single"
@@ -58,6 +78,17 @@ class Single:
         # Connections accepted per wake-up (gevent's default 100): a PreFork worker takes 1,
         # so that one woken worker does not take a burst its siblings would serve sooner.
         self._max_accept = max_accept
+        self._datagram_pool = Pool(conf.max_servers)
+        self._readers: list[gevent.Greenlet[..., Any]] = []
+        self._dropped = 0  # datagrams dropped since the start
+        self._unreported = 0  # ... of which no log line spoke yet
+        self._reported_at = float("-inf")
+        self._log: Callable[[int, str], None] | None = None
+
+    @property
+    def datagrams_dropped(self) -> int:
+        """Datagrams dropped because ``max_servers`` datagrams were in flight already."""
+        return self._dropped
 
     @property
     def evictions(self) -> int:
@@ -72,9 +103,14 @@ class Single:
     def start(self, listeners: Sequence[Listener],
               handle: Callable[[Listener, Any, Any], None],
               hooks: ProcessHooks | None = None) -> None:
-        """One acceptor (a StreamServer) per listener, all spawning into the one pool
-        (``hooks``: unused, one process has no workers)."""
+        """One acceptor (a StreamServer) per stream listener, all spawning into the one pool;
+        one reader greenlet per datagram listener, spawning into the datagram pool
+        (``hooks``: their ``log`` reports dropped datagrams; one process has no workers)."""
+        self._log = hooks.log if hooks is not None else None
         for listener in listeners:
+            if listener.is_datagram:
+                self._readers.append(gevent.spawn(self._read_datagrams, handle, listener))
+                continue
             server = _Acceptor(self, listener.sock,
                                functools.partial(self._run, handle, listener))
             if self._max_accept is not None:
@@ -98,6 +134,64 @@ class Single:
         finally:
             self._running -= 1
             self._budget.done(me)
+
+    def _read_datagrams(self, handle: Callable[[Listener, Any, Any], None],
+                        listener: Listener) -> None:
+        """A datagram listener's reader (its own greenlet, until stop_accepting kills it):
+        read each datagram as it comes and hand it on (:meth:`_dispatch`); wait for the
+        socket to be readable when none is queued."""
+        sock, protocol = listener.sock, listener.protocol
+        size: int = getattr(protocol, "recv_len", 65536)
+        flags: int = getattr(protocol, "recv_flags", 0)
+        hub = gevent.get_hub()
+        readable = hub.loop.io(sock.fileno(), 1)
+        burst = 0
+        try:
+            while True:
+                try:
+                    data, _, msg_flags, peer = sock.recvmsg(size, 0, flags)
+                except (BlockingIOError, InterruptedError):
+                    burst = 0
+                    hub.wait(readable)
+                    continue
+                except OSError as exc:  # a queued error (ICMP...): said, then go on reading
+                    if self._log is not None:
+                        self._log(4, f"Reading a datagram on {listener}: {exc}")
+                    hub.wait(readable)
+                    continue
+                self._dispatch(handle, listener,
+                               Datagram(sock, data, peer, bool(msg_flags & socket.MSG_TRUNC)))
+                burst += 1
+                if burst >= DATAGRAM_BURST:  # a flood must not starve the handlers
+                    burst = 0
+                    gevent.sleep(0)
+        finally:
+            readable.close()
+
+    def _dispatch(self, handle: Callable[[Listener, Any, Any], None], listener: Listener,
+                  packet: Datagram) -> None:
+        """Run ``handle`` for one datagram in a greenlet of the datagram pool, or drop it
+        (counted) when ``max_servers`` datagrams are in flight."""
+        pool = self._datagram_pool
+        if pool.full():
+            self._dropped += 1
+            self._unreported += 1
+            return
+        if self._unreported:
+            self._report_drops()
+        pool.spawn(handle, listener, packet, packet.peer)
+
+    def _report_drops(self, now: bool = False) -> None:
+        """Log the datagrams dropped since the last line, at most once per
+        DROP_REPORT_SECONDS (``now``: whatever the time)."""
+        moment = time.monotonic()
+        if not self._unreported or (not now and moment - self._reported_at
+                                    < DROP_REPORT_SECONDS):
+            return
+        count, self._unreported, self._reported_at = self._unreported, 0, moment
+        if self._log is not None:
+            self._log(2, f"{count} datagram(s) dropped: max_servers ({self._datagram_pool.size})"
+                         f" datagrams were in flight ({self._dropped} dropped since the start)")
 
     def _no_room(self, server: StreamServer) -> bool:
         """``server``'s ``full`` check, in the hub before each accept: True (stop accepting
@@ -140,13 +234,18 @@ class Single:
 
     def stop_accepting(self, take_queued: bool = False) -> None:
         """Close every StreamServer (and so its listening socket: new connections are
-        refused from now on). With ``take_queued`` (the server's last close), the connections
-        the kernel has already queued on each listener are accepted first and served like
-        the others (:meth:`_take_queued`)."""
+        refused from now on) and kill the datagram readers (the datagram sockets stay open:
+        the server owns them); say how many datagrams were dropped since the last line.
+        With ``take_queued`` (the server's last close), the connections the kernel has
+        already queued on each stream listener are accepted first and served like the
+        others (:meth:`_take_queued`)."""
         for server in self._servers:
             if take_queued and not server.closed:
                 self._take_queued(server)
             server.close()
+        gevent.killall(self._readers, block=True)
+        self._readers = []
+        self._report_drops(now=True)
 
     def _take_queued(self, server: StreamServer) -> None:
         """Accept what waits in ``server``'s listen queue, with nothing that yields until
@@ -176,24 +275,34 @@ class Single:
         return self._budget
 
     def in_connection(self) -> bool:
-        """True in a connection's greenlet."""
-        return gevent.getcurrent() in self._pool.greenlets
+        """True in a connection's (or a datagram's) greenlet."""
+        current = gevent.getcurrent()
+        return current in self._pool.greenlets or current in self._datagram_pool.greenlets
 
     def active_connections(self) -> int:
-        """How many connection greenlets run."""
-        return len(self._pool)
+        """How many connection (and datagram) greenlets run."""
+        return len(self._pool) + len(self._datagram_pool)
 
     def greenlets(self) -> list[Any]:
-        """The live connection greenlets."""
-        return [greenlet for greenlet in self._pool.greenlets if not greenlet.dead]
+        """The live connection and datagram greenlets, and the datagram readers."""
+        every = [*self._pool.greenlets, *self._datagram_pool.greenlets, *self._readers]
+        return [greenlet for greenlet in every if not greenlet.dead]
 
     def wait_idle(self) -> gevent.Greenlet[[], Any]:
-        """A greenlet that ends once the pool is empty (the drain waits on it; killed after)."""
-        return gevent.spawn(self._pool.join)
+        """A greenlet that ends once both pools are empty (the drain waits on it; killed
+        after)."""
+        return gevent.spawn(self._join_pools)
+
+    def _join_pools(self) -> None:
+        """Wait until no connection and no datagram runs (accepting has stopped)."""
+        self._pool.join()
+        self._datagram_pool.join()
 
     def kill_connections(self) -> None:
-        """Kill the connections left (their clients are aborted), waiting up to a second."""
+        """Kill the connections and datagrams left (their clients are aborted), waiting up to
+        a second."""
         self._pool.kill(block=True, timeout=1)
+        self._datagram_pool.kill(block=True, timeout=1)
 
 
 class _Acceptor(StreamServer):

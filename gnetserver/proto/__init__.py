@@ -2,7 +2,9 @@
 
 ``PROTOCOLS`` maps a port spec's proto name to the class that serves it: tcp and unix
 (:mod:`.tcp`, :mod:`.unix`), and the TLS protocols ssl and ssleay (:mod:`.ssl`,
-:mod:`.ssleay`, sharing :mod:`.tlsbase`). A class's ``is_tls`` says whether it takes the
+:mod:`.ssleay`, sharing :mod:`.tlsbase`). ``DATAGRAM_PROTOCOLS`` has the datagram ones,
+udp and unixdgram (:mod:`.datagram`: ``post_accept`` takes a received datagram and returns
+its stream). A class's ``is_tls`` says whether it takes the
 ``SSL_*`` options. A protocol's ``post_accept`` returns a :class:`~.stream.Stream`
 (:mod:`.stream`), which the connection's Client owns from then on.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from .datagram import Datagram, DatagramProtocol, DatagramStream, UnixDatagramProtocol
 from .ssl import SSLProtocol
 from .ssleay import SSLeayProtocol
 from .stream import PlainStream, Stream, TLSFacts, TLSSession, TLSStream
@@ -31,7 +34,7 @@ class StreamProtocol(Protocol):
     protocols need; it may raise ConfigError there); the rest runs in the server's hub, per
     connection in that connection's greenlet."""
 
-    #: The proto name of its port specs: "tcp", "ssl", "ssleay" or "unix".
+    #: The proto name of its port specs: "tcp", "ssl", "ssleay", "unix", "udp", "unixdgram".
     name: ClassVar[str]
     #: True when it serves TLS (its streams have ``tls`` set).
     is_tls: ClassVar[bool]
@@ -60,7 +63,15 @@ PROTOCOLS: dict[str, type[TCPProtocol]] = {
     "unix": UnixProtocol,
 }
 
+#: The datagram protocol classes by proto name (a unix port with ``unix_type`` sock_dgram is
+#: served as unixdgram).
+DATAGRAM_PROTOCOLS: dict[str, type[DatagramProtocol]] = {
+    "udp": DatagramProtocol,
+    "unixdgram": UnixDatagramProtocol,
+}
 
-__all__ = ["PROTOCOLS", "PlainStream", "SSLProtocol", "SSLeayProtocol", "Stream",
+
+__all__ = ["DATAGRAM_PROTOCOLS", "PROTOCOLS", "Datagram", "DatagramProtocol", "DatagramStream",
+           "UnixDatagramProtocol", "PlainStream", "SSLProtocol", "SSLeayProtocol", "Stream",
            "StreamProtocol", "TCPProtocol", "TLSFacts", "TLSProtocol", "TLSSession",
            "TLSStream", "UnixProtocol"]

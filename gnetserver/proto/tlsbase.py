@@ -15,6 +15,10 @@ Rules of this module:
   ``timeout_handshake``. On failure ``post_accept`` closes the connection itself before the
   exception propagates: a timeout or a kill (an exception that is not an ``Exception``, such
   as GreenletExit) aborts it (no alert, no drain), any other error closes it gracefully.
+* ``SSL_error_trap`` is a callback of the server's handshake failure path, not a context
+  setting: it is checked here (callable) and kept as :attr:`TLSProtocol.error_trap`, and left
+  out of the options the context is built and shared from (so ports differing only in their
+  trap still share a context, and every backend takes it).
 * Close and abort are the :class:`~gnetserver.proto.stream.TLSStream`'s: close_notify once,
   bounded by :data:`~gnetserver.tls.connection.SHUTDOWN_SECONDS`, then the lingering close;
   the connection's resources are released even when the closing greenlet is killed. Abort: no
@@ -23,12 +27,13 @@ Rules of this module:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import HandshakeTimeout
 from ..tls.connection import SHUTDOWN_SECONDS
 from ..tls.registry import Builder, ContextHandle
+from ..tls.util import require_callable
 from .stream import TLSStream, linger_close
 from .tcp import TCPProtocol, set_nodelay
 
@@ -57,8 +62,14 @@ class TLSProtocol(TCPProtocol):
         if contexts is None:
             raise RuntimeError(f"port {spec}: the server has no TLS registry (tls_contexts); "
                                "bind() creates it before making the protocols")
+        trap = self.options.get("SSL_error_trap")
+        #: ``SSL_error_trap``: called by the server as ``trap(client, error)`` when a
+        #: handshake on this port fails (None: not given).
+        self.error_trap: Callable[[Any, BaseException], Any] | None = (
+            None if trap is None else require_callable(trap, "SSL_error_trap", f"port {spec}"))
+        context_options = {k: v for k, v in self.options.items() if k != "SSL_error_trap"}
         # Read through the class: a function stored as a class attribute is not a method.
-        self.tls_handle: ContextHandle = contexts.handle(self.options, f"port {spec}",
+        self.tls_handle: ContextHandle = contexts.handle(context_options, f"port {spec}",
                                                          type(self).builder)
 
     @property

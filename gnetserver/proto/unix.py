@@ -1,7 +1,7 @@
 """UNIX-domain stream sockets: TCP's behaviour, plus the socket file's lifetime.
 
-Datagram unix sockets (proto unixdgram, ``unix_type`` sock_dgram) never get here: the server
-refuses them in ``pre_bind`` (:attr:`~gnetserver.ports.PortSpec.is_datagram`).
+Datagram unix sockets (proto unixdgram, ``unix_type`` sock_dgram) are
+:class:`~gnetserver.proto.datagram.UnixDatagramProtocol`'s.
 """
 
 from __future__ import annotations
@@ -29,10 +29,14 @@ class UnixProtocol(TCPProtocol):
     def close_listener(self, sock: Any) -> None:
         """Close the listening socket and remove its file, the port spec's path (only if it is
         still a socket); idempotent."""
-        path = str(self.spec.port)
         sock.close()
-        try:
-            if path and stat.S_ISSOCK(os.lstat(path).st_mode):
-                os.unlink(path)
-        except OSError:
-            pass  # already gone: nothing to clean up
+        remove_socket_file(str(self.spec.port))
+
+
+def remove_socket_file(path: str) -> None:
+    """Remove the socket file at ``path`` if it is still a socket; never raises."""
+    try:
+        if path and stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except OSError:
+        pass  # already gone: nothing to clean up

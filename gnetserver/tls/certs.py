@@ -4,18 +4,21 @@
 Rules of this module:
 
 * A credential is one certificate chain and its key, taken from one mapping of the four keys
-  (the SNI split in :mod:`.sni` hands over one mapping per certificate). Files are PEM: the leaf
-  first, then its chain; without ``SSL_key_file`` the key is looked for in ``SSL_cert_file``
-  (IO::Socket::SSL: "if omitted the PEM cert file is tried").
-* Keys are loaded with cryptography (``load_pem_private_key(password=...)``) and handed to
-  ``Context.use_privatekey`` as cryptography objects: ``set_passwd_cb`` is deprecated since
-  pyOpenSSL 26.3, and passing a ``PKey`` wrapper is deprecated too. ``SSL_passwd_cb`` is called
-  with no arguments and returns the passphrase as ``str`` or ``bytes``; a needless passphrase is
-  ignored, as IO::Socket::SSL does.
+  (the SNI split in :mod:`.sni` hands over one mapping per certificate). Files are read as
+  IO::Socket::SSL reads them (:mod:`.formats`, by content): ``SSL_cert_file`` is PEM (the leaf
+  first, then its chain), DER (one certificate) or PKCS#12 (certificate, chain and key);
+  ``SSL_key_file`` is PEM or DER. Without ``SSL_key_file`` the key is the PKCS#12 file's, or
+  looked for in a PEM ``SSL_cert_file`` (IO::Socket::SSL: "if omitted the PEM cert file is
+  tried"). A PKCS#12 file with a key and an ``SSL_key_file``/``SSL_key`` as well is a
+  ConfigError (IO::Socket::SSL silently ignores the second key).
+* Keys are loaded with cryptography (``load_pem_private_key``/``load_der_private_key``) and
+  handed to ``Context.use_privatekey`` as cryptography objects: ``set_passwd_cb`` is deprecated
+  since pyOpenSSL 26.3, and passing a ``PKey`` wrapper is deprecated too. ``SSL_passwd_cb`` is
+  called with no arguments, only for an encrypted file, and returns the passphrase as ``str``
+  or ``bytes``; a needless passphrase is ignored, as IO::Socket::SSL does.
 * A key that does not match its certificate is a ConfigError naming both sources. A certificate
   that has expired or is not valid yet is only a warning (naming it and the date): the server
   still starts, as IO::Socket::SSL's does, and clients decide.
-* Only PEM is read (no DER or PKCS#12 files).
 """
 
 from __future__ import annotations
@@ -25,14 +28,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from OpenSSL import SSL
 
 from ..errors import ConfigError
+from .formats import CertificateFile, Passphrase, load_certificate_file, load_key_data
 from .util import Build, as_bytes, read_file, reason, require_callable
 
-__all__ = ["CREDENTIAL_KEYS", "use_credential"]
+__all__ = ["CREDENTIAL_KEYS", "passphrase", "passphrase_of", "use_credential"]
 
 #: The keys that make up one credential (and may be dicts keyed by SNI name, see :mod:`.sni`).
 CREDENTIAL_KEYS = ("SSL_cert_file", "SSL_key_file", "SSL_cert", "SSL_key")
@@ -45,8 +47,9 @@ def use_credential(ctx: SSL.Context, cred: Mapping[str, Any], b: Build) -> x509.
         ConfigError: missing/unreadable/garbage file, wrong passphrase, a key that does not
             match the certificate; the message names ``b.where``, the option and the source.
     """
-    chain, cert_label = _load_chain(cred, b.where)
-    key, key_label = _load_key(cred, b)
+    loaded, cert_label = _load_chain(cred, b)
+    chain = loaded.chain
+    key, key_label = _load_key(cred, loaded, cert_label, b)
     _warn_if_not_valid_now(chain[0], cert_label, b)
     try:
         ctx.use_certificate(chain[0])
@@ -84,32 +87,35 @@ def _warn_if_not_valid_now(leaf: x509.Certificate, label: str, b: Build) -> None
 # The chain
 
 
-def _load_chain(cred: Mapping[str, Any], where: str) -> tuple[list[x509.Certificate], str]:
-    """Return the chain (leaf first) and a label naming where it came from."""
+def _load_chain(cred: Mapping[str, Any], b: Build) -> tuple[CertificateFile, str]:
+    """Return the chain (leaf first; with a PKCS#12 file's key) and a label naming where it
+    came from."""
+    where = b.where
     value, path = cred.get("SSL_cert"), cred.get("SSL_cert_file")
     if value is not None and path is not None:
         raise ConfigError(f"{where}: give SSL_cert_file or SSL_cert, not both")
     if path is not None:
         label = f"SSL_cert_file {str(path)!r}"
-        return _parse_chain(read_file(path, "SSL_cert_file", where), label, where), label
+        data = read_file(path, "SSL_cert_file", where)
+        return load_certificate_file(data, label, where, passphrase_of(b)), label
     if value is None:
         raise ConfigError(f"{where}: a TLS port needs SSL_cert_file (or SSL_cert)")
     if isinstance(value, x509.Certificate):
-        return [value], "SSL_cert"
+        return CertificateFile([value], None, "object"), "SSL_cert"
     if isinstance(value, (bytes, str)):
-        return _parse_chain(as_bytes(value), "SSL_cert", where), "SSL_cert"
+        return _parse_pem_chain(as_bytes(value), "SSL_cert", where), "SSL_cert"
     chain = list(value) if isinstance(value, (list, tuple)) else []
     if not chain or not all(isinstance(c, x509.Certificate) for c in chain):
         raise ConfigError(
             f"{where}: SSL_cert must be an x509.Certificate, a non-empty list of them or PEM "
             f"bytes, not {type(value).__name__}"
         )
-    return chain, "SSL_cert"
+    return CertificateFile(chain, None, "object"), "SSL_cert"
 
 
-def _parse_chain(data: bytes, label: str, where: str) -> list[x509.Certificate]:
+def _parse_pem_chain(data: bytes, label: str, where: str) -> CertificateFile:
     try:
-        return x509.load_pem_x509_certificates(data)
+        return CertificateFile(x509.load_pem_x509_certificates(data), None, "PEM")
     except ValueError as e:
         raise ConfigError(f"{where}: {label} holds no valid PEM certificate ({e})") from e
 
@@ -118,50 +124,49 @@ def _parse_chain(data: bytes, label: str, where: str) -> list[x509.Certificate]:
 # The key
 
 
-def _load_key(cred: Mapping[str, Any], b: Build) -> tuple[Any, str]:
+def _load_key(cred: Mapping[str, Any], loaded: CertificateFile, cert_label: str,
+              b: Build) -> tuple[Any, str]:
     """Return the private key (a cryptography object) and a label naming its source."""
     where = b.where
     value, path = cred.get("SSL_key"), cred.get("SSL_key_file")
     if value is not None and path is not None:
         raise ConfigError(f"{where}: give SSL_key_file or SSL_key, not both")
+    if loaded.key is not None:
+        if value is not None or path is not None:
+            given = "SSL_key" if value is not None else f"SSL_key_file {str(path)!r}"
+            raise ConfigError(f"{where}: {cert_label} is a PKCS#12 file with its own key; drop "
+                              f"{given}")
+        return loaded.key, cert_label
     if value is not None and not isinstance(value, (bytes, str)):
         return value, "SSL_key"  # a key object; use_privatekey checks its type
     if value is not None:
         data, label = as_bytes(value), "SSL_key"
     elif path is not None:
         data, label = read_file(path, "SSL_key_file", where), f"SSL_key_file {str(path)!r}"
-    elif cred.get("SSL_cert_file") is not None:
+    elif loaded.form == "PEM" and cred.get("SSL_cert_file") is not None:
         cert_path = cred["SSL_cert_file"]
         data = read_file(cert_path, "SSL_cert_file", where)
         label = f"SSL_cert_file {str(cert_path)!r} (no SSL_key_file given)"
+    elif loaded.form in ("DER", "PKCS#12"):
+        raise ConfigError(f"{where}: {cert_label} is a {loaded.form} file without a private "
+                          "key; give SSL_key_file")
     else:
         raise ConfigError(f"{where}: SSL_cert needs SSL_key (or SSL_key_file)")
-    return _parse_key(data, label, b.get("SSL_passwd_cb"), where), label
+    return load_key_data(data, label, where, passphrase_of(b)), label
 
 
-def _parse_key(data: bytes, label: str, passwd_cb: Any, where: str) -> Any:
-    password = None if passwd_cb is None else _passphrase(passwd_cb, where)
-    try:
-        return _load_pem_key(data, password, label, where)
-    except TypeError:
-        # cryptography raises TypeError both for "encrypted, no password" and for "password
-        # given, key not encrypted". IO::Socket::SSL ignores a needless passphrase; so do we.
-        if password is None:
-            raise ConfigError(
-                f"{where}: {label} is an encrypted private key; give SSL_passwd_cb"
-            ) from None
-    return _load_pem_key(data, None, label, where)
+def passphrase_of(b: Build) -> Passphrase:
+    """A function giving ``SSL_passwd_cb``'s passphrase as bytes (None without a callback);
+    the callback runs only when the function is called, that is for an encrypted file."""
+    passwd_cb = b.get("SSL_passwd_cb")
+    if passwd_cb is not None:
+        require_callable(passwd_cb, "SSL_passwd_cb", b.where)  # a bad value fails at once
+    return lambda: None if passwd_cb is None else passphrase(passwd_cb, b.where)
 
 
-def _load_pem_key(data: bytes, password: bytes | None, label: str, where: str) -> Any:
-    try:
-        return load_pem_private_key(data, password=password)
-    except (ValueError, UnsupportedAlgorithm) as e:
-        hint = "wrong passphrase from SSL_passwd_cb?" if password is not None else str(e)
-        raise ConfigError(f"{where}: cannot load a PEM private key from {label} ({hint})") from e
-
-
-def _passphrase(passwd_cb: Any, where: str) -> bytes:
+def passphrase(passwd_cb: Any, where: str) -> bytes:
+    """Call ``SSL_passwd_cb`` (no arguments) and return its answer as bytes; ConfigError when
+    it is not callable, raises or returns something else than str or bytes."""
     require_callable(passwd_cb, "SSL_passwd_cb", where)
     try:
         secret = passwd_cb()

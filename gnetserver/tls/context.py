@@ -60,7 +60,7 @@ from .negotiation import (
 from .ocsp import install_stapling, load_staple
 from .tickets import apply_session
 from .util import Applier, Build, Warn, default_warn, reason, require_callable
-from .verify import apply_ca, apply_crl, apply_verify_mode
+from .verify import apply_ca, apply_client_ca, apply_crl, apply_verify_mode
 
 __all__ = [
     "DEFAULT_CIPHER_LIST",
@@ -80,6 +80,7 @@ _APPLIERS: tuple[Applier, ...] = (
     apply_alpn,
     apply_ca,
     apply_verify_mode,
+    apply_client_ca,
     apply_crl,
     apply_session,
 )

@@ -25,6 +25,10 @@ Rules of this module:
 * The stdlib loads certificates and keys from files only; in-memory ``SSL_cert``/``SSL_key``
   (and the ``self_signed`` certificate) are written to a private temporary directory (mode
   0700) and removed as soon as they are loaded.
+* Files are read as proto ``ssl`` reads them (:mod:`.formats`): ``SSL_cert_file`` in PEM, DER
+  or PKCS#12, ``SSL_key_file`` in PEM or DER. The stdlib reads PEM only, so a DER or PKCS#12
+  file is loaded with cryptography (``SSL_passwd_cb`` opening it) and handed over as PEM the
+  way in-memory keys are (an unencrypted key in that private directory, for a moment).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ..errors import ConfigError
-from . import sni
+from . import certs, formats, sni
 from .context import check_names
 from .negotiation import DEFAULT_CIPHER_LIST, parse_alpn, parse_ssl_version
 from .util import read_file, require_callable, to_bool
@@ -65,6 +69,8 @@ SUPPORTED_SSLEAY_OPTIONS: dict[str, str] = {
     "SSL_ca_path": "hashed directory of CAs trusted for client certificates",
     "SSL_verify_mode": "client certificates: 0 none, 1 peer, 2/3 require, +4 once (default: 0)",
     "SSL_alpn_protocols": "ALPN protocols offered, e.g. ['h2', 'http/1.1'] or 'h2,http/1.1'",
+    "SSL_error_trap": "callable(client, error) called when a handshake fails (the server "
+    "calls it; it is not part of the context)",
 }
 
 _NIST_CURVES = {"p-256": "prime256v1", "p-384": "secp384r1", "p-521": "secp521r1"}
@@ -228,9 +234,41 @@ def _load_credential(ctx: ServerSSLContext, cred: Mapping[str, Any], passwd_cb: 
     key = _source(cred, "SSL_key_file", "SSL_key", where)
     if chain is None:
         raise ConfigError(f"{where}: a TLS port needs SSL_cert_file (or SSL_cert)")
+    chain, key = _as_pem(chain, key, passwd_cb, where)
     if key is None and chain[0] != "file":
         raise ConfigError(f"{where}: SSL_cert needs SSL_key (or SSL_key_file)")
     _load_chain(ctx, chain, key, passwd_cb, where)
+
+
+def _as_pem(chain: _Source, key: _Source | None, passwd_cb: Any,
+            where: str) -> tuple[_Source, _Source | None]:
+    """DER and PKCS#12 files (read as proto ssl reads them, :mod:`.formats`) as PEM in memory,
+    for ``load_cert_chain``, which reads PEM files only; PEM files are left to OpenSSL."""
+    def passphrase() -> bytes | None:
+        return None if passwd_cb is None else certs.passphrase(passwd_cb, where)
+
+    if chain[0] == "file":
+        label = f"SSL_cert_file {str(chain[1])!r}"
+        data = read_file(chain[1], "SSL_cert_file", where)
+        if not formats.is_pem(data):
+            loaded = formats.load_certificate_file(data, label, where, passphrase)
+            chain = ("memory", _pem(loaded.chain, "SSL_cert_file", where))
+            if loaded.key is not None:
+                if key is not None:
+                    given = "SSL_key" if key[0] == "memory" else f"SSL_key_file {str(key[1])!r}"
+                    raise ConfigError(f"{where}: {label} is a PKCS#12 file with its own key; "
+                                      f"drop {given}")
+                key = ("memory", _pem(loaded.key, "SSL_cert_file", where))
+            elif key is None:
+                raise ConfigError(f"{where}: {label} is a {loaded.form} file without a private "
+                                  "key; give SSL_key_file")
+    if key is not None and key[0] == "file":
+        label = f"SSL_key_file {str(key[1])!r}"
+        data = read_file(key[1], "SSL_key_file", where)
+        if not formats.is_pem(data):
+            key = ("memory", _pem(formats.load_key_data(data, label, where, passphrase),
+                                  "SSL_key_file", where))
+    return chain, key
 
 
 def _source(cred: Mapping[str, Any], file_key: str, memory_key: str,

@@ -1,5 +1,6 @@
 """Client certificates: ``SSL_ca_file``, ``SSL_ca_path``, ``SSL_verify_mode``,
-``SSL_verify_callback``, ``SSL_crl_file``, ``SSL_check_crl``.
+``SSL_verify_callback``, ``SSL_crl_file``, ``SSL_check_crl``, ``SSL_client_ca_file``,
+``SSL_client_ca``.
 
 Rules of this module:
 
@@ -17,6 +18,12 @@ Rules of this module:
   on checking of the client's own certificate (``SSL_check_crl`` may be 0 to load without
   checking). ``SSL_check_crl`` alone checks against CRLs in ``SSL_ca_path`` (``<hash>.r0``).
   With checking on, a client whose CA has no CRL is refused ("unable to get certificate CRL").
+* ``SSL_client_ca_file`` (PEM, one or more certificates) and ``SSL_client_ca`` (certificates
+  in memory) name the CAs listed in the CertificateRequest ("acceptable client certificate CA
+  names"), so that a client holding several certificates picks the right one. They trust
+  nothing (``SSL_ca_file``/``SSL_ca_path`` do) and replace nothing: without them the request
+  lists no CA, as OpenSSL does by default. IO::Socket::SSL ignores them when no client
+  certificate is asked for; here that is a ConfigError (they would never be sent).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from OpenSSL import SSL, crypto
 from ..errors import ConfigError
 from .util import Build, callback_name, read_file, reason, require_callable, to_bool
 
-__all__ = ["apply_ca", "apply_crl", "apply_verify_mode", "verify_bits"]
+__all__ = ["apply_ca", "apply_client_ca", "apply_crl", "apply_verify_mode", "verify_bits"]
 
 
 def apply_ca(ctx: SSL.Context, b: Build) -> None:
@@ -166,3 +173,45 @@ def _load_crls(path: Any, where: str) -> list[x509.CertificateRevocationList]:
         return [x509.load_pem_x509_crl(block) for block in blocks]
     except ValueError as e:
         raise ConfigError(f"{where}: SSL_crl_file {str(path)!r}: invalid CRL ({e})") from e
+
+
+# ---------------------------------------------------------------------------------------------
+# The CA names of the CertificateRequest
+
+
+def apply_client_ca(ctx: SSL.Context, b: Build) -> None:
+    """``SSL_client_ca_file`` / ``SSL_client_ca``: the CA names sent to clients."""
+    path, value = b.get("SSL_client_ca_file"), b.get("SSL_client_ca")
+    if path is None and value is None:
+        return
+    option = "SSL_client_ca_file" if path is not None else "SSL_client_ca"
+    if not verify_bits(b.get("SSL_verify_mode"), b.where):
+        raise ConfigError(f"{b.where}: {option} is sent only when client certificates are "
+                          "asked for; set SSL_verify_mode 1 (or 3)")
+    cas: list[x509.Certificate] = []
+    if path is not None:
+        cas += _pem_certificates(read_file(path, "SSL_client_ca_file", b.where),
+                                 f"SSL_client_ca_file {str(path)!r}", b.where)
+    if value is not None:
+        cas += _client_ca_objects(value, b.where)
+    for ca in cas:
+        ctx.add_client_ca(ca)
+
+
+def _pem_certificates(data: bytes, label: str, where: str) -> list[x509.Certificate]:
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {label} holds no valid PEM certificate ({e})") from e
+
+
+def _client_ca_objects(value: Any, where: str) -> list[x509.Certificate]:
+    """``SSL_client_ca``: a certificate, a list of them, or PEM text/bytes."""
+    if isinstance(value, (bytes, str)):
+        data = value.encode() if isinstance(value, str) else value
+        return _pem_certificates(data, "SSL_client_ca", where)
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not items or not all(isinstance(item, x509.Certificate) for item in items):
+        raise ConfigError(f"{where}: SSL_client_ca must be an x509.Certificate, a non-empty "
+                          f"list of them or PEM bytes, not {type(value).__name__}")
+    return items

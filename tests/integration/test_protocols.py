@@ -105,7 +105,14 @@ BAD_SPECS = [
     ("service", "127.0.0.1:nosuchsvc/tcp", {}, ["'127.0.0.1:nosuchsvc/tcp'", "service"]),
     ("empty", "", {}, ["''", "empty"]),
     ("fields", "a:b:c:d", {}, ["'a:b:c:d'", "fields"]),
-    ("proto", "127.0.0.1:0/udp", {}, ["127.0.0.1:0/udp", "'udp' is not supported"]),
+    ("udp-recv-len", {"port": 0, "host": "127.0.0.1", "proto": "udp", "udp_recv_len": "big"},
+     {}, ["127.0.0.1:0/udp", "udp_recv_len", "'big'", "integer"]),
+    ("udp-recv-flags", "127.0.0.1:0/udp", {"udp_recv_flags": 2},
+     ["udp_recv_flags", "MSG_PEEK", "read again"]),
+    ("udp-proxy", {"port": 0, "host": "127.0.0.1", "proto": "udp", "proxy_protocol": "v1"},
+     {}, ["127.0.0.1:0/udp", "proxy_protocol on a udp port"]),
+    ("udp-ssl", {"port": 0, "host": "127.0.0.1", "proto": "udp", "SSL_cert_file": "c.pem"},
+     {}, ["127.0.0.1:0/udp", "SSL_cert_file", "proto ssl"]),
     ("dict-no-port", {"host": "127.0.0.1"}, {}, ["{'host': '127.0.0.1'}", "port"]),
     ("dict-unknown-key", {"port": 0, "host": "127.0.0.1", "colour": "red"}, {},
      ["127.0.0.1:0/tcp", "colour"]),
@@ -127,33 +134,6 @@ def test_bad_spec_stops_the_start(port: Any, extra: dict[str, Any], words: list[
     for word in words:
         assert word in str(info.value)
     assert all(listener.sock.fileno() == -1 for listener in server.listeners)
-
-
-@pytest.mark.parametrize("port, words", [
-    # Net::Server's spelling in the dict form: it used to bind a datagram socket that the
-    # stream server could never accept on.
-    ({"port": "{dir}/d.sock", "proto": "unix", "unix_type": "SOCK_DGRAM"},
-     ["{dir}/d.sock|unix", "unix_type sock_dgram", "stream sockets only"]),
-    ({"port": "{dir}/d.sock", "proto": "unix", "unix_type": "sock_dgram"},
-     ["{dir}/d.sock|unix", "unix_type sock_dgram", "stream sockets only"]),
-    ("{dir}/d.sock|SOCK_DGRAM|unix", ["{dir}/d.sock|unix", "unix_type sock_dgram"]),
-    ("{dir}/d.sock|unixdgram", ["{dir}/d.sock|unixdgram", "'unixdgram' is not supported",
-                                "stream sockets only"]),
-    ("127.0.0.1:0/udp", ["127.0.0.1:0/udp", "'udp' is not supported", "stream sockets only"]),
-], ids=["dict-upper", "dict-lower", "string", "unixdgram", "udp"])
-def test_datagram_ports_are_refused_at_start(port: Any, words: list[str], short_tmp_path: str,
-                                             serve: Callable[..., GServer]) -> None:
-    """gnetserver serves stream sockets only: every datagram port stops the start, before
-    anything is bound (serve() stops the server should it start after all)."""
-    if isinstance(port, dict):
-        port = {**port, "port": port["port"].format(dir=short_tmp_path)}
-    else:
-        port = port.format(dir=short_tmp_path)
-    with pytest.raises(ConfigError) as info:
-        serve(GServer, port=port, log_level=0)
-    for word in words:
-        assert word.format(dir=short_tmp_path) in str(info.value)
-    assert os.listdir(short_tmp_path) == []
 
 
 def test_port_in_use_stops_the_start_and_releases_the_others() -> None:

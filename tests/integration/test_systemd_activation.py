@@ -90,6 +90,9 @@ def test_activated_sockets_serve_matched_by_address(spawn: Callable[..., Any]) -
     # HUP: the re-exec hands the activated sockets over like bound ones (same pid, same ports).
     proc.send(signal.SIGHUP)
     proc.wait_for("Server ready", count=2)
+    # Until the new image's "ready" reaches it, the old generation (the drainer) may still
+    # answer: ask once it has stopped accepting.
+    proc.wait_for(r"HUP: pid \d+ stopped accepting")
     assert proc.count("Added new port configuration") == 0
     assert ask(one).startswith(f'Welcome to "DemoServer" ({proc.pid})')
     assert ask(two).startswith(f'Welcome to "DemoServer" ({proc.pid})')
@@ -113,6 +116,7 @@ def test_socket_named_for_a_port_serves_it_and_the_variables_are_gone(
     proc.send(signal.SIGHUP)
     proc.wait_for("Server ready", count=2)
     proc.wait_for(r"Adopted inherited socket \d+ named 'web' for 127\.0\.0\.1:9/tcp")
+    proc.wait_for(r"HUP: pid \d+ stopped accepting")  # the drainer answers no more
     assert ask(port) == f"{proc.pid} {seen}\n"
     proc.send(signal.SIGTERM)
     assert proc.wait_exit() == 0

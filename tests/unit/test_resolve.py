@@ -240,13 +240,75 @@ def test_a_failure_closes_the_sockets_already_bound(
 
 
 @pytest.mark.parametrize("port", ["127.0.0.1:0/udp", "{dir}/d.sock|unixdgram",
-                                  "{dir}/d.sock|sock_dgram|unix"])
-def test_datagram_records_are_never_bound(port: str, tmp_path: Path) -> None:
-    """The server serves streams only: bind_all refuses a datagram record (it used to bind a
-    datagram socket that no stream server could accept on)."""
-    with pytest.raises(ConfigError, match="datagram sockets are not supported"):
-        bind_all(parse_ports(port.format(dir=tmp_path)), 8)
-    assert list(tmp_path.iterdir()) == []
+                                  "{dir}/d.sock|sock_dgram|unix",
+                                  {"port": "{dir}/d.sock", "proto": "unix",
+                                   "unix_type": "SOCK_DGRAM"}])
+def test_datagram_records_bind_datagram_sockets(port: object, bind: Callable[..., Bound],
+                                                tmp_path: Path) -> None:
+    """udp, unixdgram and unix_type sock_dgram bind a SOCK_DGRAM socket, never listened on;
+    a udp socket has no SO_REUSEADDR (another server could then share its port); a unix
+    datagram socket file gets unix_mode, as a stream one."""
+    if isinstance(port, dict):
+        port = {**port, "port": str(port["port"]).format(dir=tmp_path)}
+    else:
+        port = str(port).format(dir=tmp_path)
+    [(address, sock)] = bind(parse_ports(port))
+    assert sock.type == socket.SOCK_DGRAM
+    if address.family == socket.AF_UNIX:
+        assert stat.S_IMODE(os.stat(tmp_path / "d.sock").st_mode) == 0o660
+    else:
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 0
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST) == 0
+        with pytest.raises(ConfigError, match="Address already in use"):
+            bind_all(parse_ports(f"127.0.0.1:{sock.getsockname()[1]}/udp"), 8)
+
+
+def test_udp_and_tcp_share_a_port_number(bind: Callable[..., Bound]) -> None:
+    [(_, tcp)] = bind(parse_ports("127.0.0.1:0/tcp"))
+    number = tcp.getsockname()[1]
+    [(_, udp)] = bind(parse_ports(f"127.0.0.1:{number}/udp"))
+    assert udp.getsockname() == ("127.0.0.1", number)
+
+
+def test_udp_broadcast_option_and_per_port_key(bind: Callable[..., Bound]) -> None:
+    """SO_BROADCAST from the option (udp ports only) or a port's own udp_broadcast key."""
+    pairs = bind_all(parse_ports(["127.0.0.1:0/udp", "127.0.0.1:0/tcp",
+                                  {"port": 0, "host": "127.0.0.1", "proto": "udp",
+                                   "udp_broadcast": "off"}]), 8, broadcast=True)
+    try:
+        assert [sock.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST) != 0
+                for _, sock in pairs] == [True, False, False]
+    finally:
+        for _, sock in pairs:
+            sock.close()
+    [(_, sock)] = bind(parse_ports({"port": 0, "host": "127.0.0.1", "proto": "udp",
+                                    "udp_broadcast": 1}))
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST) != 0
+    with pytest.raises(ConfigError, match="udp_broadcast 1 is only for udp ports"):
+        bind_all(parse_ports({"port": 0, "host": "127.0.0.1", "udp_broadcast": 1}), 8)
+
+
+def test_a_live_unix_socket_of_the_other_type_is_not_taken_over(tmp_path: Path) -> None:
+    """A path a live stream socket holds is refused to a datagram port (and the other way
+    round): connect answers EPROTOTYPE, which is "in use", never "stale"."""
+    for live_type, port in ((socket.SOCK_STREAM, "unixdgram"), (socket.SOCK_DGRAM, "unix")):
+        path = tmp_path / f"{port}.sock"
+        with socket.socket(socket.AF_UNIX, live_type) as live:
+            live.bind(str(path))
+            if live_type == socket.SOCK_STREAM:
+                live.listen(1)
+            with pytest.raises(ConfigError, match="socket of the other type"):
+                bind_all(parse_ports(f"{path}|{port}"), 8)
+        assert path.exists()
+
+
+def test_a_stale_unix_datagram_socket_is_taken_over(bind: Callable[..., Bound],
+                                                    tmp_path: Path) -> None:
+    path = tmp_path / "d.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as old:
+        old.bind(str(path))  # closed: the file stays, stale
+    [(_, sock)] = bind(parse_ports(f"{path}|unixdgram"))
+    assert sock.getsockname() == str(path)
 
 
 def test_every_socket_is_a_listening_stream(bind: Callable[..., Bound], tmp_path: Path) -> None:

@@ -177,6 +177,39 @@ def test_bind_ports_adopts_matching_and_binds_the_rest(
         handed_over.clear()  # adopted or closed by the code under test
 
 
+def test_bind_ports_adopts_datagram_sockets(monkeypatch: pytest.MonkeyPatch,
+                                            handed_over: list[int], tmp_path: Path) -> None:
+    """A HUP hands udp and unixdgram sockets over too (bound, never listening); a stream
+    fd offered for a datagram port is refused and the port bound fresh."""
+    fds = []
+    for family, address in ((socket.AF_INET, ("127.0.0.1", 0)),
+                            (socket.AF_UNIX, str(tmp_path / "d.sock"))):
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.bind(address)
+            fds.append((os.dup(sock.fileno()), sock.getsockname()))
+    handed_over.extend(fd for fd, _ in fds)
+    (udp_fd, (_, udp_port)), (unix_fd, unix_path) = fds
+    stream_fd, (_, stream_port) = listening_dup(handed_over)
+    monkeypatch.setenv(restart.MARKER, str(os.getpid()))
+    monkeypatch.setenv(restart.ENV, f"{udp_fd}|127.0.0.1|{udp_port}|UDP|ipv4|0; "
+                                    f"{unix_fd}|*|{unix_path}|UNIXDGRAM|*; "
+                                    f"{stream_fd}|127.0.0.1|{stream_port}|UDP|ipv4")
+    specs = parse_ports(["127.0.0.1:0/udp", f"{unix_path}|unixdgram",
+                         f"127.0.0.1:{stream_port}/udp"])
+    messages: list[str] = []
+    pairs = restart.bind_ports(specs, 8, lambda level, msg: messages.append(msg), lambda: None)
+    try:
+        (_, udp), (_, unix), (_, fresh) = pairs
+        assert (udp.fileno(), udp.type) == (udp_fd, socket.SOCK_DGRAM)
+        assert (unix.fileno(), unix.getsockname()) == (unix_fd, unix_path)
+        assert fresh.type == socket.SOCK_DGRAM and fresh.fileno() != stream_fd
+        assert any("not a datagram socket" in m for m in messages)
+    finally:
+        for _, sock in pairs:
+            sock.close()
+        handed_over.clear()
+
+
 @pytest.mark.parametrize("marker", [None, "", "1", "pid+1"])
 def test_bound_sockets_without_the_reexec_marker_is_ignored(
         monkeypatch: pytest.MonkeyPatch, handed_over: list[int], marker: str | None) -> None:

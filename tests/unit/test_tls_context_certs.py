@@ -159,7 +159,7 @@ def test_garbage_cert_pem(pems: Pems) -> None:
 
 def test_garbage_key_pem(pems: Pems) -> None:
     pems.key.write_bytes(b"this is not a key\n")
-    with pytest.raises(ConfigError, match="cannot load a PEM private key") as err:
+    with pytest.raises(ConfigError, match="cannot load a PEM or DER private key") as err:
         build_context({"SSL_cert_file": str(pems.cert), "SSL_key_file": str(pems.key)}, WHERE)
     assert_names(err, "SSL_key_file", str(pems.key))
 

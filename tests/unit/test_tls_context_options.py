@@ -181,12 +181,31 @@ def test_create_ctx_callback_that_fails(pem_files: dict[str, Any]) -> None:
          "SSL_ocsp_staple_file '/nonexistent/o.der': cannot read"),
         ({"SSL_ocsp_staple_callback": "x"}, "SSL_ocsp_staple_callback must be callable"),
         ({"SSL_ocsp_staple_file": "a", "SSL_ocsp_staple_callback": print}, "not both"),
+        ({"SSL_client_ca": 5}, "SSL_client_ca is sent only when client certificates"),
     ],
 )
 def test_invalid_values_of_newer_options(pem_files: dict[str, Any], extra: dict[str, Any],
                                          message: str) -> None:
     with pytest.raises(ConfigError) as err:
         build_context({**pem_files, **extra}, WHERE)
+    assert_names(err, message)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"SSL_client_ca": 5},
+         "SSL_client_ca must be an x509.Certificate, a non-empty list of them or PEM bytes"),
+        ({"SSL_client_ca_file": "/nonexistent/cas.pem"},
+         "SSL_client_ca_file '/nonexistent/cas.pem': cannot read"),
+        ({"SSL_client_ca": b"junk"}, "SSL_client_ca holds no valid PEM certificate"),
+    ],
+)
+def test_invalid_client_ca(pems: Pems, extra: dict[str, Any], message: str) -> None:
+    opts = {"SSL_cert_file": str(pems.cert), "SSL_key_file": str(pems.key),
+            "SSL_ca_file": str(pems.ca), "SSL_verify_mode": 1, **extra}
+    with pytest.raises(ConfigError) as err:
+        build_context(opts, WHERE)
     assert_names(err, message)
 
 
