@@ -146,6 +146,12 @@ class Conf(Mapping[str, Any]):
     server_type: list[str]
     workers: int
     max_requests: int
+    # -- Porting aids
+    tie_client_stdout: bool
+    tied_stdout_callback: Callable[..., Any] | None
+    tied_stdin_callback: Callable[..., Any] | None
+    check_for_dequeue: float
+    monkey_patch: bool
     # -- TLS (the SSL_* options are read by name: conf["SSL_cert_file"])
     self_signed: bool
 

@@ -52,3 +52,10 @@ class LineTooLong(GNetServerError):
         super().__init__(f"no line end within {limit} bytes (max_line_length)")
         #: The bound that was exceeded (``max_line_length``).
         self.limit = limit
+
+
+class Fatal(GNetServerError):
+    """Raised by ``GServer.fatal(message)`` once it has logged the message and asked the
+    server to stop: it unwinds the caller (a hook, a connection, a periodic run) as Perl's
+    ``fatal`` never returns. ``run()`` catches it and ends with exit status 1
+    (``server_exit(1)``); from ``start()`` it reaches the caller."""

@@ -415,3 +415,15 @@ def open_syslog(conf: Conf) -> SyslogHandler:
         raise ConfigError(f"option 'syslog_logsock': cannot reach syslog at {address!r}: "
                           f"{error} (add 'nofatal' to syslog_logopt to start anyway)")
     return handler
+
+
+def format_message(template: str, args: tuple[object, ...]) -> str:
+    """``template % args`` (Net::Server's ``sprintf($msg, @args)``); when they do not fit, the
+    template as it is, followed by the arguments, so that no log call fails. One mapping
+    argument fills named fields (``"%(user)s"``)."""
+    try:
+        if len(args) == 1 and isinstance(args[0], dict):
+            return template % args[0]
+        return template % args
+    except (TypeError, ValueError, KeyError) as exc:
+        return f"{template} {args!r} (log format: {exc})"

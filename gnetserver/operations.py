@@ -33,7 +33,7 @@ from typing import Any
 
 import gevent
 
-from . import daemon, log, privileges, restart, signals
+from . import daemon, log, privileges, restart, signals, stdio
 from .conf import Conf
 from .errors import ConfigError
 
@@ -44,10 +44,16 @@ class ServerLog:
 
     Args:
         sink: the server's ``write_to_log_hook`` (the default sink, overridable).
+        on_error: the server's ``handle_log_error``, called with the exception and
+            ``(level, message)`` when ``log_function`` raised (default:
+            :meth:`report_function_error`).
     """
 
-    def __init__(self, sink: Callable[[int, str], None]) -> None:
+    def __init__(self, sink: Callable[[int, str], None],
+                 on_error: Callable[[BaseException, tuple[int, str]], None] | None = None
+                 ) -> None:
         self._sink = sink
+        self._on_error = on_error or (lambda error, record: self.report_function_error(error))
         self._muted = False  # the HUP dry run: its start-up says nothing
         self._targets: log.LogTargets | None = None
         self._function: Callable[[int, str], Any] | None = None
@@ -101,16 +107,31 @@ class ServerLog:
             return
         self._inside.add(me)
         try:
-            function = self._function
-            if function is not None:
-                try:
-                    function(level, message)
-                    return
-                except Exception as exc:  # a broken log function must not break the server
-                    self._to_sink(1, f"Error in log_function: {type(exc).__name__}: {exc}")
-            self._to_sink(level, message)
+            with stdio.unbound():  # tie_client_stdout: a handler on sys.stdout stays real
+                self._write(level, message)
         finally:
             self._inside.discard(me)
+
+    def _write(self, level: int, message: str) -> None:
+        """:meth:`write`'s work, re-entry excluded: ``log_function``; when it raises, the
+        error handler (``handle_log_error``; when that raises too, the built-in report), then
+        the sink, as Net::Server's ``log`` does."""
+        function = self._function
+        if function is not None:
+            try:
+                function(level, message)
+                return
+            except Exception as exc:  # a broken log function must not break the server
+                try:
+                    self._on_error(exc, (level, message))
+                except Exception:
+                    self.report_function_error(exc)
+        self._to_sink(level, message)
+
+    def report_function_error(self, error: BaseException) -> None:
+        """The default handling of a ``log_function`` that raised: one level-1 line on the
+        sink naming the error (the message itself then goes to the sink too)."""
+        self._to_sink(1, f"Error in log_function: {type(error).__name__}: {error}")
 
     def _to_sink(self, level: int, message: str) -> None:
         """The sink, guarded: when it raises, the reason (once, until it works again) and

@@ -119,6 +119,12 @@ def int_in(low: int, high: int | None = None) -> Callable[[Any], int]:
     return convert
 
 
+def log_level(value: Any) -> int:
+    """``log_level``: an integer of at least 0; above 4 it means 4 (Net::Server clamps it the
+    same way: level 4, debug, is the most there is)."""
+    return min(int_in(0)(value), 4)
+
+
 def seconds(value: Any) -> float:
     """A duration in seconds, > 0."""
     try:
@@ -164,6 +170,15 @@ def group_names(value: Any) -> str | None:
 def passthrough(value: Any) -> Any:
     """Values checked later, by the code that understands them (ports, SSL_* objects)."""
     return value
+
+
+def optional_callable(value: Any) -> Callable[..., Any] | None:
+    """A callable given by code, or None for an empty value."""
+    if value is None or value == "":
+        return None
+    if not callable(value):
+        raise TypeError("expected a callable (code only)")
+    return value  # type: ignore[no-any-return]
 
 
 def as_list(value: Any) -> list[Any]:
@@ -291,9 +306,9 @@ _LIMITS: Sequence[Option] = (
 )
 
 _LOGGING: Sequence[Option] = (
-    Option("log_level", 2, int_in(0, 4),
+    Option("log_level", 2, log_level,
            "Net::Server log level: 0 nothing, 1 errors, 2 notices, 3 per-connection info, "
-           "4 debug.", "Logging"),
+           "4 debug. A value above 4 means 4, as in Net::Server.", "Logging"),
     Option("log_file", None, as_optional_str,
            "Where the log goes: a file path (appended to, created mode 0640, reopened by "
            "reopen_logs() for logrotate; stderr is pointed at it too), or `Sys::Syslog`. "
@@ -363,7 +378,10 @@ _PREFORK: Sequence[Option] = (
            "the parent supervises them). Several values are Net::Server's MultiType order: "
            "the first one gnetserver has is used, the others are reported at start. PreFork "
            "needs run() in the main thread; started with start() or in another thread it "
-           "serves as Single (said at level 1).", PREFORK, multi=True),
+           "serves as Single (said at level 1). `INET` is Net::Server::INET: serve the one "
+           "connection inetd (or socat, or a systemd `Accept=yes` socket unit) gave on "
+           "stdin/stdout, with the protocol of the first port spec (`proto ssl` for TLS), "
+           "then exit; nothing is bound.", PREFORK, multi=True),
     Option("workers", _cpu_count(), int_in(1),
            "PreFork: the number of worker processes (each one gevent hub, so one core). "
            "TTIN adds one, TTOU removes one. Net::Server's min_servers, min_spare_servers "
@@ -374,6 +392,42 @@ _PREFORK: Sequence[Option] = (
            "PreFork: connections a worker accepts before it stops accepting, finishes its "
            "sessions and exits, replaced by a new one (0: no limit). Net::Server's option "
            "(its default 1000 applies only when a conf file gives it).", PREFORK),
+)
+
+#: Section of the aids for programs ported from Perl's Net::Server.
+PORTING = "Porting aids"
+
+_PORTING: Sequence[Option] = (
+    Option("tie_client_stdout", False, as_bool,
+           "Inside a connection's greenlet, `print()`, `sys.stdout.write`, `input()` and "
+           "`sys.stdin.readline` talk to that client, as Net::Server's tied STDIN/STDOUT do; "
+           "every other greenlet, thread and the server's own log keep the real streams "
+           "(sys.stdout/sys.stdin become dispatching proxies while the server runs). The "
+           "binding spans post_accept_hook to post_process_request_hook; greenlets a handler "
+           "spawns are not bound. Text is UTF-8.", PORTING),
+    Option("tied_stdout_callback", None, optional_callable,
+           "With tie_client_stdout: called as `callback(client, method, *args)` instead of "
+           "writing to the client (`method`: `write`, `writelines` or `flush`), as "
+           "Net::Server's; its return value is the call's. Code only.", PORTING, cli=False),
+    Option("tied_stdin_callback", None, optional_callable,
+           "With tie_client_stdout: called as `callback(client, method, *args)` instead of "
+           "reading from the client (`method`: `readline`, `read` or `readlines`), as "
+           "Net::Server's; its return value is the call's. Code only.", PORTING, cli=False),
+    Option("check_for_dequeue", 0.0, seconds_or_zero,
+           "Seconds between runs of the `run_dequeue` hook (0: never), as Net::Server's "
+           "Fork/PreFork: a greenlet of the server's process (under PreFork, the parent's) "
+           "calls it every interval; a run never overlaps the next (a late one skips the "
+           "ticks it missed), an exception is logged (level 1) and the schedule kept. "
+           "Net::Server's `max_dequeue` has no meaning: there is only ever one run.",
+           PORTING),
+    Option("monkey_patch", False, as_bool,
+           "Apply `gevent.monkey.patch_all()` at start (before the conf is used), so blocking "
+           "libraries (time.sleep, socket, DNS, threading) cooperate; a no-op when the process "
+           "is patched already. Refused (ConfigError) where patching would be unsafe: not in "
+           "the main thread, other threads running, or modules already holding the stdlib "
+           "ssl classes: then patch at the very top of the program (`from gevent import "
+           "monkey; monkey.patch_all()`) or run `gnetserver --monkey-patch`. "
+           "See also run_blocking().", PORTING),
 )
 
 _TLS: Sequence[Option] = (
@@ -513,10 +567,9 @@ _FIXED_WORKERS = ("gnetserver's PreFork keeps a fixed set of `workers` processes
 _ONE_ACCEPTOR = ("PreFork workers do not take turns: each waits on the shared listening sockets "
                  "in its own hub (a blocking lock would stall all of a worker's connections).")
 _SUPERVISED = "The PreFork parent reaps its workers when SIGCHLD comes (and each second)."
-_NO_DEQUEUE = ("There are no dequeue children: start periodic work in a greenlet from "
-               "pre_loop_hook.")
+_NO_DEQUEUE = "check_for_dequeue runs run_dequeue in a greenlet, one run at a time."
 _NO_STDIO = ("One process serves many connections at once, so the process's standard streams "
-             "are never the client's: handlers use the client object.")
+             "are never the client's: handlers use the client object, or tie_client_stdout.")
 
 
 def _compat(name: str, meaning: str, why: str, multi: bool = False, flag: bool = False) -> Option:
@@ -550,8 +603,6 @@ _NETSERVER_COMPAT: Sequence[Option] = (
             "object only.", flag=True),
     _compat("max_dequeue", "Fork/PreFork: the most children running the dequeue hook at once",
             _NO_DEQUEUE),
-    _compat("check_for_dequeue", "Fork/PreFork: seconds between runs of the dequeue hook",
-            _NO_DEQUEUE),
     _compat("sig_passthrough", "Fork/PreFork: signals the parent forwards to its children",
             _ONE_PROCESS, multi=True),
     _compat("leave_children_open_on_hup", "base: on HUP, let forked children finish "
@@ -561,8 +612,6 @@ _NETSERVER_COMPAT: Sequence[Option] = (
             _ONE_PROCESS, flag=True),
     _compat("no_client_stdout", "base: do not connect STDIN/STDOUT to the client", _NO_STDIO,
             flag=True),
-    _compat("tie_client_stdout", "base: connect STDIN/STDOUT to the client through tied handles",
-            _NO_STDIO, flag=True),
     _compat("ipv6_package", "base: the Perl module for IPv6 sockets (IO::Socket::IP or "
             "IO::Socket::INET6)", "Python's socket module does IPv6 itself; see ipv."),
     _compat("unix_type", "Proto::UNIX: legacy server-wide socket type (SOCK_STREAM or "
@@ -574,8 +623,8 @@ _NETSERVER_COMPAT: Sequence[Option] = (
 
 #: Every option of the base server, in documentation order.
 OPTIONS: tuple[Option, ...] = (
-    *_SERVER, *_DATAGRAMS, *_LIMITS, *_LOGGING, *_ACCESS, *_PROXY, *_PROCESS, *_PREFORK, *_TLS,
-    *_SSL, *_NETSERVER_COMPAT
+    *_SERVER, *_DATAGRAMS, *_LIMITS, *_LOGGING, *_ACCESS, *_PROXY, *_PROCESS, *_PREFORK,
+    *_PORTING, *_TLS, *_SSL, *_NETSERVER_COMPAT
 )
 
 

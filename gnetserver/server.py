@@ -23,24 +23,33 @@ Rules of this module:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
-from . import listen, log, proxyproto, restart, tls_setup
+from . import blocking, inet, listen, log, proxyproto, restart, stdio, tls_setup
 from .access import AccessRules
 from .access_control import AccessPolicy
 from .client import Client
 from .conf import Conf, plan_conf
-from .errors import ConfigError, HandshakeTimeout, LineTooLong, SessionWaitTimeout, TLSError
+from .errors import (
+    ConfigError,
+    Fatal,
+    HandshakeTimeout,
+    LineTooLong,
+    SessionWaitTimeout,
+    TLSError,
+)
 from .lifecycle import Lifecycle
 from .listener import Listener
 from .operations import ProcessControl, ServerLog, check_process_options, raise_open_file_limit
 from .options import DEFAULT_PORT, NETSERVER_COMPAT, OPTIONS, PREFORK, Option, table
+from .periodic import Periodic
 from .personality import (
     DEFAULT_PERSONALITY,
     PERSONALITIES,
@@ -59,6 +68,10 @@ from .tls import TLSContexts
 
 #: The longest line the default echo (``process_request``) reads, its end included.
 ECHO_LINE_LIMIT = 64 * 1024
+
+#: Seconds the default echo waits for a line before it says "Timed Out." (Net::Server's
+#: ``alarm 30``); a shorter ``timeout_idle`` wins.
+ECHO_TIMEOUT = 30.0
 
 #: Net::Server PreFork keys that size one-connection children: no meaning for gevent workers.
 SPARE_SERVER_OPTIONS = ("min_servers", "min_spare_servers", "max_spare_servers")
@@ -89,8 +102,9 @@ class GServer:
     until stopped), ``serve_forever()`` (the same without reading the command line),
     ``start()`` / ``stop(timeout)`` (embed the server in another program or a test),
     ``reload_tls()`` (new certificates for new connections), ``reopen_logs()`` (after
-    logrotate), ``log(level, message)``; attributes ``listeners`` (the bound sockets: find
-    kernel-chosen ports there), ``conf`` (the option values), ``requests`` (a count),
+    logrotate), ``log(level, message, *args)``, ``fatal(message)``, ``run_blocking(fn,
+    *args)`` (a blocking call in gevent's thread pool); attributes ``listeners`` (the bound
+    sockets: find kernel-chosen ports there), ``conf`` (the option values), ``requests`` (a count),
     ``lifecycle`` (``lifecycle.state``: where the server is), ``personality`` and
     ``notifier`` (:class:`~gnetserver.systemd.Notifier`: systemd's sd_notify; READY=1 in
     ``start_accepting``, RELOADING=1 in ``handle_hup``, STOPPING=1 in ``server_close``).
@@ -98,8 +112,10 @@ class GServer:
     Hooks for users (no-ops by default): ``configure_hook``, ``post_configure_hook``,
     ``post_bind_hook``, ``pre_loop_hook``, ``pre_server_close_hook``, ``restart_open_hook``
     and ``restart_close_hook`` (HUP re-exec), ``write_to_log_hook`` (the default log sink),
-    under PreFork ``child_init_hook``, ``child_finish_hook`` and ``run_n_children_hook``,
-    and per connection ``post_accept_hook``, ``allow_deny_hook``, ``request_denied_hook``,
+    under PreFork ``child_init_hook``, ``child_finish_hook``, ``run_n_children_hook`` and
+    ``idle_loop_hook``, ``run_dequeue``/``dequeue`` (``check_for_dequeue``), ``fatal_hook``,
+    ``server_exit``, ``handle_log_error``, ``post_child_cleanup_hook``, and per connection
+    ``post_accept_hook``, ``allow_deny_hook``, ``request_denied_hook``,
     ``post_process_request_hook``, ``post_client_connection_hook``. The main one to override is
     ``process_request(client)``; its default is Net::Server's echo.
 
@@ -141,7 +157,8 @@ class GServer:
         self.tls_contexts: TLSContexts | None = None  # made by bind
         # Collaborators call back through lambdas: a hook replaced on the instance counts.
         self.access = AccessPolicy(lambda level, message: self.log(level, message))
-        self.logs = ServerLog(lambda level, message: self.write_to_log_hook(level, message))
+        self.logs = ServerLog(lambda level, message: self.write_to_log_hook(level, message),
+                              lambda error, record: self.handle_log_error(error, record))
         self.process = ProcessControl(lambda: self.keep_pid_file)
         # Child processes to reap: the drainers of HUPs (this image's, or an earlier one's).
         self.children = restart.Children(lambda level, message: self.log(level, message))
@@ -149,6 +166,9 @@ class GServer:
         # sd_notify (READY/RELOADING/STOPPING) when NOTIFY_SOCKET is set; else every call no-ops
         self.notifier = Notifier.from_environment(lambda level, message: self.log(level, message))
         self._self_signed = tls_setup.SelfSigned()
+        self.exit_status = 0  # server_exit's argument at the end of run(): 1 after fatal()
+        self.dequeue_timer: Periodic | None = None  # check_for_dequeue's, while serving
+        self._tied = False  # tie_client_stdout: this server installed the stdio proxies
 
     # == entry points ===========================================================================
 
@@ -157,12 +177,15 @@ class GServer:
         self.run_args = run_args
         if self.commandline is None:
             self.commandline = sys.argv[1:]
-        self._start_up()
         try:
+            self._start_up()
             self.loop()  # serve until stop() (or Ctrl-C)
         except KeyboardInterrupt:
             self.log(2, "Received INT: stopping")
+        except Fatal:  # fatal() logged it and asked for the stop
+            self.exit_status = self.exit_status or 1
         self.server_close()  # stop accepting, finish connections, release ports
+        self.server_exit(self.exit_status)  # Net::Server's: the default exits on a failure
 
     def serve_forever(self) -> None:
         """Like :meth:`run`, without reading options from the command line."""
@@ -306,6 +329,8 @@ class GServer:
         needed = 2 * (self.conf.max_servers + self.conf.max_handshakes) + 64
         raise_open_file_limit(needed)
         self.initialize_logging()  # log_file, syslog, log_function
+        if self.conf.monkey_patch:
+            self.monkey_patch()  # before anything else of the start makes sockets or threads
         if self.argv_unused:
             self.log(2, f"Command-line words not used by the server: {' '.join(self.argv_unused)}")
         self.warn_inert_options()  # Net::Server keys with no effect here: one level-1 line
@@ -313,6 +338,24 @@ class GServer:
 
     def post_configure_hook(self) -> None:
         """Hook: after options are read (``self.conf`` is complete). Validate custom options."""
+
+    # == blocking code (gnetserver.blocking) ====================================================
+
+    def monkey_patch(self) -> None:
+        """Framework step (in post_configure, with the ``monkey_patch`` option): apply
+        ``gevent.monkey.patch_all()`` unless the process is patched already. ConfigError
+        where patching this late is unsafe (not the main thread, other threads running,
+        modules holding the stdlib ssl classes): see :mod:`gnetserver.blocking`."""
+        blocking.monkey_patch(self.log)
+
+    def run_blocking(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` in a thread of gevent's pool and return its value (or
+        raise its exception): the calling greenlet waits, every other connection is served
+        meanwhile. For a blocking call monkey patching does not reach (a C library, a
+        driver); the pool has ``gevent.get_hub().threadpool.maxsize`` threads (10 by
+        default), further calls wait for one. ``fn`` runs in another thread: it must not
+        touch the client or other greenlets' objects. Any greenlet of the server may call it."""
+        return blocking.run_blocking(fn, *args, **kwargs)
 
     # == logging and the process (gnetserver.operations) ========================================
 
@@ -323,21 +366,38 @@ class GServer:
         opened, an unreachable syslog (unless ``nofatal``) or an unknown method name."""
         self.logs.open(self.conf, self)
 
-    def log(self, level: int, message: str) -> None:
-        """Log ``message`` at Net::Server ``level`` (0-4) if ``log_level`` allows it: to
-        ``log_function`` when one is set, else (or when it raises) to write_to_log_hook,
-        escaped for either (:func:`gnetserver.log.escape`: a peer cannot forge a line).
-        Never raises: a sink that raises, or logs from inside itself, gets the message
-        written to stderr instead."""
+    def log(self, level: int, message: str, *args: Any) -> None:
+        """Log ``message`` at Net::Server ``level`` if ``log_level`` allows it: to
+        ``log_function`` when one is set, else (or when it raises: ``handle_log_error``
+        first) to write_to_log_hook, escaped for either (:func:`gnetserver.log.escape`: a
+        peer cannot forge a line). Never raises: a sink that raises, or logs from inside
+        itself, gets the message written to stderr instead.
+
+        As Net::Server's ``log(level, format, @args)``: with ``args``, ``message`` is a
+        format, ``message % args`` (Python's %-formatting, Perl's sprintf; formatted only
+        when the level is logged; a format that does not fit its arguments is logged as
+        it is, with them). A level above 4 is never logged (``log_level`` is at most 4, as
+        in Perl: ``log(5, ...)`` is the "very verbose" level nobody sees); one below 0
+        counts as 0."""
         if self.log_enabled(level):
-            self.logs.write(level, message)
+            if args:
+                message = log.format_message(message, args)
+            self.logs.write(min(max(level, 0), 4), message)
 
     def log_enabled(self, level: int) -> bool:
         """Whether :meth:`log` would pass a message of ``level`` on (``log_level`` allows it,
         and the log is not muted by the HUP dry run). Cheap: ask it before building a message
         that costs something (a traceback, an f-string per connection). Any greenlet may call
         it; it touches nothing."""
-        return log.should_log(level, self.conf.log_level) and not self.logs.is_muted
+        return log.should_log(max(level, 0), self.conf.log_level) and not self.logs.is_muted
+
+    def handle_log_error(self, error: BaseException, record: tuple[int, str]) -> None:
+        """Hook (Net::Server's): ``log_function`` raised ``error`` while logging
+        ``record`` (``(level, message)``). The default logs one level-1 line naming the error
+        on write_to_log_hook; the message then goes there too, as it always does after a
+        failed ``log_function``. Unlike Perl's default (``die``), nothing is re-raised: a
+        log call never raises. If this hook raises, the default report is made instead."""
+        self.logs.report_function_error(error)
 
     def write_to_log_hook(self, level: int, message: str) -> None:
         """Hook: the default log sink, called by log() for every message that passes
@@ -401,7 +461,8 @@ class GServer:
         ``self.port_specs`` (duplicates are logged and skipped); refuse server-wide SSL_*
         options a user gave when no port is TLS."""
         self.log(2, f"{type(self).__name__} starting! pid({os.getpid()})")
-        if not self.conf.port:
+        inetd = getattr(self.personality_class(), "serves_inherited_connection", False)
+        if not self.conf.port and not inetd:  # INET binds nothing: its port is inetd's
             self.log(2, f"Port Not Defined.  Defaulting to '{DEFAULT_PORT}'")
         self.port_specs, dropped = listen.plan_ports(self.conf)
         for spec in dropped:
@@ -432,10 +493,16 @@ class GServer:
         # One TLSContexts per server: TLS ports with equal SSL_* options (and backend) share a
         # context, so sessions resume across listeners; reload_tls() rebuilds them all.
         self.tls_contexts = TLSContexts(lambda text: self.log(1, text))
-        protocols = [self.make_protocol(spec) for spec in self.port_specs]
+        inetd = getattr(self.personality_class(), "serves_inherited_connection", False)
+        specs = self.port_specs[:1] if inetd else self.port_specs  # INET: the first one's
+        protocols = [self.make_protocol(spec) for spec in specs]
         libraries = (protocol.tls_library() for protocol in protocols)
         for library in dict.fromkeys(text for text in libraries if text):  # once each, in order
             self.log(2, f"TLS by {library}")
+        if inetd:  # server_type INET: the connection inetd gave is the one "listener"
+            self.listeners = [inet.take_connection(specs[0], protocols[0], os.environ)]
+            self.lifecycle.bound()
+            return
         self.listeners = listen.bind_listeners(protocols, self.conf.listen, self.log,
                                                self.restart_open_hook,
                                                unix_mode=self.conf.unix_mode,
@@ -539,8 +606,12 @@ class GServer:
         "Server ready" log line and, under systemd, READY=1 (with MAINPID)."""
         self.prepare_access()  # allow/deny rules and lookup mode, compiled once per start
         personality = self.personality = self.make_personality()
+        if self.conf.tie_client_stdout and not self._tied:
+            stdio.install()  # sys.stdout/sys.stdin dispatch on the greenlet from now on
+            self._tied = True
         personality.start(self.listeners, self._on_connection, self.process_hooks())
         self.lifecycle.serving(personality)
+        self.start_dequeue()
         serving = ", ".join(str(listener) for listener in self.listeners)
         self.log(2, "Server ready: " + serving)
         self.notifier.ready(f"Serving {serving}")  # systemd: READY=1, MAINPID (also after HUP)
@@ -549,6 +620,35 @@ class GServer:
         self._ready_fd = None
         self.children.watch()  # reap the drainers as they end
         return personality
+
+    def start_dequeue(self) -> None:
+        """Framework step (end of start_accepting, with ``check_for_dequeue``): a greenlet
+        of this process (under PreFork, the parent's) calls :meth:`run_dequeue` every
+        ``check_for_dequeue`` seconds, one run at a time, a failure logged at level 1 and the
+        schedule kept (:class:`~gnetserver.periodic.Periodic`). server_close stops it."""
+        if self.conf.check_for_dequeue and self.dequeue_timer is None:
+            self.dequeue_timer = Periodic(self.conf.check_for_dequeue, self.run_dequeue,
+                                          self.log, "run_dequeue")
+            self.dequeue_timer.start()
+
+    def run_dequeue(self) -> None:
+        """Hook: every ``check_for_dequeue`` seconds, in the server's dequeue greenlet (not a
+        connection's): Net::Server's periodic work (flush a queue, expire sessions). The
+        default calls :meth:`dequeue`, as Net::Server's forks a child that does: override
+        either. It shares the hub with every connection: yield (gevent I/O, ``gevent.sleep``)
+        or use :meth:`run_blocking` for long blocking work. The next run starts only after
+        this one returned."""
+        self.dequeue()
+
+    def dequeue(self) -> None:
+        """Hook: the work :meth:`run_dequeue` does by default (Net::Server's name). Empty."""
+
+    def idle_loop_hook(self) -> None:
+        """Hook (PreFork): in the parent, each time its supervision loop wakes (at least once
+        a second, and after signals), as Net::Server's PreFork parent calls it each time its
+        wait for its children ends. Keep it short: the parent supervises meanwhile. Other
+        personalities have no idle loop (their hub waits on the sockets): use
+        ``check_for_dequeue`` for periodic work there."""
 
     def _on_connection(self, listener: Listener, sock: Any, address: Any) -> None:
         """Greenlet body for one accepted socket (gevent closes ``sock`` afterwards)."""
@@ -568,6 +668,7 @@ class GServer:
             run_n_children=lambda count: self.run_n_children_hook(count),
             reload=self.reload_in_place,
             close_logs=self.close_logs,
+            idle_loop=lambda: self.idle_loop_hook(),
         )
 
     def child_init_hook(self) -> None:
@@ -823,7 +924,7 @@ class GServer:
             if not self._negotiate(client):  # post_accept: the TLS handshake
                 return
             assert self.personality is not None, "connections come from the personality"
-            with self.personality.session_slot():  # at most max_servers; a bounded wait
+            with self.personality.session_slot(), self._client_stdio(client):
                 try:
                     self.get_client_info(client)  # peer/local addresses, CONNECT log line
                     self.post_accept_hook(client)  # user
@@ -848,6 +949,15 @@ class GServer:
         except BaseException:
             client.abort()  # killed by stop(): no close_notify, no lingering (no-op if closed)
             raise
+
+    def _client_stdio(self, client: Client) -> Any:
+        """With ``tie_client_stdout``: this greenlet's stdin/stdout are the client's while the
+        session's hooks run (Net::Server ties them in post_accept, unties them in
+        post_process_request); else nothing."""
+        if not self._tied:
+            return contextlib.nullcontext()
+        return stdio.bound(client, self.conf.tied_stdout_callback,
+                           self.conf.tied_stdin_callback)
 
     def read_proxy_header(self, client: Client) -> bool:
         """Framework step, first per connection on a ``proxy_protocol`` port (before the
@@ -945,6 +1055,8 @@ class GServer:
         """Log an exception of one connection: disconnects, timeouts and over-long lines
         (:class:`~gnetserver.errors.LineTooLong`) at level 3, others at level 1 with the
         traceback (formatted only when that level is logged)."""
+        if isinstance(exc, Fatal):  # fatal() logged it at level 0 already
+            return
         if isinstance(exc, (TimeoutError, ConnectionError, TLSError, LineTooLong)):
             if self.log_enabled(3):
                 self.log(3, f"Connection {client.peer_text()} ended: {type(exc).__name__}: "
@@ -984,6 +1096,8 @@ class GServer:
                 self.log(3, f'CONNECT UNIX Socket: "{client.sockport}"')
             return
         local = client.proxy_local or client.sock.getsockname()  # a relayed client's, else ours
+        if not isinstance(local, tuple):  # INET over a socketpair (socat): no address here
+            local = inet.UNKNOWN_PEER
         client.sockaddr, client.sockport = local[0], local[1]
         client.peeraddr, client.peerport = client.address[0], client.address[1]
         self.access.lookup_peer(client)  # only with reverse_lookups
@@ -1006,8 +1120,16 @@ class GServer:
 
     def process_request(self, client: Client) -> None:
         """Hook: serve one connection. The default is Net::Server's echo: a welcome line, each
-        line answered with ``You said "..."``, ``quit`` closes the connection. A datagram
-        is answered once, ``You said "<datagram>"``, as Net::Server does.
+        line answered with ``You said "..."``; a line containing ``quit`` anywhere ends the
+        connection (Perl's ``/quit/``), and a client silent for 30 seconds (or
+        ``timeout_idle``, when shorter) gets ``Timed Out.`` and is closed, as Perl's
+        ``alarm 30`` does. A datagram is answered once, ``You said "<datagram>"``, as
+        Net::Server does.
+
+        Net::Server's echo also answers ``get <name>`` with a property of the server,
+        ``dump`` with the whole server object, and ``exit`` by closing the server: they are
+        left out on purpose, since any client of a demo left running could read the
+        server's state (paths, options, certificates' locations) or stop it.
 
         A line is read with a bound, ``ECHO_LINE_LIMIT`` bytes (64 KiB) with its end, so a peer
         cannot make the server buffer without limit: a longer line is answered with
@@ -1017,16 +1139,25 @@ class GServer:
             return
         name, pid = type(self).__name__, os.getpid()
         client.sendall(f'Welcome to "{name}" ({pid})\r\n'.encode())
-        while raw := client.readline(ECHO_LINE_LIMIT):
+        idle = self.conf.timeout_idle
+        client.settimeout(min(idle, ECHO_TIMEOUT) if idle else ECHO_TIMEOUT)
+        while True:
+            try:
+                raw = client.readline(ECHO_LINE_LIMIT)
+            except TimeoutError:
+                client.sendall(b"Timed Out.\r\n")
+                return
+            if not raw:
+                return
             if len(raw) == ECHO_LINE_LIMIT and not raw.endswith(b"\n"):
                 self.log(3, f"Line longer than {ECHO_LINE_LIMIT} bytes from "
                             f"{client.peer_text()}: connection ended")
                 client.sendall(f"{name}:{pid}: Line too long\r\n".encode())
-                break
+                return
             line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
             client.sendall(f'{name}:{pid}: You said "{line}"\r\n'.encode())
-            if line.strip() == "quit":
-                break
+            if "quit" in line:
+                return
 
     def post_process_request_hook(self, client: Client) -> None:
         """Hook: after process_request (or request_denied_hook), before the client is closed;
@@ -1083,16 +1214,78 @@ class GServer:
             if lifecycle.restarting:
                 self.restart_in_place()  # execs; returns if a stop came first or it failed
             self.notifier.stopping("Stopping")  # a real close (a HUP's hand-over execs above)
+            self.stop_dequeue()
             self.stop_accepting(take_queued=True)  # the queued ones are served, not reset
             self.drain()  # graceful_timeout or stop(timeout); TERM/INT cut it short
             lifecycle.cancel_restart()
             self.finish_children()  # drainers of earlier HUPs: the time the drain had left
+            self._guarded_hook(self.post_child_cleanup_hook)  # user: no connection, no child
+            self.untie_client_stdout()
             self.release_listeners()  # close the listening sockets
             lifecycle.uninstall_signals()  # the program's own signal handlers apply again
             self.remove_pid_file()  # unless keep_pid_file (HUP re-exec)
             self.close_logs()  # last: syslog reports what it had to drop
         finally:
             lifecycle.close_ended()  # also after a failing hook: nobody waits forever
+
+    def post_child_cleanup_hook(self) -> None:
+        """Hook: in server_close once every connection has ended (drained or cut) and every
+        child process is gone (PreFork's workers, HUP drainers), before the listening
+        sockets are closed, as Net::Server calls it after closing its children."""
+
+    def stop_dequeue(self) -> None:
+        """Framework step, first in server_close: stop the ``check_for_dequeue`` greenlet (a
+        run in progress is killed, unless it is the caller)."""
+        if self.dequeue_timer is not None:
+            self.dequeue_timer.stop()
+            self.dequeue_timer = None
+
+    def untie_client_stdout(self) -> None:
+        """Framework step of server_close: with ``tie_client_stdout``, give up this server's
+        hold on the stdio proxies (the last server to let go restores the real streams)."""
+        if self._tied:
+            self._tied = False
+            stdio.uninstall()
+
+    def _guarded_hook(self, hook: Any) -> None:
+        """Call a server-wide hook during the close; an exception is logged (level 1)."""
+        try:
+            hook()
+        except Exception:
+            self.log(1, f"{getattr(hook, '__name__', hook)} failed: "
+                        f"{traceback.format_exc().rstrip()}")
+
+    def fatal(self, message: str) -> NoReturn:
+        """Net::Server's ``fatal``: something the server cannot go on with. Calls
+        :meth:`fatal_hook` with the message and the caller's module, file and line, logs
+        ``message`` at level 0 with where it came from, asks the server to stop at once
+        (``stop(0)``; from a connection the close runs elsewhere) and raises
+        :class:`~gnetserver.errors.Fatal`, so the caller does not go on. ``run()`` then
+        ends with :meth:`server_exit` (1). Any greenlet of the server may call it."""
+        frame = sys._getframe(1)
+        module = frame.f_globals.get("__name__", "?")
+        file, line = frame.f_code.co_filename, frame.f_lineno
+        try:
+            self.fatal_hook(message, module, file, line)
+        except Exception:
+            self.log(1, f"fatal_hook failed: {traceback.format_exc().rstrip()}")
+        self.log(0, f"{message}\n  at line {line} in file {file}")
+        self.exit_status = 1
+        self.stop(0)
+        raise Fatal(message)
+
+    def fatal_hook(self, message: str, module: str, file: str, line: int) -> None:
+        """Hook: first in :meth:`fatal`, with its message and where it was called (module
+        name, file, line), as Net::Server's ``fatal_hook($error, $package, $file, $line)``.
+        Runs in the greenlet that called fatal(); the server is still running."""
+
+    def server_exit(self, status: int) -> None:
+        """Hook: last in :meth:`run`, after the close, with the exit status (1 after
+        :meth:`fatal`, else 0). Net::Server's default exits the process; here a status of 0
+        returns (``run()`` returns to the program), any other raises ``SystemExit(status)``.
+        Not called by :meth:`start`/:meth:`stop` (a server embedded in a program)."""
+        if status:
+            raise SystemExit(status)
 
     def stop_accepting(self, take_queued: bool = False) -> None:
         """Framework step of server_close (and of a HUP's drainer once the new image

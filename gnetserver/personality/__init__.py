@@ -13,7 +13,8 @@ Rules of this package:
   supervising parent, forked workers each running a Single over the inherited listeners)
   plugs in here without touching hooks, protocols or TLS: what it needs of the server comes
   as :class:`ProcessHooks`, and the signals it handles itself through
-  :meth:`Personality.handle_signal`.
+  :meth:`Personality.handle_signal`. ``INET`` (:mod:`.inet`, Net::Server::INET) serves the
+  one connection inetd gave on stdin/stdout, then stops.
 * The connection budget is the personality's (it owns accepting): at most ``max_servers``
   sessions and ``max_handshakes`` pending connections on top. A pending connection still in
   its handshake may be evicted (:class:`Evicted` is thrown into its greenlet) to make room for
@@ -33,6 +34,7 @@ from ..conf import Conf
 from ..lifecycle import Connections, Dispatch, Lifecycle
 from ..listener import Listener
 from .hooks import ProcessHooks
+from .inet import Inet
 from .pending import Evicted, PendingBudget
 from .prefork import PreFork
 from .single import Single
@@ -104,7 +106,8 @@ class Personality(Connections, Protocol):
 
 #: ``server_type`` name -> personality class, built as ``cls(conf)`` when accepting starts.
 PERSONALITIES: dict[str, Callable[[Conf], Personality]] = {Single.name: Single,
-                                                          PreFork.name: PreFork}
+                                                          PreFork.name: PreFork,
+                                                          Inet.name: Inet}
 
 #: The personality used when no ``server_type`` names a known one.
 DEFAULT_PERSONALITY = Single.name
@@ -116,5 +119,5 @@ def personality_name(server_types: Sequence[str]) -> str:
     return next((name for name in server_types if name in PERSONALITIES), DEFAULT_PERSONALITY)
 
 
-__all__ = ["DEFAULT_PERSONALITY", "PERSONALITIES", "Evicted", "Handle", "PendingBudget",
+__all__ = ["DEFAULT_PERSONALITY", "PERSONALITIES", "Evicted", "Handle", "Inet", "PendingBudget",
            "Personality", "PreFork", "ProcessHooks", "Single", "personality_name"]

@@ -42,6 +42,8 @@ class ProcessHooks:
             new configuration, or None when the HUP is refused (the reason logged).
         close_logs: in a worker right before it exits: flush and close its copy of the log
             targets (the parent's stay open).
+        idle_loop: in the parent, each time its supervision loop wakes (at least once a
+            second; ``idle_loop_hook``). Exceptions are logged, the loop goes on.
     """
 
     name: str = "gnetserver"
@@ -51,3 +53,4 @@ class ProcessHooks:
     run_n_children: Callable[[int], None] = _nothing
     reload: Callable[[], Conf | None] = _no_reload
     close_logs: Callable[[], None] = _nothing
+    idle_loop: Callable[[], None] = _nothing

@@ -183,6 +183,14 @@ class PreFork:
         while not lifecycle.stop_requested:
             self._supervise()
             lifecycle.wait_for_stop(dispatch, timeout=self._nap())
+            self._idle_loop()
+
+    def _idle_loop(self) -> None:
+        """The parent's ``idle_loop_hook``, guarded: a failure is logged, supervision goes on."""
+        try:
+            self._hooks.idle_loop()
+        except Exception:
+            self._hooks.log(1, f"idle_loop_hook failed: {traceback.format_exc().rstrip()}")
 
     def stop_accepting(self, take_queued: bool = False) -> None:
         """Parent: QUIT every worker (each stops accepting, finishes its sessions within

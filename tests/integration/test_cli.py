@@ -273,7 +273,7 @@ ERROR_ROWS = [
     ("unknown-space", ["--bogus", "17"], ["bogus", "17"]),
     ("unknown-equals", ["--bogus=17"], ["bogus", "17"]),
     ("unknown-ssl", ["--SSL_bogus=1"], ["SSL_bogus", "SSL_cert_file"]),
-    ("bad-level", ["--log_level=9"], ["log_level", "9"]),
+    ("bad-level", ["--log_level=-3"], ["log_level", "-3"]),
     ("bare-port", ["--port"], ["option 'port'", "needs a value"]),
     ("bare-cert-before-port", ["--SSL_cert_file", "--port", "127.0.0.1:0/ssl"],
      ["option 'SSL_cert_file'", "needs a value"]),
@@ -305,13 +305,14 @@ def test_bad_command_line_exits_with_a_message(words: list[str], expected: list[
 
 # -- options only code can give (Option.cli False) -----------------------------------------------
 
-CODE_ONLY = sorted(option.name for option in OPTIONS if not option.cli)
+CODE_ONLY = [option.name for option in OPTIONS if not option.cli]  # --help's order
 
 
 def test_code_only_options_are_the_object_valued_ones() -> None:
-    """Exactly the SSL_* options whose values are Python objects (callables, certificate and
-    key objects) are code only; every name of that list is a real option."""
-    assert set(CODE_ONLY) == CODE_ONLY_SSL_OPTIONS
+    """Exactly the options whose values are Python objects (callables, certificate and key
+    objects) are code only; every name of that list is a real option."""
+    assert set(CODE_ONLY) == CODE_ONLY_SSL_OPTIONS | {"tied_stdout_callback",
+                                                      "tied_stdin_callback"}
     assert CODE_ONLY_SSL_OPTIONS <= set(SUPPORTED_SSL_OPTIONS)
     assert table(OPTIONS)["log_function"].cli  # a method name is text
 
