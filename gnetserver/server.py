@@ -1215,7 +1215,7 @@ class GServer:
                 self.restart_in_place()  # execs; returns if a stop came first or it failed
             self.notifier.stopping("Stopping")  # a real close (a HUP's hand-over execs above)
             self.stop_dequeue()
-            self.stop_accepting()
+            self.stop_accepting(take_queued=True)  # the queued ones are served, not reset
             self.drain()  # graceful_timeout or stop(timeout); TERM/INT cut it short
             lifecycle.cancel_restart()
             self.finish_children()  # drainers of earlier HUPs: the time the drain had left
@@ -1287,11 +1287,14 @@ class GServer:
         if status:
             raise SystemExit(status)
 
-    def stop_accepting(self) -> None:
+    def stop_accepting(self, take_queued: bool = False) -> None:
         """Framework step of server_close (and of a HUP's drainer once the new image
-        accepts): the personality stops accepting."""
+        accepts): the personality stops accepting. ``take_queued`` (server_close): the
+        connections already in the kernel's listen queue are accepted and served first,
+        since closing the listener would reset them (a balancer in front could not retry
+        them)."""
         if self.personality is not None:
-            self.personality.stop_accepting()
+            self.personality.stop_accepting(take_queued)
 
     def restart_in_place(self) -> None:
         """Framework step of server_close after a HUP: re-execute the server keeping its pid

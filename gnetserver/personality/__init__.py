@@ -85,8 +85,11 @@ class Personality(Connections, Protocol):
         """Serve until ``lifecycle`` says stop, handing signals to ``dispatch``."""
         ...
 
-    def stop_accepting(self) -> None:
-        """Stop accepting; running connections go on (the drain waits for them)."""
+    def stop_accepting(self, take_queued: bool = False) -> None:
+        """Stop accepting; running connections go on (the drain waits for them). With
+        ``take_queued`` (the server's last close, when its listeners close for good), the
+        connections the kernel already queued are accepted first where the personality
+        closes the listeners, so none of them is reset."""
         ...
 
     def session_slot(self) -> AbstractContextManager[Any]:

@@ -83,8 +83,8 @@ class Inet:
             lifecycle.request_stop()
         lifecycle.wait_for_stop(dispatch)
 
-    def stop_accepting(self) -> None:
-        """Nothing is accepted."""
+    def stop_accepting(self, take_queued: bool = False) -> None:
+        """Nothing is accepted (nor queued: the one connection came from inetd)."""
 
     def session_slot(self) -> contextlib.nullcontext[None]:
         """Always free: there is one connection."""

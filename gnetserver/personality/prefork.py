@@ -32,7 +32,9 @@ Rules of this module (engineering note: spec/prefork.md):
   exponentially (0.1 s doubling to 10 s) while workers keep dying young or failing.
   TTIN adds a worker, TTOU removes one (QUIT: it finishes its sessions), never below one.
 * **Stopping** (the server's close runs in the parent): :meth:`stop_accepting` sends QUIT to
-  every worker (each stops accepting and finishes its sessions within ``graceful_timeout``);
+  every worker (each accepts what the kernel queued, stops accepting and finishes its
+  sessions within ``graceful_timeout``) and closes the parent's copies of the listening
+  sockets, so a port refuses connections as soon as its last worker stopped accepting;
   the drain waits for the workers to exit (:meth:`wait_idle`); :meth:`kill_connections` sends
   TERM to those left, then KILL, and reaps them all. TERM and INT to the parent shorten the
   drain to nothing: workers get TERM at once. So the parent exits after its last worker, and
@@ -190,10 +192,12 @@ class PreFork:
         except Exception:
             self._hooks.log(1, f"idle_loop_hook failed: {traceback.format_exc().rstrip()}")
 
-    def stop_accepting(self) -> None:
+    def stop_accepting(self, take_queued: bool = False) -> None:
         """Parent: QUIT every worker (each stops accepting, finishes its sessions within
-        ``graceful_timeout`` and exits); nothing is forked any more. Worker: its Single
-        stops accepting."""
+        ``graceful_timeout`` and exits), close the parent's copies of the listening sockets
+        (so the ports refuse once the workers closed theirs); nothing is forked any more.
+        Worker: its Single stops accepting. ``take_queued`` is not used here: a worker
+        takes its queued connections itself when it stops (its loop's end)."""
         if self._single is not None:
             self._single.stop_accepting()
             return
@@ -202,6 +206,13 @@ class PreFork:
             self._hooks.log(2, f"Stopping {len(self._workers)} worker(s): "
                                f"{' '.join(map(str, self._workers))}")
         self._send_all(signal.SIGQUIT)
+        # The parent's copies of the listening sockets close now (the server's release does
+        # nothing more), so each port closes once its last worker stopped accepting (each
+        # takes what the kernel queued first). Kept open, the kernel would go on completing
+        # connections nobody accepts during the drain, reset them at the end, and a
+        # balancer's health check would see the instance up.
+        for listener in self._listeners:
+            listener.sock.close()
 
     def handle_signal(self, name: str) -> bool:
         """Parent: CHLD (reap), TTIN/TTOU (one worker more or less) and HUP (reload and
@@ -441,7 +452,7 @@ class PreFork:
             if os.getppid() != self._parent_pid:
                 self._hooks.log(1, f"Worker {os.getpid()}: the parent is gone, stopping")
                 lifecycle.request_stop()
-        self._single.stop_accepting()
+        self._single.stop_accepting(take_queued=True)  # its queued share served, not reset
         lifecycle.drain(conf.graceful_timeout, self._worker_signals, self._hooks.log)
         try:
             self._hooks.child_finish()

@@ -22,10 +22,10 @@ Rules of this module:
   :data:`DROP_REPORT_SECONDS` (the count since the last line), and once more when
   accepting stops. Datagram greenlets are never evicted (they have no handshake).
 * The loop is the lifecycle's wait for a stop: the hub accepts meanwhile.
-* Stopping: :meth:`Single.stop_accepting` closes the StreamServers and kills the datagram
-  readers (not the listening sockets, which the server owns); the drain waits on
-  :meth:`Single.wait_idle`, then
-  :meth:`Single.kill_connections` cuts what is left.
+* Stopping: :meth:`Single.stop_accepting` closes the StreamServers, and so their listening
+  sockets (the server's last close first accepts what the kernel queued on them), and kills
+  the datagram readers (the datagram sockets stay open: the server owns them); the drain
+  waits on :meth:`Single.wait_idle`, then :meth:`Single.kill_connections` cuts what is left.
 """
 
 from __future__ import annotations
@@ -232,15 +232,40 @@ class Single:
         """Wait for the stop while the hub accepts; signals go to ``dispatch``."""
         lifecycle.wait_for_stop(dispatch)
 
-    def stop_accepting(self) -> None:
-        """Close every StreamServer and kill the datagram readers (the listening sockets stay
-        open: the server owns them); say how many datagrams were dropped since the last
-        line."""
+    def stop_accepting(self, take_queued: bool = False) -> None:
+        """Close every StreamServer (and so its listening socket: new connections are
+        refused from now on) and kill the datagram readers (the datagram sockets stay open:
+        the server owns them); say how many datagrams were dropped since the last line.
+        With ``take_queued`` (the server's last close), the connections the kernel has
+        already queued on each stream listener are accepted first and served like the
+        others (:meth:`_take_queued`)."""
         for server in self._servers:
+            if take_queued and not server.closed:
+                self._take_queued(server)
             server.close()
         gevent.killall(self._readers, block=True)
         self._readers = []
         self._report_drops(now=True)
+
+    def _take_queued(self, server: StreamServer) -> None:
+        """Accept what waits in ``server``'s listen queue, with nothing that yields until
+        the close that follows. Why: those connections finished their TCP handshake, their
+        peer may have sent its data already (a balancer has: the PROXY header and the
+        ClientHello), and closing the listener would reset them; a balancer in TCP mode
+        cannot retry a connection that was established, so the client would see the reset.
+        Refused connects, after the close, are retried elsewhere. Bounded: at most the pool's
+        size, and only while the pool has room (what is left is reset, as it was before)."""
+        server.stop_accepting()  # the hub's watcher: this loop is the last accept
+        for _ in range(self._pool.size or 1):
+            if server.full():
+                return
+            try:
+                accepted = server.do_read()
+            except OSError:
+                return
+            if accepted is None:  # the queue is empty
+                return
+            server.do_handle(*accepted)
 
     def session_slot(self) -> PendingBudget:
         """Held while a session runs: at most ``max_servers`` at once; others wait, each at

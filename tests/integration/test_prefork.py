@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from support.net import read_until_eof, wait_until
 from support.process import REPO, ServerProcess, Where, alive, python_env
-from support.sigserver import SERVER_MODULE, InFlight, connect, request
+from support.sigserver import SERVER_MODULE, InFlight, connect, refused, request
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -247,6 +247,30 @@ def test_quit_under_load_finishes_every_request_then_the_parent_exits(
         assert any(line.endswith(f"child_finish_hook {pid}") for line in log)
         assert not alive(pid)
     assert not pid_file.exists()  # removed by the parent, once
+
+
+def test_quit_closes_the_port_while_the_workers_drain(prefork: Any,
+                                                     client_context: ssl.SSLContext) -> None:
+    """QUIT to the parent: connections are refused while the workers finish their sessions
+    (the parent's copies of the listening sockets close with the QUIT, a worker's when it
+    stops accepting), so a balancer sees the instance go down and retries elsewhere; before,
+    the kernel kept completing connections nobody accepted and reset them at the end."""
+    server = prefork("--port", "127.0.0.1:0/ssl", "--workers", "2", "--log_level", "3",
+                     "--graceful_timeout", "10")
+    where = server.ports()[0]
+    server.started(2)
+    held = InFlight(where, client_context, "slow", 5.0)
+    held.start()
+    server.wait_for(r"request slow$")
+    server.send(signal.SIGQUIT)
+    # A plain connect (no TLS): True once refused; one made before the workers got the QUIT
+    # is still accepted (taken from the queue) and served, only its socket is closed here.
+    wait_until(lambda: refused(where[:2] + ("tcp",)), 10,
+               "the port to refuse connections during the drain")
+    assert held.is_alive(), "refused only after the drain"  # the request is held 5 s
+    answer = held.outcome()
+    assert isinstance(answer, str) and answer.endswith(" slow\n"), answer
+    assert server.wait_exit() == 0
 
 
 def test_term_stops_workers_at_once(prefork: Any, client_context: ssl.SSLContext) -> None:

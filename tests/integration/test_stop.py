@@ -241,3 +241,60 @@ def test_stop_from_the_thread_that_closes_does_not_wait_for_itself(
     stopper.start()
     assert done.wait(5), "stop() waited for itself"
     assert server.closes == 1 and server.lifecycle.closed
+
+
+# -- the listen queue at the last close ------------------------------------------------------
+
+
+class Queuer(GServer):
+    """``queue`` (the first connection): connects three more clients to its own port and
+    sends a line on each, then stops accepting, with nothing that yields in between: those
+    three are in the kernel's listen queue, not accepted, when the listener closes. Any
+    other connection gets its line echoed."""
+
+    take_queued = True
+
+    def configure_hook(self) -> None:
+        self.queued: list[socket.socket] = []
+
+    def process_request(self, client: Client) -> None:
+        line = client.readline()
+        if line != b"queue\n":
+            client.sendall(b"echo " + line)
+            return
+        for number in range(3):  # stdlib sockets, blocking: a loopback connect is immediate
+            sock = socket.create_connection(address(self), timeout=5)
+            sock.sendall(f"queued {number}\n".encode())
+            self.queued.append(sock)
+        self.stop_accepting(take_queued=self.take_queued)
+        client.sendall(b"stopped\n")
+
+
+@pytest.mark.parametrize("take_queued", [True, False])
+def test_the_last_close_serves_the_connections_already_queued(take_queued: bool) -> None:
+    """With take_queued (what server_close does: a QUIT, stop()), the queued connections are
+    accepted and served before the listener closes; without it they are reset (why a
+    balancer in front would lose them: it cannot retry an established connection)."""
+    server = Queuer(port="127.0.0.1:0/tcp", log_level=0, graceful_timeout=2)
+    server.take_queued = take_queued
+    thread = ServerThread(server, stop_timeout=2).start()
+    try:
+        where = address(server)
+        with socket.create_connection(where, timeout=5) as sock:
+            sock.sendall(b"queue\n")
+            assert read_until_eof(sock) == b"stopped\n"
+        assert refused(where)  # the listener closed
+        answers = []
+        for sock in server.queued:
+            try:
+                answers.append(read_until_eof(sock))
+            except ConnectionResetError:
+                answers.append(b"reset")
+            finally:
+                sock.close()
+        if take_queued:
+            assert answers == [f"echo queued {n}\n".encode() for n in range(3)]
+        else:
+            assert answers == [b"reset"] * 3
+    finally:
+        thread.stop()

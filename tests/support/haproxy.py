@@ -51,13 +51,14 @@ def listening(port: int) -> bool:
 
 
 class HAProxy:
-    """One haproxy process running ``config`` (written to ``folder/haproxy.cfg``), whose
-    frontend listens on ``port``; ``log`` is what it wrote to stderr so far."""
+    """One haproxy process running ``config`` (written to ``folder/haproxy.cfg``, after
+    :data:`DEFAULTS` unless ``complete``: then it has its own ``global`` and ``defaults``),
+    whose frontend listens on ``port``; ``log`` is what it wrote to stderr so far."""
 
-    def __init__(self, config: str, folder: Path, port: int) -> None:
+    def __init__(self, config: str, folder: Path, port: int, complete: bool = False) -> None:
         self.port = port
         path = folder / "haproxy.cfg"
-        path.write_text(DEFAULTS + config)
+        path.write_text(config if complete else DEFAULTS + config)
         check = subprocess.run([HAPROXY, "-c", "-q", "-f", str(path)], capture_output=True,
                                text=True, timeout=30, check=False)
         assert check.returncode == 0, f"haproxy -c: {check.stdout}{check.stderr}"
