@@ -697,10 +697,12 @@ class GServer:
         rules. Returns the configuration new workers get, or None when refused. The code is
         not reloaded: the workers are forks of this parent."""
         self.log(2, "Received a SIG HUP: reloading, then replacing the workers")
+        self.notifier.reloading("Reloading (HUP): replacing the workers")
         self.reopen_logs()
         problem = self.restart_problem()
         if problem is not None:
             self.log(1, f"HUP ignored, the workers keep the current configuration: {problem}")
+            self.notifier.ready(f"HUP refused, still serving: {problem}")
             return None
         planned = self.dry_run_start().conf
         changed = sorted(name for name in planned if planned[name] != self.conf.get(name)
@@ -711,10 +713,13 @@ class GServer:
         values = {name: self.conf[name] if name in changed else planned[name]
                   for name in planned}
         conf = Conf(values, sources=planned.sources, known=planned.options)
-        if not self.reload_tls():
+        tls = self.tls_contexts
+        if tls is not None and tls.handles and not self.reload_tls():
+            self.notifier.ready("HUP refused (TLS reload failed), still serving")
             return None  # the reason is logged; the workers keep the current contexts
         self.conf = conf
         self.prepare_access()
+        self.notifier.ready("Serving (workers being replaced after HUP)")
         return conf
 
     # == signals (gnetserver.lifecycle; the OS handlers only queue) =============================

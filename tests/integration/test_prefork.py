@@ -53,14 +53,15 @@ TCP = ("--port", "127.0.0.1:0/ssl", "--port", "127.0.0.1:0/tcp")
 class PreForkProcess(ServerProcess):
     """``python -m gnetserver --server prefork_hooks:Hooked --server_type PreFork ARGS``."""
 
-    def __init__(self, folder: Path, certs: dict[str, str], *args: str) -> None:
+    def __init__(self, folder: Path, certs: dict[str, str] | None, *args: str) -> None:
         (folder / "sigserver.py").write_text(SERVER_MODULE)
         (folder / "prefork_hooks.py").write_text(HOOKED_MODULE)
         env = python_env(folder, REPO)
         env.pop("BOUND_SOCKETS", None)
+        tls = [] if certs is None else ["--SSL_cert_file", certs["SSL_cert_file"],
+                                        "--SSL_key_file", certs["SSL_key_file"]]
         super().__init__([sys.executable, "-m", "gnetserver", "--server", "prefork_hooks:Hooked",
-                          "--server_type", "PreFork", "--SSL_cert_file", certs["SSL_cert_file"],
-                          "--SSL_key_file", certs["SSL_key_file"], *args], env=env, cwd=folder)
+                          "--server_type", "PreFork", *tls, *args], env=env, cwd=folder)
 
     def started(self, count: int) -> list[int]:
         """The pids of the first ``count`` workers started (waits for them)."""
@@ -313,6 +314,25 @@ def test_hup_under_tls_load_replaces_every_worker_without_a_failure(
     late.finish()
     assert set(late.pids) <= set(new) and not late.failures
     assert not server.zombies() and server.fds() == fds
+
+
+def test_hup_without_a_tls_port_replaces_the_workers_with_the_new_configuration(
+        spawn: Any, tmp_path: Path) -> None:
+    """A HUP reloads the conf file and replaces the workers on plain ports too (there is no
+    TLS context to rebuild: that is no reason to refuse it)."""
+    conf = tmp_path / "server.conf"
+    conf.write_text("graceful_timeout 5\n")
+    server = spawn(tmp_path, None, "--port", "127.0.0.1:0/tcp", "--workers", "2",
+                   "--conf_file", str(conf), factory=PreForkProcess)
+    old = server.started(2)
+    conf.write_text("graceful_timeout 7\n")
+    server.send(signal.SIGHUP)
+    server.wait_for(r"Replacing the workers one by one: generation 1")
+    new = server.started(4)[2:]
+    for pid in old:
+        server.wait_for(rf"Worker {pid} exited with status 0$")
+    assert sorted(server.children()) == sorted(new)
+    assert server.count("HUP ignored") == 0 and server.count("not applied") == 0
 
 
 def test_a_ticket_from_one_worker_resumes_on_another(prefork: Any,
