@@ -133,6 +133,7 @@ class Conf(Mapping[str, Any]):
     # -- PROXY protocol
     proxy_protocol: str | None
     proxy_protocol_from: list[str]
+    proxy_protocol_local: str
     timeout_proxy_header: float
     # -- Process
     pid_file: str | None

@@ -493,6 +493,11 @@ _PROXY: Sequence[Option] = (
            "proxy_protocol is on: a connection from any other peer is closed before a byte is "
            "read (level-3 log line), so nobody can claim another client's address.",
            "PROXY protocol", multi=True),
+    Option("proxy_protocol_local", "serve", proxyproto.local_policy,
+           "What a LOCAL (v2) or UNKNOWN (v1) PROXY header gets: `serve` (the balancer's own "
+           "connection, a health check: served with the real addresses) or `refuse` (closed "
+           "with a level-3 log line, no hook run: a port where a PROXY command is required, "
+           "every connection being a relayed client's).", "PROXY protocol"),
     Option("timeout_proxy_header", 3.0, seconds,
            "Seconds a connection on a proxy_protocol port gets to send its whole PROXY header "
            "(the specification suggests at least 3: one TCP retransmit).", "PROXY protocol"),

@@ -428,11 +428,15 @@ class ProxySettings:
         mode: ``v1``, ``v2`` or ``any``: the versions taken.
         trusted: the networks of ``proxy_protocol_from``: peers allowed to send a header.
         timeout: seconds to receive the whole header (``timeout_proxy_header``).
+        local: what a LOCAL (v2) or UNKNOWN (v1) header gets (``proxy_protocol_local``):
+            ``"serve"`` (a health check, served with the real addresses) or ``"refuse"``
+            (closed: a port that must only see relayed clients).
     """
 
     mode: str
     trusted: tuple[access.Network, ...] = field(default=())
     timeout: float = 3.0
+    local: str = "serve"
 
     def trusts(self, address: str) -> bool:
         """True when the peer ``address`` (the real one, of the socket) may send a header
@@ -484,4 +488,13 @@ def port_settings(proto: str, port_options: Mapping[str, Any], conf: Mapping[str
         raise ConfigError(f"port {where}: proxy_protocol {mode} needs proxy_protocol_from (the "
                           "CIDR blocks of the balancers allowed to send a header): without "
                           "it anyone could claim any client address")
-    return ProxySettings(mode, tuple(networks), float(conf.get("timeout_proxy_header", 3.0)))
+    return ProxySettings(mode, tuple(networks), float(conf.get("timeout_proxy_header", 3.0)),
+                         str(conf.get("proxy_protocol_local", "serve")))
+
+
+def local_policy(value: Any) -> str:
+    """``proxy_protocol_local``: ``serve`` or ``refuse``."""
+    text = str(value).strip().lower()
+    if text not in ("serve", "refuse"):
+        raise ValueError("expected serve or refuse")
+    return text

@@ -998,6 +998,13 @@ class GServer:
                 self.log(3, f"Connection {client.peer_text()} refused: {why}")
             client.abort()  # nothing was sent; no hook has run
             return False
+        if not header.proxied and settings.local == "refuse":
+            if self.log_enabled(3):
+                self.log(3, f"Connection {client.peer_text()} refused: a PROXY header naming "
+                            f"no client ({header.command} {header.family}) where a relayed "
+                            "client is required (proxy_protocol_local refuse)")
+            client.abort()
+            return False
         client.take_proxy_header(header, balancer)
         if self.log_enabled(4):
             self.log(4, f"PROXY v{header.version} {header.command} {header.family} from "

@@ -267,6 +267,20 @@ def test_health_check_headers_keep_the_real_addresses(serve: Serve, header: byte
     assert facts["local"] == address(server) and facts["line"] == b"ping\n"
 
 
+@pytest.mark.parametrize("header", [v2_header(command=0, body=b""), b"PROXY UNKNOWN\r\n"],
+                         ids=["v2-LOCAL", "v1-UNKNOWN"])
+def test_health_check_headers_refused_where_a_relayed_client_is_required(
+        serve: Serve, logs: pytest.LogCaptureFixture, header: bytes) -> None:
+    """proxy_protocol_local refuse: a LOCAL or UNKNOWN header is closed, no hook runs; a
+    PROXY command is still served."""
+    server = raw_server(serve, proxy_protocol_local="refuse")
+    assert exchange(server, header + b"ping\n") == b""
+    assert logged(logs, r"refused: a PROXY header naming no client \((LOCAL|PROXY) \w+\) "
+                        r"where a relayed client is required")
+    assert server.hooks == [] and server.seen.empty()
+    assert exchange(server, v2_header() + b"hello\n") == b"ok\n"
+
+
 @pytest.mark.parametrize(("mode", "data", "reason"), [
     ("v2", b"PROXY TCP4 192.0.2.1 198.51.100.7 56324 443\r\nhello\n",
      "a v1 header on a port that takes v2 only"),
