@@ -508,15 +508,19 @@ class Children:
 
 
 def describe(status: int) -> str:
-    """A wait status in words: ``exited with status 0``, ``was killed by SIGKILL``."""
+    """A wait status in words, for the log lines of ended children (HUP drainers, PreFork
+    workers): ``exited with status N``, or ``killed by SIGNAME`` (SIGKILL with a hint)."""
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
         try:
             name = signal.Signals(signum).name
         except ValueError:
-            name = str(signum)
-        return f"was killed by {name}"
-    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+            name = f"signal {signum}"
+        extra = " (often the OOM killer or a watchdog)" if signum == signal.SIGKILL else ""
+        return f"killed by {name}{extra}"
+    if os.WIFEXITED(status):
+        return f"exited with status {os.WEXITSTATUS(status)}"
+    return f"ended (wait status {status})"
 
 
 def close_fds(entries: Iterable[BoundSocket]) -> None:

@@ -78,6 +78,7 @@ import gevent
 import setproctitle
 from gevent.os import fork_gevent
 
+from .. import restart
 from ..conf import Conf
 from ..lifecycle import Dispatch, Lifecycle
 from ..listener import Listener
@@ -361,7 +362,7 @@ class PreFork:
     def _ended(self, pid: int, status: int) -> None:
         """Log a child's end; back off when a worker died young or failed to boot."""
         worker = self._workers.pop(pid, None)
-        how = _describe(status)
+        how = restart.describe(status)
         if worker is None:
             self._hooks.log(3, f"Reaped child {pid} ({how})")
             return
@@ -484,21 +485,6 @@ class PreFork:
             self._hooks.log(3, f"Worker {os.getpid()}: received a SIG {name}: "
                                f"{'stopping now' if now else 'finishing its sessions'}")
             lifecycle.request_stop(0 if now else None)
-
-
-def _describe(status: int) -> str:
-    """A wait status in words: ``exited with status N`` or ``killed by SIGNAME``."""
-    if os.WIFSIGNALED(status):
-        signum = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(signum).name
-        except ValueError:
-            name = f"signal {signum}"
-        extra = " (often the OOM killer or a watchdog)" if signum == signal.SIGKILL else ""
-        return f"killed by {name}{extra}"
-    if os.WIFEXITED(status):
-        return f"exited with status {os.WEXITSTATUS(status)}"
-    return f"ended (wait status {status})"
 
 
 def _wait_blocking(pid: int) -> tuple[int, int]:

@@ -363,5 +363,5 @@ def test_children_are_reaped_with_their_status_and_strangers_dropped() -> None:
 
 
 def test_describe_names_the_signal() -> None:
-    assert restart.describe(9) == "was killed by SIGKILL"
+    assert restart.describe(9) == "killed by SIGKILL (often the OOM killer or a watchdog)"
     assert restart.describe(2 << 8) == "exited with status 2"
