@@ -43,6 +43,14 @@ HOOKED_MODULE = textwrap.dedent('''
 
         def run_n_children_hook(self, count):
             self.log(2, f"run_n_children_hook {count} in {os.getpid()}")
+
+        def idle_loop_hook(self):
+            if not getattr(self, "idled", False):  # once: it runs at every wake-up
+                self.idled = True
+                self.log(2, f"idle_loop_hook in {os.getpid()}")
+
+        def run_dequeue(self):
+            self.log(2, f"run_dequeue in {os.getpid()}")
 ''')
 
 STARTED = r"Started worker (\d+)$"
@@ -333,6 +341,17 @@ def test_hup_without_a_tls_port_replaces_the_workers_with_the_new_configuration(
         server.wait_for(rf"Worker {pid} exited with status 0$")
     assert sorted(server.children()) == sorted(new)
     assert server.count("HUP ignored") == 0 and server.count("not applied") == 0
+
+
+def test_idle_loop_hook_and_dequeue_run_in_the_parent(prefork: Any) -> None:
+    """Under PreFork the parent's supervision loop runs idle_loop_hook when it wakes, and the
+    periodic run_dequeue runs in the parent only (never in a worker)."""
+    server = prefork("--port", "127.0.0.1:0/ssl", "--workers", "2", "--check_for_dequeue", "1")
+    workers = server.started(2)
+    server.wait_for(rf"idle_loop_hook in {server.pid}$")
+    server.wait_for(rf"run_dequeue in {server.pid}$", count=2)
+    assert not any(server.count(f"run_dequeue in {pid}") for pid in workers)
+    assert not any(server.count(f"idle_loop_hook in {pid}") for pid in workers)
 
 
 def test_a_ticket_from_one_worker_resumes_on_another(prefork: Any,
