@@ -304,7 +304,7 @@ def test_hup_under_tls_load_replaces_every_worker_without_a_failure(
     where = server.ports()[0]
     old = server.started(2)
     fds = server.fds()
-    load = Load(where, client_context, clients=10, delay=0.02)
+    load = Load(where, client_context, clients=20, delay=0.02)
     load.start()
     time.sleep(0.5)
     server.send(signal.SIGHUP)
