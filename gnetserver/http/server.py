@@ -16,6 +16,14 @@ Rules of this module:
   logged at level 1 with its traceback and answered 500 when no head went out (its text is
   never sent to the client); the connection then ends.
 * The access log (``access_log_file``) gets one line per request, refused ones included.
+* Stopping: once the drain starts (a close, a HUP's drainer once the new image accepts, a
+  PreFork worker told to finish: :meth:`Lifecycle.draining_event
+  <gnetserver.lifecycle.Lifecycle.draining_event>`), keep-alive connections waiting for their
+  next request are closed at once (FIN, TLS close_notify), as gunicorn and nginx do, while a
+  request in progress gets ``graceful_timeout`` and is answered with ``Connection: close``.
+  The per-request cost is two dict operations: a connection marks itself idle while it waits
+  between requests, and the drain's wake-up (one hub callback for the whole server) throws
+  into those still waiting for a request's first byte.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from __future__ import annotations
 import importlib
 import time
 from typing import Any
+
+import gevent
 
 from ..client import Client
 from ..errors import ConfigError, TLSError
@@ -34,6 +44,11 @@ from .exchange import DRAIN_LIMIT, Exchange, reason_of
 from .parser import HTTPError, Request, RequestReader
 
 __all__ = ["GHTTPServer", "cgi_environ"]
+
+
+class _IdleClose(Exception):
+    """Thrown into a keep-alive connection waiting between requests when the drain starts:
+    it ends as a client gone away does (gracefully closed)."""
 
 
 def _unmapped(address: Any) -> str:
@@ -118,6 +133,12 @@ class GHTTPServer(GServer):
         self.routes: list[tuple[str, Any]] = []
         self.access_log: AccessLog | None = None
         self.multiprocess = False  # wsgi.multiprocess: True in PreFork workers
+        # Keep-alive connections waiting between requests: greenlet -> its reader. Set and
+        # cleared by the connection's own greenlet around the wait; read by the drain's wake.
+        self._idle: dict[Any, RequestReader] = {}
+        draining = self.lifecycle.draining_event()
+        draining.rawlink(self._drain_started)
+        self._draining_now = draining.is_set  # asked once per response head
 
     def options(self) -> list[Option]:
         """The base table plus the HTTP options (:data:`gnetserver.options.HTTP_OPTIONS`)."""
@@ -202,30 +223,57 @@ class GHTTPServer(GServer):
                                conf["max_request_size"], conf["timeout_header"],
                                conf.timeout_idle)
         limit = conf["max_keepalive_requests"]
+        lifecycle, idle, me = self.lifecycle, self._idle, gevent.getcurrent()
         served = 0
         while True:
+            if served:
+                # Between requests. The first request of a connection is awaited (bounded by
+                # timeout_header): accepted before the stop, it is usually on its way.
+                if lifecycle.draining:
+                    return  # its response may have said keep-alive: the drain began since
+                idle[me] = reader
             try:
                 request = reader.next_request(first=served == 0)
             except HTTPError as exc:
                 self.http_refused(client, exc, reader.received_any or served == 0)
                 return
-            except (TimeoutError, ConnectionError, TLSError):
-                return  # between requests: the client went away; nothing to answer
+            except (TimeoutError, ConnectionError, TLSError, _IdleClose):
+                return  # between requests: the client went away, or the server stops
+            finally:
+                idle.pop(me, None)
             if request is None:
                 return
             served += 1
-            keep = not self.lifecycle.closing and not (limit and served >= limit)
+            keep = not (lifecycle.closing or lifecycle.draining) \
+                and not (limit and served >= limit)
             if not self.serve_one(client, reader, request, keep):
                 return
             if not reader.discard_body(DRAIN_LIMIT):
                 return
+
+    def _drain_started(self, _event: Any) -> None:
+        """Link of the lifecycle's draining event: wake the idle connections from the hub
+        (a throw must come from the hub, never from the closing greenlet)."""
+        if self._idle:
+            gevent.get_hub().loop.run_callback(self.close_idle_connections)
+
+    def close_idle_connections(self) -> None:
+        """In the hub: end every keep-alive connection waiting for the first byte of its next
+        request (it closes gracefully); one that received part of a request goes on (it is
+        answered with ``Connection: close``)."""
+        for greenlet, reader in list(self._idle.items()):
+            # Still marked: the greenlet is parked inside next_request (only it unmarks
+            # itself, and it is not running now); no byte of a new request read yet.
+            if self._idle.get(greenlet) is reader and reader.waiting_for_request:
+                greenlet.throw(_IdleClose())
 
     def serve_one(self, client: Client, reader: RequestReader, request: Request,
                   keep_alive: bool) -> bool:
         """Answer one request; True when the connection may carry another one."""
         software = self.conf["server_revision"]
         env = cgi_environ(request, client, software, type(self).__name__)
-        exchange = Exchange(request, reader, client.sendall, env, software, keep_alive)
+        exchange = Exchange(request, reader, client.sendall, env, software, keep_alive,
+                            self._draining_now)
         client.http = exchange
         started = time.monotonic()
         try:
