@@ -43,7 +43,7 @@ from .accesslog import AccessLog, Entry
 from .exchange import DRAIN_LIMIT, Exchange, reason_of
 from .parser import HTTPError, Request, RequestReader
 
-__all__ = ["GHTTPServer", "cgi_environ"]
+__all__ = ["GHTTPServer", "cgi_environ", "connection_environ"]
 
 
 class _IdleClose(Exception):
@@ -57,23 +57,14 @@ def _unmapped(address: Any) -> str:
     return text[7:] if text.lower().startswith("::ffff:") and "." in text else text
 
 
-def cgi_environ(request: Request, client: Client, software: str, server_type: str
-                ) -> dict[str, Any]:
-    """Net::Server::HTTP's CGI-style environment of one request: REQUEST_METHOD,
-    REQUEST_URI, SERVER_PROTOCOL, QUERY_STRING, PATH_INFO (as sent, not decoded),
-    SCRIPT_NAME (``""``), REMOTE_ADDR/REMOTE_PORT (the real client behind a trusted PROXY
-    balancer: ``client.peeraddr``), SERVER_ADDR/SERVER_PORT, SERVER_NAME (from Host),
-    CONTENT_LENGTH, CONTENT_TYPE, ``HTTP_*`` (repeated headers joined by ``", "``), and on TLS
-    ports HTTPS=on with mod_ssl's SSL_PROTOCOL, SSL_CIPHER, SSL_TLS_SNI, SSL_CLIENT_S_DN,
-    SSL_CLIENT_I_DN, SSL_SESSION_RESUMED and SSL_ALPN; NET_SERVER_TYPE and
-    NET_SERVER_SOFTWARE."""
+def connection_environ(client: Client, software: str, server_type: str) -> dict[str, Any]:
+    """The part of the CGI environment that is the same for every request of a connection
+    (computed once per connection: the TLS facts alone cost several pyOpenSSL calls):
+    REMOTE_ADDR/REMOTE_PORT (the real client behind a trusted PROXY balancer:
+    ``client.peeraddr``), SERVER_ADDR/SERVER_PORT, NET_SERVER_TYPE, NET_SERVER_SOFTWARE, and
+    on TLS ports HTTPS=on with mod_ssl's SSL_PROTOCOL, SSL_CIPHER, SSL_TLS_SNI,
+    SSL_CLIENT_S_DN, SSL_CLIENT_I_DN, SSL_SESSION_RESUMED and SSL_ALPN."""
     env: dict[str, Any] = {
-        "REQUEST_METHOD": request.method,
-        "REQUEST_URI": request.target,
-        "SERVER_PROTOCOL": f"HTTP/{request.version}",
-        "QUERY_STRING": request.query,
-        "PATH_INFO": request.path,
-        "SCRIPT_NAME": "",
         "REMOTE_ADDR": _unmapped(client.peeraddr),
         "REMOTE_PORT": str(client.peerport or ""),
         "SERVER_ADDR": _unmapped(client.sockaddr),
@@ -81,6 +72,33 @@ def cgi_environ(request: Request, client: Client, software: str, server_type: st
         "NET_SERVER_TYPE": server_type,
         "NET_SERVER_SOFTWARE": software,
     }
+    if client.tls is not None:
+        env["HTTPS"] = "on"
+        facts = {
+            "SSL_PROTOCOL": client.tls_version, "SSL_CIPHER": client.cipher,
+            "SSL_TLS_SNI": client.server_name, "SSL_CLIENT_S_DN": client.peer_subject,
+            "SSL_CLIENT_I_DN": client.peer_issuer, "SSL_ALPN": client.alpn_protocol,
+        }
+        env.update({key: value for key, value in facts.items() if value is not None})
+        env["SSL_SESSION_RESUMED"] = "Resumed" if client.session_reused else "Initial"
+    return env
+
+
+def cgi_environ(request: Request, client: Client, software: str, server_type: str,
+                connection: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Net::Server::HTTP's CGI-style environment of one request: REQUEST_METHOD,
+    REQUEST_URI, SERVER_PROTOCOL, QUERY_STRING, PATH_INFO (as sent, not decoded),
+    SCRIPT_NAME (``""``), SERVER_NAME (from Host), CONTENT_LENGTH, CONTENT_TYPE, ``HTTP_*``
+    (repeated headers joined by ``", "``), over the connection's part
+    (:func:`connection_environ`; ``connection``: that dict computed beforehand, copied)."""
+    env = dict(connection if connection is not None
+               else connection_environ(client, software, server_type))
+    env["REQUEST_METHOD"] = request.method
+    env["REQUEST_URI"] = request.target
+    env["SERVER_PROTOCOL"] = f"HTTP/{request.version}"
+    env["QUERY_STRING"] = request.query
+    env["PATH_INFO"] = request.path
+    env["SCRIPT_NAME"] = ""
     for name, value in request.headers:
         key = name.upper().replace("-", "_")
         if key == "CONTENT_LENGTH" or key == "CONTENT_TYPE":
@@ -94,15 +112,6 @@ def cgi_environ(request: Request, client: Client, software: str, server_type: st
             else host.rsplit(":", 1)[0]
     else:
         env["SERVER_NAME"] = env["SERVER_ADDR"] or "localhost"
-    if client.tls is not None:
-        env["HTTPS"] = "on"
-        facts = {
-            "SSL_PROTOCOL": client.tls_version, "SSL_CIPHER": client.cipher,
-            "SSL_TLS_SNI": client.server_name, "SSL_CLIENT_S_DN": client.peer_subject,
-            "SSL_CLIENT_I_DN": client.peer_issuer, "SSL_ALPN": client.alpn_protocol,
-        }
-        env.update({key: value for key, value in facts.items() if value is not None})
-        env["SSL_SESSION_RESUMED"] = "Resumed" if client.session_reused else "Initial"
     return env
 
 
@@ -224,6 +233,7 @@ class GHTTPServer(GServer):
                                conf.timeout_idle)
         limit = conf["max_keepalive_requests"]
         lifecycle, idle, me = self.lifecycle, self._idle, gevent.getcurrent()
+        base = connection_environ(client, conf["server_revision"], type(self).__name__)
         served = 0
         while True:
             if served:
@@ -246,7 +256,7 @@ class GHTTPServer(GServer):
             served += 1
             keep = not (lifecycle.closing or lifecycle.draining) \
                 and not (limit and served >= limit)
-            if not self.serve_one(client, reader, request, keep):
+            if not self.serve_one(client, reader, request, keep, base):
                 return
             if not reader.discard_body(DRAIN_LIMIT):
                 return
@@ -268,10 +278,11 @@ class GHTTPServer(GServer):
                 greenlet.throw(_IdleClose())
 
     def serve_one(self, client: Client, reader: RequestReader, request: Request,
-                  keep_alive: bool) -> bool:
-        """Answer one request; True when the connection may carry another one."""
+                  keep_alive: bool, connection: dict[str, Any] | None = None) -> bool:
+        """Answer one request; True when the connection may carry another one.
+        ``connection``: the connection's part of the environment (computed once)."""
         software = self.conf["server_revision"]
-        env = cgi_environ(request, client, software, type(self).__name__)
+        env = cgi_environ(request, client, software, type(self).__name__, connection)
         exchange = Exchange(request, reader, client.sendall, env, software, keep_alive,
                             self._draining_now)
         client.http = exchange
