@@ -13,7 +13,10 @@ Rules of this module (behaviour: spec/netserver.md section 6):
   ``start()`` has no loop, so the close runs in a fresh greenlet.
 * The drain lets connections finish for ``graceful_timeout`` (or the shortest
   ``stop(timeout)`` asked for), then kills those left. ``stop(timeout)`` during a drain can only
-  bring its end closer.
+  bring its end closer. Its start (accepting has stopped: a close, a HUP's drainer once the new
+  image accepts, a PreFork worker told to finish) sets :meth:`Lifecycle.draining_event`, which
+  a protocol links to (``rawlink``) to end its idle sessions at once, as the HTTP personality
+  ends keep-alive connections waiting between requests.
 * Signals: the OS-level handlers only queue names (:class:`gnetserver.signals.SignalQueue`);
   the loop, and the drain while it waits, hand them to the server's ``dispatch_signals`` in
   their own greenlet. Installed when the loop starts, removed when the close ends.
@@ -97,6 +100,7 @@ class Lifecycle:
         self._connections: Connections | None = None
         self._signals: signals.SignalQueue | None = None
         self._overlap_over = Event()  # a drainer's wait for the new image ends (QUIT)
+        self._draining = Event()  # set when a drain starts (accepting has stopped)
 
     # -- state -----------------------------------------------------------------------------
 
@@ -114,6 +118,17 @@ class Lifecycle:
     def closing(self) -> bool:
         """True from the start of the one close on."""
         return self._claimed
+
+    @property
+    def draining(self) -> bool:
+        """True once a drain has started: nothing is accepted any more and the running
+        connections are finishing (a close, a HUP's drainer, a PreFork worker told to stop)."""
+        return self._draining.is_set()
+
+    def draining_event(self) -> Event:
+        """The event set when a drain starts; ``rawlink`` a callback to it to end idle
+        sessions at once (it runs in the hub). Kept across forks (workers, drainers)."""
+        return self._draining
 
     @property
     def closed(self) -> bool:
@@ -331,7 +346,9 @@ class Lifecycle:
               log: Callable[[int, str], None]) -> None:
         """Let the running connections finish until the drain's deadline (the shortest
         ``stop(timeout)``, else ``graceful_timeout``, from now), then cut those left. Signals
-        that come meanwhile go to ``dispatch``; the wait is announced through ``log``."""
+        that come meanwhile go to ``dispatch``; the wait is announced through ``log``. First
+        the draining event is set (its links end idle sessions)."""
+        self._draining.set()
         connections = self._connections
         if connections is None:
             return  # never accepted

@@ -11,6 +11,6 @@
 
 from .exchange import Exchange
 from .parser import HTTPError, Request
-from .server import GHTTPServer, cgi_environ
+from .server import GHTTPServer, cgi_environ, connection_environ
 
-__all__ = ["Exchange", "GHTTPServer", "HTTPError", "Request", "cgi_environ"]
+__all__ = ["Exchange", "GHTTPServer", "HTTPError", "Request", "cgi_environ", "connection_environ"]

@@ -85,13 +85,17 @@ class Exchange:
     """
 
     def __init__(self, request: Request, reader: RequestReader, send: Callable[[bytes], None],
-                 env: dict[str, Any], server_revision: str, keep_alive: bool) -> None:
+                 env: dict[str, Any], server_revision: str, keep_alive: bool,
+                 stopping: Callable[[], bool] | None = None) -> None:
         """Per request, by the server; ``send`` is the client's ``sendall``; ``keep_alive``:
-        whether the server lets this connection carry another request."""
+        whether the server lets this connection carry another request; ``stopping``, asked
+        when the head goes out: True once the server stops (the head then says
+        ``Connection: close``, as the connection ends after this response)."""
         self.request = request
         self.env = env
         self._reader = reader
         self._send = send
+        self._stopping = stopping
         self._server_revision = server_revision
         self.status = 200
         self.reason: str | None = None
@@ -279,6 +283,8 @@ class Exchange:
         else:
             self._framing = "close"
             self.keep_alive = False
+        if self.keep_alive and self._stopping is not None and self._stopping():
+            self.keep_alive = False  # the drain began during this request
         if self.keep_alive and not self._reader.body_complete:
             left = self._reader.body_left()
             if (request.expect_continue and not self.continue_sent) or left is None \

@@ -281,6 +281,11 @@ class RequestReader:
                 raise HTTPError(408, "request headers not complete within timeout_header "
                                      f"({self.timeout_header:g} s)") from None
 
+    @property
+    def waiting_for_request(self) -> bool:
+        """True when no byte of a next request has been read (nothing parsed or buffered)."""
+        return self._building is None and not self._events
+
     def read_body(self, size: int) -> bytes:
         """Up to ``size`` bytes (at least 1) of the current request's body; ``b""`` at its end.
         Raises ConnectionError when the client closes in the middle, TimeoutError past

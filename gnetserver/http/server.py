@@ -16,6 +16,14 @@ Rules of this module:
   logged at level 1 with its traceback and answered 500 when no head went out (its text is
   never sent to the client); the connection then ends.
 * The access log (``access_log_file``) gets one line per request, refused ones included.
+* Stopping: once the drain starts (a close, a HUP's drainer once the new image accepts, a
+  PreFork worker told to finish: :meth:`Lifecycle.draining_event
+  <gnetserver.lifecycle.Lifecycle.draining_event>`), keep-alive connections waiting for their
+  next request are closed at once (FIN, TLS close_notify), as gunicorn and nginx do, while a
+  request in progress gets ``graceful_timeout`` and is answered with ``Connection: close``.
+  The per-request cost is two dict operations: a connection marks itself idle while it waits
+  between requests, and the drain's wake-up (one hub callback for the whole server) throws
+  into those still waiting for a request's first byte.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from __future__ import annotations
 import importlib
 import time
 from typing import Any
+
+import gevent
 
 from ..client import Client
 from ..errors import ConfigError, TLSError
@@ -33,7 +43,12 @@ from .accesslog import AccessLog, Entry
 from .exchange import DRAIN_LIMIT, Exchange, reason_of
 from .parser import HTTPError, Request, RequestReader
 
-__all__ = ["GHTTPServer", "cgi_environ"]
+__all__ = ["GHTTPServer", "cgi_environ", "connection_environ"]
+
+
+class _IdleClose(Exception):
+    """Thrown into a keep-alive connection waiting between requests when the drain starts:
+    it ends as a client gone away does (gracefully closed)."""
 
 
 def _unmapped(address: Any) -> str:
@@ -42,23 +57,14 @@ def _unmapped(address: Any) -> str:
     return text[7:] if text.lower().startswith("::ffff:") and "." in text else text
 
 
-def cgi_environ(request: Request, client: Client, software: str, server_type: str
-                ) -> dict[str, Any]:
-    """Net::Server::HTTP's CGI-style environment of one request: REQUEST_METHOD,
-    REQUEST_URI, SERVER_PROTOCOL, QUERY_STRING, PATH_INFO (as sent, not decoded),
-    SCRIPT_NAME (``""``), REMOTE_ADDR/REMOTE_PORT (the real client behind a trusted PROXY
-    balancer: ``client.peeraddr``), SERVER_ADDR/SERVER_PORT, SERVER_NAME (from Host),
-    CONTENT_LENGTH, CONTENT_TYPE, ``HTTP_*`` (repeated headers joined by ``", "``), and on TLS
-    ports HTTPS=on with mod_ssl's SSL_PROTOCOL, SSL_CIPHER, SSL_TLS_SNI, SSL_CLIENT_S_DN,
-    SSL_CLIENT_I_DN, SSL_SESSION_RESUMED and SSL_ALPN; NET_SERVER_TYPE and
-    NET_SERVER_SOFTWARE."""
+def connection_environ(client: Client, software: str, server_type: str) -> dict[str, Any]:
+    """The part of the CGI environment that is the same for every request of a connection
+    (computed once per connection: the TLS facts alone cost several pyOpenSSL calls):
+    REMOTE_ADDR/REMOTE_PORT (the real client behind a trusted PROXY balancer:
+    ``client.peeraddr``), SERVER_ADDR/SERVER_PORT, NET_SERVER_TYPE, NET_SERVER_SOFTWARE, and
+    on TLS ports HTTPS=on with mod_ssl's SSL_PROTOCOL, SSL_CIPHER, SSL_TLS_SNI,
+    SSL_CLIENT_S_DN, SSL_CLIENT_I_DN, SSL_SESSION_RESUMED and SSL_ALPN."""
     env: dict[str, Any] = {
-        "REQUEST_METHOD": request.method,
-        "REQUEST_URI": request.target,
-        "SERVER_PROTOCOL": f"HTTP/{request.version}",
-        "QUERY_STRING": request.query,
-        "PATH_INFO": request.path,
-        "SCRIPT_NAME": "",
         "REMOTE_ADDR": _unmapped(client.peeraddr),
         "REMOTE_PORT": str(client.peerport or ""),
         "SERVER_ADDR": _unmapped(client.sockaddr),
@@ -66,6 +72,33 @@ def cgi_environ(request: Request, client: Client, software: str, server_type: st
         "NET_SERVER_TYPE": server_type,
         "NET_SERVER_SOFTWARE": software,
     }
+    if client.tls is not None:
+        env["HTTPS"] = "on"
+        facts = {
+            "SSL_PROTOCOL": client.tls_version, "SSL_CIPHER": client.cipher,
+            "SSL_TLS_SNI": client.server_name, "SSL_CLIENT_S_DN": client.peer_subject,
+            "SSL_CLIENT_I_DN": client.peer_issuer, "SSL_ALPN": client.alpn_protocol,
+        }
+        env.update({key: value for key, value in facts.items() if value is not None})
+        env["SSL_SESSION_RESUMED"] = "Resumed" if client.session_reused else "Initial"
+    return env
+
+
+def cgi_environ(request: Request, client: Client, software: str, server_type: str,
+                connection: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Net::Server::HTTP's CGI-style environment of one request: REQUEST_METHOD,
+    REQUEST_URI, SERVER_PROTOCOL, QUERY_STRING, PATH_INFO (as sent, not decoded),
+    SCRIPT_NAME (``""``), SERVER_NAME (from Host), CONTENT_LENGTH, CONTENT_TYPE, ``HTTP_*``
+    (repeated headers joined by ``", "``), over the connection's part
+    (:func:`connection_environ`; ``connection``: that dict computed beforehand, copied)."""
+    env = dict(connection if connection is not None
+               else connection_environ(client, software, server_type))
+    env["REQUEST_METHOD"] = request.method
+    env["REQUEST_URI"] = request.target
+    env["SERVER_PROTOCOL"] = f"HTTP/{request.version}"
+    env["QUERY_STRING"] = request.query
+    env["PATH_INFO"] = request.path
+    env["SCRIPT_NAME"] = ""
     for name, value in request.headers:
         key = name.upper().replace("-", "_")
         if key == "CONTENT_LENGTH" or key == "CONTENT_TYPE":
@@ -79,15 +112,6 @@ def cgi_environ(request: Request, client: Client, software: str, server_type: st
             else host.rsplit(":", 1)[0]
     else:
         env["SERVER_NAME"] = env["SERVER_ADDR"] or "localhost"
-    if client.tls is not None:
-        env["HTTPS"] = "on"
-        facts = {
-            "SSL_PROTOCOL": client.tls_version, "SSL_CIPHER": client.cipher,
-            "SSL_TLS_SNI": client.server_name, "SSL_CLIENT_S_DN": client.peer_subject,
-            "SSL_CLIENT_I_DN": client.peer_issuer, "SSL_ALPN": client.alpn_protocol,
-        }
-        env.update({key: value for key, value in facts.items() if value is not None})
-        env["SSL_SESSION_RESUMED"] = "Resumed" if client.session_reused else "Initial"
     return env
 
 
@@ -118,6 +142,12 @@ class GHTTPServer(GServer):
         self.routes: list[tuple[str, Any]] = []
         self.access_log: AccessLog | None = None
         self.multiprocess = False  # wsgi.multiprocess: True in PreFork workers
+        # Keep-alive connections waiting between requests: greenlet -> its reader. Set and
+        # cleared by the connection's own greenlet around the wait; read by the drain's wake.
+        self._idle: dict[Any, RequestReader] = {}
+        draining = self.lifecycle.draining_event()
+        draining.rawlink(self._drain_started)
+        self._draining_now = draining.is_set  # asked once per response head
 
     def options(self) -> list[Option]:
         """The base table plus the HTTP options (:data:`gnetserver.options.HTTP_OPTIONS`)."""
@@ -202,30 +232,59 @@ class GHTTPServer(GServer):
                                conf["max_request_size"], conf["timeout_header"],
                                conf.timeout_idle)
         limit = conf["max_keepalive_requests"]
+        lifecycle, idle, me = self.lifecycle, self._idle, gevent.getcurrent()
+        base = connection_environ(client, conf["server_revision"], type(self).__name__)
         served = 0
         while True:
+            if served:
+                # Between requests. The first request of a connection is awaited (bounded by
+                # timeout_header): accepted before the stop, it is usually on its way.
+                if lifecycle.draining:
+                    return  # its response may have said keep-alive: the drain began since
+                idle[me] = reader
             try:
                 request = reader.next_request(first=served == 0)
             except HTTPError as exc:
                 self.http_refused(client, exc, reader.received_any or served == 0)
                 return
-            except (TimeoutError, ConnectionError, TLSError):
-                return  # between requests: the client went away; nothing to answer
+            except (TimeoutError, ConnectionError, TLSError, _IdleClose):
+                return  # between requests: the client went away, or the server stops
+            finally:
+                idle.pop(me, None)
             if request is None:
                 return
             served += 1
-            keep = not self.lifecycle.closing and not (limit and served >= limit)
-            if not self.serve_one(client, reader, request, keep):
+            keep = not (lifecycle.closing or lifecycle.draining) \
+                and not (limit and served >= limit)
+            if not self.serve_one(client, reader, request, keep, base):
                 return
             if not reader.discard_body(DRAIN_LIMIT):
                 return
 
+    def _drain_started(self, _event: Any) -> None:
+        """Link of the lifecycle's draining event: wake the idle connections from the hub
+        (a throw must come from the hub, never from the closing greenlet)."""
+        if self._idle:
+            gevent.get_hub().loop.run_callback(self.close_idle_connections)
+
+    def close_idle_connections(self) -> None:
+        """In the hub: end every keep-alive connection waiting for the first byte of its next
+        request (it closes gracefully); one that received part of a request goes on (it is
+        answered with ``Connection: close``)."""
+        for greenlet, reader in list(self._idle.items()):
+            # Still marked: the greenlet is parked inside next_request (only it unmarks
+            # itself, and it is not running now); no byte of a new request read yet.
+            if self._idle.get(greenlet) is reader and reader.waiting_for_request:
+                greenlet.throw(_IdleClose())
+
     def serve_one(self, client: Client, reader: RequestReader, request: Request,
-                  keep_alive: bool) -> bool:
-        """Answer one request; True when the connection may carry another one."""
+                  keep_alive: bool, connection: dict[str, Any] | None = None) -> bool:
+        """Answer one request; True when the connection may carry another one.
+        ``connection``: the connection's part of the environment (computed once)."""
         software = self.conf["server_revision"]
-        env = cgi_environ(request, client, software, type(self).__name__)
-        exchange = Exchange(request, reader, client.sendall, env, software, keep_alive)
+        env = cgi_environ(request, client, software, type(self).__name__, connection)
+        exchange = Exchange(request, reader, client.sendall, env, software, keep_alive,
+                            self._draining_now)
         client.http = exchange
         started = time.monotonic()
         try:

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 from wsgiref.validate import WSGIWarning, validator
 
+import gevent
 import pytest
 import requests
 import trustme
 
 from gnetserver.http import GHTTPServer
+from gnetserver.testing import ServerThread
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -372,3 +374,68 @@ def test_concurrent_keep_alive_clients(http_server: Any, ca_file: str) -> None:
     for thread in threads:
         thread.join(20)
     assert results == [200] * 40
+
+
+# -- stopping: idle keep-alive connections close at once ---------------------------------------
+
+
+class Slow(GHTTPServer):
+    """/slow answers once the test releases it (at most 15 s); anything else at once."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.slow_started = threading.Event()
+        self.release = threading.Event()
+        self.slow_answered = False
+
+    def process_http_request(self, client: Any) -> None:
+        http = client.http
+        if http.request.path == "/slow":
+            self.slow_started.set()
+            deadline = time.monotonic() + 15
+            while not self.release.is_set() and time.monotonic() < deadline:
+                gevent.sleep(0.02)  # a threading.Event cannot be waited on in the hub
+            self.slow_answered = True
+        http.send_response(200, "done\n")
+
+
+def read_until(sock: ssl.SSLSocket, end: bytes) -> bytes:
+    data = b""
+    while not data.endswith(end):
+        chunk = sock.recv(65536)
+        assert chunk, f"EOF after {data!r}"
+        data += chunk
+    return data
+
+
+def test_stop_closes_idle_keep_alive_at_once_and_drains_a_request(
+        certs: dict[str, str], client_context: ssl.SSLContext) -> None:
+    """stop() with graceful_timeout 20 s: a keep-alive client idle after one response gets
+    EOF (close_notify, FIN) while another client's slow request is still being served, before
+    its answer; that request then completes (Connection: close) and the close ends."""
+    server = Slow(port="127.0.0.1:0/ssl", graceful_timeout=20, log_level=3,
+                  log_function=Logged(), **certs)
+    thread = ServerThread(server, stop_timeout=20).start()
+    stopper = threading.Thread(target=thread.stop, args=(25,))
+    url = f"https://localhost:{server.listeners[0].port}"
+    try:
+        with raw_tls(url, client_context) as idle, raw_tls(url, client_context) as busy:
+            idle.sendall(b"GET /quick HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            first = read_until(idle, b"done\n")
+            assert first.startswith(b"HTTP/1.1 200") and b"Connection: close" not in first
+            busy.sendall(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert server.slow_started.wait(10)
+            stopper.start()
+            # Before the change this read timed out: the idle client waited for the drain.
+            assert idle.recv(100) == b""
+            assert not server.slow_answered and stopper.is_alive()
+            server.release.set()
+            answer = read_all(busy)
+            assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"done\n")
+            assert b"Connection: close" in answer
+        stopper.join(25)
+        assert not stopper.is_alive()
+    finally:
+        server.release.set()
+        if not stopper.is_alive():
+            thread.stop()
