@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -106,3 +107,27 @@ def wait_until(condition: Callable[[], Any], timeout: float = 10.0,
     if not value:
         raise AssertionError(f"timed out waiting for {what}")
     return value
+
+
+class PeerThread(threading.Thread):
+    """Runs ``fn(port)`` in a plain thread (the other end of a connection a test serves in its
+    own hub); :meth:`result` joins within ``wait`` seconds and returns or re-raises."""
+
+    def __init__(self, fn: Callable[[int], Any], port: int, wait: float = 5.0) -> None:
+        super().__init__(daemon=True)
+        self._fn, self._port, self._wait = fn, port, wait
+        self._result: Any = None
+        self._error: Exception | None = None
+
+    def run(self) -> None:
+        try:
+            self._result = self._fn(self._port)
+        except Exception as e:  # handed to the test's thread by result()
+            self._error = e
+
+    def result(self) -> Any:
+        self.join(self._wait)
+        assert not self.is_alive(), "peer thread hung"
+        if self._error is not None:
+            raise self._error
+        return self._result

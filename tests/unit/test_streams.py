@@ -21,6 +21,7 @@ import gevent
 import gevent.socket as gsocket
 import pytest
 import trustme
+from support.net import PeerThread
 from support.tls import trusting
 
 from gnetserver.client import Client
@@ -74,33 +75,10 @@ def tls_protocol(request: Any, pem_files: dict[str, Any]) -> Any:
     return cls(spec(request.param), pem_files, TLSContexts(lambda text: None))
 
 
-class Peer(threading.Thread):
-    """Runs ``fn(port)`` in a plain thread; :meth:`result` joins and returns or re-raises."""
-
-    def __init__(self, fn: Callable[[int], Any], port: int) -> None:
-        super().__init__(daemon=True)
-        self._fn, self._port = fn, port
-        self._result: Any = None
-        self._error: Exception | None = None
-
-    def run(self) -> None:
-        try:
-            self._result = self._fn(self._port)
-        except Exception as e:  # handed to the test's thread by result()
-            self._error = e
-
-    def result(self) -> Any:
-        self.join(WAIT)
-        assert not self.is_alive(), "peer thread hung"
-        if self._error is not None:
-            raise self._error
-        return self._result
-
-
 @contextmanager
-def accepted(listener: Any, peer_fn: Callable[[int], Any]) -> Iterator[tuple[Any, Peer]]:
+def accepted(listener: Any, peer_fn: Callable[[int], Any]) -> Iterator[tuple[Any, PeerThread]]:
     """Start ``peer_fn`` in a thread, accept it here, yield ``(sock, peer)``."""
-    peer = Peer(peer_fn, listener.getsockname()[1])
+    peer = PeerThread(peer_fn, listener.getsockname()[1], WAIT)
     peer.start()
     sock, _ = listener.accept()
     try:

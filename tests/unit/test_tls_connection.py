@@ -22,6 +22,7 @@ import gevent.socket as gsocket
 import pytest
 import trustme
 from OpenSSL import SSL
+from support.net import PeerThread
 from support.tls import trusting
 
 from gnetserver.errors import HandshakeTimeout, TLSError
@@ -57,29 +58,6 @@ def listener() -> Iterator[Any]:
     sock.close()
 
 
-class Client(threading.Thread):
-    """Runs ``fn(port)`` in a plain thread; :meth:`result` joins and returns or re-raises."""
-
-    def __init__(self, fn: Callable[[int], Any], port: int) -> None:
-        super().__init__(daemon=True)
-        self._fn, self._port = fn, port
-        self._result: Any = None
-        self._error: Exception | None = None
-
-    def run(self) -> None:
-        try:
-            self._result = self._fn(self._port)
-        except Exception as e:  # handed to the test's thread by result()
-            self._error = e
-
-    def result(self) -> Any:
-        self.join(WAIT)
-        assert not self.is_alive(), "client thread hung"
-        if self._error is not None:
-            raise self._error
-        return self._result
-
-
 @contextmanager
 def serve(listener: Any, ctx: SSL.Context, client_fn: Callable[[int], Any]) -> Iterator[Any]:
     """Start ``client_fn`` in a thread, accept it here and yield ``(conn, client)``.
@@ -87,7 +65,7 @@ def serve(listener: Any, ctx: SSL.Context, client_fn: Callable[[int], Any]) -> I
     On exit the server side sends close_notify (when it still can) and closes; the client
     thread is then joined, so a client waiting for the server's EOF finishes.
     """
-    client = Client(client_fn, listener.getsockname()[1])
+    client = PeerThread(client_fn, listener.getsockname()[1], WAIT)
     client.start()
     sock, _ = listener.accept()
     conn = TLSConnection(sock, ctx)
