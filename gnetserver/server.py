@@ -155,20 +155,25 @@ class GServer:
         self.lifecycle = Lifecycle()
         self.personality: Personality | None = None  # made when accepting starts
         self.tls_contexts: TLSContexts | None = None  # made by bind
-        # Collaborators call back through lambdas: a hook replaced on the instance counts.
-        self.access = AccessPolicy(lambda level, message: self.log(level, message))
+        # Collaborators call back through methods that look the hook up at each call
+        # (_say and the lambdas): a hook replaced on the instance counts.
+        self.access = AccessPolicy(self._say)
         self.logs = ServerLog(lambda level, message: self.write_to_log_hook(level, message),
                               lambda error, record: self.handle_log_error(error, record))
         self.process = ProcessControl(lambda: self.keep_pid_file)
         # Child processes to reap: the drainers of HUPs (this image's, or an earlier one's).
-        self.children = restart.Children(lambda level, message: self.log(level, message))
+        self.children = restart.Children(self._say)
         self._ready_fd: int | None = None  # the previous generation's ready pipe (after HUP)
         # sd_notify (READY/RELOADING/STOPPING) when NOTIFY_SOCKET is set; else every call no-ops
-        self.notifier = Notifier.from_environment(lambda level, message: self.log(level, message))
+        self.notifier = Notifier.from_environment(self._say)
         self._self_signed = tls_setup.SelfSigned()
         self.exit_status = 0  # server_exit's argument at the end of run(): 1 after fatal()
         self.dequeue_timer: Periodic | None = None  # check_for_dequeue's, while serving
         self._tied = False  # tie_client_stdout: this server installed the stdio proxies
+
+    def _say(self, level: int, message: str) -> None:
+        """:meth:`log`, looked up at each call: what collaborators are given to log with."""
+        self.log(level, message)
 
     # == entry points ===========================================================================
 
@@ -662,7 +667,7 @@ class GServer:
         hooks below, the log, and :meth:`reload_in_place` for HUP."""
         return ProcessHooks(
             name=type(self).__name__,
-            log=lambda level, message: self.log(level, message),
+            log=self._say,
             child_init=lambda: self.child_init_hook(),
             child_finish=lambda: self.child_finish_hook(),
             run_n_children=lambda count: self.run_n_children_hook(count),
