@@ -74,10 +74,13 @@ def connection_environ(client: Client, software: str, server_type: str) -> dict[
     }
     if client.tls is not None:
         env["HTTPS"] = "on"
+        cert = client.peer_certificate  # once: client.peer_subject and peer_issuer each fetch it
         facts = {
             "SSL_PROTOCOL": client.tls_version, "SSL_CIPHER": client.cipher,
-            "SSL_TLS_SNI": client.server_name, "SSL_CLIENT_S_DN": client.peer_subject,
-            "SSL_CLIENT_I_DN": client.peer_issuer, "SSL_ALPN": client.alpn_protocol,
+            "SSL_TLS_SNI": client.server_name,
+            "SSL_CLIENT_S_DN": None if cert is None else cert.subject.rfc4514_string(),
+            "SSL_CLIENT_I_DN": None if cert is None else cert.issuer.rfc4514_string(),
+            "SSL_ALPN": client.alpn_protocol,
         }
         env.update({key: value for key, value in facts.items() if value is not None})
         env["SSL_SESSION_RESUMED"] = "Resumed" if client.session_reused else "Initial"
