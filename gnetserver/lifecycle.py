@@ -263,19 +263,26 @@ class Lifecycle:
         in this greenlet (the loop of a one-hub personality). With ``timeout``, return after
         that many seconds at the latest, or once signals were dispatched (a supervising loop
         does its rounds between)."""
-        queue = self._signals
-        wake: list[Any] = [self._stop] + ([queue.event] if queue is not None else [])
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._stop.is_set():
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return
-            gevent.wait(wake, count=1, timeout=left)
-            names = queue.pop_all() if queue is not None else []
-            if names:
-                dispatch(names)
-                if timeout is not None:
-                    return
+            if self._wait_then_dispatch([self._stop], dispatch, left) and timeout is not None:
+                return
+
+    def _wait_then_dispatch(self, events: list[Any], dispatch: Dispatch,
+                            timeout: float | None = None) -> bool:
+        """One round of the waits above and below: wait until one of ``events`` or a queued
+        signal wakes (at most ``timeout`` seconds), then hand the queued signals to
+        ``dispatch``; True when there were any."""
+        queue = self._signals
+        wake = events + [queue.event] if queue is not None else events
+        gevent.wait(wake, count=1, timeout=timeout)
+        names = queue.pop_all() if queue is not None else []
+        if names:
+            dispatch(names)
+        return bool(names)
 
     def dispatch_pending(self, dispatch: Dispatch) -> None:
         """Hand the signals queued now (none is waited for) to ``dispatch``: the close does it
@@ -308,16 +315,12 @@ class Lifecycle:
         the ready pipe (it accepts, or it died), :meth:`end_overlap` is called, or a stop with
         a timeout is asked for (TERM/INT: ``stop(0)``). Signals go to ``dispatch``."""
         eof = gevent.spawn(restart_wait_for_eof, ready_fd)
-        queue = self._signals
-        wake: list[Any] = [eof, self._overlap_over, self._deadline_moved] \
-            + ([queue.event] if queue is not None else [])
         try:
             while not (eof.dead or self._overlap_over.is_set()
                        or self._stop_timeout is not None):
                 self._deadline_moved.clear()
-                gevent.wait(wake, count=1)
-                if queue is not None:
-                    dispatch(queue.pop_all())
+                self._wait_then_dispatch([eof, self._overlap_over, self._deadline_moved],
+                                         dispatch)
         finally:
             eof.kill()
 
@@ -363,18 +366,14 @@ class Lifecycle:
     def _wait_for_connections(self, connections: Connections, dispatch: Dispatch) -> None:
         """Wait until no connection runs or the deadline has passed; a later
         ``stop(timeout)`` may move it closer (TERM and INT do: ``stop(0)``)."""
-        queue = self._signals
         idle = connections.wait_idle()
-        wake: list[Any] = [idle, self._deadline_moved] + ([queue.event] if queue else [])
         try:
             while connections.active_connections():
                 self._deadline_moved.clear()  # read the deadline afresh below
                 left = self._drain_deadline - time.monotonic()
                 if left <= 0:
                     break
-                gevent.wait(wake, timeout=left, count=1)
-                if queue is not None:
-                    dispatch(queue.pop_all())
+                self._wait_then_dispatch([idle, self._deadline_moved], dispatch, left)
         finally:
             idle.kill()
 

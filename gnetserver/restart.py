@@ -401,16 +401,25 @@ def fork_drainer(drain: Callable[[int], object]) -> tuple[int, int]:
         os._exit(status)
 
 
-def _die_with_parent(parent: int) -> None:
-    """In a drainer: SIGTERM when the parent thread dies (Linux); if it died already, now."""
-    if not in_main_thread() or not sys.platform.startswith("linux"):
-        return
+def set_parent_death_signal(signum: int) -> bool:
+    """In a forked child (a HUP's drainer, a PreFork worker): have the kernel send
+    ``signum`` when the parent thread dies (``prctl`` ``PR_SET_PDEATHSIG``, Linux); True when
+    it was set, False elsewhere or when ``prctl`` is not to be had."""
+    if not sys.platform.startswith("linux"):
+        return False
     try:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signum, 0, 0, 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
+        return False
+    return True
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a drainer: SIGTERM when the parent thread dies (Linux); if it died already, now."""
+    if not in_main_thread() or not set_parent_death_signal(signal.SIGTERM):
         return
     if os.getppid() != parent:
         os.kill(os.getpid(), signal.SIGTERM)

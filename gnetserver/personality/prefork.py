@@ -102,7 +102,6 @@ YOUNG = 5.0
 #: Seconds workers get to exit after TERM in :meth:`PreFork.kill_connections`, before KILL.
 TERM_GRACE = 3.0
 
-_PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 
 
@@ -435,7 +434,7 @@ class PreFork:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         lifecycle.register_signals(SIGNALS)
         lifecycle.install_signals()
-        _set_parent_death_signal(signal.SIGTERM)
+        restart.set_parent_death_signal(signal.SIGTERM)  # and getppid each second
         if os.getppid() != self._parent_pid:
             return 0  # the parent died before PDEATHSIG was set: nothing to serve for
         _set_title(f"gnetserver: worker [{self._hooks.name}]", "gns-worker")
@@ -508,16 +507,6 @@ def _libc() -> Any:
         return ctypes.CDLL(name, use_errno=True)
     except OSError:
         return None
-
-
-def _set_parent_death_signal(signum: int) -> None:
-    """Linux: have the kernel send ``signum`` when the parent dies (``prctl``
-    ``PR_SET_PDEATHSIG``); elsewhere nothing (the worker checks ``getppid`` each second)."""
-    if not sys.platform.startswith("linux"):
-        return
-    libc = _libc()
-    if libc is not None:
-        libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
 
 
 def _set_title(title: str, short: str) -> None:
