@@ -58,7 +58,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # loadgen, servers beside this file
 
 from loadgen import Load, LoadGenerator  # noqa: E402
-from servers import KEY_TYPES, REPO, ServerProcess, write_certificate  # noqa: E402
+from servers import KEY_TYPES, REPO, ServerProcess, positive, write_certificate  # noqa: E402
 
 SERVERS = ("gnetserver", "baseline")
 BEFORE = "gnetserver-before"  #: the third server, with --before PATH
@@ -126,14 +126,6 @@ def describe_tree(tree: Path) -> str:
     except OSError:
         return ""
     return done.stdout.strip()
-
-
-def positive(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -52,7 +52,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from servers import write_certificate  # noqa: E402
+from servers import stop_process, write_certificate  # noqa: E402
 
 SERVERS = ("gnetserver", "pywsgi", "gunicorn", "pywsgi-nodelay")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -175,13 +175,7 @@ class Server:
         return [line for line in text.splitlines() if "Error" in line or "failed" in line]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 10)
 
 
 def wrk(port: int, duration: float, connections: int) -> tuple[int, float, float, str]:

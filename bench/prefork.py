@@ -47,14 +47,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # servers, httpok beside this file
 
-from servers import READY, REPO, TICKS, VERSION, write_certificate  # noqa: E402
+from servers import REPO, TICKS, WatchedStderr, positive, stop_process, write_certificate  # noqa: E402
 
 #: The configurations measured, in the order of the first round: (label, server_type, workers).
 CONFIGS = (("workers=1", "PreFork", 1), ("workers=2", "PreFork", 2), ("Single", "Single", 0))
@@ -119,7 +118,7 @@ def _proc_times(pid: int) -> tuple[float, float]:
     return own, reaped
 
 
-class Server:
+class Server(WatchedStderr):
     """One HttpOk subprocess of one configuration; its CPU and its workers from /proc."""
 
     def __init__(self, label: str, server_type: str, workers: int, cert: str, key: str,
@@ -127,10 +126,6 @@ class Server:
         self.label, self.server_type, self.workers = label, server_type, workers
         self.stats = stats
         stats.mkdir()
-        self.address: tuple[str, int] | None = None
-        self.version = "?"
-        self.lines: list[str] = []
-        self._ready = threading.Event()
         path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--serve", "--server-type",
@@ -141,20 +136,7 @@ class Server:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         self.pid = self.proc.pid
-        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
-        self._reader.start()
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            if len(self.lines) < 1000:  # bounded: only the start and any trouble matter
-                self.lines.append(line.rstrip())
-            if match := VERSION.search(line):
-                self.version = match[1]
-            if match := READY.search(line):
-                self.address = (match[1], int(match[2]))
-                self._ready.set()
-        self._ready.set()
+        self._watch_stderr()
 
     def wait_ready(self) -> tuple[str, int]:
         """Block until the server listens and has its workers; raise with its stderr if not."""
@@ -195,13 +177,7 @@ class Server:
     def stop(self) -> None:
         """TERM (a PreFork parent passes it to its workers), then KILL the rest."""
         workers = self.children()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 10)
         for pid in workers:  # normally gone already (TERM from the parent, or PDEATHSIG)
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -488,14 +464,6 @@ def _num(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:,.0f}" if abs(value) >= 100 or value == int(value) else f"{value:,.1f}"
-
-
-def positive(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

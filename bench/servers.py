@@ -13,6 +13,7 @@ PATH`` another one ("gnetserver-before"). Its subprocess gets that tree first on
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import ipaddress
 import os
@@ -156,17 +157,61 @@ def serve_baseline(cert: str, key: str, nodelay: bool = True) -> None:
 # -- seen from the benchmark -------------------------------------------------------------------
 
 
-class ServerProcess:
+def positive(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float) -> None:
+    """TERM a subprocess, KILL it when it has not ended ``grace`` seconds later; reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+class WatchedStderr:
+    """A server subprocess (``self.proc``, stderr piped as text) whose stderr a thread reads:
+    :attr:`lines` (the first 1000: the start and any trouble matter), :attr:`version` (its
+    ``bench-version:`` line) and :attr:`address` (its ready line)."""
+
+    proc: subprocess.Popen[str]
+
+    def _watch_stderr(self) -> None:
+        """Start the reading thread (once ``self.proc`` runs)."""
+        self.address: tuple[str, int] | None = None
+        self.version = "?"
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            if len(self.lines) < 1000:  # bounded: only the start and any trouble matter
+                self.lines.append(line.rstrip())
+            if match := VERSION.search(line):
+                self.version = match[1]
+            if match := READY.search(line):
+                self.address = (match[1], int(match[2]))
+                self._ready.set()
+        self._ready.set()
+
+
+class ServerProcess(WatchedStderr):
     """One server subprocess (``echo_tls.py --serve KIND``), optionally pinned to ``cpu``."""
 
     def __init__(self, kind: str, cert: str, key: str, cpu: int,
                  extra: tuple[str, ...] = (), tree: Path = REPO) -> None:
         self.kind = kind
         self.tree = tree.resolve()
-        self.address: tuple[str, int] | None = None
-        self.version = "?"
-        self.lines: list[str] = []
-        self._ready = threading.Event()
         path = os.pathsep.join(p for p in (str(self.tree), os.environ.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(
             [sys.executable, str(BENCH / "echo_tls.py"), "--serve", kind, "--cert", cert,
@@ -175,19 +220,7 @@ class ServerProcess:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         self.pid = self.proc.pid
-        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
-        self._reader.start()
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip())
-            if match := VERSION.search(line):
-                self.version = match[1]
-            if match := READY.search(line):
-                self.address = (match[1], int(match[2]))
-                self._ready.set()
-        self._ready.set()
+        self._watch_stderr()
 
     def wait_ready(self) -> tuple[str, int]:
         """Block until the server listens; raise with its stderr if it does not."""
@@ -212,11 +245,5 @@ class ServerProcess:
         return 0
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 5)
         self._reader.join(5)

@@ -37,6 +37,7 @@ import stat
 import sys
 import time
 from dataclasses import dataclass
+from types import TracebackType
 
 from .errors import ConfigError
 
@@ -75,9 +76,8 @@ def open_safely(path: str, flags: int, mode: int = 0o600, *,
             (refused: ...)" for a refused last link; EACCES "... is a symbolic link owned by
             ... (refused: ...)" for a link of someone else's on the way.
     """
-    walk = PathWalk(path)
     followed = False
-    try:
+    with PathWalk(path) as walk:
         name = walk.last()
         while True:
             try:
@@ -97,12 +97,6 @@ def open_safely(path: str, flags: int, mode: int = 0o600, *,
                 break
             walk.follow(target)
             name = walk.last()
-    except OSError as exc:
-        if exc.filename == path:
-            raise
-        raise OSError(exc.errno, exc.strerror, path) from None
-    finally:
-        walk.close()
     if followed and stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OSError(errno.ELOOP, "is a symbolic link to a regular file (refused: root would "
@@ -115,16 +109,8 @@ def unlink_safely(path: str) -> None:
     """``os.unlink`` of a name others may control: the directories are walked as by
     :func:`open_safely` and the last name is removed relative to its directory (a symbolic
     link there is removed itself, never followed). OSError as os.unlink, with ``path``."""
-    walk = PathWalk(path)
-    try:
-        name = walk.last()
-        os.unlink(name, dir_fd=walk.fd)
-    except OSError as exc:
-        if exc.filename == path:
-            raise
-        raise OSError(exc.errno, exc.strerror, path) from None
-    finally:
-        walk.close()
+    with PathWalk(path) as walk:
+        os.unlink(walk.last(), dir_fd=walk.fd)
 
 
 class PathWalk:
@@ -217,6 +203,16 @@ class PathWalk:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def __enter__(self) -> PathWalk:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """Close the walk; an OSError raised inside names :attr:`path` as its filename."""
+        self.close()
+        if isinstance(exc, OSError) and exc.filename != self.path:
+            raise OSError(exc.errno, exc.strerror, self.path) from None
 
     def _enter(self, name: str) -> None:
         try:

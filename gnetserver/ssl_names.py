@@ -8,9 +8,9 @@ Rules of this module:
   can use these names without loading a TLS library. :mod:`gnetserver.tls.context` builds
   contexts from the same names (it imports them from here), so the table, ``--help``, README
   and the TLS layer can never disagree.
-* Two texts mirror constants of the TLS layer, which cannot be imported here without OpenSSL:
-  :data:`DEFAULT_CIPHER_LIST` (``tls.negotiation``) and :data:`TICKET_KEYCB_REFUSED`
-  (``tls.tickets``). ``tests/unit/test_conf.py`` checks that they are equal.
+* Two texts of the TLS layer live here, so that the option table can quote them without
+  OpenSSL: :data:`DEFAULT_CIPHER_LIST` (used by ``tls.negotiation``) and
+  :data:`TICKET_KEYCB_REFUSED` (the refusal of IO::Socket::SSL's ticket key callback).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ __all__ = [
     "refusal_reason",
 ]
 
-#: Forward-secret AEAD suites only, for TLS <= 1.2 (the default of SSL_cipher_list; the same
-#: text as :data:`gnetserver.tls.negotiation.DEFAULT_CIPHER_LIST`).
+#: Forward-secret AEAD suites only, for TLS <= 1.2 (the default of SSL_cipher_list; TLS 1.3
+#: suites are all AEAD and forward-secret).
 DEFAULT_CIPHER_LIST = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS"
 
-#: Why SSL_ticket_keycb is refused (the same text as
-#: :data:`gnetserver.tls.tickets.TICKET_KEYCB_REFUSED`).
+#: Why SSL_ticket_keycb is refused (pyOpenSSL lacks the callback; see
+#: :mod:`gnetserver.tls.tickets`).
 TICKET_KEYCB_REFUSED = (
     "pyOpenSSL exposes no session-ticket key callback, so ticket keys cannot be supplied; "
     "use SSL_ticket_key_rotation (seconds) to renew the keys by rebuilding the context"

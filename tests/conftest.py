@@ -13,6 +13,7 @@ import functools
 import os
 import shutil
 import signal
+import socket
 import ssl
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import gevent.socket as gsocket
 import pytest
 import trustme
 
@@ -148,6 +150,29 @@ def short_tmp_path() -> Iterator[str]:
     path = tempfile.mkdtemp(prefix="gns-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def listener() -> Iterator[Any]:
+    """A gevent TCP socket listening on 127.0.0.1 (5 s timeout), for a test that accepts
+    connections itself."""
+    sock = gsocket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    sock.settimeout(5.0)
+    yield sock
+    sock.close()
+
+
+@pytest.fixture
+def syslog_socket(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
+    """A syslog daemon stand-in: an AF_UNIX datagram socket the server sends to."""
+    path = str(tmp_path / "syslog.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(5)
+    yield path, sock
+    sock.close()
 
 
 @pytest.fixture

@@ -31,7 +31,13 @@ from cryptography import x509
 from OpenSSL import SSL
 
 from ..errors import ConfigError
-from .formats import CertificateFile, Passphrase, load_certificate_file, load_key_data
+from .formats import (
+    CertificateFile,
+    Passphrase,
+    load_certificate_file,
+    load_key_data,
+    own_key,
+)
 from .util import Build, as_bytes, read_file, reason, require_callable
 
 __all__ = ["CREDENTIAL_KEYS", "passphrase", "passphrase_of", "use_credential"]
@@ -131,12 +137,10 @@ def _load_key(cred: Mapping[str, Any], loaded: CertificateFile, cert_label: str,
     value, path = cred.get("SSL_key"), cred.get("SSL_key_file")
     if value is not None and path is not None:
         raise ConfigError(f"{where}: give SSL_key_file or SSL_key, not both")
-    if loaded.key is not None:
-        if value is not None or path is not None:
-            given = "SSL_key" if value is not None else f"SSL_key_file {str(path)!r}"
-            raise ConfigError(f"{where}: {cert_label} is a PKCS#12 file with its own key; drop "
-                              f"{given}")
-        return loaded.key, cert_label
+    given = ("SSL_key" if value is not None
+             else None if path is None else f"SSL_key_file {str(path)!r}")
+    if (key := own_key(loaded, cert_label, where, given)) is not None:
+        return key, cert_label
     if value is not None and not isinstance(value, (bytes, str)):
         return value, "SSL_key"  # a key object; use_privatekey checks its type
     if value is not None:
@@ -147,9 +151,6 @@ def _load_key(cred: Mapping[str, Any], loaded: CertificateFile, cert_label: str,
         cert_path = cred["SSL_cert_file"]
         data = read_file(cert_path, "SSL_cert_file", where)
         label = f"SSL_cert_file {str(cert_path)!r} (no SSL_key_file given)"
-    elif loaded.form in ("DER", "PKCS#12"):
-        raise ConfigError(f"{where}: {cert_label} is a {loaded.form} file without a private "
-                          "key; give SSL_key_file")
     else:
         raise ConfigError(f"{where}: SSL_cert needs SSL_key (or SSL_key_file)")
     return load_key_data(data, label, where, passphrase_of(b)), label

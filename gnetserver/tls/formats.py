@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from ..errors import ConfigError
 
-__all__ = ["CertificateFile", "is_pem", "load_certificate_file", "load_key_data"]
+__all__ = ["CertificateFile", "is_pem", "load_certificate_file", "load_key_data", "own_key"]
 
 #: Returns the passphrase (``SSL_passwd_cb`` already checked and called), or None without one.
 Passphrase = Callable[[], "bytes | None"]
@@ -87,6 +87,26 @@ def load_certificate_file(data: bytes, label: str, where: str,
             raise ConfigError(f"{where}: {label} is a PKCS#12 file without a certificate")
         extra.remove(cert)
     return CertificateFile(_ordered(cert, extra), key, "PKCS#12")
+
+
+def own_key(loaded: CertificateFile, label: str, where: str, given: str | None) -> Any:
+    """The key that comes with an ``SSL_cert_file``: a PKCS#12 file's own key, or None when the
+    key is to be read from ``given`` (the other key source named, or None) or, for PEM, from
+    the file itself.
+
+    Raises:
+        ConfigError: a PKCS#12 file with its own key and ``given`` too (IO::Socket::SSL would
+            ignore the second key), or a DER or PKCS#12 file without a key and nothing given.
+    """
+    if loaded.key is not None:
+        if given is not None:
+            raise ConfigError(f"{where}: {label} is a PKCS#12 file with its own key; drop "
+                              f"{given}")
+        return loaded.key
+    if given is None and loaded.form in ("DER", "PKCS#12"):
+        raise ConfigError(f"{where}: {label} is a {loaded.form} file without a private key; "
+                          "give SSL_key_file")
+    return None
 
 
 def _leaf_of(certs: list[x509.Certificate]) -> x509.Certificate | None:

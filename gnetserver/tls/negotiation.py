@@ -23,12 +23,10 @@ from typing import Any
 from OpenSSL import SSL
 
 from ..errors import ConfigError
+from ..ssl_names import DEFAULT_CIPHER_LIST
 from .util import Build, read_file, reason, to_bool
 
 __all__ = ["DEFAULT_CIPHER_LIST", "parse_alpn", "parse_ssl_version"]
-
-#: Forward-secret AEAD suites only, for TLS <= 1.2 (TLS 1.3 suites are all AEAD and FS).
-DEFAULT_CIPHER_LIST = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS"
 
 # ---------------------------------------------------------------------------------------------
 # SSL_version

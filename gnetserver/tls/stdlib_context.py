@@ -253,15 +253,10 @@ def _as_pem(chain: _Source, key: _Source | None, passwd_cb: Any,
         if not formats.is_pem(data):
             loaded = formats.load_certificate_file(data, label, where, passphrase)
             chain = ("memory", _pem(loaded.chain, "SSL_cert_file", where))
-            if loaded.key is not None:
-                if key is not None:
-                    given = "SSL_key" if key[0] == "memory" else f"SSL_key_file {str(key[1])!r}"
-                    raise ConfigError(f"{where}: {label} is a PKCS#12 file with its own key; "
-                                      f"drop {given}")
-                key = ("memory", _pem(loaded.key, "SSL_cert_file", where))
-            elif key is None:
-                raise ConfigError(f"{where}: {label} is a {loaded.form} file without a private "
-                                  "key; give SSL_key_file")
+            given = (None if key is None
+                     else "SSL_key" if key[0] == "memory" else f"SSL_key_file {str(key[1])!r}")
+            if (own := formats.own_key(loaded, label, where, given)) is not None:
+                key = ("memory", _pem(own, "SSL_cert_file", where))
     if key is not None and key[0] == "file":
         label = f"SSL_key_file {str(key[1])!r}"
         data = read_file(key[1], "SSL_key_file", where)

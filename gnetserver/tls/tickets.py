@@ -14,13 +14,14 @@ What resumes, and where:
   once client certificates are verified (IO::Socket::SSL generates one in that case too).
 
 Ticket keys (IO::Socket::SSL's ``SSL_ticket_keycb``): pyOpenSSL exposes neither
-``SSL_CTX_set_tlsext_ticket_key_evp_cb`` nor ``SSL_CTX_set_tlsext_ticket_keys``, so keys cannot
-be chosen, shared between processes or kept across a rebuild; ``SSL_ticket_keycb`` is refused
-at start. The equivalent is rotation by rebuilding: ``SSL_ticket_key_rotation`` seconds after a
-context was built, the next connection on it triggers a rebuild from the same options (files
-are read again, as by ``reload_tls()``), which brings fresh ticket keys and an empty session
-cache. Sessions issued before then get a full handshake once. A rebuild that fails keeps the
-current context, logs why and is tried again one period later. ``reload_tls()`` rotates too.
+``SSL_CTX_set_tlsext_ticket_key_evp_cb`` nor ``SSL_CTX_set_tlsext_ticket_keys``, so keys cannot be
+chosen, shared between processes or kept across a rebuild; ``SSL_ticket_keycb`` is refused at
+start (the reason: :data:`gnetserver.ssl_names.TICKET_KEYCB_REFUSED`). The equivalent is rotation
+by rebuilding: ``SSL_ticket_key_rotation`` seconds after a context was built, the next connection
+on it triggers a rebuild from the same options (files are read again, as by ``reload_tls()``),
+which brings fresh ticket keys and an empty session cache. Sessions issued before then get a full
+handshake once. A rebuild that fails keeps the current context, logs why and is tried again one
+period later. ``reload_tls()`` rotates too.
 """
 
 from __future__ import annotations
@@ -39,12 +40,6 @@ _MAX_SID_CTX = 32
 
 #: The session id context of every context unless ``SSL_session_id_context`` is given.
 DEFAULT_SESSION_ID_CONTEXT = hashlib.sha256(b"gnetserver session id context").digest()
-
-#: Why ``SSL_ticket_keycb`` is refused (shown in the ConfigError).
-TICKET_KEYCB_REFUSED = (
-    "pyOpenSSL exposes no session-ticket key callback, so ticket keys cannot be supplied; "
-    "use SSL_ticket_key_rotation (seconds) to renew the keys by rebuilding the context"
-)
 
 
 def apply_session(ctx: SSL.Context, b: Build) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 from support.net import poll
-from support.process import REPO, python_env
+from support.process import REPO, process_ids, python_env
 
 from gnetserver import ConfigError, GServer
 from gnetserver.testing import ServerThread
@@ -69,16 +69,6 @@ def unknown_uid() -> int:
         except KeyError:
             return uid
     pytest.skip("no free uid in 47110-59999")
-
-
-def ids(pid: int) -> dict[str, list[int]]:
-    """Uid, Gid (real, effective, saved, fs) and Groups of a live process."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("Uid", "Gid", "Groups"):
-            fields[key] = [int(v) for v in value.split()]
-    return fields
 
 
 @pytest.fixture
@@ -252,7 +242,7 @@ def test_files_swapped_for_symlinks_before_the_hand_over(shared_dir: Path, secre
     assert result.startswith("ready") and "Swapped the files" in result, result
     moved = Path(f"{log_file}.orig")  # the server's own log file, renamed by the attacker
     assert (moved.stat().st_uid, moved.stat().st_gid) == NOBODY
-    assert ids(server.proc.pid)["Uid"] == [NOBODY[0]] * 4
+    assert process_ids(server.proc.pid)["Uid"] == [NOBODY[0]] * 4
 
 
 @as_root
@@ -333,7 +323,7 @@ def test_a_numeric_user_without_passwd_entry_needs_a_group(tmp_path: Path, start
     server = start("--port", "127.0.0.1:0/tcp", "--user", str(uid), folder=tmp_path)
     result = server.outcome()
     if result.startswith("ready"):
-        pytest.fail(f"started with {ids(server.proc.pid)}")
+        pytest.fail(f"started with {process_ids(server.proc.pid)}")
     assert result.startswith("exit 2"), result
     assert "'user'" in result and f"{uid}" in result and "'group'" in result, result
 
@@ -346,7 +336,7 @@ def test_a_numeric_user_with_a_numeric_group_runs_with_that_gid(tmp_path: Path,
                    folder=tmp_path)
     result = server.outcome()
     assert result.startswith("ready"), result
-    status = ids(server.proc.pid)
+    status = process_ids(server.proc.pid)
     assert status["Uid"] == [uid] * 4 and status["Gid"] == [uid] * 4
     assert status["Groups"] == [uid]
 
@@ -393,7 +383,7 @@ def test_chroot_without_user_stops_the_start(shared_dir: Path, start: Any) -> No
                    folder=shared_dir)
     result = server.outcome()
     if result.startswith("ready"):
-        pytest.fail(f"started in the jail with {ids(server.proc.pid)['Uid']}")
+        pytest.fail(f"started in the jail with {process_ids(server.proc.pid)['Uid']}")
     assert result.startswith("exit 2"), result
     assert "'chroot'" in result and "'user'" in result and "chroot_as_root" in result, result
 
@@ -405,7 +395,7 @@ def test_chroot_as_root_is_an_explicit_opt_in(shared_dir: Path, start: Any) -> N
     result = server.outcome()
     assert result.startswith("ready"), result
     assert os.readlink(f"/proc/{server.proc.pid}/root") == str(shared_dir)
-    assert ids(server.proc.pid)["Uid"] == [0] * 4
+    assert process_ids(server.proc.pid)["Uid"] == [0] * 4
     assert poll(lambda: "root inside the chroot" in server.output(), 5), server.output()
 
 

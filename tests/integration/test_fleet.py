@@ -18,9 +18,7 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,7 +27,8 @@ from typing import Any
 
 import pytest
 from support.haproxy import HAProxy, free_port
-from support.net import read_until_eof, wait_until
+from support.load import Load, Record
+from support.net import wait_until
 from support.process import REPO, alive
 from support.sigserver import SignalServerProcess
 
@@ -59,62 +58,10 @@ def fleet_config(folder: Path, front: int, ports: tuple[int, int]) -> str:
     return text
 
 
-@dataclass
-class Record:
-    """One request: its payload, the response (or the error), when it ended."""
-
-    payload: str
-    response: str | None
-    error: BaseException | None
-    ended: float
-
-
-class Load:
-    """``CLIENTS`` threads doing one TLS request per connection through the balancer, in a
-    loop until :meth:`finish`; every request is recorded."""
-
-    def __init__(self, port: int, context: ssl.SSLContext) -> None:
-        self.port, self.context = port, context
-        self.records: list[Record] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True)
-                         for i in range(CLIENTS)]
-        for thread in self._threads:
-            thread.start()
-
-    def _client(self, index: int) -> None:
-        number = 0
-        while not self._stop.is_set():
-            number += 1
-            record = self._request(f"c{index}-r{number}")
-            with self._lock:
-                self.records.append(record)
-
-    def _request(self, payload: str) -> Record:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=15) as raw, \
-                    self.context.wrap_socket(raw, server_hostname="localhost") as tls:
-                tls.sendall(f"{DELAY} {payload}\n".encode())
-                response = read_until_eof(tls).decode()
-            return Record(payload, response, None, time.monotonic())
-        except (OSError, ssl.SSLError) as exc:
-            return Record(payload, None, exc, time.monotonic())
-
-    def served_by(self, token: str) -> int:
-        """How many complete responses so far came from the process image ``token``."""
-        with self._lock:
-            return sum(1 for r in self.records
-                       if (m := RESPONSE.fullmatch(r.response or "")) and m[2] == token
-                       and m[3] == r.payload)
-
-    def finish(self) -> list[Record]:
-        self._stop.set()
-        deadline = time.monotonic() + 20
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        assert not any(t.is_alive() for t in self._threads), "clients did not stop in time"
-        return self.records
+def served_by(load: Load, token: str) -> int:
+    """How many complete responses so far came from the process image ``token``."""
+    return load.count(lambda r: bool((m := RESPONSE.fullmatch(r.response or ""))
+                                     and m[2] == token and m[3] == r.payload))
 
 
 def unusual(log: str) -> str:
@@ -170,8 +117,8 @@ def fleet(spawn: Callable[..., Any], tmp_path: Path, certs: dict[str, str],
     balancer = HAProxy(fleet_config(tmp_path, front, ports), tmp_path, front, complete=True)
     load = None
     try:
-        load = Load(front, client_context)
-        wait_until(lambda: load.served_by(g1.token()) >= 5 and load.served_by(g2.token()) >= 5,
+        load = Load(("127.0.0.1", front), client_context, DELAY, clients=CLIENTS).start()
+        wait_until(lambda: served_by(load, g1.token()) >= 5 and served_by(load, g2.token()) >= 5,
                    20, "both instances to serve through the balancer")
         yield Fleet(start_instance, ports, g1, g2, balancer, load)
     finally:
@@ -190,12 +137,12 @@ def test_quit_and_restart_of_one_instance_loses_nothing(fleet: Fleet) -> None:
     g1.send(signal.SIGQUIT)
     assert g1.wait_exit(15) == 0
     wait_until(lambda: "gnetservers/g1 is DOWN" in balancer.log, 15, "HAProxy to mark g1 DOWN")
-    served_by_g2 = load.served_by(g2.token())
+    served_by_g2 = served_by(load, g2.token())
     again = fleet.start_instance(fleet.ports[0])  # the same port
     wait_until(lambda: "gnetservers/g1 is UP" in balancer.log.split("g1 is DOWN", 1)[1], 15,
                "HAProxy to mark g1 UP again")
-    wait_until(lambda: load.served_by(again.token()) >= 10, 20, "the new g1 to serve")
-    assert load.served_by(g2.token()) > served_by_g2  # g2 served meanwhile
+    wait_until(lambda: served_by(load, again.token()) >= 10, 20, "the new g1 to serve")
+    assert served_by(load, g2.token()) > served_by_g2  # g2 served meanwhile
     records = load.finish()
     assert_none_failed(records, {g1.pid, g2.pid, again.pid}, balancer)
     # The QUIT let the sessions in flight finish: g1 answered after it was sent.
@@ -209,7 +156,7 @@ def test_hup_of_one_instance_loses_nothing(fleet: Fleet) -> None:
     g1.send(signal.SIGHUP)
     second = g1.token(2)
     drainer = g1.drainer()
-    wait_until(lambda: load.served_by(second) >= 10, 20, "g1's new image to serve")
+    wait_until(lambda: served_by(load, second) >= 10, 20, "g1's new image to serve")
     records = load.finish()
     assert_none_failed(records, {g1.pid, g2.pid, drainer}, balancer)
     assert g1.proc.poll() is None and "is DOWN" not in balancer.log  # HAProxy saw nothing

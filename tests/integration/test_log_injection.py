@@ -16,7 +16,6 @@ import re
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -83,17 +82,6 @@ def test_the_log_file(serve: Any, tmp_path: Path) -> None:
     send_forged(address(server))
     assert poll(lambda: "client said" in log_file.read_text(encoding="utf-8"))
     assert_one_escaped_line(log_file.read_text(encoding="utf-8"))
-
-
-@pytest.fixture
-def syslog_socket(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
-    """A syslog daemon stand-in: an AF_UNIX datagram socket the server sends to."""
-    path = str(tmp_path / "syslog.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.settimeout(5)
-    yield path, sock
-    sock.close()
 
 
 def test_syslog(serve: Any, syslog_socket: tuple[str, socket.socket]) -> None:

@@ -11,7 +11,6 @@ import socket
 import ssl
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,17 +46,6 @@ def say_hello(server: GServer, timeout: float = 5.0) -> bytes:
         welcome = sock.makefile("rb").readline()
         sock.sendall(b"quit\r\n")
         return welcome
-
-
-@pytest.fixture
-def syslog_socket(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
-    """A syslog daemon stand-in: an AF_UNIX datagram socket the server sends to."""
-    path = str(tmp_path / "syslog.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.settimeout(5)
-    yield path, sock
-    sock.close()
 
 
 def receive_until(sock: socket.socket, needle: str, limit: int = 50) -> list[str]:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.net import open_stream, wait_until
-from support.process import gnetserver_to_files
+from support.net import echo_line, wait_until
+from support.process import gnetserver_to_files, process_ids
 
 from gnetserver import ConfigError, GServer
 from gnetserver.privileges import rebase
@@ -62,16 +62,6 @@ def free_low_port() -> int:
     pytest.skip("no free port in 600-999 on 127.0.0.1")
 
 
-def ids(pid: int) -> dict[str, list[int]]:
-    """Uid, Gid (real, effective, saved, fs) and Groups of a live process."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("Uid", "Gid", "Groups"):
-            fields[key] = [int(v) for v in value.split()]
-    return fields
-
-
 @pytest.fixture
 def shared_dir() -> Iterator[Path]:
     """A directory the unprivileged server may write in (tmp_path's parents are root-only)."""
@@ -103,16 +93,6 @@ def run_server() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
                 proc.wait(5)
 
 
-def echo(where: Any) -> str:
-    with open_stream(where, 5) as sock:
-        reader = sock.makefile("rb")
-        reader.readline()
-        sock.sendall(b"hello\r\n")
-        line = reader.readline().decode()
-        sock.sendall(b"quit\r\n")
-        return line
-
-
 def wait_ready(proc: subprocess.Popen[bytes], log_file: Path) -> str:
     def ready() -> str | None:
         assert proc.poll() is None, (log_file.parent / "err.txt").read_text()
@@ -136,11 +116,11 @@ def test_root_binds_a_low_port_then_serves_as_nobody(shared_dir: Path, run_serve
     text = wait_ready(proc, log_file)
     assert f"Binding to 127.0.0.1:{port}/tcp" in text
     assert text.index("Binding to") < text.index("Setting gid") < text.index("Server ready")
-    status = ids(proc.pid)
+    status = process_ids(proc.pid)
     assert status["Uid"] == [uid] * 4 and status["Gid"] == [gid] * 4
     assert sorted(status["Groups"]) == sorted({gid, extra})
-    assert "You said" in echo(("127.0.0.1", port))
-    assert "You said" in echo(sock_path)
+    assert "You said" in echo_line(("127.0.0.1", port))
+    assert "You said" in echo_line(sock_path)
     for path in (log_file, Path(sock_path)):  # handed over before the switch
         assert (path.stat().st_uid, path.stat().st_gid) == (uid, gid), path
     # issue 16 point 6: the pid file stays root's (nobody must not aim root's kill at others)
@@ -164,8 +144,8 @@ def test_numeric_ids_and_chroot(shared_dir: Path, run_server: Any) -> None:
     text = wait_ready(proc, log_file)
     assert f"Chrooting to {shared_dir}" in text
     assert os.readlink(f"/proc/{proc.pid}/root") == str(shared_dir)
-    assert ids(proc.pid)["Uid"] == [uid] * 4 and ids(proc.pid)["Groups"] == [gid]
-    assert "You said" in echo(("127.0.0.1", port))
+    assert process_ids(proc.pid)["Uid"] == [uid] * 4 and process_ids(proc.pid)["Groups"] == [gid]
+    assert "You said" in echo_line(("127.0.0.1", port))
     wait_until(lambda: "CONNECT TCP" in log_file.read_text(), what="the CONNECT line")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0

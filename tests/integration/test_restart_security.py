@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.net import open_stream, wait_until
+from support.net import echo_line, wait_until
 from support.process import REPO, ServerProcess, python_env
 
 pytestmark = pytest.mark.timeout(40)
@@ -52,20 +52,6 @@ PLANTER = textwrap.dedent('''
 ''')
 
 
-def echo(where: Any, context: ssl.SSLContext | None = None) -> str:
-    """One Net::Server echo exchange; the answer line."""
-    with open_stream(where, 5) as raw:
-        sock = raw if context is None else context.wrap_socket(raw,
-                                                                 server_hostname="localhost")
-        with sock:
-            reader = sock.makefile("rb")
-            reader.readline()
-            sock.sendall(b"hello\r\n")
-            line = reader.readline().decode()
-            sock.sendall(b"quit\r\n")
-            return line
-
-
 @pytest.mark.parametrize("marker", ["", "1"], ids=["no-marker", "another-pid"])
 def test_planted_bound_sockets_is_not_adopted(spawn: Any, tmp_path: Path, marker: str) -> None:
     env = python_env(REPO)
@@ -76,7 +62,7 @@ def test_planted_bound_sockets_is_not_adopted(spawn: Any, tmp_path: Path, marker
     ((host, port, _),) = server.ports()
     assert port != planted  # bound its own socket, not the one it was handed
     assert server.count("BOUND_SOCKETS is set, but not by a HUP re-exec") == 1
-    assert "You said" in echo((host, port))
+    assert "You said" in echo_line((host, port))
 
 
 # -- as root, dropping to nobody ------------------------------------------------------------------
@@ -135,7 +121,7 @@ def test_hup_with_a_root_only_key_is_refused_and_the_server_keeps_serving(
         as_nobody: Any, shared_dir: Path, client_context: ssl.SSLContext) -> None:
     server = as_nobody(*tls_args(shared_dir))
     (where,) = server.ports()
-    assert "You said" in echo(where[:2], client_context)
+    assert "You said" in echo_line(where[:2], client_context)
     server.send(signal.SIGHUP)
     refusal = server.wait_for(REFUSED).group(1)
     key = str(shared_dir / "key.pem")
@@ -143,7 +129,7 @@ def test_hup_with_a_root_only_key_is_refused_and_the_server_keeps_serving(
     assert f"read as uid {NOBODY_UID} ('nobody')" in refusal, refusal
     assert server.count("Re-exec server during HUP") == 0
     assert server.proc.poll() is None
-    assert "You said" in echo(where[:2], client_context)  # still serving, same listener
+    assert "You said" in echo_line(where[:2], client_context)  # still serving, same listener
 
 
 @needs_root_and_nobody
@@ -162,7 +148,7 @@ def test_hup_with_an_interpreter_nobody_cannot_run_is_refused(
         assert f"the re-exec would fail: the interpreter '{python}' cannot be reached by uid " \
                f"{NOBODY_UID} ('nobody')" in refusal, refusal
         assert server.count("Re-exec server during HUP") == 0
-        assert "You said" in echo(where[:2])
+        assert "You said" in echo_line(where[:2])
     finally:
         shutil.rmtree(private, ignore_errors=True)
 
@@ -175,7 +161,7 @@ def test_hup_inside_a_chroot_is_refused(as_nobody: Any, shared_dir: Path) -> Non
     refusal = server.wait_for(REFUSED).group(1)
     assert f"cannot re-execute the server inside its chroot '{shared_dir}'" in refusal, refusal
     assert server.count("Re-exec server during HUP") == 0
-    assert "You said" in echo(where[:2])
+    assert "You said" in echo_line(where[:2])
 
 
 @needs_root_and_nobody
@@ -187,7 +173,7 @@ def test_ticket_rotation_with_a_root_only_key_keeps_serving_and_says_why(
     assert f"read as uid {NOBODY_UID}" in said  # said at start, not only at each rotation
 
     def rotation_tried() -> bool:
-        assert "You said" in echo(where[:2], client_context)  # every client is served
+        assert "You said" in echo_line(where[:2], client_context)  # every client is served
         return server.count("session-ticket key rotation failed") > 0
 
     wait_until(rotation_tried, 15, "a rotation to be tried")
@@ -195,6 +181,6 @@ def test_ticket_rotation_with_a_root_only_key_keeps_serving_and_says_why(
     assert "keeping the current keys and certificates" in line
     assert f"SSL_key_file '{shared_dir / 'key.pem'}': cannot read (Permission denied)" in line
     assert f"read as uid {NOBODY_UID}" in line
-    assert "You said" in echo(where[:2], client_context)
+    assert "You said" in echo_line(where[:2], client_context)
     assert server.proc.poll() is None
 

@@ -64,6 +64,21 @@ def open_stream(where: tuple[str, int] | str, timeout: float) -> socket.socket:
     return sock
 
 
+def echo_line(where: tuple[str, int] | str, context: ssl.SSLContext | None = None) -> str:
+    """One Net::Server echo exchange (welcome, ``hello``, ``quit``), over TLS with
+    ``context``; the answer line."""
+    with open_stream(where, 5) as raw:
+        sock = raw if context is None else context.wrap_socket(raw,
+                                                                 server_hostname="localhost")
+        with sock:
+            reader = sock.makefile("rb")
+            reader.readline()
+            sock.sendall(b"hello\r\n")
+            line = reader.readline().decode()
+            sock.sendall(b"quit\r\n")
+            return line
+
+
 def read_until_eof(sock: Any, limit: int = 1 << 22) -> bytes:
     """Everything the peer sends until it closes (close_notify or TCP EOF)."""
     chunks, size = [], 0

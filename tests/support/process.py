@@ -155,3 +155,13 @@ def read_pid(pid_file: Path) -> int | None:
     except FileNotFoundError:
         return None
     return int(text) if text.endswith("\n") and text.strip().isdigit() else None
+
+
+def process_ids(pid: int) -> dict[str, list[int]]:
+    """Uid, Gid (real, effective, saved, fs) and Groups of a live process."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Uid", "Gid", "Groups"):
+            fields[key] = [int(v) for v in value.split()]
+    return fields

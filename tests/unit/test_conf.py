@@ -266,12 +266,10 @@ def test_pure_modules_load_no_network_or_tls_library() -> None:
     assert out.strip() == "[]"
 
 
-def test_ssl_names_mirror_the_tls_layer() -> None:
-    """ssl_names cannot import the TLS layer (OpenSSL); its two copied texts must match."""
+def test_tls_layer_uses_the_ssl_names() -> None:
+    """The TLS layer takes the option names from ssl_names rather than keeping copies."""
     from gnetserver import ssl_names
-    from gnetserver.tls import context, negotiation, tickets
+    from gnetserver.tls import context
 
-    assert ssl_names.DEFAULT_CIPHER_LIST == negotiation.DEFAULT_CIPHER_LIST
-    assert ssl_names.TICKET_KEYCB_REFUSED == tickets.TICKET_KEYCB_REFUSED
     assert context.SUPPORTED_SSL_OPTIONS is ssl_names.SUPPORTED_SSL_OPTIONS
     assert context.REFUSED_SSL_OPTIONS is ssl_names.REFUSED_SSL_OPTIONS

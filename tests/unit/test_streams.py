@@ -54,16 +54,6 @@ def spec(proto: str, port: str = "127.0.0.1:0") -> PortSpec:
 
 
 @pytest.fixture
-def listener() -> Iterator[Any]:
-    sock = gsocket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    sock.settimeout(WAIT)
-    yield sock
-    sock.close()
-
-
-@pytest.fixture
 def client_ctx(ca: trustme.CA) -> ssl.SSLContext:
     return trusting(ca)
 
@@ -109,6 +99,17 @@ def read_to_eof(raw: socket.socket) -> bytes:
     while chunk := raw.recv(65536):
         data += chunk
     return data
+
+
+def silent_until(release: threading.Event) -> Callable[[socket.socket], bytes]:
+    """A peer that sends nothing until ``release``, then reads to EOF (b"" when reset)."""
+    def silent(raw: socket.socket) -> bytes:
+        release.wait(WAIT)
+        try:
+            return read_to_eof(raw)
+        except ConnectionResetError:
+            return b""
+    return silent
 
 
 # -- protocols --------------------------------------------------------------------------------
@@ -280,16 +281,8 @@ def test_failed_handshake_is_closed_and_leaves_no_descriptor(
 
 def test_handshake_timeout_aborts(listener: Any, tls_protocol: Any) -> None:
     release = threading.Event()
-
-    def silent(raw: socket.socket) -> bytes:
-        release.wait(WAIT)
-        try:
-            return read_to_eof(raw)
-        except ConnectionResetError:
-            return b""
-
     baseline = open_fds()
-    with accepted(listener, raw_peer(silent)) as (sock, thread):
+    with accepted(listener, raw_peer(silent_until(release))) as (sock, thread):
         with pytest.raises(HandshakeTimeout):
             tls_protocol.post_accept(sock, 0.05)
         assert sock.fileno() == -1  # aborted before the peer did anything
@@ -300,16 +293,8 @@ def test_handshake_timeout_aborts(listener: Any, tls_protocol: Any) -> None:
 
 def test_killed_handshake_aborts(listener: Any, tls_protocol: Any) -> None:
     release = threading.Event()
-
-    def silent(raw: socket.socket) -> bytes:
-        release.wait(WAIT)
-        try:
-            return read_to_eof(raw)
-        except ConnectionResetError:
-            return b""
-
     baseline = open_fds()
-    with accepted(listener, raw_peer(silent)) as (sock, thread):
+    with accepted(listener, raw_peer(silent_until(release))) as (sock, thread):
         handshake = gevent.spawn(tls_protocol.post_accept, sock, None)
         gevent.sleep(0)  # the handshake runs until it waits for the ClientHello
         assert not handshake.dead

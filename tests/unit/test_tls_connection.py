@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import gevent.socket as gsocket
 import pytest
 import trustme
 from OpenSSL import SSL
@@ -46,16 +45,6 @@ def server_ctx(pem_files: dict[str, Any]) -> SSL.Context:
 @pytest.fixture
 def client_ctx(ca: trustme.CA) -> ssl.SSLContext:
     return trusting(ca)
-
-
-@pytest.fixture
-def listener() -> Iterator[Any]:
-    sock = gsocket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    sock.settimeout(WAIT)
-    yield sock
-    sock.close()
 
 
 @contextmanager
