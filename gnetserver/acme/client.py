@@ -67,7 +67,7 @@ def describe_problem(problem: Mapping[str, Any], status: int | None = None,
                 value = who.get("value", "?") if isinstance(who, Mapping) else "?"
                 parts.append(f"{value}: {describe_problem(sub)}")
         text += " [" + "; ".join(parts) + "]"
-    if status is not None:
+    if status:
         text += f" (HTTP {status}{' from ' + url if url else ''})"
     return text
 

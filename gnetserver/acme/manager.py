@@ -291,7 +291,7 @@ class AcmeManager:
             client.kid = store.account_url(settings.directory, settings.email)
             self._clients[key] = client
         if client.kid is None:
-            url = run_blocking(client.register, settings.email)
+            url = _blocking(client.register, settings.email)
             store.save_account_url(settings.directory, settings.email, url)
             self._log(2, f"ACME: account {url} at {settings.directory}")
         return client
@@ -300,14 +300,14 @@ class AcmeManager:
         settings = cert.settings
         client = self._client(settings, cert.store)
         try:
-            order_url, order = run_blocking(client.new_order,
+            order_url, order = _blocking(client.new_order,
                                             [identifier(n) for n in cert.names])
         except AcmeProblem as exc:
             if exc.problem.get("type") != "urn:ietf:params:acme:error:accountDoesNotExist":
                 raise
             client.kid = None  # the CA forgot the account (a new CA behind the same URL)
             client = self._client(settings, cert.store)
-            order_url, order = run_blocking(client.new_order,
+            order_url, order = _blocking(client.new_order,
                                             [identifier(n) for n in cert.names])
         self._log(2, f"ACME: order {order_url} for {cert.label()}")
         deadline = time.monotonic() + self.order_timeout
@@ -317,10 +317,10 @@ class AcmeManager:
                            deadline, "order")
         key = ec.generate_private_key(ec.SECP256R1())
         if order.get("status") == "ready":
-            run_blocking(client.finalize, order["finalize"], _csr(cert.names, key))
+            _blocking(client.finalize, order["finalize"], _csr(cert.names, key))
             order = self._poll(client, order_url, {"valid"}, {"ready", "processing"},
                                deadline, "order")
-        chain_pem = run_blocking(client.download, order["certificate"])
+        chain_pem = _blocking(client.download, order["certificate"])
         renewed = cert.issued is not None
         cert.issued = cert.store.save(cert.names, chain_pem, key)
         cert.interim = None
@@ -334,7 +334,7 @@ class AcmeManager:
 
     def _authorize(self, client: AcmeClient, cert: _Certificate, url: str,
                    deadline: float) -> None:
-        authz = run_blocking(client.fetch, url)
+        authz = _blocking(client.fetch, url)
         if authz.get("status") == "valid":
             return  # the CA remembers an earlier validation
         name = str(authz.get("identifier", {}).get("value", "?"))
@@ -354,7 +354,7 @@ class AcmeManager:
             responder.add(str(challenge["token"]), key_authorization)
         try:
             self._log(2, f"ACME: {kind} challenge for {name}: {challenge['url']}")
-            run_blocking(client.answer, challenge["url"])
+            _blocking(client.answer, challenge["url"])
             authz = self._poll(client, url, {"valid"}, {"pending"}, deadline,
                                f"authorization of {name}")
         finally:
@@ -373,7 +373,7 @@ class AcmeManager:
               deadline: float, what: str) -> dict[str, Any]:
         delay = 0.1
         while True:
-            body: dict[str, Any] = run_blocking(client.fetch, url)
+            body: dict[str, Any] = _blocking(client.fetch, url)
             status = body.get("status")
             if status in done:
                 return body
@@ -396,6 +396,21 @@ class AcmeManager:
                 port.handle.reconfigure(self._options(cert, port))
             except ConfigError as exc:
                 self._log(1, f"ACME: {port.where} keeps its previous certificate: {exc}")
+
+
+def _blocking(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in gevent's thread pool; its exception is raised here (gevent's pool
+    would also print a traceback of it on stderr: a CA that is down is a log line)."""
+    def capture() -> tuple[bool, Any]:
+        try:
+            return True, fn(*args)
+        except Exception as exc:
+            return False, exc
+
+    ok, value = run_blocking(capture)
+    if not ok:
+        raise value
+    return value
 
 
 def _csr(names: tuple[str, ...], key: ec.EllipticCurvePrivateKey) -> bytes:

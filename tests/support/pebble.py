@@ -85,11 +85,12 @@ class Pebble:
             try:
                 self.get(self.directory)
                 return self
-            except OSError:
+            except OSError as exc:
                 if time.monotonic() > deadline or any(p.poll() is not None
                                                       for p in self.processes):
                     self.stop()
-                    raise RuntimeError("pebble did not start: " + self.log_path.read_text())
+                    raise RuntimeError("pebble did not start: "
+                                       + self.log_path.read_text()) from exc
                 time.sleep(0.05)
 
     def get(self, url: str) -> bytes:

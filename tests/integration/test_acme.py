@@ -1,0 +1,247 @@
+"""Issue 13: certificates from an ACME CA, against a real Pebble (Let's Encrypt's test CA).
+
+One Pebble (and pebble-challtestsrv for DNS: every name is 127.0.0.1) per module; it validates
+TLS-ALPN-01 on ``tls_port`` and HTTP-01 on ``http_port`` of 127.0.0.1, where the servers under
+test listen. Covered: issuance by TLS-ALPN-01 and by HTTP-01, the chain verified against
+Pebble's root, the interim certificate before issuance and the issued one after it with no
+refused connection in between, the challenge certificate only for ``acme-tls/1`` handshakes (TLS
+1.2 and 1.3), renewal under a connected client, a validation the CA refuses and an unreachable
+directory (the served certificate stays, the reason is logged), a restart that finds account
+and certificate on disk and orders nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from support.net import wait_until
+from support.pebble import Pebble, free_port, needs_pebble
+
+from gnetserver import GServer
+from gnetserver.testing import ServerThread
+from gnetserver.tls.acme_alpn import ID_PE_ACME_IDENTIFIER, ChallengeFiles, challenge_certificate
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Echo(GServer):
+    def process_request(self, client: Any) -> None:
+        for line in client:
+            client.sendall(line)
+
+
+class Lines:
+    """A log_function keeping every line."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, level: int, message: str) -> None:
+        self.lines.append(message)
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in self.lines)
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@pytest.fixture(scope="module")
+def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
+    needs_pebble()
+    ca = Pebble(tmp_path_factory.mktemp("pebble"), free_port(), free_port()).start()
+    try:
+        yield ca
+    finally:
+        ca.stop()
+
+
+def acme_server(pebble: Pebble, folder: Path, log: Lines, domains: str = "a.test,b.test",
+                port: int | None = None, **options: Any) -> Echo:
+    return Echo(port=f"127.0.0.1:{pebble.tls_port if port is None else port}/ssl",
+                SSL_acme_domains=domains, SSL_acme_directory=pebble.directory,
+                SSL_acme_ca_file=pebble.ca_file, SSL_acme_dir=str(folder),
+                log_function=log, log_level=2, **options)
+
+
+def unverified(alpn: list[str] | None = None, version: ssl.TLSVersion | None = None
+               ) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    if version is not None:
+        context.minimum_version = context.maximum_version = version
+    return context
+
+
+def served(port: int, name: str, context: ssl.SSLContext | None = None
+           ) -> tuple[x509.Certificate, str | None]:
+    """The certificate a new connection for ``name`` gets, and the ALPN protocol."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            (context or unverified()).wrap_socket(raw, server_hostname=name) as tls:
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return x509.load_der_x509_certificate(der), tls.selected_alpn_protocol()
+
+
+def self_signed(cert: x509.Certificate) -> bool:
+    return cert.issuer == cert.subject
+
+
+def verify_with_root(pebble: Pebble, port: int, name: str) -> x509.Certificate:
+    """Connect verifying the chain against Pebble's root and the name; the leaf."""
+    context = ssl.create_default_context(cadata=pebble.root_pem().decode())
+    cert, _ = served(port, name, context)
+    return cert
+
+
+class Prober(threading.Thread):
+    """Connects again and again while issuance runs: every certificate seen, every error."""
+
+    def __init__(self, port: int, name: str) -> None:
+        super().__init__(daemon=True)
+        self.port, self.name = port, name
+        self.seen: list[bool] = []  # self-signed?
+        self.errors: list[BaseException] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set() and len(self.seen) < 2000:
+            try:
+                self.seen.append(self_signed(served(self.port, self.name)[0]))
+            except Exception as exc:
+                self.errors.append(exc)
+
+
+def test_tls_alpn_01_interim_then_issued_chain_verifies(pebble: Pebble, tmp_path: Path) -> None:
+    log = Lines()
+    server = acme_server(pebble, tmp_path / "acme", log)
+    with ServerThread(server):
+        first, _ = served(pebble.tls_port, "a.test")  # served at once, while the order runs
+        assert self_signed(first) and log.count("certificate issued") == 0
+        prober = Prober(pebble.tls_port, "a.test")
+        prober.start()
+        wait_until(lambda: log.count("certificate issued") or log.count("failed"), 30)
+        wait_until(lambda: not prober.seen or not prober.seen[-1], 5)  # an issued one seen
+        prober.done.set()
+        prober.join(10)
+        assert log.count("certificate issued for a.test, b.test") == 1, log.text()
+        assert log.count("tls-alpn-01 challenge for") >= 1
+        assert log.count("TLS-ALPN-01 challenge certificate served") >= 1
+        # Interim first, issued after it; never a refused or failed connection.
+        assert prober.errors == []
+        assert prober.seen[-1] is False
+        assert prober.seen == sorted(prober.seen, reverse=True)  # never back to the interim
+        for name in ("a.test", "b.test"):
+            leaf = verify_with_root(pebble, pebble.tls_port, name)
+            assert "Pebble" in leaf.issuer.rfc4514_string()
+        # A client without a name gets the first name's certificate too (the default).
+        with socket.create_connection(("127.0.0.1", pebble.tls_port), timeout=5) as raw, \
+                unverified().wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None and not self_signed(x509.load_der_x509_certificate(der))
+    folder = tmp_path / "acme"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files)
+    assert not list((folder / "challenges").glob("*.pem"))  # challenges cleaned up
+
+
+def test_http_01_issues_then_a_restart_orders_nothing(pebble: Pebble, tmp_path: Path) -> None:
+    folder = tmp_path / "acme"
+    options = {"SSL_acme_challenge": "http-01",
+               "SSL_acme_http_listen": f"127.0.0.1:{pebble.http_port}"}
+    log = Lines()
+    with ServerThread(acme_server(pebble, folder, log, "h.test", **options)):
+        wait_until(lambda: log.count("certificate issued") or log.count("failed"), 30)
+        assert log.count("certificate issued for h.test") == 1, log.text()
+        assert log.count("HTTP-01 challenge answered") >= 1
+        first = verify_with_root(pebble, pebble.tls_port, "h.test")
+    log = Lines()
+    with ServerThread(acme_server(pebble, folder, log, "h.test", **options)):
+        again = verify_with_root(pebble, pebble.tls_port, "h.test")  # served at once
+        assert again.serial_number == first.serial_number
+    assert log.count("serving the certificate on disk for h.test") == 1, log.text()
+    assert log.count("ACME: order") == 0 and log.count("ACME: account") == 0, log.text()
+
+
+def test_renewal_replaces_the_certificate_under_a_connected_client(pebble: Pebble,
+                                                                   tmp_path: Path) -> None:
+    log = Lines()
+    server = acme_server(pebble, tmp_path / "acme", log, "r.test")
+    with ServerThread(server) as st:
+        wait_until(lambda: log.count("certificate issued"), 30)
+        first = verify_with_root(pebble, pebble.tls_port, "r.test")
+        context = ssl.create_default_context(cadata=pebble.root_pem().decode())
+        with socket.create_connection(("127.0.0.1", pebble.tls_port), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname="r.test") as kept:
+            kept.sendall(b"before\n")
+            assert kept.recv(100) == b"before\n"
+            assert server.acme is not None
+            st.call(server.acme.renew)
+            wait_until(lambda: log.count("certificate renewed for r.test"), 30)
+            second = verify_with_root(pebble, pebble.tls_port, "r.test")
+            assert second.serial_number != first.serial_number
+            kept.sendall(b"after\n")  # the connection made before the renewal goes on
+            assert kept.recv(100) == b"after\n"
+
+
+def test_a_validation_the_ca_refuses_keeps_the_served_certificate(pebble: Pebble,
+                                                                  tmp_path: Path) -> None:
+    # HTTP-01 answered on a port the CA does not reach: Pebble's validation fails.
+    log = Lines()
+    server = acme_server(pebble, tmp_path / "acme", log, "refused.test",
+                         SSL_acme_challenge="http-01", SSL_acme_http_listen="127.0.0.1:0")
+    with ServerThread(server):
+        wait_until(lambda: log.count("failed"), 30)
+        cert, _ = served(pebble.tls_port, "refused.test")
+        assert self_signed(cert)  # still the interim certificate
+    failure = next(line for line in log.lines if "failed" in line)
+    assert "still serving the interim certificate" in failure
+    assert "connection" in failure or "unauthorized" in failure, failure  # the CA's problem
+
+
+def test_challenge_certificate_only_for_acme_tls_1_and_unreachable_ca(tmp_path: Path) -> None:
+    """No CA at all (the directory refuses connections): the interim certificate is served,
+    the failure logged; a challenge file makes acme-tls/1 handshakes for its name get the RFC
+    8737 certificate, in TLS 1.2 and 1.3, while other clients keep theirs."""
+    log = Lines()
+    folder = tmp_path / "acme"
+    server = Echo(port="127.0.0.1:0/ssl", SSL_acme_domains="c.test,d.test",
+                  SSL_acme_directory=f"https://127.0.0.1:{free_port()}/dir",
+                  SSL_acme_dir=str(folder), SSL_alpn_protocols="http/1.1",
+                  log_function=log, log_level=2)
+    with ServerThread(server):
+        port = server.listeners[0].sock.getsockname()[1]
+        wait_until(lambda: log.count("failed"), 10)
+        assert "Connection refused" in log.text() or "URLError" in log.text(), log.text()
+        files = ChallengeFiles(str(folder / "challenges"))
+        files.put("c.test", *challenge_certificate("c.test", "token.thumbprint"))
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            cert, alpn = served(port, "c.test", unverified(["acme-tls/1"], version))
+            assert alpn == "acme-tls/1"
+            ext = cert.extensions.get_extension_for_oid(ID_PE_ACME_IDENTIFIER)
+            assert ext.critical
+            # the other name, and other clients of c.test, keep the interim certificate
+            other, alpn = served(port, "d.test", unverified(["acme-tls/1"], version))
+            assert alpn is None and self_signed(other)
+            with pytest.raises(x509.ExtensionNotFound):
+                other.extensions.get_extension_for_oid(ID_PE_ACME_IDENTIFIER)
+            plain, alpn = served(port, "c.test", unverified(["http/1.1"], version))
+            assert alpn == "http/1.1"
+            assert plain.serial_number == other.serial_number  # one interim for both names
+        files.remove("c.test")
+        _, alpn = served(port, "c.test", unverified(["acme-tls/1"]))
+        assert alpn is None
+    assert os.path.isdir(folder)
