@@ -686,13 +686,25 @@ class GServer:
         return ProcessHooks(
             name=type(self).__name__,
             log=self._say,
-            child_init=lambda: self.child_init_hook(),
+            child_init=self._child_init,
             child_finish=lambda: self.child_finish_hook(),
             run_n_children=lambda count: self.run_n_children_hook(count),
             reload=self.reload_in_place,
             close_logs=self.close_logs,
             idle_loop=lambda: self.idle_loop_hook(),
         )
+
+    def _child_init(self) -> None:
+        """What a worker runs right after the fork: the framework's, then the user's hook."""
+        self.acme_worker()
+        self.child_init_hook()
+
+    def acme_worker(self) -> None:
+        """Framework step (PreFork), in each worker right after the fork, before
+        ``child_init_hook``: the parent orders the ACME certificates, the worker watches for
+        them (:meth:`AcmeManager.become_worker <gnetserver.acme.AcmeManager.become_worker>`)."""
+        if self.acme is not None:
+            self.acme.become_worker()
 
     def child_init_hook(self) -> None:
         """Hook (PreFork): in each worker right after the fork, before it accepts: its own

@@ -20,9 +20,16 @@ ACME):
 * ``renew()``: order now (an operator's or test's renewal); ``stop()`` in server_close.
 
 Every call to the CA runs in gevent's thread pool (``run_blocking``); the manager's greenlet
-polls with ``gevent.sleep``: the hub never waits on the network. Under PreFork this manager
-runs in the parent only (workers are told to reload by the certificate file's change, see
-``watch``).
+polls with ``gevent.sleep``: the hub never waits on the network.
+
+Under PreFork the parent orders (it binds, builds the contexts, answers HTTP-01 and runs this
+manager's greenlets; it serves no connection, so ordering never competes with one) and every
+worker serves: the TLS-ALPN-01 challenge certificates are files that any worker's ALPN
+callback reads, and :meth:`become_worker` (called in each worker right after the fork) drops
+the parent's greenlets and responder and starts a watcher that rebuilds the worker's contexts
+when a certificate file changes (checked every ``watch_interval`` seconds: a ``stat`` per
+certificate). The parent's own contexts are rebuilt too, so workers forked later start with
+the new certificate.
 """
 
 from __future__ import annotations
@@ -104,6 +111,8 @@ class AcmeManager:
     retry_most = 3600.0
     #: Seconds to wait for the CA to validate or issue, per order.
     order_timeout = 120.0
+    #: PreFork workers: seconds between two checks of the certificate files.
+    watch_interval = 1.0
 
     def __init__(self, log: Log) -> None:
         self._log = log
@@ -112,6 +121,7 @@ class AcmeManager:
         self._responders: dict[tuple[str, int], Http01Responder] = {}
         self._pid = os.getpid()
         self._started = False
+        self._watcher: gevent.Greenlet[Any, Any] | None = None
 
     # -- at bind ---------------------------------------------------------------------------
 
@@ -235,6 +245,40 @@ class AcmeManager:
         for responder in self._responders.values():
             responder.stop()
         self._responders.clear()
+
+    def become_worker(self) -> None:
+        """In a PreFork worker right after the fork: stop the parent's greenlets (the parent
+        orders) and close this process's copy of the HTTP-01 sockets; watch the certificate
+        files instead and serve each new one (see the module docstring)."""
+        if not self._started or os.getpid() == self._pid:
+            return
+        gevent.killall([c.greenlet for c in self._certs.values() if c.greenlet is not None],
+                       block=False)
+        for responder in self._responders.values():
+            responder.stop()
+        self._responders.clear()
+        self._watcher = gevent.spawn(self._watch)
+
+    def _watch(self) -> None:
+        stamps = {names: _stamp(cert) for names, cert in self._certs.items()}
+        while True:
+            gevent.sleep(self.watch_interval)
+            for names, cert in self._certs.items():
+                stamp = _stamp(cert)
+                if stamp == stamps[names] or stamp is None:
+                    continue
+                stamps[names] = stamp
+                try:
+                    issued = cert.store.load(names)
+                except (OSError, ValueError) as exc:
+                    self._log(1, f"ACME: worker {os.getpid()} cannot read the new certificate "
+                                 f"of {cert.label()}, keeps serving its own: {exc}")
+                    continue
+                if issued is not None:
+                    cert.issued, cert.interim = issued, None
+                    self._serve(cert)
+                    self._log(3, f"ACME: worker {os.getpid()} serves the new certificate of "
+                                 f"{cert.label()} (serial {issued.serial})")
 
     def renew(self) -> None:
         """Order new certificates for every name now (the served ones stay until then)."""
@@ -396,6 +440,15 @@ class AcmeManager:
                 port.handle.reconfigure(self._options(cert, port))
             except ConfigError as exc:
                 self._log(1, f"ACME: {port.where} keeps its previous certificate: {exc}")
+
+
+def _stamp(cert: _Certificate) -> tuple[int, int] | None:
+    """The certificate file's (mtime, inode), or None when there is none."""
+    try:
+        st = os.stat(cert.store.certificate_path(cert.names))
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_ino
 
 
 def _blocking(fn: Callable[..., Any], *args: Any) -> Any:

@@ -13,9 +13,11 @@ and certificate on disk and orders nothing.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import ssl
 import stat
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,7 @@ import pytest
 from cryptography import x509
 from support.net import wait_until
 from support.pebble import Pebble, free_port, needs_pebble
+from support.process import REPO, ServerProcess, python_env
 
 from gnetserver import GServer
 from gnetserver.testing import ServerThread
@@ -245,3 +248,40 @@ def test_challenge_certificate_only_for_acme_tls_1_and_unreachable_ca(tmp_path: 
         _, alpn = served(port, "c.test", unverified(["acme-tls/1"]))
         assert alpn is None
     assert os.path.isdir(folder)
+
+
+def test_prefork_parent_orders_and_every_worker_serves(pebble: Pebble, tmp_path: Path) -> None:
+    """server_type PreFork: the parent orders (one order), both workers serve the issued
+    certificate once it is on disk (their file watcher rebuilds their contexts)."""
+    (tmp_path / "echo_acme.py").write_text(
+        "from gnetserver import GServer\n\n\n"
+        "class Echo(GServer):\n"
+        "    def process_request(self, client):\n"
+        "        for line in client:\n"
+        "            client.sendall(line)\n")
+    env = python_env(tmp_path, REPO)
+    env.pop("BOUND_SOCKETS", None)
+    server = ServerProcess(
+        [sys.executable, "-m", "gnetserver", "--server", "echo_acme:Echo",
+         "--server_type", "PreFork", "--workers", "2", "--log_level", "3",
+         "--port", f"127.0.0.1:{pebble.tls_port}/ssl", "--SSL_acme_domains", "p.test",
+         "--SSL_acme_directory", pebble.directory, "--SSL_acme_ca_file", pebble.ca_file,
+         "--SSL_acme_dir", str(tmp_path / "acme")], env=env, cwd=tmp_path)
+    try:
+        server.wait_for("certificate issued for p.test", timeout=30)
+
+        def all_issued() -> bool:  # 8 connections spread over both workers
+            try:
+                return len({verify_with_root(pebble, pebble.tls_port, "p.test").serial_number
+                            for _ in range(8)}) == 1
+            except ssl.SSLError:  # a worker still on the interim certificate
+                return False
+
+        wait_until(all_issued, 10)
+        assert server.count(r"ACME: order ") == 1
+        # Workers forked before the issuance say when they took the new certificate.
+        workers = {int(m.group(1)) for m in map(re.compile(r"worker (\d+) serves").search,
+                                                server.lines) if m}
+        assert server.pid not in workers
+    finally:
+        server.stop()
