@@ -51,6 +51,7 @@ __all__ = [
     "AlpnHook",
     "ChallengeFiles",
     "challenge_certificate",
+    "from_reverse_name",
     "write_private",
 ]
 
@@ -120,6 +121,25 @@ def pem_pair(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption())
+
+
+def from_reverse_name(name: str) -> str:
+    """An IP identifier's TLS-ALPN-01 SNI name (RFC 8738 section 6: the reverse mapping,
+    ``4.3.2.1.in-addr.arpa`` or the ``ip6.arpa`` nibbles) as the address; other names
+    unchanged."""
+    try:
+        if name.endswith(".in-addr.arpa"):
+            labels = name.removesuffix(".in-addr.arpa").split(".")
+            if len(labels) == 4:
+                return str(ipaddress.IPv4Address(".".join(reversed(labels))))
+        elif name.endswith(".ip6.arpa"):
+            nibbles = name.removesuffix(".ip6.arpa").split(".")
+            if len(nibbles) == 32 and all(len(n) == 1 for n in nibbles):
+                digits = "".join(reversed(nibbles))
+                return str(ipaddress.IPv6Address(int(digits, 16)))
+    except ValueError:
+        pass
+    return name
 
 
 class ChallengeFiles:
@@ -200,7 +220,7 @@ class AlpnHook:
         """OpenSSL's ALPN select callback (inside the handshake; never raises)."""
         try:
             if ACME_TLS_ALPN in offered:
-                name = normalize(conn.get_servername())
+                name = from_reverse_name(normalize(conn.get_servername()))
                 pair = self.challenges.get(name) if name else None
                 if pair is not None:
                     conn.use_certificate(pair[0])

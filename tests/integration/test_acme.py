@@ -4,7 +4,7 @@ One Pebble (and pebble-challtestsrv for DNS: every name is 127.0.0.1) per module
 TLS-ALPN-01 on ``tls_port`` and HTTP-01 on ``http_port`` of 127.0.0.1, where the servers under
 test listen. Covered: issuance by TLS-ALPN-01 and by HTTP-01, the chain verified against
 Pebble's root, the interim certificate before issuance and the issued one after it with no
-refused connection in between, the challenge certificate only for ``acme-tls/1`` handshakes (TLS
+refused connection in between, an IP identifier (RFC 8738), the challenge certificate only for ``acme-tls/1`` handshakes (TLS
 1.2 and 1.3), renewal under a connected client, a validation the CA refuses and an unreachable
 directory (the served certificate stays, the reason is logged), a restart that finds account
 and certificate on disk and orders nothing.
@@ -177,6 +177,17 @@ def test_http_01_issues_then_a_restart_orders_nothing(pebble: Pebble, tmp_path: 
         assert again.serial_number == first.serial_number
     assert log.count("serving the certificate on disk for h.test") == 1, log.text()
     assert log.count("ACME: order") == 0 and log.count("ACME: account") == 0, log.text()
+
+
+def test_ip_identifier_by_tls_alpn_01(pebble: Pebble, tmp_path: Path) -> None:
+    """RFC 8738: an IP address as the identifier; the CA's SNI is its reverse name."""
+    log = Lines()
+    with ServerThread(acme_server(pebble, tmp_path / "acme", log, "127.0.0.1")):
+        wait_until(lambda: log.count("certificate issued") or log.count("failed"), 30)
+        assert log.count("certificate issued for 127.0.0.1") == 1, log.text()
+        leaf = verify_with_root(pebble, pebble.tls_port, "127.0.0.1")
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
 
 
 def test_renewal_replaces_the_certificate_under_a_connected_client(pebble: Pebble,
