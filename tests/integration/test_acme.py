@@ -4,10 +4,11 @@ One Pebble (and pebble-challtestsrv for DNS: every name is 127.0.0.1) per module
 TLS-ALPN-01 on ``tls_port`` and HTTP-01 on ``http_port`` of 127.0.0.1, where the servers under
 test listen. Covered: issuance by TLS-ALPN-01 and by HTTP-01, the chain verified against
 Pebble's root, the interim certificate before issuance and the issued one after it with no
-refused connection in between, an IP identifier (RFC 8738), the challenge certificate only for ``acme-tls/1`` handshakes (TLS
-1.2 and 1.3), renewal under a connected client, a validation the CA refuses and an unreachable
-directory (the served certificate stays, the reason is logged), a restart that finds account
-and certificate on disk and orders nothing.
+refused connection in between, an IP identifier (RFC 8738), the challenge certificate only for
+``acme-tls/1`` handshakes (TLS 1.2 and 1.3), renewal under a connected client, a validation the
+CA refuses and an unreachable directory (the served certificate stays, the reason is logged), a
+restart that finds account and certificate on disk and orders nothing, PreFork (the parent
+orders, every worker serves).
 """
 
 from __future__ import annotations
