@@ -13,7 +13,8 @@ Rules of this module:
   ``personality`` (:mod:`gnetserver.personality`: how connections are accepted, from
   ``server_type``), ``listeners`` (built by :mod:`gnetserver.listen`), ``tls_contexts``
   (:class:`~gnetserver.tls.TLSContexts`), ``access`` (:class:`~gnetserver.access_control.
-  AccessPolicy`), ``logs`` and ``process`` (:mod:`gnetserver.operations`).
+  AccessPolicy`), ``logs`` and ``process`` (:mod:`gnetserver.operations`), ``acme``
+  (:class:`~gnetserver.acme.AcmeManager`, with ``SSL_acme_domains``).
 * Server-wide hooks run in the greenlet that called ``run()``/``start()``. Per-connection hooks
   run in the connection's own greenlet and receive the :class:`~gnetserver.client.Client`;
   many connections share the server object, so keep per-connection state on the client.
@@ -30,12 +31,11 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import acme_plan, blocking, inet, listen, log, proxyproto, restart, stdio, tls_setup
 from .access import AccessRules
 from .access_control import AccessPolicy
-from .acme import AcmeManager
 from .client import Client
 from .conf import Conf, plan_conf
 from .errors import (
@@ -66,6 +66,9 @@ from .proxy_reader import ProxyHeaderError, ProxyHeaderTimeout, read_header
 from .signals import SIGNALS
 from .systemd import Notifier
 from .tls import TLSContexts
+
+if TYPE_CHECKING:
+    from .acme import AcmeManager
 
 #: The longest line the default echo (``process_request``) reads, its end included.
 ECHO_LINE_LIMIT = 64 * 1024
@@ -547,6 +550,7 @@ class GServer:
         if not acme_plan.wants_acme(options):
             return options
         if self.acme is None:
+            from .acme import AcmeManager  # josepy and friends: only for servers that use it
             self.acme = AcmeManager(self._say)
         return self.acme.plan_port(f"port {spec}", spec.proto, options)
 

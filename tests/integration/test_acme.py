@@ -256,6 +256,24 @@ def test_challenge_certificate_only_for_acme_tls_1_and_unreachable_ca(tmp_path: 
             plain, alpn = served(port, "c.test", unverified(["http/1.1"], version))
             assert alpn == "http/1.1"
             assert plain.serial_number == other.serial_number  # one interim for both names
+        # The CA validates from several places at once: concurrent challenge handshakes.
+        results: list[str | None] = []
+        errors: list[BaseException] = []
+
+        def validate() -> None:
+            try:
+                cert, alpn = served(port, "c.test", unverified(["acme-tls/1"]))
+                cert.extensions.get_extension_for_oid(ID_PE_ACME_IDENTIFIER)
+                results.append(alpn)
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=validate) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+        assert errors == [] and results == ["acme-tls/1"] * 16
         files.remove("c.test")
         _, alpn = served(port, "c.test", unverified(["acme-tls/1"]))
         assert alpn is None
