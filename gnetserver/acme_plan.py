@@ -38,6 +38,8 @@ __all__ = [
 DEFAULT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
 #: The challenge types gnetserver answers.
 CHALLENGES = ("tls-alpn-01", "http-01")
+#: What a name gets before its first certificate (SSL_acme_interim).
+INTERIMS = ("self-signed", "refuse")
 DEFAULT_DIR = "~/.local/share/gnetserver/acme"
 
 #: The ACME options (per port, or server-wide like every SSL_* option): name -> meaning and
@@ -58,6 +60,9 @@ ACME_SSL_OPTIONS: dict[str, str] = {
     "SSL_acme_challenge": "'tls-alpn-01' (RFC 8737, answered on this TLS port, which the CA "
     "must reach on 443) or 'http-01' (answered by a responder on SSL_acme_http_listen, which "
     "the CA must reach on 80) (default: tls-alpn-01)",
+    "SSL_acme_interim": "what a name without a valid certificate gets while the CA is asked: "
+    "'self-signed' (a self-signed certificate, 7 days) or 'refuse' (its handshakes fail; "
+    "clients without SNI too, unless SSL_cert_file gives a default) (default: self-signed)",
     "SSL_acme_http_listen": "[host:]port of the HTTP-01 responder (/.well-known/acme-challenge/"
     "<token>) with SSL_acme_challenge http-01 (default: 80, every address)",
 }
@@ -75,6 +80,7 @@ class AcmeSettings:
         dir: the storage folder (``~`` expanded, absolute).
         challenge: ``tls-alpn-01`` or ``http-01``.
         http_listen: (host, port) of the HTTP-01 responder (host '' = every address).
+        interim: ``self-signed`` or ``refuse``.
     """
 
     domains: tuple[str, ...]
@@ -84,6 +90,7 @@ class AcmeSettings:
     dir: str
     challenge: str
     http_listen: tuple[str, int]
+    interim: str = "self-signed"
 
     @property
     def account_key(self) -> tuple[str, str | None, str | None]:
@@ -115,6 +122,10 @@ def acme_settings(options: Mapping[str, Any], where: str) -> AcmeSettings:
     if email is not None and ("@" not in email or any(c in email for c in " \t\r\n,")):
         raise ConfigError(f"{where}: SSL_acme_email {email!r} is not one e-mail address")
     folder = _text(options, "SSL_acme_dir", where) or DEFAULT_DIR
+    interim = (_text(options, "SSL_acme_interim", where) or "self-signed").lower()
+    if interim not in INTERIMS:
+        raise ConfigError(f"{where}: SSL_acme_interim {interim!r} is not one of "
+                          f"{', '.join(INTERIMS)}")
     return AcmeSettings(
         domains=domains,
         directory=directory,
@@ -123,6 +134,7 @@ def acme_settings(options: Mapping[str, Any], where: str) -> AcmeSettings:
         dir=os.path.abspath(os.path.expanduser(folder)),
         challenge=challenge,
         http_listen=_listen(options.get("SSL_acme_http_listen"), where),
+        interim=interim,
     )
 
 

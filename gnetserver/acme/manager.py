@@ -6,7 +6,8 @@ ACME):
 * ``plan_port(where, proto, options)`` at bind, from ``ssl_options``: the port's options with
   the ``SSL_acme_*`` keys replaced by certificates: per name an SNI entry with the certificate
   on disk (``SSL_acme_dir``) when it is valid, else a short-lived self-signed interim one
-  (ECDSA P-256, 7 days) so that the port serves at once; with TLS-ALPN-01 also the
+  (ECDSA P-256, 7 days) so that the port serves at once (``SSL_acme_interim refuse``: a
+  context without a certificate, whose handshakes fail); with TLS-ALPN-01 also the
   :class:`~gnetserver.tls.acme_alpn.AlpnHook` as ``SSL_create_ctx_callback``.
 * ``attach(where, handle)`` once the port's context handle exists: the manager replaces the
   handle's options and context (``ContextHandle.reconfigure``, the build of ``reload_tls``)
@@ -51,7 +52,7 @@ from ..acme_plan import AcmeSettings, acme_settings, identifier, renewal_time, r
 from ..blocking import run_blocking
 from ..errors import ConfigError
 from ..tls.acme_alpn import AlpnHook, ChallengeFiles, challenge_certificate
-from ..tls.certs import CREDENTIAL_KEYS
+from ..tls.certs import CREDENTIAL_KEYS, NO_CERTIFICATE
 from ..tls.negotiation import parse_alpn
 from ..tls.registry import ContextHandle
 from ..tls.selfsigned import make_self_signed, san_entry
@@ -176,6 +177,9 @@ class AcmeManager:
             self._log(2, f"ACME: serving the certificate on disk for {cert.label()} (serial "
                          f"{issued.serial}, valid until {issued.not_after:%Y-%m-%d %H:%M:%S} "
                          "UTC)")
+        elif settings.interim == "refuse":
+            self._log(2, f"ACME: no valid certificate on disk for {cert.label()}: refusing "
+                         "their handshakes until the CA issues one (SSL_acme_interim refuse)")
         else:
             cert.interim = make_self_signed(settings.domains, days=INTERIM_DAYS)
             self._log(2, f"ACME: no valid certificate on disk for {cert.label()}: serving a "
@@ -200,6 +204,8 @@ class AcmeManager:
             elif cert.interim is not None:
                 opts.setdefault("SSL_cert", {})[name] = cert.interim[0]
                 opts.setdefault("SSL_key", {})[name] = cert.interim[1]
+            else:  # SSL_acme_interim refuse: a context without a certificate
+                opts.setdefault("SSL_cert", {})[name] = NO_CERTIFICATE
         if port.hook is not None:
             opts["SSL_create_ctx_callback"] = port.hook
         return opts
@@ -312,8 +318,9 @@ class AcmeManager:
             except Exception as exc:
                 cert.failures += 1
                 delay = retry_delay(cert.failures, self.retry_first, self.retry_most)
-                what = "the issued certificate" if cert.issued else "the interim certificate"
-                self._log(1, f"ACME: order for {cert.label()} failed, still serving {what}; "
+                what = "serving the issued certificate" if cert.issued else \
+                    "serving the interim certificate" if cert.interim else "refusing them"
+                self._log(1, f"ACME: order for {cert.label()} failed, still {what}; "
                              f"retry in {delay:.0f} s: {_reason(exc)}")
                 cert.wake.wait(timeout=delay)
                 cert.wake.clear()

@@ -71,10 +71,11 @@ def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
 
 def acme_server(pebble: Pebble, folder: Path, log: Lines, domains: str = "a.test,b.test",
                 port: int | None = None, **options: Any) -> Echo:
+    settings = {"SSL_acme_directory": pebble.directory, "SSL_acme_ca_file": pebble.ca_file,
+                **options}
     return Echo(port=f"127.0.0.1:{pebble.tls_port if port is None else port}/ssl",
-                SSL_acme_domains=domains, SSL_acme_directory=pebble.directory,
-                SSL_acme_ca_file=pebble.ca_file, SSL_acme_dir=str(folder),
-                log_function=log, log_level=2, **options)
+                SSL_acme_domains=domains, SSL_acme_dir=str(folder),
+                log_function=log, log_level=2, **settings)
 
 
 def unverified(alpn: list[str] | None = None, version: ssl.TLSVersion | None = None
@@ -189,6 +190,29 @@ def test_ip_identifier_by_tls_alpn_01(pebble: Pebble, tmp_path: Path) -> None:
         leaf = verify_with_root(pebble, pebble.tls_port, "127.0.0.1")
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+
+
+def test_interim_refuse_fails_handshakes_until_issued(pebble: Pebble, tmp_path: Path) -> None:
+    """SSL_acme_interim refuse: no certificate before the first issuance (the handshake fails
+    with an alert), the TLS-ALPN-01 challenge still answered (Pebble's VA speaks TLS 1.3)."""
+    log = Lines()
+    unreachable = acme_server(pebble, tmp_path / "acme", log, "x.test", port=0,
+                              SSL_acme_interim="refuse",
+                              SSL_acme_directory=f"https://127.0.0.1:{free_port()}/dir")
+    with ServerThread(unreachable):
+        port = unreachable.listeners[0].sock.getsockname()[1]
+        wait_until(lambda: log.count("failed"), 10)
+        with pytest.raises(ssl.SSLError):
+            served(port, "x.test")
+        with pytest.raises(ssl.SSLError):
+            served(port, "other.test")
+    assert "still refusing them" in log.text()
+    log = Lines()
+    with ServerThread(acme_server(pebble, tmp_path / "acme", log, "x.test",
+                                  SSL_acme_interim="refuse")):
+        wait_until(lambda: log.count("certificate issued") or log.count("failed"), 30)
+        assert log.count("certificate issued for x.test") == 1, log.text()
+        verify_with_root(pebble, pebble.tls_port, "x.test")
 
 
 def test_renewal_replaces_the_certificate_under_a_connected_client(pebble: Pebble,

@@ -44,7 +44,7 @@ def test_settings_defaults_and_normalized_names() -> None:
     assert s.challenge == "tls-alpn-01"
     assert s.http_listen == ("", 80)
     assert s.dir == os.path.expanduser("~/.local/share/gnetserver/acme")
-    assert s.email is None and s.ca_file is None
+    assert s.email is None and s.ca_file is None and s.interim == "self-signed"
     s = acme_settings({"SSL_acme_domains": ["x.example", "192.0.2.1"],
                        "SSL_acme_challenge": "HTTP-01", "SSL_acme_http_listen": "[::1]:8080",
                        "SSL_acme_email": "ops@x.example", "SSL_acme_dir": "rel"}, WHERE)
@@ -68,6 +68,7 @@ def test_settings_defaults_and_normalized_names() -> None:
     ({"SSL_acme_domains": "a.example", "SSL_acme_http_listen": "x:http"}, "[host:]port"),
     ({"SSL_acme_domains": "a.example", "SSL_acme_http_listen": "70000"}, "[host:]port"),
     ({"SSL_acme_domains": "a.example", "SSL_acme_dir": ""}, "non-empty text"),
+    ({"SSL_acme_domains": "a.example", "SSL_acme_interim": "none"}, "SSL_acme_interim"),
 ])
 def test_bad_settings_are_config_errors_naming_port_option_value(options: dict[str, Any],
                                                                  words: str) -> None:
@@ -80,7 +81,8 @@ def test_bad_settings_are_config_errors_naming_port_option_value(options: dict[s
 def test_options_table_and_identifiers() -> None:
     names = {option.name for option in OPTIONS}
     assert {"SSL_acme_domains", "SSL_acme_directory", "SSL_acme_email", "SSL_acme_ca_file",
-            "SSL_acme_dir", "SSL_acme_challenge", "SSL_acme_http_listen"} <= names
+            "SSL_acme_dir", "SSL_acme_challenge", "SSL_acme_http_listen",
+            "SSL_acme_interim"} <= names
     assert identifier("a.example") == {"type": "dns", "value": "a.example"}
     assert identifier("2001:DB8::1") == {"type": "ip", "value": "2001:db8::1"}
 
