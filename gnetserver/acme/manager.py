@@ -407,7 +407,7 @@ class AcmeManager:
             self._log(2, f"ACME: {kind} challenge for {name}: {challenge['url']}")
             _blocking(client.answer, challenge["url"])
             authz = self._poll(client, url, {"valid"}, {"pending"}, deadline,
-                               f"authorization of {name}")
+                               f"authorization of {name}", strict=False)
         finally:
             if kind == "tls-alpn-01":
                 files.remove(name)
@@ -421,7 +421,10 @@ class AcmeManager:
         self._log(2, f"ACME: {name} validated")
 
     def _poll(self, client: AcmeClient, url: str, done: set[str], waiting: set[str],
-              deadline: float, what: str) -> dict[str, Any]:
+              deadline: float, what: str, strict: bool = True) -> dict[str, Any]:
+        """POST-as-GET ``url`` until its status is in ``done`` (returned) or leaves
+        ``waiting``: then AcmeProblem with the object's error (``strict``) or the body is
+        returned for the caller to explain. Sleeps 0.1 s doubling to 2 s in between."""
         delay = 0.1
         while True:
             body: dict[str, Any] = _blocking(client.fetch, url)
@@ -429,9 +432,11 @@ class AcmeManager:
             if status in done:
                 return body
             if status not in waiting:
-                if isinstance(body.get("error"), Mapping):
-                    raise AcmeProblem(0, body["error"], url)
-                return body
+                if not strict:
+                    return body
+                error = body.get("error")
+                raise AcmeProblem(0, error if isinstance(error, Mapping) else
+                                  {"detail": f"the {what} is {status}"}, url)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the {what} is still {status} after "
                                    f"{self.order_timeout:.0f} s")
