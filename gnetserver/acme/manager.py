@@ -171,12 +171,13 @@ class AcmeManager:
                          f"one will be ordered: {exc}")
             issued = None
         now = datetime.datetime.now(datetime.timezone.utc)
-        if issued is not None and issued.not_after > now and \
-                set(settings.domains) <= issued.names():
+        if issued is not None and issued.not_after > now:
+            # Also when names were added: the old ones stay served while the order runs.
             cert.issued = issued
+            missing = set(settings.domains) - issued.names()
             self._log(2, f"ACME: serving the certificate on disk for {cert.label()} (serial "
                          f"{issued.serial}, valid until {issued.not_after:%Y-%m-%d %H:%M:%S} "
-                         "UTC)")
+                         f"UTC){'; it lacks ' + ', '.join(sorted(missing)) if missing else ''}")
         elif settings.interim == "refuse":
             self._log(2, f"ACME: no valid certificate on disk for {cert.label()}: refusing "
                          "their handshakes until the CA issues one (SSL_acme_interim refuse)")
@@ -311,10 +312,10 @@ class AcmeManager:
                 cert.wake.wait(timeout=min(wait, 3600.0))
                 cert.wake.clear()
                 continue
-            cert.force = False
             try:
                 self._order(cert)
                 cert.failures = 0
+                cert.force = False
             except Exception as exc:
                 cert.failures += 1
                 delay = retry_delay(cert.failures, self.retry_first, self.retry_most)
@@ -322,11 +323,22 @@ class AcmeManager:
                     "serving the interim certificate" if cert.interim else "refusing them"
                 self._log(1, f"ACME: order for {cert.label()} failed, still {what}; "
                              f"retry in {delay:.0f} s: {_reason(exc)}")
+                self._refresh_interim(cert)
                 cert.wake.wait(timeout=delay)
                 cert.wake.clear()
 
+    def _refresh_interim(self, cert: _Certificate) -> None:
+        """A CA unreachable for days: a fresh interim certificate before the old one ends."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        if cert.interim is not None and \
+                cert.interim[0].not_valid_after_utc - now < datetime.timedelta(days=1):
+            cert.interim = make_self_signed(cert.names, days=INTERIM_DAYS)
+            self._serve(cert)
+
     def _due_in(self, cert: _Certificate) -> float:
-        if cert.force or cert.issued is None:
+        """Seconds until the next order: 0 when forced (``renew``, a failed order), without
+        a certificate, or when it lacks a name; else until its renewal time."""
+        if cert.force or cert.issued is None or not set(cert.names) <= cert.issued.names():
             return 0.0
         at = renewal_time(cert.issued.not_before, cert.issued.not_after)
         return (at - datetime.datetime.now(datetime.timezone.utc)).total_seconds()

@@ -179,6 +179,16 @@ def test_http_01_issues_then_a_restart_orders_nothing(pebble: Pebble, tmp_path: 
         assert again.serial_number == first.serial_number
     assert log.count("serving the certificate on disk for h.test") == 1, log.text()
     assert log.count("ACME: order") == 0 and log.count("ACME: account") == 0, log.text()
+    # A name added: the certificate on disk stays served for the old name while the order
+    # for both runs; then the new certificate covers both.
+    log = Lines()
+    with ServerThread(acme_server(pebble, folder, log, "h.test,h2.test", **options)):
+        assert log.count("it lacks h2.test") == 1, log.text()
+        wait_until(lambda: log.count("certificate renewed") or log.count("failed"), 30)
+        assert log.count("certificate renewed for h.test, h2.test") == 1, log.text()
+        for name in ("h.test", "h2.test"):
+            assert verify_with_root(pebble, pebble.tls_port, name).serial_number != \
+                first.serial_number
 
 
 def test_ip_identifier_by_tls_alpn_01(pebble: Pebble, tmp_path: Path) -> None:
