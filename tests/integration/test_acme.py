@@ -244,6 +244,17 @@ def test_renewal_replaces_the_certificate_under_a_connected_client(pebble: Pebbl
             assert second.serial_number != first.serial_number
             kept.sendall(b"after\n")  # the connection made before the renewal goes on
             assert kept.recv(100) == b"after\n"
+    # A renewal that fails (the CA unreachable) keeps the issued certificate served.
+    log = Lines()
+    server = acme_server(pebble, tmp_path / "acme", log, "r.test",
+                         SSL_acme_directory=f"https://127.0.0.1:{free_port()}/dir")
+    with ServerThread(server) as st:
+        assert server.acme is not None
+        st.call(server.acme.renew)
+        wait_until(lambda: log.count("failed"), 10)
+        assert "still serving the issued certificate" in log.text(), log.text()
+        assert verify_with_root(pebble, pebble.tls_port, "r.test").serial_number == \
+            second.serial_number
 
 
 def test_a_validation_the_ca_refuses_keeps_the_served_certificate(pebble: Pebble,
