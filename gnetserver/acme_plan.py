@@ -26,6 +26,7 @@ __all__ = [
     "ACME_SSL_OPTIONS",
     "CHALLENGES",
     "DEFAULT_DIRECTORY",
+    "HTTP01_PREFIX",
     "AcmeSettings",
     "acme_settings",
     "identifier",
@@ -38,6 +39,8 @@ __all__ = [
 DEFAULT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
 #: The challenge types gnetserver answers.
 CHALLENGES = ("tls-alpn-01", "http-01")
+#: The path of HTTP-01 requests, the token follows (RFC 8555 section 8.3).
+HTTP01_PREFIX = "/.well-known/acme-challenge/"
 #: What a name gets before its first certificate (SSL_acme_interim).
 INTERIMS = ("self-signed", "refuse")
 DEFAULT_DIR = "~/.local/share/gnetserver/acme"
@@ -64,7 +67,8 @@ ACME_SSL_OPTIONS: dict[str, str] = {
     "'self-signed' (a self-signed certificate, 7 days) or 'refuse' (its handshakes fail; "
     "clients without SNI too, unless SSL_cert_file gives a default) (default: self-signed)",
     "SSL_acme_http_listen": "[host:]port of the HTTP-01 responder (/.well-known/acme-challenge/"
-    "<token>) with SSL_acme_challenge http-01 (default: 80, every address)",
+    "<token>) with SSL_acme_challenge http-01; 'http': no responder of its own, the server's "
+    "HTTP personality (GHTTPServer) answers on its own ports (default: 80, every address)",
 }
 
 
@@ -79,7 +83,8 @@ class AcmeSettings:
         ca_file: the CA file for the directory's HTTPS, or None (system store).
         dir: the storage folder (``~`` expanded, absolute).
         challenge: ``tls-alpn-01`` or ``http-01``.
-        http_listen: (host, port) of the HTTP-01 responder (host '' = every address).
+        http_listen: (host, port) of the HTTP-01 responder (host '' = every address), or
+            None: the server's HTTP personality answers (``SSL_acme_http_listen http``).
         interim: ``self-signed`` or ``refuse``.
     """
 
@@ -89,7 +94,7 @@ class AcmeSettings:
     ca_file: str | None
     dir: str
     challenge: str
-    http_listen: tuple[str, int]
+    http_listen: tuple[str, int] | None
     interim: str = "self-signed"
 
     @property
@@ -188,10 +193,12 @@ def _bad_name(name: str) -> str | None:
     return None
 
 
-def _listen(value: Any, where: str) -> tuple[str, int]:
+def _listen(value: Any, where: str) -> tuple[str, int] | None:
     if value is None:
         return ("", 80)
     text = str(value).strip()
+    if text.lower() == "http":
+        return None
     host, colon, port = text.rpartition(":")
     if not colon:
         host, port = "", text

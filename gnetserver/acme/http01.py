@@ -17,9 +17,10 @@ import gevent
 import gevent.socket
 from gevent.server import StreamServer
 
+from ..acme_plan import HTTP01_PREFIX as PREFIX
+
 __all__ = ["Http01Responder"]
 
-PREFIX = "/.well-known/acme-challenge/"
 _HEAD_LIMIT = 8192
 _TIMEOUT = 10.0
 
@@ -30,12 +31,15 @@ class Http01Responder:
     Args:
         where: (host, port); host '' = every address (IPv4 and IPv6 where possible).
         log: the server's log.
+        lookup: the key authorization of a token, or None (default: the tokens added here).
     """
 
-    def __init__(self, where: tuple[str, int], log: Callable[[int, str], None]) -> None:
+    def __init__(self, where: tuple[str, int], log: Callable[[int, str], None],
+                 lookup: Callable[[str], str | None] | None = None) -> None:
         self.where = where
         self._log = log
         self._tokens: dict[str, str] = {}
+        self._lookup = self._tokens.get if lookup is None else lookup
         self._sock: gevent.socket.socket | None = None
         self._server: StreamServer | None = None
 
@@ -117,7 +121,7 @@ class Http01Responder:
         parts = line.split()
         body, status = b"not found\n", "404 Not Found"
         if len(parts) == 3 and parts[0] in ("GET", "HEAD") and parts[1].startswith(PREFIX):
-            found = self._tokens.get(parts[1][len(PREFIX):])
+            found = self._lookup(parts[1][len(PREFIX):])
             if found is not None:
                 body, status = found.encode("ascii"), "200 OK"
                 self._log(2, f"ACME: HTTP-01 challenge answered for token "

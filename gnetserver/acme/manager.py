@@ -123,6 +123,7 @@ class AcmeManager:
         self._pid = os.getpid()
         self._started = False
         self._watcher: gevent.Greenlet[Any, Any] | None = None
+        self._tokens: dict[str, str] = {}  # pending HTTP-01 tokens of this (ordering) process
 
     # -- at bind ---------------------------------------------------------------------------
 
@@ -221,8 +222,9 @@ class AcmeManager:
         """Bind the HTTP-01 responders (at bind, with the start's privileges)."""
         for cert in self._certs.values():
             where = cert.settings.http_listen
-            if cert.settings.challenge == "http-01" and where not in self._responders:
-                responder = Http01Responder(where, self._log)
+            if cert.settings.challenge == "http-01" and where is not None and \
+                    where not in self._responders:
+                responder = Http01Responder(where, self._log, self.http01_answer)
                 try:
                     responder.bind()
                 except OSError as exc:
@@ -286,6 +288,22 @@ class AcmeManager:
                     self._serve(cert)
                     self._log(3, f"ACME: worker {os.getpid()} serves the new certificate of "
                                  f"{cert.label()} (serial {issued.serial})")
+
+    def http01_answer(self, token: str) -> str | None:
+        """The key authorization of a pending HTTP-01 token, or None: what the responder and
+        the HTTP personality (``SSL_acme_http_listen http``) answer. Any process: the
+        ordering one knows its tokens, a PreFork worker reads them from ``SSL_acme_dir``."""
+        if not token or len(token) > 256 or not all(c.isascii() and (c.isalnum() or c in "-_")
+                                                     for c in token):
+            return None  # not base64url: never a path
+        found = self._tokens.get(token)
+        stores = {c.store.folder: c.store for c in self._certs.values()
+                  if c.settings.challenge == "http-01"}
+        for store in stores.values():
+            if found is not None:
+                break
+            found = store.token(token)
+        return found
 
     def renew(self) -> None:
         """Order new certificates for every name now (the served ones stay until then)."""
@@ -410,11 +428,12 @@ class AcmeManager:
                                             f"(it offers: {offered or 'none'})"}, url)
         key_authorization = client.key_authorization(str(challenge["token"]))
         files = ChallengeFiles(cert.store.challenge_folder)
-        responder = self._responders.get(cert.settings.http_listen)
+        token = str(challenge["token"])
         if kind == "tls-alpn-01":
             files.put(name, *challenge_certificate(name, key_authorization))
-        elif responder is not None:
-            responder.add(str(challenge["token"]), key_authorization)
+        else:
+            self._tokens[token] = key_authorization
+            cert.store.put_token(token, key_authorization)
         try:
             self._log(2, f"ACME: {kind} challenge for {name}: {challenge['url']}")
             _blocking(client.answer, challenge["url"])
@@ -423,8 +442,9 @@ class AcmeManager:
         finally:
             if kind == "tls-alpn-01":
                 files.remove(name)
-            elif responder is not None:
-                responder.remove(str(challenge["token"]))
+            else:
+                self._tokens.pop(token, None)
+                cert.store.remove_token(token)
         if authz.get("status") != "valid":
             problems = [c.get("error") for c in authz.get("challenges", []) if c.get("error")]
             problem = problems[0] if problems else \

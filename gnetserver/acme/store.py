@@ -9,6 +9,7 @@ a temporary file in the same folder, fsync, rename)::
       certs/<first name>/certificate.pem   the issued chain (leaf first) and its key, one file,
                                            so a reader never sees a new key with an old chain
       challenges/<name>.pem                pending TLS-ALPN-01 certificates (tls.acme_alpn)
+      challenges/http-01/<token>           pending HTTP-01 key authorizations
 
 A certificate file found at start counts when it parses, covers every name of the port and
 has not expired; a file that fails to parse is logged and replaced by the next issuance.
@@ -85,6 +86,27 @@ class AcmeStore:
     def challenge_folder(self) -> str:
         """Where pending TLS-ALPN-01 certificates are kept."""
         return os.path.join(self.folder, "challenges")
+
+    def put_token(self, token: str, key_authorization: str) -> None:
+        """Make an HTTP-01 token answerable by every process (PreFork workers too)."""
+        folder = _folder(os.path.join(_folder(self.challenge_folder), "http-01"))
+        write_private(os.path.join(folder, token), key_authorization.encode("ascii"))
+
+    def remove_token(self, token: str) -> None:
+        """The token's challenge is over."""
+        try:
+            os.unlink(os.path.join(self.challenge_folder, "http-01", token))
+        except OSError:
+            pass
+
+    def token(self, token: str) -> str | None:
+        """A pending token's key authorization, or None (``token`` must be checked first:
+        base64url characters only)."""
+        try:
+            with open(os.path.join(self.challenge_folder, "http-01", token), "rb") as f:
+                return f.read(1024).decode("ascii")
+        except (OSError, UnicodeDecodeError):
+            return None
 
     # -- accounts --------------------------------------------------------------------------
 

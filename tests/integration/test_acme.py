@@ -20,6 +20,8 @@ import ssl
 import stat
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from support.pebble import Pebble, free_port, needs_pebble
 from support.process import REPO, ServerProcess, python_env
 
 from gnetserver import GServer
+from gnetserver.http import GHTTPServer
 from gnetserver.testing import ServerThread
 from gnetserver.tls.acme_alpn import ID_PE_ACME_IDENTIFIER, ChallengeFiles, challenge_certificate
 
@@ -360,3 +363,34 @@ def test_prefork_parent_orders_and_every_worker_serves(pebble: Pebble, tmp_path:
         assert server.pid not in workers
     finally:
         server.stop()
+
+
+def test_http_01_through_the_http_personality(pebble: Pebble, tmp_path: Path) -> None:
+    """SSL_acme_http_listen http: no responder of its own; the GHTTPServer's plain port
+    answers the CA's HTTP-01 requests, its other paths are the application's."""
+
+    class App(GHTTPServer):
+        def process_http_request(self, client: Any) -> None:
+            client.http.send_response(200, "app\n")
+
+    log = Lines()
+    ports = [f"127.0.0.1:{pebble.http_port}/tcp", f"127.0.0.1:{pebble.tls_port}/ssl"]
+    server = App(port=ports, SSL_acme_domains="w.test", SSL_acme_directory=pebble.directory,
+                 SSL_acme_ca_file=pebble.ca_file, SSL_acme_dir=str(tmp_path / "acme"),
+                 SSL_acme_challenge="http-01", SSL_acme_http_listen="http",
+                 log_function=log, log_level=2)
+    with ServerThread(server):
+        wait_until(lambda: log.count("certificate issued") or log.count("failed"), 30)
+        assert log.count("certificate issued for w.test") == 1, log.text()
+        assert log.count("HTTP-01 challenge answered") >= 1
+        assert log.count("HTTP-01 responder") == 0  # none of its own
+        verify_with_root(pebble, pebble.tls_port, "w.test")
+        base = f"http://127.0.0.1:{pebble.http_port}"
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"{base}/.well-known/acme-challenge/nothing", timeout=5)
+        assert missing.value.code == 404
+        with pytest.raises(urllib.error.HTTPError):  # never a path out of SSL_acme_dir
+            urllib.request.urlopen(f"{base}/.well-known/acme-challenge/..%2Faccounts",
+                                   timeout=5)
+        with urllib.request.urlopen(f"{base}/other", timeout=5) as answer:
+            assert answer.read() == b"app\n"
