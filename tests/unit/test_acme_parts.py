@@ -15,6 +15,7 @@ import pytest
 from cryptography import x509
 
 from gnetserver import GServer
+from gnetserver.acme import AcmeManager
 from gnetserver.acme.client import describe_problem
 from gnetserver.acme.http01 import Http01Responder
 from gnetserver.acme.store import AcmeStore
@@ -51,6 +52,8 @@ def test_settings_defaults_and_normalized_names() -> None:
     assert s.domains == ("x.example", "192.0.2.1")
     assert s.challenge == "http-01" and s.http_listen == ("::1", 8080)
     assert s.dir == os.path.abspath("rel")
+    assert acme_settings({"SSL_acme_domains": "x.example", "SSL_acme_http_listen": "HTTP"},
+                         WHERE).http_listen is None  # the HTTP personality answers
 
 
 @pytest.mark.parametrize(("options", "words"), [
@@ -133,6 +136,17 @@ def test_http_01_answers() -> None:
     responder.remove("tok")
     assert responder.answer(b"GET /.well-known/acme-challenge/tok HTTP/1.0\r\n\r\n") \
         .startswith(b"HTTP/1.1 404")
+
+
+def test_http_01_tokens_are_files_of_base64url_names_only(tmp_path: Path) -> None:
+    store = AcmeStore(str(tmp_path / "acme"))
+    store.put_token("tok-_1", "tok-_1.thumb")
+    assert store.token("tok-_1") == "tok-_1.thumb"
+    manager = AcmeManager(lambda level, text: None)
+    for bad in ("", "../accounts", "a/b", "a%2Fb", "x" * 300, "é"):
+        assert manager.http01_answer(bad) is None
+    store.remove_token("tok-_1")
+    assert store.token("tok-_1") is None
 
 
 def test_problem_documents_read_as_one_line() -> None:
