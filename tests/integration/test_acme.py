@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from cryptography import x509
 from support.net import wait_until
 from support.pebble import Pebble, free_port, needs_pebble
@@ -394,3 +395,23 @@ def test_http_01_through_the_http_personality(pebble: Pebble, tmp_path: Path) ->
                                    timeout=5)
         with urllib.request.urlopen(f"{base}/other", timeout=5) as answer:
             assert answer.read() == b"app\n"
+
+
+def test_a_certificate_file_stays_the_default_beside_acme_names(tmp_path: Path) -> None:
+    """SSL_cert_file given too: it serves clients without SNI (and unknown names); the ACME
+    names get their own (here the interim one: no CA reachable)."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert("default.test")
+    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    leaf.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    server = Echo(port="127.0.0.1:0/ssl", SSL_cert_file=str(tmp_path / "cert.pem"),
+                  SSL_key_file=str(tmp_path / "key.pem"), SSL_acme_domains="e.test",
+                  SSL_acme_directory=f"https://127.0.0.1:{free_port()}/dir",
+                  SSL_acme_dir=str(tmp_path / "acme"), log_function=Lines(), log_level=2)
+    with ServerThread(server):
+        port = server.listeners[0].sock.getsockname()[1]
+        acme, _ = served(port, "e.test")
+        assert self_signed(acme) and "e.test" in acme.subject.rfc4514_string()
+        other, _ = served(port, "unknown.test")
+        assert "default.test" in str(other.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName))
