@@ -13,6 +13,8 @@ Rules of this module:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
 import ipaddress
 import os
@@ -56,6 +58,10 @@ ACME_SSL_OPTIONS: dict[str, str] = {
     "https://acme-staging-v02.api.letsencrypt.org/directory (default: " + DEFAULT_DIRECTORY
     + ")",
     "SSL_acme_email": "contact address of the ACME account (default: none)",
+    "SSL_acme_eab_kid": "External Account Binding key id, for CAs that require one (ZeroSSL, "
+    "Google, many private CAs), with SSL_acme_eab_hmac_key (default: none)",
+    "SSL_acme_eab_hmac_key": "External Account Binding MAC key, base64url as the CA gives it "
+    "(default: none)",
     "SSL_acme_ca_file": "PEM file of the CAs trusted for the ACME directory's HTTPS, for a "
     "private CA (default: the system's trust store)",
     "SSL_acme_dir": "folder of the account key, certificate keys and certificates (made mode "
@@ -86,6 +92,7 @@ class AcmeSettings:
         http_listen: (host, port) of the HTTP-01 responder (host '' = every address), or
             None: the server's HTTP personality answers (``SSL_acme_http_listen http``).
         interim: ``self-signed`` or ``refuse``.
+        eab: (key id, MAC key bytes) of the External Account Binding, or None.
     """
 
     domains: tuple[str, ...]
@@ -96,6 +103,11 @@ class AcmeSettings:
     challenge: str
     http_listen: tuple[str, int] | None
     interim: str = "self-signed"
+    eab: tuple[str, bytes] | None = None
+
+    def __repr__(self) -> str:  # the EAB MAC key is a secret: never in a log or traceback
+        return (f"AcmeSettings(domains={self.domains!r}, directory={self.directory!r}, "
+                f"challenge={self.challenge!r}, dir={self.dir!r})")
 
     @property
     def account_key(self) -> tuple[str, str | None, str | None]:
@@ -131,6 +143,21 @@ def acme_settings(options: Mapping[str, Any], where: str) -> AcmeSettings:
     if interim not in INTERIMS:
         raise ConfigError(f"{where}: SSL_acme_interim {interim!r} is not one of "
                           f"{', '.join(INTERIMS)}")
+    eab_kid = _text(options, "SSL_acme_eab_kid", where)
+    eab_key = _text(options, "SSL_acme_eab_hmac_key", where)
+    if (eab_kid is None) != (eab_key is None):
+        raise ConfigError(f"{where}: SSL_acme_eab_kid and SSL_acme_eab_hmac_key go together "
+                          "(the CA gives both)")
+    eab = None
+    if eab_kid is not None and eab_key is not None:
+        try:
+            mac = base64.urlsafe_b64decode(eab_key + "=" * (-len(eab_key) % 4))
+        except (ValueError, binascii.Error):
+            mac = b""
+        if not mac:
+            raise ConfigError(f"{where}: SSL_acme_eab_hmac_key is not base64url (the value "
+                              "is not shown: it is a secret)")
+        eab = (eab_kid, mac)
     return AcmeSettings(
         domains=domains,
         directory=directory,
@@ -140,6 +167,7 @@ def acme_settings(options: Mapping[str, Any], where: str) -> AcmeSettings:
         challenge=challenge,
         http_listen=_listen(options.get("SSL_acme_http_listen"), where),
         interim=interim,
+        eab=eab,
     )
 
 

@@ -20,6 +20,8 @@ Rules of this module:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import ssl
 import urllib.error
@@ -188,17 +190,28 @@ class AcmeClient:
 
     # -- the steps -------------------------------------------------------------------------
 
-    def register(self, email: str | None) -> str:
-        """Create the account (or find the existing one of this key); returns its URL."""
+    def register(self, email: str | None, eab: tuple[str, bytes] | None = None) -> str:
+        """Create the account (or find the existing one of this key); returns its URL.
+        ``eab``: the CA's External Account Binding (key id, MAC key), RFC 8555 7.3.4."""
         payload: dict[str, Any] = {"termsOfServiceAgreed": True}
         if email:
             payload["contact"] = [f"mailto:{email}"]
         url = self.directory()["newAccount"]
+        if eab is not None:
+            payload["externalAccountBinding"] = self._binding(url, *eab)
         response = self.post(url, payload, use_jwk=True)
         if not response.location:
             raise AcmeProblem(response.status, {"detail": "newAccount gave no Location"}, url)
         self.kid = response.location
         return self.kid
+
+    def _binding(self, url: str, kid: str, mac_key: bytes) -> dict[str, str]:
+        """The EAB inner JWS: the account key, MACed (HS256) with the CA's key."""
+        protected = encode_b64jose(json.dumps({"alg": "HS256", "kid": kid,
+                                               "url": url}).encode())
+        body = encode_b64jose(json.dumps(self._jwk.public_key().to_partial_json()).encode())
+        mac = hmac.new(mac_key, f"{protected}.{body}".encode("ascii"), hashlib.sha256).digest()
+        return {"protected": protected, "payload": body, "signature": encode_b64jose(mac)}
 
     def new_order(self, identifiers: list[dict[str, str]]) -> tuple[str, dict[str, Any]]:
         """Place an order; returns its URL and body."""

@@ -372,7 +372,7 @@ class AcmeManager:
             client.kid = store.account_url(settings.directory, settings.email)
             self._clients[key] = client
         if client.kid is None:
-            url = _blocking(client.register, settings.email)
+            url = _blocking(client.register, settings.email, settings.eab)
             store.save_account_url(settings.directory, settings.email, url)
             self._log(2, f"ACME: account {url} at {settings.directory}")
         return client

@@ -13,6 +13,7 @@ orders, every worker serves).
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import socket
@@ -29,11 +30,14 @@ from typing import Any
 import pytest
 import trustme
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from support.net import wait_until
 from support.pebble import Pebble, free_port, needs_pebble
 from support.process import REPO, ServerProcess, python_env
 
 from gnetserver import GServer
+from gnetserver.acme import AcmeClient, AcmeProblem
+from gnetserver.acme_plan import acme_settings
 from gnetserver.http import GHTTPServer
 from gnetserver.testing import ServerThread
 from gnetserver.tls.acme_alpn import ID_PE_ACME_IDENTIFIER, ChallengeFiles, challenge_certificate
@@ -415,3 +419,25 @@ def test_a_certificate_file_stays_the_default_beside_acme_names(tmp_path: Path) 
         other, _ = served(port, "unknown.test")
         assert "default.test" in str(other.extensions.get_extension_for_class(
             x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName))
+
+
+def test_external_account_binding(tmp_path: Path) -> None:
+    """A CA that requires External Account Binding (ZeroSSL's way): refused without one, with
+    a wrong MAC key, accepted with the right one (our RFC 8555 7.3.4 binding)."""
+    needs_pebble()
+    key = base64.urlsafe_b64encode(b"k" * 32).decode().rstrip("=")
+    ca = Pebble(tmp_path, free_port(), free_port(), eab={"kid-1": key}).start()
+    try:
+        def client() -> AcmeClient:
+            return AcmeClient(ca.directory, ec.generate_private_key(ec.SECP256R1()), ca.ca_file)
+
+        with pytest.raises(AcmeProblem, match="externalAccountRequired"):
+            client().register(None)
+        with pytest.raises(AcmeProblem):
+            client().register(None, ("kid-1", b"wrong" * 8))
+        settings = acme_settings({"SSL_acme_domains": "a.test", "SSL_acme_eab_kid": "kid-1",
+                                  "SSL_acme_eab_hmac_key": key}, "port x")
+        assert settings.eab is not None and key not in repr(settings)
+        assert client().register("ops@a.test", settings.eab).startswith("https://127.0.0.1:")
+    finally:
+        ca.stop()

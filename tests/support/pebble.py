@@ -36,8 +36,12 @@ def needs_pebble() -> None:
 class Pebble:
     """Pebble and its DNS (started by :meth:`start`, ended by :meth:`stop`)."""
 
-    def __init__(self, folder: Path, tls_port: int, http_port: int) -> None:
+    def __init__(self, folder: Path, tls_port: int, http_port: int,
+                 eab: dict[str, str] | None = None) -> None:
+        """``eab``: External Account Binding required, with these {key id: base64url MAC
+        key}."""
         self.folder = folder
+        self.eab = eab
         self.tls_port = tls_port
         self.http_port = http_port
         self.api_port = free_port()
@@ -65,7 +69,8 @@ class Pebble:
             "httpPort": self.http_port,
             "tlsPort": self.tls_port,
             "ocspResponderURL": "",
-            "externalAccountBindingRequired": False,
+            "externalAccountBindingRequired": self.eab is not None,
+            "externalAccountMACKeys": self.eab or {},
         }}
         (self.folder / "pebble.json").write_text(json.dumps(config))
         log = open(self.log_path, "ab")  # noqa: SIM115 (closed with the processes)

@@ -72,6 +72,9 @@ def test_settings_defaults_and_normalized_names() -> None:
     ({"SSL_acme_domains": "a.example", "SSL_acme_http_listen": "70000"}, "[host:]port"),
     ({"SSL_acme_domains": "a.example", "SSL_acme_dir": ""}, "non-empty text"),
     ({"SSL_acme_domains": "a.example", "SSL_acme_interim": "none"}, "SSL_acme_interim"),
+    ({"SSL_acme_domains": "a.example", "SSL_acme_eab_kid": "k"}, "go together"),
+    ({"SSL_acme_domains": "a.example", "SSL_acme_eab_kid": "k",
+      "SSL_acme_eab_hmac_key": "!!!"}, "not base64url"),
 ])
 def test_bad_settings_are_config_errors_naming_port_option_value(options: dict[str, Any],
                                                                  words: str) -> None:
