@@ -152,10 +152,15 @@ class AcmeManager:
             if settings.challenge == "tls-alpn-01":
                 alpn = base.get("SSL_alpn_protocols")
                 ours = parse_alpn(alpn, where) if alpn is not None else []
-                hook = AlpnHook(ChallengeFiles(cert.store.challenge_folder), ours,
-                                base.get("SSL_create_ctx_callback"),
-                                lambda name: self._log(2, f"ACME: TLS-ALPN-01 challenge "
-                                                          f"certificate served for {name}"))
+                user = base.get("SSL_create_ctx_callback")
+                # One hook per distinct (ALPN list, user callback): ports with equal options
+                # keep sharing one context (and its sessions) in TLSContexts.
+                hook = next((p.hook for p in cert.ports.values() if p.hook is not None
+                             and p.hook.ours == ours and p.hook.user is user), None)
+                if hook is None:
+                    hook = AlpnHook(ChallengeFiles(cert.store.challenge_folder), ours, user,
+                                    lambda name: self._log(2, f"ACME: TLS-ALPN-01 challenge "
+                                                              f"certificate served for {name}"))
             port = cert.ports[where] = _Port(where, base, hook)
         return self._options(cert, port)
 
@@ -477,9 +482,11 @@ class AcmeManager:
 
     def _serve(self, cert: _Certificate) -> None:
         """Rebuild every port's context with the certificate now held (reload's build)."""
+        done: list[ContextHandle] = []
         for port in cert.ports.values():
-            if port.handle is None:
-                continue
+            if port.handle is None or any(port.handle is h for h in done):
+                continue  # ports with equal options share one handle: built once
+            done.append(port.handle)
             try:
                 port.handle.reconfigure(self._options(cert, port))
             except ConfigError as exc:
