@@ -7,13 +7,15 @@ Pebble's root, the interim certificate before issuance and the issued one after 
 refused connection in between, an IP identifier (RFC 8738), the challenge certificate only for
 ``acme-tls/1`` handshakes (TLS 1.2 and 1.3), renewal under a connected client, a validation the
 CA refuses and an unreachable directory (the served certificate stays, the reason is logged), a
-restart that finds account and certificate on disk and orders nothing, PreFork (the parent
-orders, every worker serves).
+restart that finds account and certificate on disk and orders nothing, renewal of a
+certificate past two thirds of its life, PreFork (the parent orders, every worker serves),
+HTTP-01 through the HTTP personality, External Account Binding.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import os
 import re
 import socket
@@ -30,6 +32,7 @@ from typing import Any
 import pytest
 import trustme
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from support.net import wait_until
 from support.pebble import Pebble, free_port, needs_pebble
@@ -37,10 +40,12 @@ from support.process import REPO, ServerProcess, python_env
 
 from gnetserver import GServer
 from gnetserver.acme import AcmeClient, AcmeProblem
+from gnetserver.acme.store import AcmeStore
 from gnetserver.acme_plan import acme_settings
 from gnetserver.http import GHTTPServer
 from gnetserver.testing import ServerThread
 from gnetserver.tls.acme_alpn import ID_PE_ACME_IDENTIFIER, ChallengeFiles, challenge_certificate
+from gnetserver.tls.selfsigned import make_self_signed
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -452,3 +457,26 @@ def test_ports_with_the_same_acme_options_share_one_context(tmp_path: Path) -> N
         serials = {served(listener.sock.getsockname()[1], "s.test")[0].serial_number
                    for listener in server.listeners}
         assert len(serials) == 1
+
+
+def test_a_certificate_past_two_thirds_of_its_life_is_renewed_at_start(pebble: Pebble,
+                                                                       tmp_path: Path) -> None:
+    """The schedule: a certificate on disk 60 days into a 70-day life (past 2/3) is served at
+    once and renewed by the CA right away; the renewed one is served without a restart."""
+    folder = tmp_path / "acme"
+    old, key = make_self_signed(["t.test"], days=10)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    aged = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(old.issuer)
+            .public_key(key.public_key()).serial_number(old.serial_number)
+            .not_valid_before(now - datetime.timedelta(days=60))
+            .not_valid_after(now + datetime.timedelta(days=10))
+            .add_extension(old.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName).value, critical=False)
+            .sign(key, hashes.SHA256()))
+    AcmeStore(str(folder)).save(("t.test",), aged.public_bytes(serialization.Encoding.PEM), key)
+    log = Lines()
+    with ServerThread(acme_server(pebble, folder, log, "t.test")):
+        assert log.count("serving the certificate on disk for t.test") == 1, log.text()
+        wait_until(lambda: log.count("certificate renewed") or log.count("failed"), 30)
+        assert log.count("certificate renewed for t.test") == 1, log.text()
+        verify_with_root(pebble, pebble.tls_port, "t.test")
