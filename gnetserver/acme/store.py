@@ -77,10 +77,13 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 class AcmeStore:
-    """One ``SSL_acme_dir`` (made, mode 0700, on creation)."""
+    """One ``SSL_acme_dir`` (made, mode 0700, when missing)."""
 
     def __init__(self, folder: str) -> None:
-        self.folder = _folder(folder)
+        # Made 0700 when missing; an existing folder keeps its mode (it may be shared), the
+        # folders and files made in it are 0700/0600 all the same.
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        self.folder = folder
 
     @property
     def challenge_folder(self) -> str:

@@ -29,6 +29,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import ipaddress
@@ -103,17 +104,9 @@ def write_private(path: str, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with _suppress_os():
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-class _suppress_os:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
-        return kind is not None and issubclass(kind, OSError)
 
 
 def pem_pair(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -165,7 +158,7 @@ class ChallengeFiles:
 
     def remove(self, name: str) -> None:
         """``name``'s challenge is over (no file: nothing to do)."""
-        with _suppress_os():
+        with contextlib.suppress(OSError):
             os.unlink(self._path(name))
         self._cache.pop(normalize(name), None)
 
