@@ -42,6 +42,7 @@ from .util import Build, as_bytes, read_file, reason, require_callable
 
 __all__ = ["CREDENTIAL_KEYS", "NO_CERTIFICATE", "passphrase", "passphrase_of", "use_credential"]
 
+
 class _NoCertificate:
     """The type of :data:`NO_CERTIFICATE`."""
 
