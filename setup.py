@@ -26,6 +26,9 @@ setup(
         # PreFork: readable worker titles in ps (the whole command line; prctl only sets the
         # 15-byte name).
         "setproctitle>=1.3",
+        # gnetserver.acme: the JOSE parts of the ACME client (JWK thumbprint, ES256); the
+        # certbot project's library, without certbot's HTTP stack.
+        "josepy>=2.0",
     ],
     extras_require={
         "test": [

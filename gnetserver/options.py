@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import access, log_options, proxyproto
+from .acme_plan import ACME_SSL_OPTIONS
 from .ssl_names import SUPPORTED_SSL_OPTIONS
 from .truth import perl_truth
 
@@ -556,7 +557,7 @@ FLAG_SSL_OPTIONS = frozenset({"SSL_honor_cipher_order", "SSL_check_crl"})
 _SSL: Sequence[Option] = tuple(
     Option(name, None, passthrough, doc, "TLS", cli=name not in CODE_ONLY_SSL_OPTIONS,
            flag=name in FLAG_SSL_OPTIONS)
-    for name, doc in sorted(SUPPORTED_SSL_OPTIONS.items())
+    for name, doc in sorted({**SUPPORTED_SSL_OPTIONS, **ACME_SSL_OPTIONS}.items())
 )
 
 #: Section of the options Net::Server conf files carry for other personalities or protocols:

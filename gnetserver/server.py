@@ -13,7 +13,8 @@ Rules of this module:
   ``personality`` (:mod:`gnetserver.personality`: how connections are accepted, from
   ``server_type``), ``listeners`` (built by :mod:`gnetserver.listen`), ``tls_contexts``
   (:class:`~gnetserver.tls.TLSContexts`), ``access`` (:class:`~gnetserver.access_control.
-  AccessPolicy`), ``logs`` and ``process`` (:mod:`gnetserver.operations`).
+  AccessPolicy`), ``logs`` and ``process`` (:mod:`gnetserver.operations`), ``acme``
+  (:class:`~gnetserver.acme.AcmeManager`, with ``SSL_acme_domains``).
 * Server-wide hooks run in the greenlet that called ``run()``/``start()``. Per-connection hooks
   run in the connection's own greenlet and receive the :class:`~gnetserver.client.Client`;
   many connections share the server object, so keep per-connection state on the client.
@@ -30,9 +31,9 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import blocking, inet, listen, log, proxyproto, restart, stdio, tls_setup
+from . import acme_plan, blocking, inet, listen, log, proxyproto, restart, stdio, tls_setup
 from .access import AccessRules
 from .access_control import AccessPolicy
 from .client import Client
@@ -65,6 +66,9 @@ from .proxy_reader import ProxyHeaderError, ProxyHeaderTimeout, read_header
 from .signals import SIGNALS
 from .systemd import Notifier
 from .tls import TLSContexts
+
+if TYPE_CHECKING:
+    from .acme import AcmeManager
 
 #: The longest line the default echo (``process_request``) reads, its end included.
 ECHO_LINE_LIMIT = 64 * 1024
@@ -155,6 +159,9 @@ class GServer:
         self.lifecycle = Lifecycle()
         self.personality: Personality | None = None  # made when accepting starts
         self.tls_contexts: TLSContexts | None = None  # made by bind
+        # SSL_acme_domains: made by the first port that asks (ssl_options), started with
+        # accepting, stopped in server_close.
+        self.acme: AcmeManager | None = None
         # Collaborators call back through methods that look the hook up at each call
         # (_say and the lambdas): a hook replaced on the instance counts.
         self.access = AccessPolicy(self._say)
@@ -501,6 +508,8 @@ class GServer:
         inetd = getattr(self.personality_class(), "serves_inherited_connection", False)
         specs = self.port_specs[:1] if inetd else self.port_specs  # INET: the first one's
         protocols = [self.make_protocol(spec) for spec in specs]
+        if self.acme is not None:
+            self.acme.bind()  # the HTTP-01 responder, with the start's privileges
         libraries = (protocol.tls_library() for protocol in protocols)
         for library in dict.fromkeys(text for text in libraries if text):  # once each, in order
             self.log(2, f"TLS by {library}")
@@ -526,13 +535,24 @@ class GServer:
             raise RuntimeError("make_protocol: bind() creates the TLS registry first")
         options = self.ssl_options(spec) if listen.is_tls(spec) \
             else listen.port_options(spec, self.conf)
-        return listen.make_protocol(spec, options, self.tls_contexts)
+        protocol = listen.make_protocol(spec, options, self.tls_contexts)
+        handle = getattr(protocol, "tls_handle", None)
+        if self.acme is not None and handle is not None:
+            self.acme.attach(f"port {spec}", handle)  # its certificates arrive later
+        return protocol
 
     def ssl_options(self, spec: PortSpec) -> dict[str, Any]:
         """Framework step: the SSL_* options of one TLS port: the per-port dict, else the
         server-wide option, else a method (called with host, port, proto) or attribute of that
         name on the server; with ``self_signed`` and no certificate, a self-signed one."""
-        return tls_setup.resolve_ssl_options(spec, self.conf, self, self.self_signed_certificate)
+        options = tls_setup.resolve_ssl_options(spec, self.conf, self,
+                                                self.self_signed_certificate)
+        if not acme_plan.wants_acme(options):
+            return options
+        if self.acme is None:
+            from .acme import AcmeManager  # josepy and friends: only for servers that use it
+            self.acme = AcmeManager(self._say)
+        return self.acme.plan_port(f"port {spec}", spec.proto, options)
 
     def self_signed_certificate(self) -> tuple[Any, Any]:
         """Framework step: a self-signed certificate and key, made once per server, its
@@ -617,6 +637,8 @@ class GServer:
         personality.start(self.listeners, self._on_connection, self.process_hooks())
         self.lifecycle.serving(personality)
         self.start_dequeue()
+        if self.acme is not None:
+            self.acme.start()  # order or renew in the background (this process's hub)
         serving = ", ".join(str(listener) for listener in self.listeners)
         self.log(2, "Server ready: " + serving)
         self.notifier.ready(f"Serving {serving}")  # systemd: READY=1, MAINPID (also after HUP)
@@ -668,13 +690,25 @@ class GServer:
         return ProcessHooks(
             name=type(self).__name__,
             log=self._say,
-            child_init=lambda: self.child_init_hook(),
+            child_init=self._child_init,
             child_finish=lambda: self.child_finish_hook(),
             run_n_children=lambda count: self.run_n_children_hook(count),
             reload=self.reload_in_place,
             close_logs=self.close_logs,
             idle_loop=lambda: self.idle_loop_hook(),
         )
+
+    def _child_init(self) -> None:
+        """What a worker runs right after the fork: the framework's, then the user's hook."""
+        self.acme_worker()
+        self.child_init_hook()
+
+    def acme_worker(self) -> None:
+        """Framework step (PreFork), in each worker right after the fork, before
+        ``child_init_hook``: the parent orders the ACME certificates, the worker watches for
+        them (:meth:`AcmeManager.become_worker <gnetserver.acme.AcmeManager.become_worker>`)."""
+        if self.acme is not None:
+            self.acme.become_worker()
 
     def child_init_hook(self) -> None:
         """Hook (PreFork): in each worker right after the fork, before it accepts: its own
@@ -862,6 +896,7 @@ class GServer:
         reached, chown/chroot/setuid. Nothing is bound, forked, written or opened for writing,
         no signal is touched, and nothing is logged (the new image logs it all again)."""
         saved = self.conf, self.argv_unused, self.port_specs, self.tls_contexts
+        saved_acme, self.acme = self.acme, None  # a scratch one: nothing ordered or bound
         try:
             with self.logs.muted():
                 self.configure()
@@ -873,6 +908,7 @@ class GServer:
                 return DryRun(self.conf, list(self.port_specs))
         finally:
             self.conf, self.argv_unused, self.port_specs, self.tls_contexts = saved
+            self.acme = saved_acme
 
     def restart_open_hook(self) -> None:
         """Hook: in the re-executed server after a HUP, in bind, before the inherited sockets
@@ -1021,6 +1057,12 @@ class GServer:
         ``SSL_error_trap`` is then called, see :meth:`tls_error_trap`)."""
         try:
             self.post_accept(client)
+            if client.alpn_protocol == "acme-tls/1":
+                # RFC 8737: the CA's validation handshake; it sends nothing more.
+                if self.log_enabled(3):
+                    self.log(3, f"TLS-ALPN-01 validation handshake from {client.peer_text()}")
+                client.close()
+                return False
             return True
         except HandshakeTimeout as exc:
             if self.log_enabled(3):
@@ -1232,6 +1274,7 @@ class GServer:
                 self.restart_in_place()  # execs; returns if a stop came first or it failed
             self.notifier.stopping("Stopping")  # a real close (a HUP's hand-over execs above)
             self.stop_dequeue()
+            self.stop_acme()
             self.stop_accepting(take_queued=True)  # the queued ones are served, not reset
             self.drain()  # graceful_timeout or stop(timeout); TERM/INT cut it short
             lifecycle.cancel_restart()
@@ -1256,6 +1299,12 @@ class GServer:
         if self.dequeue_timer is not None:
             self.dequeue_timer.stop()
             self.dequeue_timer = None
+
+    def stop_acme(self) -> None:
+        """Framework step in server_close (and when a start fails): stop ordering and close
+        the HTTP-01 responder; the served certificates stay until the close."""
+        if self.acme is not None:
+            self.acme.stop()
 
     def untie_client_stdout(self) -> None:
         """Framework step of server_close: with ``tie_client_stdout``, give up this server's
@@ -1418,6 +1467,7 @@ class GServer:
     def release_listeners(self) -> None:
         """Close every listening socket (also when a start-up step failed). Idempotent. A
         socket systemd passed is only closed: its unix socket file stays, systemd's."""
+        self.stop_acme()  # the HTTP-01 responder's socket too
         for listener in self.listeners:
             if listener.address.passed:
                 listener.sock.close()

@@ -34,6 +34,7 @@ from typing import Any
 
 import gevent
 
+from ..acme_plan import HTTP01_PREFIX as ACME_CHALLENGE
 from ..client import Client
 from ..errors import ConfigError, TLSError
 from ..options import HTTP_OPTIONS, Option
@@ -291,7 +292,9 @@ class GHTTPServer(GServer):
         client.http = exchange
         started = time.monotonic()
         try:
-            if self.wsgi_application is not None:
+            if self.acme is not None and request.path.startswith(ACME_CHALLENGE):
+                self.answer_acme_challenge(client, request.path[len(ACME_CHALLENGE):])
+            elif self.wsgi_application is not None:
                 wsgi.run(self.wsgi_application, exchange, self.multiprocess)
             else:
                 self.process_http_request(client)
@@ -318,6 +321,18 @@ class GHTTPServer(GServer):
                 self.access_log.write(Entry(exchange, client, exchange.status, request.started,
                                             time.monotonic() - started, line))
         return exchange.keep_alive
+
+    def answer_acme_challenge(self, client: Client, token: str) -> None:
+        """Framework step, for ``/.well-known/acme-challenge/<token>`` when the server has
+        ACME ports: a pending HTTP-01 token's key authorization (200), else 404. So the HTTP
+        personality's own port 80 answers the CA (``SSL_acme_http_listen http``)."""
+        assert self.acme is not None
+        found = self.acme.http01_answer(token)
+        if found is None:
+            client.http.send_response(404, "404 Not Found\n")
+            return
+        self.log(2, f"ACME: HTTP-01 challenge answered for token {token}")
+        client.http.send_response(200, found, content_type="application/octet-stream")
 
     def _answer(self, exchange: Exchange, status: int) -> None:
         """Send an error status if no head went out yet; never raises."""

@@ -40,7 +40,20 @@ from .formats import (
 )
 from .util import Build, as_bytes, read_file, reason, require_callable
 
-__all__ = ["CREDENTIAL_KEYS", "passphrase", "passphrase_of", "use_credential"]
+__all__ = ["CREDENTIAL_KEYS", "NO_CERTIFICATE", "passphrase", "passphrase_of", "use_credential"]
+
+
+class _NoCertificate:
+    """The type of :data:`NO_CERTIFICATE`."""
+
+    def __repr__(self) -> str:
+        return "NO_CERTIFICATE"
+
+
+#: An ``SSL_cert`` value (per SNI name) that gives the name a context without a certificate:
+#: its handshakes fail (an alert), unless a callback sets one on the connection (ACME's
+#: ``SSL_acme_interim refuse``; the TLS-ALPN-01 challenge certificate still gets through).
+NO_CERTIFICATE: Any = _NoCertificate()
 
 #: The keys that make up one credential (and may be dicts keyed by SNI name, see :mod:`.sni`).
 CREDENTIAL_KEYS = ("SSL_cert_file", "SSL_key_file", "SSL_cert", "SSL_key")

@@ -45,7 +45,7 @@ from OpenSSL import SSL
 from ..errors import ConfigError
 from ..ssl_names import REFUSED_SSL_OPTIONS, SUPPORTED_SSL_OPTIONS, refusal_reason
 from . import sni
-from .certs import use_credential
+from .certs import NO_CERTIFICATE, use_credential
 from .negotiation import (
     DEFAULT_CIPHER_LIST,
     apply_alpn,
@@ -137,6 +137,8 @@ def _build_one(b: Build, creds: Sequence[Mapping[str, Any]]) -> SSL.Context:
         apply(ctx, b)
     staples = []
     for cred in creds:
+        if cred.get("SSL_cert") is NO_CERTIFICATE:  # a name refused for now (certs.py)
+            continue
         leaf = use_credential(ctx, cred, b)
         staple = load_staple(leaf, cred, b)
         if staple is not None:

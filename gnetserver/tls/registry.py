@@ -88,6 +88,15 @@ class ContextHandle:
         self._context = context
         self.built_at = time.monotonic()
 
+    def reconfigure(self, options: Mapping[str, Any]) -> None:
+        """Build from ``options`` and, if that works, make them this handle's options and the
+        new context the one new connections get (later reloads build from them too). Used
+        when the options themselves change at run time (ACME: an issued certificate replaces
+        the interim one). ConfigError: nothing changed."""
+        context = self.builder(options, self.where, self._warn)
+        self.options = dict(options)
+        self.swap(context)
+
     @property
     def context(self) -> Any:
         """The context for a new connection (rotated first if its time has come)."""

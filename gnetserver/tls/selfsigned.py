@@ -21,14 +21,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["fingerprint_sha256", "make_self_signed"]
+__all__ = ["fingerprint_sha256", "make_self_signed", "san_entry"]
 
 # Clocks of clients and servers drift; a certificate "valid from now" can look like it is from
 # the future to a peer whose clock is a little behind.
 _BACKDATE = datetime.timedelta(minutes=5)
 
 
-def _san_entry(name: str) -> x509.GeneralName:
+def san_entry(name: str) -> x509.GeneralName:
     """Return the subjectAltName entry for one host name or IP literal."""
     try:
         return x509.IPAddress(ipaddress.ip_address(name))
@@ -68,7 +68,7 @@ def make_self_signed(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _BACKDATE)
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([_san_entry(h) for h in hostnames]), False)
+        .add_extension(x509.SubjectAlternativeName([san_entry(h) for h in hostnames]), False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     )

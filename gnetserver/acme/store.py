@@ -1,0 +1,183 @@
+"""The files of ACME (``SSL_acme_dir``): account keys and URLs, certificates, challenges.
+
+Layout (the folder and every folder in it mode 0700, every file 0600, each written atomically:
+a temporary file in the same folder, fsync, rename)::
+
+    SSL_acme_dir/
+      accounts/<host>-<hash>/key.pem       the account key (ECDSA P-256), per directory+email
+      accounts/<host>-<hash>/account.json  {"directory": ..., "url": the account URL}
+      certs/<first name>/certificate.pem   the issued chain (leaf first) and its key, one file,
+                                           so a reader never sees a new key with an old chain
+      challenges/<name>.pem                pending TLS-ALPN-01 certificates (tls.acme_alpn)
+      challenges/http-01/<token>           pending HTTP-01 key authorizations
+
+A certificate file found at start counts when it parses, covers every name of the port and
+has not expired; a file that fails to parse is logged and replaced by the next issuance.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ..tls.acme_alpn import write_private
+
+__all__ = ["AcmeStore", "Issued"]
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A certificate on disk: its file, the chain (leaf first) and the leaf's validity."""
+
+    path: str
+    chain: list[x509.Certificate]
+    key: ec.EllipticCurvePrivateKey
+
+    @property
+    def not_before(self) -> datetime.datetime:
+        return self.chain[0].not_valid_before_utc
+
+    @property
+    def not_after(self) -> datetime.datetime:
+        return self.chain[0].not_valid_after_utc
+
+    @property
+    def serial(self) -> str:
+        return format(self.chain[0].serial_number, "x")
+
+    def names(self) -> set[str]:
+        """The leaf's subjectAltName entries, as text."""
+        try:
+            san = self.chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        except x509.ExtensionNotFound:
+            return set()
+        dns = {n.lower() for n in san.value.get_values_for_type(x509.DNSName)}
+        ips = {str(ip) for ip in san.value.get_values_for_type(x509.IPAddress)}
+        return dns | ips
+
+
+def _folder(path: str) -> str:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)  # our folder: an existing one with a wider mode is narrowed
+    return path
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+class AcmeStore:
+    """One ``SSL_acme_dir`` (made, mode 0700, when missing)."""
+
+    def __init__(self, folder: str) -> None:
+        # Made 0700 when missing; an existing folder keeps its mode (it may be shared), the
+        # folders and files made in it are 0700/0600 all the same.
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        self.folder = folder
+
+    @property
+    def challenge_folder(self) -> str:
+        """Where pending TLS-ALPN-01 certificates are kept."""
+        return os.path.join(self.folder, "challenges")
+
+    def put_token(self, token: str, key_authorization: str) -> None:
+        """Make an HTTP-01 token answerable by every process (PreFork workers too)."""
+        folder = _folder(os.path.join(_folder(self.challenge_folder), "http-01"))
+        write_private(os.path.join(folder, token), key_authorization.encode("ascii"))
+
+    def remove_token(self, token: str) -> None:
+        """The token's challenge is over."""
+        try:
+            os.unlink(os.path.join(self.challenge_folder, "http-01", token))
+        except OSError:
+            pass
+
+    def token(self, token: str) -> str | None:
+        """A pending token's key authorization, or None (``token`` must be checked first:
+        base64url characters only)."""
+        try:
+            with open(os.path.join(self.challenge_folder, "http-01", token), "rb") as f:
+                return f.read(1024).decode("ascii")
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    # -- accounts --------------------------------------------------------------------------
+
+    def _account_folder(self, directory: str, email: str | None) -> str:
+        host = urllib.parse.urlsplit(directory).hostname or "ca"
+        digest = hashlib.sha256(f"{directory}\n{email or ''}".encode()).hexdigest()[:12]
+        return _folder(os.path.join(_folder(os.path.join(self.folder, "accounts")),
+                                    f"{host}-{digest}"))
+
+    def account_key(self, directory: str, email: str | None) -> ec.EllipticCurvePrivateKey:
+        """The account key for this CA and contact, made and saved on first use."""
+        path = os.path.join(self._account_folder(directory, email), "key.pem")
+        try:
+            with open(path, "rb") as f:
+                key = serialization.load_pem_private_key(f.read(), None)
+            if isinstance(key, ec.EllipticCurvePrivateKey):
+                return key
+        except FileNotFoundError:
+            pass
+        key = ec.generate_private_key(ec.SECP256R1())
+        write_private(path, _pem_key(key))
+        return key
+
+    def account_url(self, directory: str, email: str | None) -> str | None:
+        """The account URL saved for this CA and contact, or None."""
+        path = os.path.join(self._account_folder(directory, email), "account.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                data: dict[str, Any] = json.load(f)
+        except (OSError, ValueError):
+            return None
+        url = data.get("url")
+        return url if isinstance(url, str) and data.get("directory") == directory else None
+
+    def save_account_url(self, directory: str, email: str | None, url: str) -> None:
+        """Remember the account URL (saves a newAccount round trip at the next start)."""
+        path = os.path.join(self._account_folder(directory, email), "account.json")
+        write_private(path, json.dumps({"directory": directory, "url": url}).encode())
+
+    # -- certificates ----------------------------------------------------------------------
+
+    def certificate_path(self, names: tuple[str, ...]) -> str:
+        """The file of the certificate for ``names`` (named after the first)."""
+        folder = _folder(os.path.join(_folder(os.path.join(self.folder, "certs")), names[0]))
+        return os.path.join(folder, "certificate.pem")
+
+    def load(self, names: tuple[str, ...]) -> Issued | None:
+        """The certificate on disk for ``names`` (None: none, or unreadable).
+
+        Raises:
+            ValueError: the file exists but does not parse (the reason in the message).
+        """
+        path = self.certificate_path(names)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        chain = x509.load_pem_x509_certificates(data)
+        key = serialization.load_pem_private_key(data, None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{path}: the key is not ECDSA")
+        return Issued(path, chain, key)
+
+    def save(self, names: tuple[str, ...], chain_pem: bytes,
+             key: ec.EllipticCurvePrivateKey) -> Issued:
+        """Write an issued chain and its key (one file, atomically); returns it as loaded."""
+        path = self.certificate_path(names)
+        chain = x509.load_pem_x509_certificates(chain_pem)  # ValueError: not a chain
+        write_private(path, chain_pem.rstrip(b"\n") + b"\n" + _pem_key(key))
+        return Issued(path, chain, key)
