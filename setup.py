@@ -26,6 +26,9 @@ setup(
         # PreFork: readable worker titles in ps (the whole command line; prctl only sets the
         # 15-byte name).
         "setproctitle>=1.3",
+        # metrics_port: the Prometheus exposition, PreFork's multiprocess mode (imported only
+        # when metrics_port is set; pure Python, no dependency of its own).
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "test": [
