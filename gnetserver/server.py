@@ -84,7 +84,7 @@ RELOAD_NEEDS_RESTART = frozenset({
     "conf_file", "port", "host", "proto", "ipv", "listen", "unix_mode", "pid_file",
     "background", "setsid", "user", "group", "chroot", "chroot_as_root", "log_file",
     "log_function", "syslog_logsock", "syslog_ident", "syslog_logopt", "syslog_facility",
-    "server_type", "self_signed",
+    "server_type", "self_signed", "metrics_port", "log_format",
 })
 
 
@@ -242,6 +242,7 @@ class GServer:
         except BaseException:
             self.release_listeners()
             self.remove_pid_file()
+            self.metrics.close()  # PreFork: its directory
             if not self.lifecycle.closing:
                 self.lifecycle.start_failed()
             raise
