@@ -6,6 +6,7 @@ Usage::
     python -m gnetserver.docs            # print the table (reStructuredText)
     python -m gnetserver.docs --write    # rewrite README.rst between the markers
     python -m gnetserver.docs --check    # exit 1 when README.rst's table is stale
+    python -m gnetserver.docs --metrics  # print the metric list
 
 Rules of this module:
 
@@ -150,25 +151,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="rewrite the table in README.rst between the markers")
     group.add_argument("--check", action="store_true",
                        help="exit 1 when README.rst's table differs from the options")
+    group.add_argument("--metrics", action="store_true",
+                       help="print the metric list of README's Monitoring section")
     parser.add_argument("--readme", type=Path, default=README, help="(default: %(default)s)")
     args: Any = parser.parse_args(argv)
     table = render()
     metrics = render_metrics()
     if not (args.write or args.check):
-        sys.stdout.write(table + "\n" + metrics)
+        sys.stdout.write(metrics if args.metrics else table)
         return 0
     text = args.readme.read_text(encoding="utf-8")
+    # A README without the metric markers (another project's, a test's) has no metric list.
+    has_metrics = METRICS_START in text
     if args.check:
-        stale = [what for what, current, rendered in (
-            ("option table", readme_table(text), table),
-            ("metric list", readme_table(text, METRICS_START, METRICS_END), metrics))
-            if current != rendered]
+        regions = [("option table", readme_table(text), table)]
+        if has_metrics:
+            regions.append(("metric list", readme_table(text, METRICS_START, METRICS_END),
+                            metrics))
+        stale = [what for what, current, rendered in regions if current != rendered]
         if stale:
             print(f"{args.readme}: the {' and the '.join(stale)} "
                   f"{'is' if len(stale) == 1 else 'are'} stale; run "
                   "`python -m gnetserver.docs --write`", file=sys.stderr)
         return 1 if stale else 0
-    updated = replace_table(replace_table(text, table), metrics, METRICS_START, METRICS_END)
+    updated = replace_table(text, table)
+    if has_metrics:
+        updated = replace_table(updated, metrics, METRICS_START, METRICS_END)
     if updated != text:
         args.readme.write_text(updated, encoding="utf-8")
     print(f"{args.readme}: option table and metric list "

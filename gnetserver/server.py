@@ -373,13 +373,15 @@ class GServer:
             return PrometheusMetrics.for_prefork()
         return PrometheusMetrics()
 
-    def check_certificates(self) -> list[ServedCertificate]:
+    def check_certificates(self, daily: bool = False) -> list[ServedCertificate]:
         """Framework step (when accepting starts, after a TLS reload, then daily in a
         greenlet of this process; under PreFork the parent's): read the leaf certificate each
-        TLS port serves (per SNI name), set the expiry metrics, and log at level 1 each one
-        that expires within ``SSL_cert_expiry_warning`` days (or has expired). A certificate
-        that cannot be read any more is said at level 1 and skipped. Returns those
-        expiring. Any greenlet of the hub may call it (it reads small files)."""
+        TLS port serves (per SNI name; the files its context was built from), set the expiry
+        metrics, and log at level 1 each one that expires within ``SSL_cert_expiry_warning``
+        days. One that has expired already is flagged too, and said by the ``daily`` check
+        (at start and reload the TLS layer said it while loading it). A certificate that
+        cannot be read any more is said at level 1 and skipped. Returns those expiring or
+        expired. Any greenlet of the hub may call it (it reads small files)."""
         served: list[ServedCertificate] = []
         done: set[tuple[int, str]] = set()
         for listener in self.listeners:
@@ -388,8 +390,9 @@ class GServer:
                 continue
             done.add((id(listener.spec), port))
             where = f"port {listener.spec}"
+            options = getattr(listener.protocol, "options", {})  # resolved at bind
             try:
-                leaves = tls_setup.served_certificates(self.ssl_options(listener.spec), where)
+                leaves = tls_setup.served_certificates(options, where)
             except ConfigError as exc:
                 self.log(1, f"Certificate expiry check: {exc}")
                 continue
@@ -400,6 +403,8 @@ class GServer:
         soon = expiring(served, days)
         for cert in soon:
             left = (cert.not_after - time.time()) / 86400
+            if left < 0 and not daily:
+                continue  # the TLS layer said it when it loaded the certificate
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(cert.not_after))
             state = f"expired on {when} UTC" if left < 0 else \
                 f"expires on {when} UTC, in {left:.1f} days"
@@ -735,8 +740,8 @@ class GServer:
             return
         self.check_certificates()
         if self.expiry_timer is None:
-            self.expiry_timer = Periodic(86400.0, self.check_certificates, self.log,
-                                         "the certificate expiry check")
+            self.expiry_timer = Periodic(86400.0, lambda: self.check_certificates(daily=True),
+                                         self.log, "the certificate expiry check")
             self.expiry_timer.start()
 
     def run_dequeue(self) -> None:

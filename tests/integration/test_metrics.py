@@ -213,3 +213,14 @@ def test_prefork_one_scrape_sees_every_worker(spawn: Callable[..., Any],
     server.send(signal.SIGTERM)
     assert server.wait_exit() == 0
     assert list(tmp_path.glob("gnetserver-metrics-*")) == []  # removed at close
+
+
+def test_syslog_drops_are_counted(serve: Callable[..., GServer], syslog_socket: Any) -> None:
+    path, _ = syslog_socket  # never read: its queue fills at once
+    server = serve(port=["127.0.0.1:0"], metrics_port="0", log_file="Sys::Syslog",
+                   syslog_logsock=path)
+    for index in range(300):
+        server.log(2, f"line {index} of a syslog that does not read")
+    dropped = server.logs.targets.dropped() if server.logs.targets is not None else 0
+    assert dropped > 0
+    assert samples(get(metrics_of(server))[2])["gnetserver_log_lines_dropped_total"] == dropped
