@@ -336,18 +336,21 @@ class GServer:
     def post_configure(self) -> None:
         """Apply what the options ask for before binding: raise the open-file limit so the
         pools fit, open the log targets, then report (there) the command-line words and the
-        Net::Server options that have no effect, then background and write the pid file."""
+        Net::Server options that have no effect, then background and write the pid file,
+        then make the metrics (:meth:`make_metrics`)."""
         needed = 2 * (self.conf.max_servers + self.conf.max_handshakes) + 64
         raise_open_file_limit(needed)
-        self.metrics = self.make_metrics()  # before anything counts (PreFork: before forks)
         self.initialize_logging()  # log_file, syslog, log_function
-        self.logs.count_drops(self.metrics.log_dropped)
         if self.conf.monkey_patch:
             self.monkey_patch()  # before anything else of the start makes sockets or threads
         if self.argv_unused:
             self.log(2, f"Command-line words not used by the server: {' '.join(self.argv_unused)}")
         self.warn_inert_options()  # Net::Server keys with no effect here: one level-1 line
         self.daemonize()  # background/setsid, pid_file
+        # After the background fork (the process that closes owns PreFork's directory),
+        # before anything counts and before any worker is forked.
+        self.metrics = self.make_metrics()
+        self.logs.count_drops(self.metrics.log_dropped)
 
     def post_configure_hook(self) -> None:
         """Hook: after options are read (``self.conf`` is complete). Validate custom options."""
@@ -355,7 +358,7 @@ class GServer:
     # == metrics (gnetserver.metrics) ===========================================================
 
     def make_metrics(self) -> Metrics:
-        """Framework step (in post_configure, before logging opens): the metrics collaborator.
+        """Framework step (last in post_configure, after daemonize): the metrics collaborator.
         Without ``metrics_port``, :class:`~gnetserver.metrics.Metrics`, which records nothing;
         with it, prometheus-client's (:mod:`gnetserver.metrics_prometheus`; under PreFork in
         multiprocess mode, so that one scrape sees every process). ConfigError when
