@@ -224,3 +224,35 @@ def test_syslog_drops_are_counted(serve: Callable[..., GServer], syslog_socket: 
     dropped = server.logs.targets.dropped() if server.logs.targets is not None else 0
     assert dropped > 0
     assert samples(get(metrics_of(server))[2])["gnetserver_log_lines_dropped_total"] == dropped
+
+
+def test_handshake_failure_reasons_of_real_clients(serve: Callable[..., GServer],
+                                                   certs: dict[str, str], ca: trustme.CA,
+                                                   tmp_path: Path) -> None:
+    """A client without the certificate a port requires, and a TLS 1.2 client offering only a
+    cipher suite the secure defaults leave out, each counted under its reason."""
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    server = serve(port=["127.0.0.1:0/ssl"], metrics_port="0", SSL_ca_file=str(ca_file),
+                   SSL_verify_mode=3, **certs)
+    port = server.listeners[0].port
+    no_cert = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    no_cert.check_hostname, no_cert.verify_mode = False, ssl.CERT_NONE
+    old_cipher = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old_cipher.check_hostname, old_cipher.verify_mode = False, ssl.CERT_NONE
+    old_cipher.maximum_version = ssl.TLSVersion.TLSv1_2
+    old_cipher.set_ciphers("AES128-SHA")  # CBC, no forward secrecy: not in the defaults
+    for context in (no_cert, old_cipher):
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port),
+                                                              timeout=5) as raw:
+            with context.wrap_socket(raw) as tls:  # TLS 1.3: the refusal comes on read
+                tls.recv(10)
+
+    def reasons() -> dict[str, float]:
+        found = samples(get(metrics_of(server))[2])
+        prefix = f'gnetserver_tls_handshake_failures_total{{port="{port}",proto="ssl",reason="'
+        return {name[len(prefix):-2]: value for name, value in found.items()
+                if name.startswith(prefix)}
+
+    wait_until(lambda: reasons() == {"client_cert_refused": 1, "no_shared_cipher": 1}, 5,
+               f"both failures counted (now {reasons()})")
