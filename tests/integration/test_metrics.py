@@ -256,3 +256,37 @@ def test_handshake_failure_reasons_of_real_clients(serve: Callable[..., GServer]
 
     wait_until(lambda: reasons() == {"client_cert_refused": 1, "no_shared_cipher": 1}, 5,
                f"both failures counted (now {reasons()})")
+
+
+def test_slots_waiting_and_resumed_sessions(serve: Callable[..., GServer],
+                                            certs: dict[str, str]) -> None:
+    """max_servers 1: a second session waits for the slot the first holds (both gauges say
+    so); a TLS 1.2 client resuming its session is counted as resumed."""
+    server = serve(port=["127.0.0.1:0/ssl"], metrics_port="0", max_servers=1, **certs)
+    port = server.listeners[0].port
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.maximum_version = ssl.TLSVersion.TLSv1_2  # the session is known after the handshake
+
+    def scrape() -> dict[str, float]:
+        return samples(get(metrics_of(server))[2])
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw1, \
+            context.wrap_socket(raw1) as first:
+        assert first.recv(100).startswith(b"Welcome")  # in its session: the slot is taken
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw2, \
+                context.wrap_socket(raw2, session=first.session) as second:
+            assert second.session_reused
+            wait_until(lambda: scrape()["gnetserver_sessions_waiting"] == 1, 5,
+                       "the second session to wait")
+            assert scrape()["gnetserver_sessions_in_use"] == 1
+            first.sendall(b"quit\r\n")
+            assert second.recv(100).startswith(b"Welcome")  # the slot passed on
+            second.sendall(b"quit\r\n")
+    label = f'{{port="{port}",proto="ssl"}}'
+    wait_until(lambda: scrape()[f"gnetserver_connections_active{label}"] == 0, 5,
+               "both sessions to end")
+    found = scrape()
+    assert found["gnetserver_sessions_in_use"] == 0 and found["gnetserver_sessions_waiting"] == 0
+    assert found[f"gnetserver_tls_sessions_resumed_total{label}"] == 1
+    assert found[f"gnetserver_tls_handshakes_total{label}"] == 2
