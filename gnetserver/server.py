@@ -174,6 +174,7 @@ class GServer:
         self.metrics: Metrics = Metrics()
         self.metrics_spec: PortSpec | None = None  # metrics_port's, planned by pre_bind
         self.expiry_timer: Periodic | None = None  # the daily certificate check, serving
+        self._served: list[ServedCertificate] | None = None  # read at start and reload
         self._tied = False  # tie_client_stdout: this server installed the stdio proxies
 
     def _say(self, level: int, message: str) -> None:
@@ -379,12 +380,34 @@ class GServer:
     def check_certificates(self, daily: bool = False) -> list[ServedCertificate]:
         """Framework step (when accepting starts, after a TLS reload, then daily in a
         greenlet of this process; under PreFork the parent's): read the leaf certificate each
-        TLS port serves (per SNI name; the files its context was built from), set the expiry
-        metrics, and log at level 1 each one that expires within ``SSL_cert_expiry_warning``
-        days. One that has expired already is flagged too, and said by the ``daily`` check
-        (at start and reload the TLS layer said it while loading it). A certificate that
-        cannot be read any more is said at level 1 and skipped. Returns those expiring or
-        expired. Any greenlet of the hub may call it (it reads small files)."""
+        TLS port serves (per SNI name; the files its context was built from, read again at
+        start and after a reload only: the ``daily`` check reuses what they said, so a
+        passphrase callback of a PKCS#12 file is not called daily), set the expiry metrics,
+        and log at level 1 each one that expires within ``SSL_cert_expiry_warning`` days.
+        One that has expired already is flagged too, and said by the ``daily`` check (at
+        start and reload the TLS layer said it while loading it). A certificate that cannot
+        be read is said at level 1 and skipped. Returns those expiring or expired. Any
+        greenlet of the hub may call it (it reads small files)."""
+        if not daily or self._served is None:
+            self._served = self._served_certificates()
+        served = self._served
+        days = float(self.conf.get("SSL_cert_expiry_warning", 0) or 0)
+        soon = expiring(served, days)
+        for cert in soon:
+            left = (cert.not_after - time.time()) / 86400
+            if left < 0 and not daily:
+                continue  # the TLS layer said it when it loaded the certificate
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(cert.not_after))
+            state = f"expired on {when} UTC" if left < 0 else \
+                f"expires on {when} UTC, in {left:.1f} days"
+            sni = f" (SNI name {cert.sni!r})" if cert.sni else ""
+            self.log(1, f"WARNING: the certificate of port {cert.port}{sni}, {cert.subject}, "
+                        f"{state} (SSL_cert_expiry_warning {days:g} days)")
+        self.metrics.certificates(served, soon)
+        return soon
+
+    def _served_certificates(self) -> list[ServedCertificate]:
+        """The leaf certificates of every TLS listener, read from its resolved options."""
         served: list[ServedCertificate] = []
         done: set[tuple[int, str]] = set()
         for listener in self.listeners:
@@ -402,20 +425,7 @@ class GServer:
             served += [ServedCertificate(port, name, cert.not_valid_after_utc.timestamp(),
                                          cert.subject.rfc4514_string())
                        for name, cert in leaves]
-        days = float(self.conf.get("SSL_cert_expiry_warning", 0) or 0)
-        soon = expiring(served, days)
-        for cert in soon:
-            left = (cert.not_after - time.time()) / 86400
-            if left < 0 and not daily:
-                continue  # the TLS layer said it when it loaded the certificate
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(cert.not_after))
-            state = f"expired on {when} UTC" if left < 0 else \
-                f"expires on {when} UTC, in {left:.1f} days"
-            sni = f" (SNI name {cert.sni!r})" if cert.sni else ""
-            self.log(1, f"WARNING: the certificate of port {cert.port}{sni}, {cert.subject}, "
-                        f"{state} (SSL_cert_expiry_warning {days:g} days)")
-        self.metrics.certificates(served, soon)
-        return soon
+        return served
 
     def serve_metrics(self, client: Client) -> None:
         """Framework step, for a connection of the ``metrics_port`` listener, after its PROXY

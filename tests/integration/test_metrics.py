@@ -290,3 +290,26 @@ def test_slots_waiting_and_resumed_sessions(serve: Callable[..., GServer],
     assert found["gnetserver_sessions_in_use"] == 0 and found["gnetserver_sessions_waiting"] == 0
     assert found[f"gnetserver_tls_sessions_resumed_total{label}"] == 1
     assert found[f"gnetserver_tls_handshakes_total{label}"] == 2
+
+
+def test_daily_check_says_an_expired_certificate(ca: trustme.CA, tmp_path: Path) -> None:
+    """At start the TLS layer says an expired certificate (once); the daily check says it
+    too, from what the start read (the file is not read again), and the gauge flags it."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    gone = ca.issue_cert("localhost", not_before=now - datetime.timedelta(days=30),
+                         not_after=now - datetime.timedelta(days=1))
+    files = write_leaf(gone, tmp_path / "cert.pem", tmp_path / "key.pem")
+    lines: list[tuple[int, str]] = []
+    server = GServer(port=["127.0.0.1:0/ssl"], metrics_port="0",
+                     log_function=lambda level, message: lines.append((level, message)),
+                     **files)
+    with ServerThread(server) as thread:
+        assert [m for _, m in lines if "expired" in m and "SSL_cert_expiry_warning" in m] == []
+        port = server.listeners[0].port
+        assert samples(get(metrics_of(server))[2])[
+            f'gnetserver_certificate_expiring{{port="{port}",sni=""}}'] == 1
+        (tmp_path / "cert.pem").unlink()  # the daily check uses what the start read
+        flagged = thread.call(server.check_certificates, True)
+        assert [cert.port for cert in flagged] == [str(port)]
+        said = [(level, m) for level, m in lines if "SSL_cert_expiry_warning" in m]
+        assert len(said) == 1 and said[0][0] == 1 and "expired on" in said[0][1]
