@@ -313,3 +313,22 @@ def test_daily_check_says_an_expired_certificate(ca: trustme.CA, tmp_path: Path)
         assert [cert.port for cert in flagged] == [str(port)]
         said = [(level, m) for level, m in lines if "SSL_cert_expiry_warning" in m]
         assert len(said) == 1 and said[0][0] == 1 and "expired on" in said[0][1]
+
+
+def test_expiry_gauge_per_sni_name(serve: Callable[..., GServer], ca: trustme.CA,
+                                   tmp_path: Path) -> None:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    default = write_leaf(ca.issue_cert("localhost"), tmp_path / "a.pem", tmp_path / "a.key")
+    other = write_leaf(ca.issue_cert("b.example", not_after=now + datetime.timedelta(days=3)),
+                       tmp_path / "b.pem", tmp_path / "b.key")
+    server = serve(port=["127.0.0.1:0/ssl"], metrics_port="0",
+                   SSL_cert_file={"": default["SSL_cert_file"],
+                                  "b.example": other["SSL_cert_file"]},
+                   SSL_key_file={"": default["SSL_key_file"],
+                                 "b.example": other["SSL_key_file"]})
+    port = server.listeners[0].port
+    found = samples(get(metrics_of(server))[2])
+    assert found[f'gnetserver_certificate_expiring{{port="{port}",sni=""}}'] == 0
+    assert found[f'gnetserver_certificate_expiring{{port="{port}",sni="b.example"}}'] == 1
+    assert found[f'gnetserver_certificate_expiry_timestamp_seconds{{port="{port}",'
+                 f'sni="b.example"}}'] < (now + datetime.timedelta(days=4)).timestamp()
