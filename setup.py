@@ -29,6 +29,9 @@ setup(
         # gnetserver.acme: the JOSE parts of the ACME client (JWK thumbprint, ES256); the
         # certbot project's library, without certbot's HTTP stack.
         "josepy>=2.0",
+        # metrics_port: the Prometheus exposition, PreFork's multiprocess mode (imported only
+        # when metrics_port is set; pure Python, no dependency of its own).
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "test": [

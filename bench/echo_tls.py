@@ -7,6 +7,7 @@ reads ``/proc``)::
     python bench/echo_tls.py --rounds 1 --keys ecdsa --requests 100   # a quick look
     python bench/echo_tls.py --help                # sizes, rounds, time caps
     python bench/echo_tls.py --before ../old-tree  # also gnetserver from another source tree
+    python bench/echo_tls.py --metrics             # also gnetserver counting its metrics
 
 Both servers run at once, each in its own subprocess pinned to CPU 0, and are measured in turn
 (A, B / B, A...) by one load generator pinned to CPU 1 (a gevent client with the stdlib ``ssl``
@@ -22,6 +23,9 @@ module, one process; its own CPU use is reported, so a saturated client would sh
   another gnetserver source tree (for example a git worktree of an older commit, to check a
   change for regressions): its subprocess has PATH first on ``PYTHONPATH`` and loads
   ``PATH/examples/echo_server.py``. The three are then measured A, B, C / C, B, A...
+* **gnetserver-metrics**, only with ``--metrics``: the same gnetserver server with
+  ``metrics_port`` set (prometheus-client counting every connection, handshake and session;
+  nobody scrapes), to measure what the metrics cost (issue 14: within 5 % of metrics off).
 
 Each gnetserver server checks that it imported the tree it claims (this checkout's gnetserver,
 not an installed or editable one) and the table's header shows its ``gnetserver.__file__``.
@@ -62,6 +66,7 @@ from servers import KEY_TYPES, REPO, ServerProcess, positive, write_certificate 
 
 SERVERS = ("gnetserver", "baseline")
 BEFORE = "gnetserver-before"  #: the third server, with --before PATH
+METRICS = "gnetserver-metrics"  #: another one, with --metrics
 
 #: gnetserver's targets from design.md section 5 (server CPU per operation, memory).
 GOALS = {
@@ -106,7 +111,7 @@ class Results:
 
 def server_kinds(args: argparse.Namespace) -> tuple[str, ...]:
     """The servers of this run, in the order of the first round (A, B[, C])."""
-    return (*SERVERS, BEFORE) if args.before else SERVERS
+    return (*SERVERS, *([BEFORE] if args.before else []), *([METRICS] if args.metrics else []))
 
 
 def source_tree(text: str) -> Path:
@@ -152,7 +157,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--before", type=source_tree, metavar="PATH",
         help="also measure gnetserver run from the source tree PATH (e.g. a git worktree of an "
              "older commit) as a third server, gnetserver-before")
-    add("--serve", choices=(*SERVERS, BEFORE), help=argparse.SUPPRESS)  # a server subprocess
+    add("--metrics", action="store_true",
+        help="also measure gnetserver with metrics_port set, as gnetserver-metrics")
+    add("--serve", choices=(*SERVERS, BEFORE, METRICS), help=argparse.SUPPRESS)  # a server
     add("--tree", type=Path, help=argparse.SUPPRESS)
     add("--cert", help=argparse.SUPPRESS)
     add("--key", help=argparse.SUPPRESS)
@@ -243,19 +250,23 @@ def format_table(results: Results, args: argparse.Namespace, pinned: bool) -> st
         lines.append(f"{kind}: {results.versions.get(kind, '?')}")
     lines.append(f"Negotiated: {results.session}")
     before = f" gnetserver/{BEFORE} (spread) |" if args.before else ""
+    before += f" {METRICS}/gnetserver (spread) |" if args.metrics else ""
+    extra = bool(args.before) + bool(args.metrics)
     lines += ["", f"| measure | {' | '.join(kinds)} | gnetserver/baseline |{before} goal |",
-              "|---|" + "---:|" * (len(kinds) + 2 + bool(args.before))]
+              "|---|" + "---:|" * (len(kinds) + 2 + extra)]
     for measure, by_server in results.samples.items():
         medians = " | ".join(_num(results.median(measure, kind)) for kind in kinds)
         ratio = results.ratio(measure, "gnetserver", "baseline")
         if args.before:
             ratio += f" | {results.ratio(measure, 'gnetserver', BEFORE, spread=True)}"
+        if args.metrics:
+            ratio += f" | {results.ratio(measure, METRICS, 'gnetserver', spread=True)}"
         goal = GOALS.get(measure, "")
         lines.append(f"| {measure} | {medians} | {ratio} | {goal} |")
         if args.samples:
             shown = "; ".join(f"{kind} {', '.join(_num(v) for v in by_server.get(kind, []))}"
                               for kind in kinds)
-            lines.append(f"|   samples: {shown} |" + " |" * (len(kinds) + 2 + bool(args.before)))
+            lines.append(f"|   samples: {shown} |" + " |" * (len(kinds) + 2 + extra))
     lines += ["", "Ratios: above 1 is better for rates, below 1 is better for CPU and memory. "
               "Goal: gnetserver's target in design.md section 5."]
     if args.before:

@@ -84,14 +84,17 @@ def serve(kind: str, cert: str, key: str, nodelay: bool = True,
     """
     raise_fd_limit()  # room for the idle-memory measurement
     if kind.startswith("gnetserver"):
-        serve_gnetserver(cert, key, tree or REPO)
+        # gnetserver-metrics: the same server counting its Prometheus metrics (issue 14)
+        metrics = {"metrics_port": "127.0.0.1:0"} if kind == "gnetserver-metrics" else {}
+        serve_gnetserver(cert, key, tree or REPO, **metrics)
     else:
         serve_baseline(cert, key, nodelay)
 
 
-def serve_gnetserver(cert: str, key: str, tree: Path = REPO) -> None:
+def serve_gnetserver(cert: str, key: str, tree: Path = REPO, **options: Any) -> None:
     """The Echo class of ``TREE/examples/echo_server.py``, as users would run it, with the
-    gnetserver of ``TREE`` (which the parent put first on PYTHONPATH; checked here)."""
+    gnetserver of ``TREE`` (which the parent put first on PYTHONPATH; checked here);
+    ``options``: more options of the server (``metrics_port``)."""
     import importlib.util
 
     import gevent
@@ -112,7 +115,7 @@ def serve_gnetserver(cert: str, key: str, tree: Path = REPO) -> None:
     print(f"bench-version: gevent {gevent.__version__}, pyOpenSSL {OpenSSL.__version__} over "
           f"{openssl}; gnetserver from {package}", file=sys.stderr, flush=True)
     module.Echo(port="127.0.0.1:0/ssl", SSL_cert_file=cert, SSL_key_file=key,
-                max_servers=4096).serve_forever()
+                max_servers=4096, **options).serve_forever()
 
 
 def serve_baseline(cert: str, key: str, nodelay: bool = True) -> None:

@@ -119,6 +119,7 @@ class Conf(Mapping[str, Any]):
     log_level: int
     log_file: str | None
     log_function: Callable[[int, str], Any] | str | None
+    log_format: str
     syslog_logsock: str
     syslog_ident: str
     syslog_logopt: str
@@ -155,6 +156,8 @@ class Conf(Mapping[str, Any]):
     monkey_patch: bool
     # -- TLS (the SSL_* options are read by name: conf["SSL_cert_file"])
     self_signed: bool
+    # -- Monitoring (SSL_cert_expiry_warning is read by name, as every SSL_* option)
+    metrics_port: Any
 
     if TYPE_CHECKING:  # set by __init__, not fields
         _values: dict[str, Any]

@@ -56,6 +56,33 @@ def plan_ports(conf: Conf) -> tuple[list[PortSpec], list[PortSpec]]:
     return kept, dropped
 
 
+#: The protocols a ``metrics_port`` may use, and its host when the spec names none.
+METRICS_PROTOS = ("tcp", "ssl", "ssleay")
+METRICS_HOST = "127.0.0.1"
+
+
+def plan_metrics_port(conf: Conf, specs: Sequence[PortSpec]) -> PortSpec | None:
+    """The port spec of ``metrics_port`` (None when unset): loopback when it names no host,
+    tcp unless it names ssl or ssleay. ConfigError for more than one spec, another protocol,
+    or an address a ``port`` spec binds already."""
+    value = conf.metrics_port
+    if value is None:
+        return None
+    found = parse_ports(value, host=METRICS_HOST, proto="tcp")
+    if len(found) != 1:
+        raise ConfigError(f"option 'metrics_port' = {value!r}: one port spec, not {len(found)}")
+    spec = found[0]
+    if spec.proto not in METRICS_PROTOS or spec.is_datagram:
+        raise ConfigError(f"option 'metrics_port' = {value!r}: the metrics are served over "
+                          f"{', '.join(METRICS_PROTOS)}, not {spec.proto}")
+    for other in specs:
+        if spec.port != 0 and (other.port, other.host, other.ipv) == (spec.port, spec.host,
+                                                                       spec.ipv):
+            raise ConfigError(f"option 'metrics_port' = {value!r}: port {other} serves "
+                              "connections already; give the metrics a port of their own")
+    return spec
+
+
 def is_tls(spec: PortSpec) -> bool:
     """True when ``spec``'s protocol serves TLS (ssl, ssleay)."""
     return protocol_class(spec).is_tls

@@ -26,6 +26,8 @@ class Listener:
             (``protocol.is_tls``: a TLS port).
         proxy: how its connections' PROXY header is read (``proxy_protocol``), None when
             they send none; set by the server's ``bind``.
+        serves_metrics: True for the ``metrics_port`` listener (its connections get the
+            Prometheus exposition, not process_request); set by the server's ``bind``.
     """
 
     spec: PortSpec
@@ -33,6 +35,7 @@ class Listener:
     sock: socket.socket
     protocol: StreamProtocol
     proxy: ProxySettings | None = None
+    serves_metrics: bool = False
     #: The address as bound: ``(host, port)`` (IPv6: 4-tuple) or a unix path. Read once at
     #: construction, so it stays available after the socket is closed.
     bound: Any = field(init=False)

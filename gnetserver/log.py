@@ -34,13 +34,21 @@ Rules of this module:
 * Nothing here raises or waits at run time: a failed write is reported on stderr (once until
   writing works again) and the server goes on; syslog never blocks the hub
   (:mod:`gnetserver.syslog_socket` drops, counts and reports what syslog does not take).
+* ``log_format json`` writes each line as one JSON object (:func:`json_line`: ``time``,
+  ``level``, ``pid``, ``message``, and the connection's facts when the line is logged in a
+  connection's greenlet) instead of Net::Server's ``time message``, to the file, to syslog
+  (after the ident) and to stderr; the ``gnetserver`` logger's own handlers get the JSON text
+  as the record's message. The message is escaped first, as for every sink, and JSON's own
+  escaping keeps the line one line of ASCII.
 * The logging options' converters and syslog's address live in :mod:`gnetserver.log_options`
   (pure); they are re-exported here, so ``gnetserver.log.syslog_facility`` and the like work.
 """
 
 from __future__ import annotations
 
+import datetime
 import errno
+import json
 import logging
 import logging.handlers
 import os
@@ -113,6 +121,25 @@ class _StderrFallback(_StreamHandler):
 
 #: Writes the ``gnetserver`` logger's records while no handler would take them (see to_logger).
 _FALLBACK = _StderrFallback()
+#: The same for ``log_format json``: the line is the JSON object alone.
+_JSON_FALLBACK = _StderrFallback()
+_JSON_FALLBACK.setFormatter(logging.Formatter("%(message)s"))
+
+
+def json_line(level: int, message: str, facts: dict[str, Any] | None = None,
+              now: float | None = None) -> Escaped:
+    """One ``log_format json`` line: ``{"time": ISO 8601 UTC with milliseconds, "level":
+    Net::Server's level, "pid", "message", **facts}`` on one line of ASCII (facts with a
+    None value are left out)."""
+    stamp = datetime.datetime.fromtimestamp(time.time() if now is None else now,
+                                            datetime.timezone.utc)
+    record: dict[str, Any] = {
+        "time": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "level": level, "pid": os.getpid(), "message": message,
+    }
+    if facts:
+        record.update((name, value) for name, value in facts.items() if value is not None)
+    return Escaped(json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str))
 
 
 def get_logger() -> logging.Logger:
@@ -124,17 +151,19 @@ def get_logger() -> logging.Logger:
     return logger
 
 
-def to_logger(level: int, message: str) -> None:
+def to_logger(level: int, message: str, raw: bool = False) -> None:
     """Log ``message`` at Net::Server ``level`` on the ``gnetserver`` logger; while no handler
     is configured on the way to the root, write it to stderr in Net::Server's format instead.
     Decided per message, so logging configured after the server started takes over at once
-    (and each line is written once)."""
+    (and each line is written once). ``raw``: ``message`` is a whole line (``log_format
+    json``): stderr gets it without the time."""
     logger = get_logger()
     if logger.hasHandlers():
         logger.log(STDLIB_LEVELS[level], message)
     elif logger.isEnabledFor(STDLIB_LEVELS[level]):
-        _FALLBACK.handle(logger.makeRecord(LOGGER_NAME, STDLIB_LEVELS[level], __file__, 0,
-                                           message, (), None))
+        fallback = _JSON_FALLBACK if raw else _FALLBACK
+        fallback.handle(logger.makeRecord(LOGGER_NAME, STDLIB_LEVELS[level], __file__, 0,
+                                          message, (), None))
 
 
 def should_log(level: int, log_level: int) -> bool:
@@ -324,33 +353,41 @@ class LogTargets:
         handler: the file or syslog handler, or None for the shared ``gnetserver`` logger.
     """
 
-    def __init__(self, handler: logging.Handler | None = None) -> None:
+    def __init__(self, handler: logging.Handler | None = None, json_lines: bool = False) -> None:
         self.handler = handler
         self.path = handler.baseFilename if isinstance(handler, LogFileHandler) else None
         self.stderr_follows = False
+        #: ``log_format json``: each line a JSON object (:func:`json_line`).
+        self.json_lines = json_lines
+        if json_lines and isinstance(handler, LogFileHandler):
+            handler.setFormatter(logging.Formatter("%(message)s"))
 
     @classmethod
     def from_conf(cls, conf: Conf) -> LogTargets:
         """Open what ``log_file`` names; raises ConfigError naming the option and value."""
         target = conf.log_file
+        json_lines = conf.log_format == "json"
         if not target:
-            return cls()
+            return cls(json_lines=json_lines)
         if target == SYSLOG:
-            return cls(open_syslog(conf))
+            return cls(open_syslog(conf), json_lines)
         if _PERL_PACKAGE.match(target):
             raise ConfigError(f"option 'log_file': log module {target!r} is not supported "
                               f"(use {SYSLOG!r} or a file path)")
         try:
-            return cls(LogFileHandler(target))
+            return cls(LogFileHandler(target), json_lines)
         except OSError as exc:
             raise ConfigError(f"option 'log_file': cannot open {target!r}: "
                               f"{exc.strerror}") from None
 
-    def emit(self, level: int, message: str) -> None:
-        """Write one message at Net::Server ``level`` to this server's target."""
+    def emit(self, level: int, message: str, facts: dict[str, Any] | None = None) -> None:
+        """Write one message at Net::Server ``level`` to this server's target; ``facts``:
+        the connection's, for ``log_format json`` (ignored otherwise)."""
         message = escape(message)  # every target: file, syslog, the logger (stderr)
+        if self.json_lines:
+            message = json_line(level, message, facts)
         if self.handler is None:
-            to_logger(level, message)
+            to_logger(level, message, self.json_lines)
             return
         record = logging.LogRecord(LOGGER_NAME, STDLIB_LEVELS[level], __file__, 0, message,
                                    None, None)
@@ -385,6 +422,12 @@ class LogTargets:
         if isinstance(self.handler, LogFileHandler) and self.handler.stream is not None:
             return self.handler.stream.fileno()
         return None
+
+    def count_drops(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(count)`` for the messages syslog drops from now on (no-op for
+        other targets)."""
+        if isinstance(self.handler, SyslogHandler):
+            self.handler.sender.on_drop = callback
 
     def dropped(self) -> int:
         """How many messages syslog did not take (0 for other targets)."""

@@ -24,6 +24,7 @@ Rules of this module (behaviour: spec/netserver.md, logging and process sections
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import resource
 import weakref
@@ -58,6 +59,9 @@ class ServerLog:
         self._targets: log.LogTargets | None = None
         self._function: Callable[[int, str], Any] | None = None
         self._inside: set[Any] = set()  # greenlets inside a sink: never recurse into it
+        self._drops: Callable[[int], None] | None = None  # count_drops' callback
+        # log_format json: the client of each connection greenlet (connection())
+        self._clients: dict[Any, Any] = {}
         self._sink_failing = False  # the sink raised and that was said on stderr
 
     @property
@@ -93,6 +97,32 @@ class ServerLog:
         targets = log.LogTargets.from_conf(conf)
         self.close()
         self._targets, self._function = targets, function
+        if self._drops is not None:
+            targets.count_drops(self._drops)
+
+    def count_drops(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(count)`` whenever syslog drops messages (the metrics)."""
+        self._drops = callback
+        if self._targets is not None:
+            self._targets.count_drops(callback)
+
+    def connection(self, client: Any) -> contextlib.AbstractContextManager[Any]:
+        """Held by a connection's greenlet for its whole life: with ``log_format json``,
+        the lines it logs carry ``client``'s facts (:func:`connection_facts`); else
+        nothing is done."""
+        targets = self._targets
+        if targets is None or not targets.json_lines:
+            return _NULL
+        return self._bound(client)
+
+    @contextmanager
+    def _bound(self, client: Any) -> Iterator[None]:
+        me = gevent.getcurrent()
+        self._clients[me] = client
+        try:
+            yield
+        finally:
+            self._clients.pop(me, None)
 
     def write(self, level: int, message: str) -> None:
         """Pass one message (already filtered by level) on: to ``log_function`` when one is
@@ -149,8 +179,14 @@ class ServerLog:
             self._sink_failing = False
 
     def emit(self, level: int, message: str) -> None:
-        """The default sink's work: write to the open targets (or the ``gnetserver`` logger)."""
-        (self._targets or log.LOGGER_TARGETS).emit(level, message)
+        """The default sink's work: write to the open targets (or the ``gnetserver`` logger);
+        ``log_format json``: with the facts of the connection whose greenlet logs."""
+        targets = self._targets or log.LOGGER_TARGETS
+        facts = None
+        if targets.json_lines and self._clients:
+            client = self._clients.get(gevent.getcurrent())
+            facts = None if client is None else connection_facts(client)
+        targets.emit(level, message, facts)
 
     def reopen(self) -> str | None:
         """Reopen the log file by its name, reconnect to syslog; the failure text, or None."""
@@ -169,6 +205,32 @@ class ServerLog:
                 self._targets.close()
             except OSError as exc:  # the last flush of a log file on a full disk
                 log.write_fallback(f"Couldn't close the log: {exc}")
+
+
+def connection_facts(client: Any) -> dict[str, Any]:
+    """What a ``log_format json`` line says of a connection (a
+    :class:`~gnetserver.client.Client`): ``peer_addr``, ``peer_port``, ``port``, ``proto``,
+    and on TLS ports once the handshake is done ``tls_version``, ``cipher``, ``sni``. Never
+    raises (a fact that cannot be read is left out)."""
+    facts: dict[str, Any] = {}
+    try:
+        address = client.address
+        if client.peeraddr is not None:
+            facts["peer_addr"], facts["peer_port"] = client.peeraddr, client.peerport
+        elif isinstance(address, tuple):
+            facts["peer_addr"], facts["peer_port"] = address[0], address[1]
+        facts["port"] = client.listener.port
+        facts["proto"] = client.listener.proto
+        if client.tls is not None:
+            facts["tls_version"] = client.tls_version
+            facts["cipher"] = client.cipher
+            facts["sni"] = client.server_name
+    except Exception:  # a half-made connection: say what was read
+        pass
+    return facts
+
+
+_NULL = contextlib.nullcontext()
 
 
 class ProcessControl:

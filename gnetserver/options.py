@@ -120,6 +120,39 @@ def int_in(low: int, high: int | None = None) -> Callable[[Any], int]:
     return convert
 
 
+def log_line_format(value: Any) -> str:
+    """``log_format``: ``netserver`` or ``json`` (case-insensitive)."""
+    text = as_str(value).strip().lower()
+    if text not in LOG_LINE_FORMATS:
+        raise ValueError(f"expected one of {', '.join(LOG_LINE_FORMATS)}")
+    return text
+
+
+#: The values of ``log_format``.
+LOG_LINE_FORMATS = ("netserver", "json")
+
+
+def metrics_port(value: Any) -> Any:
+    """``metrics_port``: a port spec (text, number or dict, as ``port`` takes; parsed by
+    :func:`gnetserver.listen.plan_metrics_port`), or None/empty for none."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, dict)):
+        raise ValueError("expected a port spec: `9100`, `127.0.0.1:9100`, "
+                         "`[::1]:9100/ssl` or a dict")
+    return value
+
+
+def expiry_days(value: Any) -> float:
+    """``SSL_cert_expiry_warning``: days, a number of at least 0 (0: no warning)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number of days")
+    days = float(value)
+    if not days >= 0 or days == float("inf"):
+        raise ValueError("expected a number of days of at least 0")
+    return days
+
+
 def log_level(value: Any) -> int:
     """``log_level``: an integer of at least 0; above 4 it means 4 (Net::Server clamps it the
     same way: level 4, debug, is the most there is)."""
@@ -332,6 +365,14 @@ _LOGGING: Sequence[Option] = (
            "be a public method your server class adds (not one gnetserver defines, such as "
            "handle_term or log, nor one starting with `_`) that takes (level, msg); anything "
            "else stops the start.", "Logging"),
+    Option("log_format", "netserver", log_line_format,
+           "How each log line is written to log_file, syslog or stderr: `netserver` (Net::"
+           "Server's `YYYY/MM/DD-HH:MM:SS message`) or `json` (one JSON object per line, for "
+           "log pipelines: `time` (UTC, ISO 8601), `level` (0-4), `pid`, `message` (escaped "
+           "as every sink gets it), and in a connection's greenlet its facts: `peer_addr`, "
+           "`peer_port`, `port`, `proto`, and on TLS ports once known `tls_version`, "
+           "`cipher`, `sni`). log_function and an overridden write_to_log_hook get the "
+           "message alone, as always.", "Logging"),
     Option("syslog_logsock", "native", log_options.syslog_logsock,
            "With log_file Sys::Syslog: `native`/`unix` (the local syslog socket, the default: "
            "/dev/log, else /var/run/syslog or /var/run/log), "
@@ -435,6 +476,22 @@ _TLS: Sequence[Option] = (
     Option("self_signed", False, as_bool,
            "When an ssl port has no certificate, generate a self-signed one in memory at start "
            "(for demos and tests; its SHA-256 fingerprint is logged).", "TLS"),
+)
+
+#: Section of the monitoring options (README's "Monitoring" says more).
+MONITORING = "Monitoring"
+
+_MONITORING: Sequence[Option] = (
+    Option("metrics_port", None, metrics_port,
+           "Serve Prometheus metrics (`GET /metrics`, plain HTTP unless the spec says `/ssl`) "
+           "on this port spec: `9100` is `127.0.0.1:9100` (loopback unless a host is given); "
+           "tcp, ssl or ssleay. TLS options, the access rules and proxy_protocol apply as to "
+           "any port. Served by the same hub (under PreFork by any worker, the figures of "
+           "every process merged). Off by default.", MONITORING),
+    Option("SSL_cert_expiry_warning", 14.0, expiry_days,
+           "Days: a served certificate that expires within them is said at level 1 and "
+           "flagged by the gnetserver_certificate_expiring metric; checked at start, on "
+           "reload and daily. 0: no check. Server-wide (not a per-port key).", MONITORING),
 )
 
 _ACCESS: Sequence[Option] = (
@@ -720,7 +777,7 @@ HTTP_OPTIONS: tuple[Option, ...] = (
 #: Every option of the base server, in documentation order.
 OPTIONS: tuple[Option, ...] = (
     *_SERVER, *_DATAGRAMS, *_LIMITS, *_LOGGING, *_ACCESS, *_PROXY, *_PROCESS, *_PREFORK,
-    *_PORTING, *_TLS, *_SSL, *_NETSERVER_COMPAT
+    *_PORTING, *_TLS, *_SSL, *_MONITORING, *_NETSERVER_COMPAT
 )
 
 

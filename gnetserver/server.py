@@ -48,6 +48,7 @@ from .errors import (
 )
 from .lifecycle import Lifecycle
 from .listener import Listener
+from .metrics import Metrics, ServedCertificate, answer_scrape, expiring, failure_reason
 from .operations import ProcessControl, ServerLog, check_process_options, raise_open_file_limit
 from .options import DEFAULT_PORT, NETSERVER_COMPAT, OPTIONS, PREFORK, Option, table
 from .periodic import Periodic
@@ -87,7 +88,7 @@ RELOAD_NEEDS_RESTART = frozenset({
     "conf_file", "port", "host", "proto", "ipv", "listen", "unix_mode", "pid_file",
     "background", "setsid", "user", "group", "chroot", "chroot_as_root", "log_file",
     "log_function", "syslog_logsock", "syslog_ident", "syslog_logopt", "syslog_facility",
-    "server_type", "self_signed",
+    "server_type", "self_signed", "metrics_port", "log_format",
 })
 
 
@@ -176,6 +177,11 @@ class GServer:
         self._self_signed = tls_setup.SelfSigned()
         self.exit_status = 0  # server_exit's argument at the end of run(): 1 after fatal()
         self.dequeue_timer: Periodic | None = None  # check_for_dequeue's, while serving
+        # Records nothing until make_metrics (metrics_port set) gives the real one.
+        self.metrics: Metrics = Metrics()
+        self.metrics_spec: PortSpec | None = None  # metrics_port's, planned by pre_bind
+        self.expiry_timer: Periodic | None = None  # the daily certificate check, serving
+        self._served: list[ServedCertificate] | None = None  # read at start and reload
         self._tied = False  # tie_client_stdout: this server installed the stdio proxies
 
     def _say(self, level: int, message: str) -> None:
@@ -244,6 +250,7 @@ class GServer:
         except BaseException:
             self.release_listeners()
             self.remove_pid_file()
+            self.metrics.close()  # PreFork: its directory
             if not self.lifecycle.closing:
                 self.lifecycle.start_failed()
             raise
@@ -337,7 +344,8 @@ class GServer:
     def post_configure(self) -> None:
         """Apply what the options ask for before binding: raise the open-file limit so the
         pools fit, open the log targets, then report (there) the command-line words and the
-        Net::Server options that have no effect, then background and write the pid file."""
+        Net::Server options that have no effect, then background and write the pid file,
+        then make the metrics (:meth:`make_metrics`)."""
         needed = 2 * (self.conf.max_servers + self.conf.max_handshakes) + 64
         raise_open_file_limit(needed)
         self.initialize_logging()  # log_file, syslog, log_function
@@ -347,9 +355,101 @@ class GServer:
             self.log(2, f"Command-line words not used by the server: {' '.join(self.argv_unused)}")
         self.warn_inert_options()  # Net::Server keys with no effect here: one level-1 line
         self.daemonize()  # background/setsid, pid_file
+        # After the background fork (the process that closes owns PreFork's directory),
+        # before anything counts and before any worker is forked.
+        self.metrics = self.make_metrics()
+        self.logs.count_drops(self.metrics.log_dropped)
 
     def post_configure_hook(self) -> None:
         """Hook: after options are read (``self.conf`` is complete). Validate custom options."""
+
+    # == metrics (gnetserver.metrics) ===========================================================
+
+    def make_metrics(self) -> Metrics:
+        """Framework step (last in post_configure, after daemonize): the metrics collaborator.
+        Without ``metrics_port``, :class:`~gnetserver.metrics.Metrics`, which records nothing;
+        with it, prometheus-client's (:mod:`gnetserver.metrics_prometheus`; under PreFork in
+        multiprocess mode, so that one scrape sees every process). ConfigError when
+        prometheus-client cannot be imported."""
+        self.metrics.close()  # a second start of the same server
+        if self.conf.metrics_port is None:
+            return Metrics()
+        try:
+            from .metrics_prometheus import PrometheusMetrics
+        except ImportError as exc:
+            raise ConfigError(f"option 'metrics_port' = {self.conf.metrics_port!r} needs the "
+                              f"prometheus-client package (pip install prometheus-client): "
+                              f"{exc}") from None
+        if personality_name(self.conf["server_type"]) == PreFork.name:
+            return PrometheusMetrics.for_prefork()
+        return PrometheusMetrics()
+
+    def check_certificates(self, daily: bool = False) -> list[ServedCertificate]:
+        """Framework step (when accepting starts, after a TLS reload, then daily in a
+        greenlet of this process; under PreFork the parent's): read the leaf certificate each
+        TLS port serves (per SNI name; the files its context was built from, read again at
+        start and after a reload only: the ``daily`` check reuses what they said, so a
+        passphrase callback of a PKCS#12 file is not called daily), set the expiry metrics,
+        and log at level 1 each one that expires within ``SSL_cert_expiry_warning`` days.
+        One that has expired already is flagged too, and said by the ``daily`` check (at
+        start and reload the TLS layer said it while loading it). A certificate that cannot
+        be read is said at level 1 and skipped. Returns those expiring or expired. Any
+        greenlet of the hub may call it (it reads small files)."""
+        if not daily or self._served is None:
+            self._served = self._served_certificates()
+        served = self._served
+        days = float(self.conf.get("SSL_cert_expiry_warning", 0) or 0)
+        soon = expiring(served, days)
+        for cert in soon:
+            left = (cert.not_after - time.time()) / 86400
+            if left < 0 and not daily:
+                continue  # the TLS layer said it when it loaded the certificate
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(cert.not_after))
+            state = f"expired on {when} UTC" if left < 0 else \
+                f"expires on {when} UTC, in {left:.1f} days"
+            sni = f" (SNI name {cert.sni!r})" if cert.sni else ""
+            self.log(1, f"WARNING: the certificate of port {cert.port}{sni}, {cert.subject}, "
+                        f"{state} (SSL_cert_expiry_warning {days:g} days)")
+        self.metrics.certificates(served, soon)
+        return soon
+
+    def _served_certificates(self) -> list[ServedCertificate]:
+        """The leaf certificates of every TLS listener, read from its resolved options."""
+        served: list[ServedCertificate] = []
+        done: set[tuple[int, str]] = set()
+        for listener in self.listeners:
+            port = str(listener.port)
+            if not listener.protocol.is_tls or (id(listener.spec), port) in done:
+                continue
+            done.add((id(listener.spec), port))
+            where = f"port {listener.spec}"
+            options = getattr(listener.protocol, "options", {})  # resolved at bind
+            try:
+                leaves = tls_setup.served_certificates(options, where)
+            except ConfigError as exc:
+                self.log(1, f"Certificate expiry check: {exc}")
+                continue
+            served += [ServedCertificate(port, name, cert.not_valid_after_utc.timestamp(),
+                                         cert.subject.rfc4514_string())
+                       for name, cert in leaves]
+        return served
+
+    def serve_metrics(self, client: Client) -> None:
+        """Framework step, for a connection of the ``metrics_port`` listener, after its PROXY
+        header, address check and TLS handshake: the peer facts and the access rules (a
+        denied peer is closed, counted, no hook runs), then one HTTP request answered with
+        the exposition (:func:`gnetserver.metrics.answer_scrape`), then the close. No user
+        hook runs and no ``max_servers`` slot is taken."""
+        try:
+            self.get_client_info(client)
+            if not self.access.allows(client):
+                self.metrics.denied(client.listener)
+                return
+            answer_scrape(client, self.metrics)
+        except Exception as exc:
+            self.connection_error(client, exc)
+        finally:
+            client.close()
 
     # == blocking code (gnetserver.blocking) ====================================================
 
@@ -479,6 +579,9 @@ class GServer:
         self.port_specs, dropped = listen.plan_ports(self.conf)
         for spec in dropped:
             self.log(2, f"Duplicate configuration (port {spec}) - skipping")
+        self.metrics_spec = listen.plan_metrics_port(self.conf, self.port_specs)
+        if self.metrics_spec is not None:  # bound like any port, served by serve_metrics
+            self.port_specs.append(self.metrics_spec)
         self.check_ssl_options_used()  # SSL_* given with no TLS port: refused, not ignored
         for spec in self.port_specs:  # proxy_protocol without proxy_protocol_from: refused
             self.proxy_settings(spec)
@@ -523,6 +626,7 @@ class GServer:
                                                broadcast=self.conf.udp_broadcast)
         for listener in self.listeners:
             listener.proxy = self.proxy_settings(listener.spec)
+            listener.serves_metrics = listener.spec is self.metrics_spec
             self.log(2, f"Binding to {listener}"
                         f"{f' (PROXY protocol {listener.proxy.mode})' if listener.proxy else ''}")
         self.lifecycle.bound()
@@ -568,7 +672,11 @@ class GServer:
         Call it in the server's hub thread (a connection greenlet, a signal handler,
         ``ServerThread.call``). Returns True when the new contexts are in use.
         """
-        return tls_setup.reload(self.tls_contexts, self.log)
+        ok = tls_setup.reload(self.tls_contexts, self.log)
+        self.metrics.reloaded(ok)
+        if ok:
+            self.check_certificates()
+        return ok
 
     def check_ticket_rotation(self) -> None:
         """Framework step (in post_bind, after the privilege drop): with
@@ -639,6 +747,7 @@ class GServer:
         self.start_dequeue()
         if self.acme is not None:
             self.acme.start()  # order or renew in the background (this process's hub)
+        self.start_certificate_check()
         serving = ", ".join(str(listener) for listener in self.listeners)
         self.log(2, "Server ready: " + serving)
         self.notifier.ready(f"Serving {serving}")  # systemd: READY=1, MAINPID (also after HUP)
@@ -657,6 +766,18 @@ class GServer:
             self.dequeue_timer = Periodic(self.conf.check_for_dequeue, self.run_dequeue,
                                           self.log, "run_dequeue")
             self.dequeue_timer.start()
+
+    def start_certificate_check(self) -> None:
+        """Framework step (end of start_accepting): :meth:`check_certificates` now, then
+        daily in a greenlet of this process (:class:`~gnetserver.periodic.Periodic`; under
+        PreFork the parent's); server_close stops it. Nothing when no port is TLS."""
+        if not any(listener.protocol.is_tls for listener in self.listeners):
+            return
+        self.check_certificates()
+        if self.expiry_timer is None:
+            self.expiry_timer = Periodic(86400.0, lambda: self.check_certificates(daily=True),
+                                         self.log, "the certificate expiry check")
+            self.expiry_timer.start()
 
     def run_dequeue(self) -> None:
         """Hook: every ``check_for_dequeue`` seconds, in the server's dequeue greenlet (not a
@@ -678,9 +799,11 @@ class GServer:
         ``check_for_dequeue`` for periodic work there."""
 
     def _on_connection(self, listener: Listener, sock: Any, address: Any) -> None:
-        """Greenlet body for one accepted socket (gevent closes ``sock`` afterwards)."""
-        self.run_client_connection(Client(sock, address, listener, self,
-                                          self.conf.max_line_length))
+        """Greenlet body for one accepted socket (gevent closes ``sock`` afterwards); counted
+        by the metrics meanwhile, its facts in ``log_format json`` lines."""
+        client = Client(sock, address, listener, self, self.conf.max_line_length)
+        with self.metrics.connection(listener), self.logs.connection(client):
+            self.run_client_connection(client)
 
     # == worker processes (server_type PreFork: gnetserver.personality.prefork) ================
 
@@ -695,6 +818,7 @@ class GServer:
             run_n_children=lambda count: self.run_n_children_hook(count),
             reload=self.reload_in_place,
             close_logs=self.close_logs,
+            worker_ended=lambda pid: self.metrics.worker_ended(pid),
             idle_loop=lambda: self.idle_loop_hook(),
         )
 
@@ -741,6 +865,7 @@ class GServer:
         problem = self.restart_problem()
         if problem is not None:
             self.log(1, f"HUP ignored, the workers keep the current configuration: {problem}")
+            self.metrics.reloaded(False)
             self.notifier.ready(f"HUP refused, still serving: {problem}")
             return None
         planned = self.dry_run_start().conf
@@ -753,7 +878,9 @@ class GServer:
                   for name in planned}
         conf = Conf(values, sources=planned.sources, known=planned.options)
         tls = self.tls_contexts
-        if tls is not None and tls.handles and not self.reload_tls():
+        if tls is None or not tls.handles:
+            self.metrics.reloaded(True)  # else reload_tls counts
+        elif not self.reload_tls():
             self.notifier.ready("HUP refused (TLS reload failed), still serving")
             return None  # the reason is logged; the workers keep the current contexts
         self.conf = conf
@@ -839,6 +966,7 @@ class GServer:
         problem = self.restart_problem()
         if problem is not None:
             self.log(1, f"HUP ignored, still serving with the current configuration: {problem}")
+            self.metrics.reloaded(False)
             self.notifier.ready(f"HUP refused, still serving: {problem}")
             return
         self.lifecycle.request_restart()
@@ -895,7 +1023,8 @@ class GServer:
         not run: they may have effects), the fork, the pid file, a syslog that cannot be
         reached, chown/chroot/setuid. Nothing is bound, forked, written or opened for writing,
         no signal is touched, and nothing is logged (the new image logs it all again)."""
-        saved = self.conf, self.argv_unused, self.port_specs, self.tls_contexts
+        saved = (self.conf, self.argv_unused, self.port_specs, self.tls_contexts,
+                 self.metrics_spec)
         saved_acme, self.acme = self.acme, None  # a scratch one: nothing ordered or bound
         try:
             with self.logs.muted():
@@ -907,7 +1036,8 @@ class GServer:
                 check_process_options(self.conf, self)
                 return DryRun(self.conf, list(self.port_specs))
         finally:
-            self.conf, self.argv_unused, self.port_specs, self.tls_contexts = saved
+            (self.conf, self.argv_unused, self.port_specs, self.tls_contexts,
+             self.metrics_spec) = saved
             self.acme = saved_acme
 
     def restart_open_hook(self) -> None:
@@ -966,11 +1096,18 @@ class GServer:
             if not self.read_proxy_header(client):  # proxy_protocol ports: before anything
                 return
             if not self.access.address_allowed(client, tls):  # address rules, before TLS
+                self.metrics.denied(client.listener)
+                if tls:
+                    self.metrics.handshake_failed(client.listener, "denied_before_tls")
                 return
             if not self._negotiate(client):  # post_accept: the TLS handshake
                 return
+            if client.listener.serves_metrics:  # metrics_port: the exposition, no hook
+                self.serve_metrics(client)
+                return
             assert self.personality is not None, "connections come from the personality"
-            with self.personality.session_slot(), self._client_stdio(client):
+            with self.metrics.session(self.personality.session_slot()), \
+                    self._client_stdio(client):
                 try:
                     self.get_client_info(client)  # peer/local addresses, CONNECT log line
                     self.post_accept_hook(client)  # user
@@ -979,13 +1116,17 @@ class GServer:
                     if client.allowed:
                         self.process_request(client)  # user: the protocol
                     else:
+                        self.metrics.denied(client.listener)
                         self.request_denied_hook(client)  # user
                     self.post_process_request_hook(client)  # user: before the client is closed
                 except Exception as exc:
                     self.connection_error(client, exc)
+            self.metrics.session_ended(client)  # bytes in and out: TCP_INFO, before the close
             self._guarded(self.post_process_request, client)  # closes the client (slot free)
             self._guarded(self.post_client_connection_hook, client)  # user: after close
         except Evicted:  # the personality made room for a newer connection
+            if client.listener.protocol.is_tls and client.tls is None:
+                self.metrics.handshake_failed(client.listener, "evicted")
             self._dropped(client, "evicted from its handshake: the pending budget "
                                   "(max_handshakes) is full")
             client.abort()
@@ -1055,8 +1196,10 @@ class GServer:
     def _negotiate(self, client: Client) -> bool:
         """Run post_accept; log and drop the client on failure (a TLS port's
         ``SSL_error_trap`` is then called, see :meth:`tls_error_trap`)."""
+        started = time.perf_counter()
         try:
             self.post_accept(client)
+            self.metrics.handshake_done(client, started)
             if client.alpn_protocol == "acme-tls/1":
                 # RFC 8737: the CA's validation handshake; it sends nothing more.
                 if self.log_enabled(3):
@@ -1065,11 +1208,13 @@ class GServer:
                 return False
             return True
         except HandshakeTimeout as exc:
+            self.metrics.handshake_failed(client.listener, "timeout")
             if self.log_enabled(3):
                 self.log(3, f"TLS handshake timed out from {client.peer_text()}")
             client.abort()
             self.tls_error_trap(client, exc)
         except (TLSError, OSError) as exc:
+            self.metrics.handshake_failed(client.listener, failure_reason(exc))
             if self.log_enabled(3):
                 self.log(3, f"TLS handshake failed from {client.peer_text()}: {exc}")
             client.close()
@@ -1275,6 +1420,7 @@ class GServer:
             self.notifier.stopping("Stopping")  # a real close (a HUP's hand-over execs above)
             self.stop_dequeue()
             self.stop_acme()
+            self.stop_certificate_check()
             self.stop_accepting(take_queued=True)  # the queued ones are served, not reset
             self.drain()  # graceful_timeout or stop(timeout); TERM/INT cut it short
             lifecycle.cancel_restart()
@@ -1284,6 +1430,7 @@ class GServer:
             self.release_listeners()  # close the listening sockets
             lifecycle.uninstall_signals()  # the program's own signal handlers apply again
             self.remove_pid_file()  # unless keep_pid_file (HUP re-exec)
+            self.metrics.close()  # PreFork: the processes' files (the workers are gone)
             self.close_logs()  # last: syslog reports what it had to drop
         finally:
             lifecycle.close_ended()  # also after a failing hook: nobody waits forever
@@ -1305,6 +1452,12 @@ class GServer:
         the HTTP-01 responder; the served certificates stay until the close."""
         if self.acme is not None:
             self.acme.stop()
+
+    def stop_certificate_check(self) -> None:
+        """Framework step of server_close: stop the daily certificate check."""
+        if self.expiry_timer is not None:
+            self.expiry_timer.stop()
+            self.expiry_timer = None
 
     def untie_client_stdout(self) -> None:
         """Framework step of server_close: with ``tie_client_stdout``, give up this server's

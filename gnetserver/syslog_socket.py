@@ -72,6 +72,8 @@ class SyslogSocket:
         self.socket: socket.socket | None = None
         self.error: OSError | None = None
         self.dropped = 0
+        #: Called with the count of each drop (the server's metrics); None: nobody.
+        self.on_drop: Callable[[int], None] | None = None
         self._unreported = 0  # dropped since the last notice
         self._outage = False  # unreachable, already said on stderr
         self._pending: deque[bytes] = deque()  # stream: messages syslog has not taken yet
@@ -106,8 +108,7 @@ class SyslogSocket:
         syslog when it takes the notice at once, else on stderr), close the socket."""
         self._flush()
         if self._pending:  # syslog never took them: lost (and no room for the notice)
-            self.dropped += len(self._pending)
-            self._unreported += len(self._pending)
+            self._count_drop(len(self._pending))
             self._pending.clear()
             self._pending_bytes = self._sent = 0
         elif self._unreported and self._send_whole(self.notice(self._unreported)):
@@ -201,9 +202,11 @@ class SyslogSocket:
             self._sent = 0
             self._count_drop()
 
-    def _count_drop(self) -> None:
-        self.dropped += 1
-        self._unreported += 1
+    def _count_drop(self, count: int = 1) -> None:
+        self.dropped += count
+        self._unreported += count
+        if self.on_drop is not None:
+            self.on_drop(count)
 
     def _unreachable(self, exc: OSError | None) -> bool:
         """Say once on stderr that syslog cannot be reached (until it can again); False."""

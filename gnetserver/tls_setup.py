@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from cryptography import x509
+
 from .conf import DEFAULT_VALUES, Conf
 from .errors import ConfigError
 from .listen import is_tls
@@ -30,6 +32,9 @@ from .ports import PortSpec
 from .tls import TLSContexts
 
 Log = Callable[[int, str], None]
+
+#: SSL_* options of the server as a whole, never given to a port's TLS context.
+SERVER_WIDE_SSL_OPTIONS = frozenset({"SSL_cert_expiry_warning"})
 
 
 def resolve_ssl_options(spec: PortSpec, conf: Conf, provider: object,
@@ -42,6 +47,7 @@ def resolve_ssl_options(spec: PortSpec, conf: Conf, provider: object,
     # Methods/attributes of any SSL_* name count too: an unsupported one is then refused
     # at start (tls.context.check_names) instead of being silently ignored.
     names |= {k for k in dir(provider) if k.startswith("SSL_")}
+    names -= SERVER_WIDE_SSL_OPTIONS
     resolved: dict[str, Any] = {}
     for name in sorted(names):
         if name in spec.opts:
@@ -117,3 +123,13 @@ def reload(contexts: TLSContexts | None, log: Log) -> bool:
     ports = ", ".join(port for handle in contexts.handles for port in handle.ports)
     log(2, f"TLS reloaded: {ports}")
     return True
+
+
+def served_certificates(options: dict[str, Any], where: str) -> list[tuple[str, x509.Certificate]]:
+    """The leaf certificates a TLS port with ``options`` (:func:`resolve_ssl_options`'s)
+    serves: ``(SNI name, certificate)``, ``''`` for the default one, an ``%ecc`` twin beside
+    its name's. ConfigError when a file cannot be read (it changed since the start)."""
+    from .tls.certs import leaf_certificate
+    from .tls.sni import split_by_name
+    return [(name, leaf_certificate(cred, options, where))
+            for name, creds in split_by_name(options, where).items() for cred in creds]

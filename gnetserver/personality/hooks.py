@@ -44,6 +44,8 @@ class ProcessHooks:
             targets (the parent's stay open).
         idle_loop: in the parent, each time its supervision loop wakes (at least once a
             second; ``idle_loop_hook``). Exceptions are logged, the loop goes on.
+        worker_ended: in the parent when it reaped a worker, with its pid (the metrics drop
+            the worker's live gauges).
     """
 
     name: str = "gnetserver"
@@ -54,3 +56,4 @@ class ProcessHooks:
     reload: Callable[[], Conf | None] = _no_reload
     close_logs: Callable[[], None] = _nothing
     idle_loop: Callable[[], None] = _nothing
+    worker_ended: Callable[[int], None] = _nothing

@@ -362,6 +362,8 @@ class PreFork:
         """Log a child's end; back off when a worker died young or failed to boot."""
         worker = self._workers.pop(pid, None)
         how = restart.describe(status)
+        if worker is not None:
+            self._hooks.worker_ended(pid)
         if worker is None:
             self._hooks.log(3, f"Reaped child {pid} ({how})")
             return

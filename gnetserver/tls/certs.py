@@ -40,7 +40,14 @@ from .formats import (
 )
 from .util import Build, as_bytes, read_file, reason, require_callable
 
-__all__ = ["CREDENTIAL_KEYS", "NO_CERTIFICATE", "passphrase", "passphrase_of", "use_credential"]
+__all__ = [
+    "CREDENTIAL_KEYS",
+    "NO_CERTIFICATE",
+    "leaf_certificate",
+    "passphrase",
+    "passphrase_of",
+    "use_credential",
+]
 
 
 class _NoCertificate:
@@ -89,6 +96,15 @@ def use_credential(ctx: SSL.Context, cred: Mapping[str, Any], b: Build) -> x509.
             f"({cert_label}): {reason(e)}"
         ) from e
     return chain[0]
+
+
+def leaf_certificate(cred: Mapping[str, Any], opts: Mapping[str, Any],
+                     where: str) -> x509.Certificate:
+    """The leaf certificate of one credential, loaded as :func:`use_credential` loads it
+    (``opts``: the port's options, for a PKCS#12 file's passphrase); ConfigError as there.
+    Read by the certificate expiry check."""
+    loaded, _ = _load_chain(cred, Build(opts, where, lambda text: None))
+    return loaded.chain[0]
 
 
 def _warn_if_not_valid_now(leaf: x509.Certificate, label: str, b: Build) -> None:
