@@ -113,6 +113,15 @@ def served(port: int, name: str, context: ssl.SSLContext | None = None
         return x509.load_der_x509_certificate(der), tls.selected_alpn_protocol()
 
 
+def scrape(server: GServer) -> dict[str, float]:
+    """The server's metrics (metrics_port): ``{'name{labels}': value}``."""
+    listener = next(lst for lst in server.listeners if lst.serves_metrics)
+    with urllib.request.urlopen(f"http://127.0.0.1:{listener.port}/metrics", timeout=5) as got:
+        lines = got.read().decode().splitlines()
+    return {name: float(value) for name, value in
+            (line.rsplit(" ", 1) for line in lines if line and not line.startswith("#"))}
+
+
 def self_signed(cert: x509.Certificate) -> bool:
     return cert.issuer == cert.subject
 
@@ -230,6 +239,7 @@ def test_interim_refuse_fails_handshakes_until_issued(pebble: Pebble, tmp_path: 
         with pytest.raises(ssl.SSLError):
             served(port, "other.test")
     assert "still refusing them" in log.text()
+    assert "Certificate expiry check" not in log.text()  # no certificate: none to check
     log = Lines()
     with ServerThread(acme_server(pebble, tmp_path / "acme", log, "x.test",
                                   SSL_acme_interim="refuse")):
@@ -241,10 +251,17 @@ def test_interim_refuse_fails_handshakes_until_issued(pebble: Pebble, tmp_path: 
 def test_renewal_replaces_the_certificate_under_a_connected_client(pebble: Pebble,
                                                                    tmp_path: Path) -> None:
     log = Lines()
-    server = acme_server(pebble, tmp_path / "acme", log, "r.test")
+    server = acme_server(pebble, tmp_path / "acme", log, "r.test", metrics_port="0")
+    port = pebble.tls_port
+    expiry = f'gnetserver_certificate_expiry_timestamp_seconds{{port="{port}",sni="r.test"}}'
     with ServerThread(server) as st:
+        interim = served(port, "r.test")[0]
+        assert scrape(server)[expiry] == interim.not_valid_after_utc.timestamp()
         wait_until(lambda: log.count("certificate issued"), 30)
         first = verify_with_root(pebble, pebble.tls_port, "r.test")
+        # the expiry gauge follows the certificate ACME serves now
+        wait_until(lambda: scrape(server)[expiry] == first.not_valid_after_utc.timestamp(),
+                   5, "the gauge to say the issued certificate's expiry")
         context = ssl.create_default_context(cadata=pebble.root_pem().decode())
         with socket.create_connection(("127.0.0.1", pebble.tls_port), timeout=5) as raw, \
                 context.wrap_socket(raw, server_hostname="r.test") as kept:
@@ -255,6 +272,8 @@ def test_renewal_replaces_the_certificate_under_a_connected_client(pebble: Pebbl
             wait_until(lambda: log.count("certificate renewed for r.test"), 30)
             second = verify_with_root(pebble, pebble.tls_port, "r.test")
             assert second.serial_number != first.serial_number
+            wait_until(lambda: scrape(server)[expiry] == second.not_valid_after_utc.timestamp(),
+                       5, "the gauge to follow the renewal")
             kept.sendall(b"after\n")  # the connection made before the renewal goes on
             assert kept.recv(100) == b"after\n"
     # A renewal that fails (the CA unreachable) keeps the issued certificate served.
