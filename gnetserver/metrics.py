@@ -4,7 +4,8 @@ Rules of this module:
 
 * :class:`Metrics` is the interface the server calls at a connection's events: its start and
   end, the end of its TLS handshake (done or failed, and why), a denial, the session slot,
-  the session's end (bytes), reloads, dropped syslog lines, the served certificates. This base
+  the session's end (bytes), reloads, dropped syslog lines, the served certificates, ACME
+  orders. This base
   records nothing: it is the collaborator of a server without ``metrics_port``, so the calls
   cost a method call each and nothing more. :class:`gnetserver.metrics_prometheus.
   PrometheusMetrics` records them with prometheus-client; the server imports it only when
@@ -154,6 +155,9 @@ class Metrics:
     def certificates(self, served: Sequence[ServedCertificate],
                      expiring: Sequence[ServedCertificate]) -> None:
         """The served certificates (start, reload, daily) and those about to expire."""
+
+    def acme_order(self, result: str) -> None:
+        """An ACME order ended (``result``: ``issued``, ``renewed`` or ``failed``)."""
 
     def worker_ended(self, pid: int) -> None:
         """PreFork, in the parent: worker ``pid`` was reaped (its live gauges go)."""

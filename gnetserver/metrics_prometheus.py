@@ -217,6 +217,9 @@ class PrometheusMetrics(Metrics):
             expiry.labels(cert.port, cert.sni).set(cert.not_after)
             warning.labels(cert.port, cert.sni).set(1 if (cert.port, cert.sni) in soon else 0)
 
+    def acme_order(self, result: str) -> None:
+        self._metrics["gnetserver_acme_orders"].labels(result).inc()
+
     def worker_ended(self, pid: int) -> None:
         if self._dir is not None:
             mark_process_dead(pid, self._dir)  # type: ignore[no-untyped-call]

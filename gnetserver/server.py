@@ -662,9 +662,11 @@ class GServer:
     def acme_event(self, event: str) -> None:
         """Framework step, in the ACME manager's greenlet (the ordering process: under
         PreFork the parent) once its ports serve the outcome: an order ended (``issued``,
-        ``renewed``, ``failed``) or a fresh interim certificate is served (``interim``);
-        after a new certificate, :meth:`check_certificates` again, so that the expiry gauges
-        and warning follow the certificate served now."""
+        ``renewed``, ``failed``: counted) or a fresh interim certificate is served
+        (``interim``); after a new certificate, :meth:`check_certificates` again, so that the
+        expiry gauges and warning follow the certificate served now."""
+        if event != "interim":
+            self.metrics.acme_order(event)
         if event != "failed":
             self.check_certificates()
 

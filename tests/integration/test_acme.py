@@ -254,6 +254,7 @@ def test_renewal_replaces_the_certificate_under_a_connected_client(pebble: Pebbl
     server = acme_server(pebble, tmp_path / "acme", log, "r.test", metrics_port="0")
     port = pebble.tls_port
     expiry = f'gnetserver_certificate_expiry_timestamp_seconds{{port="{port}",sni="r.test"}}'
+    orders = 'gnetserver_acme_orders_total{{result="{}"}}'.format
     with ServerThread(server) as st:
         interim = served(port, "r.test")[0]
         assert scrape(server)[expiry] == interim.not_valid_after_utc.timestamp()
@@ -272,18 +273,21 @@ def test_renewal_replaces_the_certificate_under_a_connected_client(pebble: Pebbl
             wait_until(lambda: log.count("certificate renewed for r.test"), 30)
             second = verify_with_root(pebble, pebble.tls_port, "r.test")
             assert second.serial_number != first.serial_number
-            wait_until(lambda: scrape(server)[expiry] == second.not_valid_after_utc.timestamp(),
-                       5, "the gauge to follow the renewal")
+            wait_until(lambda: scrape(server)[orders("renewed")] == 1, 5, "the renewal counted")
+            found = scrape(server)
+            assert found[expiry] == second.not_valid_after_utc.timestamp()
+            assert found[orders("issued")] == 1
             kept.sendall(b"after\n")  # the connection made before the renewal goes on
             assert kept.recv(100) == b"after\n"
     # A renewal that fails (the CA unreachable) keeps the issued certificate served.
     log = Lines()
-    server = acme_server(pebble, tmp_path / "acme", log, "r.test",
+    server = acme_server(pebble, tmp_path / "acme", log, "r.test", metrics_port="0",
                          SSL_acme_directory=f"https://127.0.0.1:{free_port()}/dir")
     with ServerThread(server) as st:
         assert server.acme is not None
         st.call(server.acme.renew)
         wait_until(lambda: log.count("failed"), 10)
+        wait_until(lambda: scrape(server).get(orders("failed")) == 1, 5, "the failure counted")
         assert "still serving the issued certificate" in log.text(), log.text()
         assert verify_with_root(pebble, pebble.tls_port, "r.test").serial_number == \
             second.serial_number
