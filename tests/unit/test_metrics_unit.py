@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 
 import pytest
+from prometheus_client import values
 from support.process import README
 
 from gnetserver import docs, log
@@ -106,3 +108,23 @@ def test_metrics_port_plan() -> None:
     ports = parse_ports("127.0.0.1:9100")
     with pytest.raises(ConfigError, match="a port of their own"):
         plan_metrics_port(plan(metrics_port="9100"), ports)
+
+
+@pytest.mark.parametrize("before", [None, "/elsewhere"])
+def test_prefork_mode_puts_the_process_back_at_close(before: str | None,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Multiprocess mode sets PROMETHEUS_MULTIPROC_DIR and prometheus-client's value class
+    for the process; close() removes the directory and restores both as they were."""
+    if before is None:
+        monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    else:
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", before)
+    value_class = values.ValueClass
+    metrics = PrometheusMetrics.for_prefork()
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    assert folder != before and os.path.isdir(folder)
+    assert values.ValueClass is not value_class
+    metrics.close()
+    assert os.environ.get("PROMETHEUS_MULTIPROC_DIR") == before
+    assert values.ValueClass is value_class
+    assert not os.path.exists(folder)
