@@ -186,7 +186,10 @@ def answer_scrape(client: Any, metrics: Metrics, timeout: float = SCRAPE_TIMEOUT
         request = client.readline(SCRAPE_LINE_LIMIT)
         status = 400 if not request.endswith(b"\n") else 0
         for _ in range(SCRAPE_HEADER_LINES):
-            if status or time.monotonic() > deadline:
+            if status:
+                break
+            if time.monotonic() > deadline:  # lines trickling in: the head came too late
+                status = 408
                 break
             line = client.readline(SCRAPE_LINE_LIMIT)
             if not line.endswith(b"\n"):
