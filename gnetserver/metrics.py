@@ -28,6 +28,7 @@ import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, ClassVar
 
 from .errors import HandshakeTimeout
@@ -170,10 +171,6 @@ class Metrics:
         """The server closes: release what the metrics hold (PreFork: the directory)."""
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            408: "Request Timeout", 431: "Request Header Fields Too Large"}
-
-
 def answer_scrape(client: Any, metrics: Metrics, timeout: float = SCRAPE_TIMEOUT) -> int:
     """Read one HTTP request from ``client`` (bounded, see the module rules) and answer it:
     ``GET``/``HEAD /metrics`` (any query) with the exposition, else 404 or 405; always
@@ -215,8 +212,8 @@ def answer_scrape(client: Any, metrics: Metrics, timeout: float = SCRAPE_TIMEOUT
         else:
             status = 200
     body, content_type = (metrics.exposition(accept) if status == 200
-                          else (f"{status} {_REASONS[status]}\n".encode(), "text/plain"))
-    head = (f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
+                          else (f"{status} {HTTPStatus(status).phrase}\n".encode(), "text/plain"))
+    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n"
             + ("Allow: GET, HEAD\r\n" if status == 405 else "") + "\r\n").encode("latin-1")
     client.sendall(head if parts[:1] == ["HEAD"] else head + body)
