@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from support.net import wait_until
 from support.pebble import Pebble, free_port, needs_pebble
 from support.process import REPO, ServerProcess, python_env
+from support.prometheus import samples
 
 from gnetserver import GServer
 from gnetserver.acme import AcmeClient, AcmeProblem
@@ -117,9 +118,7 @@ def scrape(server: GServer) -> dict[str, float]:
     """The server's metrics (metrics_port): ``{'name{labels}': value}``."""
     listener = next(lst for lst in server.listeners if lst.serves_metrics)
     with urllib.request.urlopen(f"http://127.0.0.1:{listener.port}/metrics", timeout=5) as got:
-        lines = got.read().decode().splitlines()
-    return {name: float(value) for name, value in
-            (line.rsplit(" ", 1) for line in lines if line and not line.startswith("#"))}
+        return samples(got.read())
 
 
 def self_signed(cert: x509.Certificate) -> bool:
