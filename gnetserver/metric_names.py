@@ -17,13 +17,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["FAILURE_REASONS", "HANDSHAKE_BUCKETS", "METRICS", "MetricSpec"]
+__all__ = ["ACME_ORDER_RESULTS", "FAILURE_REASONS", "HANDSHAKE_BUCKETS", "METRICS",
+           "MetricSpec"]
 
 #: The ``reason`` label values of ``gnetserver_tls_handshake_failures_total``.
 FAILURE_REASONS: tuple[str, ...] = (
     "timeout", "peer_closed", "protocol_error", "no_shared_cipher", "client_cert_refused",
     "denied_before_tls", "evicted",
 )
+
+#: The ``result`` label values of ``gnetserver_acme_orders_total``.
+ACME_ORDER_RESULTS: tuple[str, ...] = ("issued", "renewed", "failed")
 
 #: Buckets (seconds) of the handshake duration histogram: a loopback ECDSA handshake takes
 #: about 1 ms, a slow client over a long path a few hundred; the last is timeout_handshake's
@@ -103,4 +107,7 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("gnetserver_certificate_expiring", "gauge", ("port", "sni"),
                "1 when the served certificate expires within SSL_cert_expiry_warning days "
                "(or has expired), else 0.", live="livemax"),
+    MetricSpec("gnetserver_acme_orders", "counter", ("result",),
+               "ACME orders (SSL_acme_domains) that ended, by result: " +
+               ", ".join(ACME_ORDER_RESULTS) + " (failed: retried later)."),
 )

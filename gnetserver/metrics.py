@@ -4,7 +4,8 @@ Rules of this module:
 
 * :class:`Metrics` is the interface the server calls at a connection's events: its start and
   end, the end of its TLS handshake (done or failed, and why), a denial, the session slot,
-  the session's end (bytes), reloads, dropped syslog lines, the served certificates. This base
+  the session's end (bytes), reloads, dropped syslog lines, the served certificates, ACME
+  orders. This base
   records nothing: it is the collaborator of a server without ``metrics_port``, so the calls
   cost a method call each and nothing more. :class:`gnetserver.metrics_prometheus.
   PrometheusMetrics` records them with prometheus-client; the server imports it only when
@@ -27,6 +28,7 @@ import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, ClassVar
 
 from .errors import HandshakeTimeout
@@ -155,6 +157,9 @@ class Metrics:
                      expiring: Sequence[ServedCertificate]) -> None:
         """The served certificates (start, reload, daily) and those about to expire."""
 
+    def acme_order(self, result: str) -> None:
+        """An ACME order ended (``result``: ``issued``, ``renewed`` or ``failed``)."""
+
     def worker_ended(self, pid: int) -> None:
         """PreFork, in the parent: worker ``pid`` was reaped (its live gauges go)."""
 
@@ -164,10 +169,6 @@ class Metrics:
 
     def close(self) -> None:
         """The server closes: release what the metrics hold (PreFork: the directory)."""
-
-
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            408: "Request Timeout", 431: "Request Header Fields Too Large"}
 
 
 def answer_scrape(client: Any, metrics: Metrics, timeout: float = SCRAPE_TIMEOUT) -> int:
@@ -182,7 +183,10 @@ def answer_scrape(client: Any, metrics: Metrics, timeout: float = SCRAPE_TIMEOUT
         request = client.readline(SCRAPE_LINE_LIMIT)
         status = 400 if not request.endswith(b"\n") else 0
         for _ in range(SCRAPE_HEADER_LINES):
-            if status or time.monotonic() > deadline:
+            if status:
+                break
+            if time.monotonic() > deadline:  # lines trickling in: the head came too late
+                status = 408
                 break
             line = client.readline(SCRAPE_LINE_LIMIT)
             if not line.endswith(b"\n"):
@@ -208,8 +212,8 @@ def answer_scrape(client: Any, metrics: Metrics, timeout: float = SCRAPE_TIMEOUT
         else:
             status = 200
     body, content_type = (metrics.exposition(accept) if status == 200
-                          else (f"{status} {_REASONS[status]}\n".encode(), "text/plain"))
-    head = (f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
+                          else (f"{status} {HTTPStatus(status).phrase}\n".encode(), "text/plain"))
+    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n"
             + ("Allow: GET, HEAD\r\n" if status == 405 else "") + "\r\n").encode("latin-1")
     client.sendall(head if parts[:1] == ["HEAD"] else head + body)

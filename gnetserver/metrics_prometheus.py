@@ -15,8 +15,9 @@ Rules of this module:
   (``MultiProcessCollector``): counters add up (a dead worker's counts stay), gauges of live
   processes add up (``livesum``) or take the largest (``livemax``: the certificates, set by
   the parent). The parent calls :meth:`PrometheusMetrics.worker_ended` when it reaps a worker
-  (``mark_process_dead``: its live gauges go) and removes the directory at close. A program's
-  own prometheus-client metrics made after the start join the exposition too.
+  (``mark_process_dead``: its live gauges go) and, at close, removes the directory and puts
+  the variable and the value class back as they were. A program's own prometheus-client
+  metrics made after the start join the exposition too.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from .metric_names import HANDSHAKE_BUCKETS, METRICS
 from .metrics import Metrics, ServedCertificate, tcp_bytes
 
 __all__ = ["PrometheusMetrics"]
+
+#: prometheus-client's multiprocess directory variable.
+_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class _PortSeries:
@@ -121,9 +125,11 @@ class PrometheusMetrics(Metrics):
     def __init__(self, multiprocess_dir: str | None = None) -> None:
         self._dir = multiprocess_dir
         self._owner = os.getpid()
+        # What close() puts back: the variable as it was, the value class as it was.
+        self._saved = os.environ.get(_ENV), values.ValueClass
         self.registry = CollectorRegistry()
         if multiprocess_dir is not None:
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiprocess_dir
+            os.environ[_ENV] = multiprocess_dir
             values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
             MultiProcessCollector(self.registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
             target: CollectorRegistry | None = None  # the files are the registry
@@ -217,6 +223,9 @@ class PrometheusMetrics(Metrics):
             expiry.labels(cert.port, cert.sni).set(cert.not_after)
             warning.labels(cert.port, cert.sni).set(1 if (cert.port, cert.sni) in soon else 0)
 
+    def acme_order(self, result: str) -> None:
+        self._metrics["gnetserver_acme_orders"].labels(result).inc()
+
     def worker_ended(self, pid: int) -> None:
         if self._dir is not None:
             mark_process_dead(pid, self._dir)  # type: ignore[no-untyped-call]
@@ -228,7 +237,10 @@ class PrometheusMetrics(Metrics):
     def close(self) -> None:
         if self._dir is not None and os.getpid() == self._owner:
             shutil.rmtree(self._dir, ignore_errors=True)
-            if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == self._dir:
-                del os.environ["PROMETHEUS_MULTIPROC_DIR"]
-            values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+            env, values.ValueClass = self._saved
+            if os.environ.get(_ENV) == self._dir:  # unless someone set it since
+                if env is None:
+                    del os.environ[_ENV]
+                else:
+                    os.environ[_ENV] = env
             self._dir = None

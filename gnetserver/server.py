@@ -423,9 +423,10 @@ class GServer:
                 continue
             done.add((id(listener.spec), port))
             where = f"port {listener.spec}"
-            options = getattr(listener.protocol, "options", {})  # resolved at bind
+            # The handle's options: the bind's, or those ACME reconfigured it with since.
+            handle = getattr(listener.protocol, "tls_handle", None)
             try:
-                leaves = tls_setup.served_certificates(options, where)
+                leaves = tls_setup.served_certificates(handle.options if handle else {}, where)
             except ConfigError as exc:
                 self.log(1, f"Certificate expiry check: {exc}")
                 continue
@@ -655,8 +656,19 @@ class GServer:
             return options
         if self.acme is None:
             from .acme import AcmeManager  # josepy and friends: only for servers that use it
-            self.acme = AcmeManager(self._say)
+            self.acme = AcmeManager(self._say, self.acme_event)
         return self.acme.plan_port(f"port {spec}", spec.proto, options)
+
+    def acme_event(self, event: str) -> None:
+        """Framework step, in the ACME manager's greenlet (the ordering process: under
+        PreFork the parent) once its ports serve the outcome: an order ended (``issued``,
+        ``renewed``, ``failed``: counted) or a fresh interim certificate is served
+        (``interim``); after a new certificate, :meth:`check_certificates` again, so that the
+        expiry gauges and warning follow the certificate served now."""
+        if event != "interim":
+            self.metrics.acme_order(event)
+        if event != "failed":
+            self.check_certificates()
 
     def self_signed_certificate(self) -> tuple[Any, Any]:
         """Framework step: a self-signed certificate and key, made once per server, its

@@ -30,6 +30,8 @@ from .errors import ConfigError
 from .listen import is_tls
 from .ports import PortSpec
 from .tls import TLSContexts
+from .tls.certs import NO_CERTIFICATE, leaf_certificate
+from .tls.sni import split_by_name
 
 Log = Callable[[int, str], None]
 
@@ -128,8 +130,8 @@ def reload(contexts: TLSContexts | None, log: Log) -> bool:
 def served_certificates(options: dict[str, Any], where: str) -> list[tuple[str, x509.Certificate]]:
     """The leaf certificates a TLS port with ``options`` (:func:`resolve_ssl_options`'s)
     serves: ``(SNI name, certificate)``, ``''`` for the default one, an ``%ecc`` twin beside
-    its name's. ConfigError when a file cannot be read (it changed since the start)."""
-    from .tls.certs import leaf_certificate
-    from .tls.sni import split_by_name
+    its name's; none for a name refused for now (ACME's ``SSL_acme_interim refuse``).
+    ConfigError when a file cannot be read (it changed since the start)."""
     return [(name, leaf_certificate(cred, options, where))
-            for name, creds in split_by_name(options, where).items() for cred in creds]
+            for name, creds in split_by_name(options, where).items() for cred in creds
+            if cred.get("SSL_cert") is not NO_CERTIFICATE]

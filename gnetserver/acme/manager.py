@@ -19,6 +19,10 @@ ACME):
   Each step is logged at level 2, a failure at level 1 with the CA's problem document; the
   served certificate stays until a new one is in place.
 * ``renew()``: order now (an operator's or test's renewal); ``stop()`` in server_close.
+* ``event`` (the constructor's): told, in the ordering process, of each order's end
+  (``issued``, ``renewed``, ``failed``) and of a fresh interim certificate (``interim``), once
+  the ports serve it: the server counts the orders and checks the served certificates' expiry
+  again.
 
 Every call to the CA runs in gevent's thread pool (``run_blocking``); the manager's greenlet
 polls with ``gevent.sleep``: the hub never waits on the network.
@@ -64,6 +68,11 @@ __all__ = ["AcmeManager"]
 
 Log = Callable[[int, str], None]
 
+
+def _no_event(event: str) -> None:
+    """The default ``event`` callback: nobody listens."""
+
+
 #: Seconds an interim certificate lasts (it is replaced long before).
 INTERIM_DAYS = 7
 
@@ -105,6 +114,8 @@ class AcmeManager:
 
     Args:
         log: the server's log, ``log(level, text)``.
+        event: called with ``issued``, ``renewed``, ``failed`` or ``interim`` (see the
+            module docstring), in the manager's greenlet (its exceptions are logged).
     """
 
     #: Seconds before the first retry after a failure (doubling, at most ``retry_most``).
@@ -115,8 +126,9 @@ class AcmeManager:
     #: PreFork workers: seconds between two checks of the certificate files.
     watch_interval = 1.0
 
-    def __init__(self, log: Log) -> None:
+    def __init__(self, log: Log, event: Callable[[str], None] = _no_event) -> None:
         self._log = log
+        self._event = event
         self._certs: dict[tuple[str, ...], _Certificate] = {}
         self._clients: dict[tuple[str, str | None, str | None], AcmeClient] = {}
         self._responders: dict[tuple[str, int], Http01Responder] = {}
@@ -336,9 +348,7 @@ class AcmeManager:
                 cert.wake.clear()
                 continue
             try:
-                self._order(cert)
-                cert.failures = 0
-                cert.force = False
+                result = self._order(cert)
             except Exception as exc:
                 cert.failures += 1
                 delay = retry_delay(cert.failures, self.retry_first, self.retry_most)
@@ -346,9 +356,14 @@ class AcmeManager:
                     "serving the interim certificate" if cert.interim else "refusing them"
                 self._log(1, f"ACME: order for {cert.label()} failed, still {what}; "
                              f"retry in {delay:.0f} s: {_reason(exc)}")
+                self._tell("failed")
                 self._refresh_interim(cert)
                 cert.wake.wait(timeout=delay)
                 cert.wake.clear()
+            else:
+                cert.failures = 0
+                cert.force = False
+                self._tell(result)
 
     def _refresh_interim(self, cert: _Certificate) -> None:
         """A CA unreachable for days: a fresh interim certificate before the old one ends."""
@@ -357,6 +372,14 @@ class AcmeManager:
                 cert.interim[0].not_valid_after_utc - now < datetime.timedelta(days=1):
             cert.interim = make_self_signed(cert.names, days=INTERIM_DAYS)
             self._serve(cert)
+            self._tell("interim")
+
+    def _tell(self, event: str) -> None:
+        """Call the ``event`` callback; its failure is logged (the greenlet goes on)."""
+        try:
+            self._event(event)
+        except Exception as exc:
+            self._log(1, f"ACME: the {event} event's callback failed: {_reason(exc)}")
 
     def _due_in(self, cert: _Certificate) -> float:
         """Seconds until the next order: 0 when forced (``renew``, a failed order), without
@@ -382,7 +405,9 @@ class AcmeManager:
             self._log(2, f"ACME: account {url} at {settings.directory}")
         return client
 
-    def _order(self, cert: _Certificate) -> None:
+    def _order(self, cert: _Certificate) -> str:
+        """Order, validate, download and serve ``cert``: ``issued``, or ``renewed`` when it
+        replaces an issued one."""
         settings = cert.settings
         client = self._client(settings, cert.store)
         try:
@@ -417,6 +442,7 @@ class AcmeManager:
                      f"{issued.not_after:%Y-%m-%d %H:%M:%S} UTC, renewal from "
                      f"{renewal_time(issued.not_before, issued.not_after):%Y-%m-%d %H:%M:%S} "
                      "UTC)")
+        return "renewed" if renewed else "issued"
 
     def _authorize(self, client: AcmeClient, cert: _Certificate, url: str,
                    deadline: float) -> None:

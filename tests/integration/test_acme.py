@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from support.net import wait_until
 from support.pebble import Pebble, free_port, needs_pebble
 from support.process import REPO, ServerProcess, python_env
+from support.prometheus import samples
 
 from gnetserver import GServer
 from gnetserver.acme import AcmeClient, AcmeProblem
@@ -111,6 +112,13 @@ def served(port: int, name: str, context: ssl.SSLContext | None = None
         der = tls.getpeercert(binary_form=True)
         assert der is not None
         return x509.load_der_x509_certificate(der), tls.selected_alpn_protocol()
+
+
+def scrape(server: GServer) -> dict[str, float]:
+    """The server's metrics (metrics_port): ``{'name{labels}': value}``."""
+    listener = next(lst for lst in server.listeners if lst.serves_metrics)
+    with urllib.request.urlopen(f"http://127.0.0.1:{listener.port}/metrics", timeout=5) as got:
+        return samples(got.read())
 
 
 def self_signed(cert: x509.Certificate) -> bool:
@@ -230,6 +238,7 @@ def test_interim_refuse_fails_handshakes_until_issued(pebble: Pebble, tmp_path: 
         with pytest.raises(ssl.SSLError):
             served(port, "other.test")
     assert "still refusing them" in log.text()
+    assert "Certificate expiry check" not in log.text()  # no certificate: none to check
     log = Lines()
     with ServerThread(acme_server(pebble, tmp_path / "acme", log, "x.test",
                                   SSL_acme_interim="refuse")):
@@ -241,10 +250,18 @@ def test_interim_refuse_fails_handshakes_until_issued(pebble: Pebble, tmp_path: 
 def test_renewal_replaces_the_certificate_under_a_connected_client(pebble: Pebble,
                                                                    tmp_path: Path) -> None:
     log = Lines()
-    server = acme_server(pebble, tmp_path / "acme", log, "r.test")
+    server = acme_server(pebble, tmp_path / "acme", log, "r.test", metrics_port="0")
+    port = pebble.tls_port
+    expiry = f'gnetserver_certificate_expiry_timestamp_seconds{{port="{port}",sni="r.test"}}'
+    orders = 'gnetserver_acme_orders_total{{result="{}"}}'.format
     with ServerThread(server) as st:
+        interim = served(port, "r.test")[0]
+        assert scrape(server)[expiry] == interim.not_valid_after_utc.timestamp()
         wait_until(lambda: log.count("certificate issued"), 30)
         first = verify_with_root(pebble, pebble.tls_port, "r.test")
+        # the expiry gauge follows the certificate ACME serves now
+        wait_until(lambda: scrape(server)[expiry] == first.not_valid_after_utc.timestamp(),
+                   5, "the gauge to say the issued certificate's expiry")
         context = ssl.create_default_context(cadata=pebble.root_pem().decode())
         with socket.create_connection(("127.0.0.1", pebble.tls_port), timeout=5) as raw, \
                 context.wrap_socket(raw, server_hostname="r.test") as kept:
@@ -255,16 +272,21 @@ def test_renewal_replaces_the_certificate_under_a_connected_client(pebble: Pebbl
             wait_until(lambda: log.count("certificate renewed for r.test"), 30)
             second = verify_with_root(pebble, pebble.tls_port, "r.test")
             assert second.serial_number != first.serial_number
+            wait_until(lambda: scrape(server)[orders("renewed")] == 1, 5, "the renewal counted")
+            found = scrape(server)
+            assert found[expiry] == second.not_valid_after_utc.timestamp()
+            assert found[orders("issued")] == 1
             kept.sendall(b"after\n")  # the connection made before the renewal goes on
             assert kept.recv(100) == b"after\n"
     # A renewal that fails (the CA unreachable) keeps the issued certificate served.
     log = Lines()
-    server = acme_server(pebble, tmp_path / "acme", log, "r.test",
+    server = acme_server(pebble, tmp_path / "acme", log, "r.test", metrics_port="0",
                          SSL_acme_directory=f"https://127.0.0.1:{free_port()}/dir")
     with ServerThread(server) as st:
         assert server.acme is not None
         st.call(server.acme.renew)
         wait_until(lambda: log.count("failed"), 10)
+        wait_until(lambda: scrape(server).get(orders("failed")) == 1, 5, "the failure counted")
         assert "still serving the issued certificate" in log.text(), log.text()
         assert verify_with_root(pebble, pebble.tls_port, "r.test").serial_number == \
             second.serial_number

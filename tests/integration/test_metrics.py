@@ -23,6 +23,7 @@ import trustme
 from cryptography import x509
 from support.net import wait_until
 from support.process import REPO, ServerProcess, python_env
+from support.prometheus import samples
 from support.tls import write_leaf
 
 from gnetserver import GServer
@@ -49,16 +50,6 @@ def get(where: tuple[str, int], path: str = "/metrics", method: str = "GET",
         return answer.status, dict(answer.getheaders()), answer.read()
     finally:
         conn.close()
-
-
-def samples(body: bytes) -> dict[str, float]:
-    """``{'name{labels}': value}`` of a text exposition (labels as written)."""
-    found = {}
-    for line in body.decode().splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            found[name] = float(value)
-    return found
 
 
 def echo(port: int, context: ssl.SSLContext | None = None) -> str:

@@ -4,6 +4,7 @@ package; ``.ci/run`` installs it when missing).
 :class:`Prometheus` starts ``prometheus`` with a generated configuration (``scrape_interval``
 1 s, its storage and its listening port private to the test), waits until it is ready and
 queries its HTTP API; :meth:`Prometheus.stop` ends it (TERM, then KILL), bounded.
+:func:`samples` reads a scraped exposition (for the tests that scrape a server directly).
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
 needs_prometheus = pytest.mark.skipif(PROMETHEUS is None or PROMTOOL is None,
                                       reason="prometheus/promtool not installed")
+
+
+def samples(body: bytes) -> dict[str, float]:
+    """``{'name{labels}': value}`` of a text exposition (labels as written)."""
+    found = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            found[name] = float(value)
+    return found
 
 
 def free_port() -> int:

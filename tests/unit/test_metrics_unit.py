@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
+import socket
 
 import pytest
+from prometheus_client import values
 from support.process import README
 
 from gnetserver import docs, log
@@ -15,7 +18,7 @@ from gnetserver.conf import Conf
 from gnetserver.errors import ConfigError, HandshakeTimeout, TLSError
 from gnetserver.listen import plan_metrics_port
 from gnetserver.metric_names import METRICS
-from gnetserver.metrics import ServedCertificate, expiring, failure_reason
+from gnetserver.metrics import Metrics, ServedCertificate, answer_scrape, expiring, failure_reason
 from gnetserver.metrics_prometheus import PrometheusMetrics
 from gnetserver.ports import parse_ports
 
@@ -106,3 +109,50 @@ def test_metrics_port_plan() -> None:
     ports = parse_ports("127.0.0.1:9100")
     with pytest.raises(ConfigError, match="a port of their own"):
         plan_metrics_port(plan(metrics_port="9100"), ports)
+
+
+@pytest.mark.parametrize("before", [None, "/elsewhere"])
+def test_prefork_mode_puts_the_process_back_at_close(before: str | None,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Multiprocess mode sets PROMETHEUS_MULTIPROC_DIR and prometheus-client's value class
+    for the process; close() removes the directory and restores both as they were."""
+    if before is None:
+        monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    else:
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", before)
+    value_class = values.ValueClass
+    metrics = PrometheusMetrics.for_prefork()
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    assert folder != before and os.path.isdir(folder)
+    assert values.ValueClass is not value_class
+    metrics.close()
+    assert os.environ.get("PROMETHEUS_MULTIPROC_DIR") == before
+    assert values.ValueClass is value_class
+    assert not os.path.exists(folder)
+
+
+class _SocketClient:
+    """What answer_scrape uses of a Client, over a real socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.file = sock, sock.makefile("rb")
+
+    def settimeout(self, timeout: float) -> None:
+        self.sock.settimeout(timeout)
+
+    def readline(self, limit: int) -> bytes:
+        return self.file.readline(limit)
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+
+@pytest.mark.parametrize("timeout,status", [(5.0, 200), (0.0, 408)])
+def test_scrape_head_past_its_deadline_is_408(timeout: float, status: int) -> None:
+    """The whole head is there, but the deadline passed before its header lines were read
+    (timeout 0: at once): 408, not an answer built from part of the head."""
+    server, peer = socket.socketpair()
+    with server, peer:
+        peer.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n")
+        assert answer_scrape(_SocketClient(server), Metrics(), timeout) == status
+        assert peer.recv(100).startswith(f"HTTP/1.1 {status} ".encode())
