@@ -21,6 +21,7 @@ import datetime
 import hashlib
 import json
 import os
+import tempfile
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
@@ -80,9 +81,12 @@ class AcmeStore:
     """One ``SSL_acme_dir`` (made, mode 0700, when missing)."""
 
     def __init__(self, folder: str) -> None:
+        """OSError when the folder cannot be made or written to (a start's ConfigError)."""
         # Made 0700 when missing; an existing folder keeps its mode (it may be shared), the
         # folders and files made in it are 0700/0600 all the same.
         os.makedirs(folder, mode=0o700, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):  # writable? (os.access is wrong for root
+            pass                                  # on a read-only mount)
         self.folder = folder
 
     @property
@@ -152,9 +156,9 @@ class AcmeStore:
     # -- certificates ----------------------------------------------------------------------
 
     def certificate_path(self, names: tuple[str, ...]) -> str:
-        """The file of the certificate for ``names`` (named after the first)."""
-        folder = _folder(os.path.join(_folder(os.path.join(self.folder, "certs")), names[0]))
-        return os.path.join(folder, "certificate.pem")
+        """The file of the certificate for ``names`` (named after the first; its folders are
+        made by :meth:`save`: PreFork workers ``stat`` this path every second)."""
+        return os.path.join(self.folder, "certs", names[0], "certificate.pem")
 
     def load(self, names: tuple[str, ...]) -> Issued | None:
         """The certificate on disk for ``names`` (None: none, or unreadable).
@@ -176,8 +180,16 @@ class AcmeStore:
 
     def save(self, names: tuple[str, ...], chain_pem: bytes,
              key: ec.EllipticCurvePrivateKey) -> Issued:
-        """Write an issued chain and its key (one file, atomically); returns it as loaded."""
+        """Write an issued chain and its key (one file, atomically); returns it as loaded.
+
+        Raises:
+            ValueError: not a PEM chain, or its leaf is not for ``key`` (a CA that answered
+                with another order's certificate): nothing is written.
+        """
         path = self.certificate_path(names)
         chain = x509.load_pem_x509_certificates(chain_pem)  # ValueError: not a chain
+        if chain[0].public_key() != key.public_key():
+            raise ValueError("the CA's certificate is not for the key of this order's CSR")
+        _folder(os.path.join(_folder(os.path.join(self.folder, "certs")), names[0]))
         write_private(path, chain_pem.rstrip(b"\n") + b"\n" + _pem_key(key))
         return Issued(path, chain, key)

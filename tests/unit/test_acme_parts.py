@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from gnetserver import GServer
 from gnetserver.acme import AcmeManager
@@ -34,6 +35,7 @@ from gnetserver.tls.acme_alpn import (
     challenge_certificate,
     from_reverse_name,
 )
+from gnetserver.tls.selfsigned import make_self_signed
 
 WHERE = "port 127.0.0.1:443/ssl"
 
@@ -177,6 +179,7 @@ def test_store_modes_atomic_files_and_account(tmp_path: Path) -> None:
     files.remove("a.example")
     assert files.get("a.example") is None
     assert store.load(("a.example",)) is None
+    assert not (folder / "certs").exists()  # looking up a path makes no folder
     for path in [folder, *folder.rglob("*")]:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == (0o700 if path.is_dir() else 0o600), path
@@ -192,3 +195,17 @@ def test_acme_needs_proto_ssl_and_one_setting_per_name(tmp_path: Path) -> None:
              {"host": "127.0.0.1", "port": 0, "proto": "ssl", "SSL_acme_email": "x@a.example"}]
     with pytest.raises(ConfigError, match="other SSL_acme_"):
         GServer(port=ports, **common).start()
+
+
+def test_a_certificate_not_for_the_orders_key_is_not_saved(tmp_path: Path) -> None:
+    """The leaf must be for the key of the CSR (a CA answering with another order's
+    certificate would otherwise be stored with a key it does not match)."""
+    store = AcmeStore(str(tmp_path))
+    cert, key = make_self_signed(["a.example"])
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    with pytest.raises(ValueError, match="not for the key"):
+        store.save(("a.example",), pem, make_self_signed(["a.example"])[1])
+    assert store.load(("a.example",)) is None
+    store.save(("a.example",), pem, key)
+    loaded = store.load(("a.example",))
+    assert loaded is not None and loaded.chain == [cert]
