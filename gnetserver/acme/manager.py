@@ -342,6 +342,9 @@ class AcmeManager:
             except Exception as exc:
                 cert.failures += 1
                 delay = retry_delay(cert.failures, self.retry_first, self.retry_most)
+                if isinstance(exc, AcmeProblem) and exc.retry_after is not None:
+                    # a rate limit says when to come back (at most a day: a sane bound)
+                    delay = max(delay, min(exc.retry_after, 86400.0))
                 what = "serving the issued certificate" if cert.issued else \
                     "serving the interim certificate" if cert.interim else "refusing them"
                 self._log(1, f"ACME: order for {cert.label()} failed, still {what}; "
@@ -461,10 +464,12 @@ class AcmeManager:
               deadline: float, what: str, strict: bool = True) -> dict[str, Any]:
         """POST-as-GET ``url`` until its status is in ``done`` (returned) or leaves
         ``waiting``: then AcmeProblem with the object's error (``strict``) or the body is
-        returned for the caller to explain. Sleeps 0.1 s doubling to 2 s in between."""
+        returned for the caller to explain. Sleeps 0.1 s doubling to 2 s in between, or
+        what the CA's Retry-After asks for (RFC 8555 7.4), never past ``deadline``."""
         delay = 0.1
         while True:
-            body: dict[str, Any] = _blocking(client.fetch, url)
+            body: dict[str, Any]
+            body, asked = _blocking(client.poll, url)
             status = body.get("status")
             if status in done:
                 return body
@@ -474,10 +479,11 @@ class AcmeManager:
                 error = body.get("error")
                 raise AcmeProblem(0, error if isinstance(error, Mapping) else
                                   {"detail": f"the {what} is {status}"}, url)
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise TimeoutError(f"the {what} is still {status} after "
                                    f"{self.order_timeout:.0f} s")
-            gevent.sleep(delay)
+            gevent.sleep(min(left, delay if asked is None else max(delay, asked)))
             delay = min(delay * 2, 2.0)
 
     def _serve(self, cert: _Certificate) -> None:

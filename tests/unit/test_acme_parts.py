@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 
 from gnetserver import GServer
 from gnetserver.acme import AcmeManager
-from gnetserver.acme.client import describe_problem
+from gnetserver.acme.client import Response, describe_problem, retry_after
 from gnetserver.acme.http01 import Http01Responder
 from gnetserver.acme.store import AcmeStore
 from gnetserver.acme_plan import (
@@ -152,6 +152,15 @@ def test_http_01_tokens_are_files_of_base64url_names_only(tmp_path: Path) -> Non
         assert manager.http01_answer(bad) is None
     store.remove_token("tok-_1")
     assert store.token("tok-_1") is None
+
+
+def test_retry_after_in_seconds_or_http_date() -> None:
+    now = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.timezone.utc)
+    assert retry_after("120", now) == 120.0
+    assert retry_after("Thu, 01 Jan 2026 12:01:30 GMT", now) == 90.0
+    assert retry_after("Thu, 01 Jan 2026 11:00:00 GMT", now) == 0.0  # past: at once
+    assert retry_after(None) is None and retry_after("soon") is None
+    assert Response(429, {"Retry-After": "7"}, b"{}").retry_after == 7.0
 
 
 def test_problem_documents_read_as_one_line() -> None:
