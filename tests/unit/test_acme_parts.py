@@ -56,6 +56,9 @@ def test_settings_defaults_and_normalized_names() -> None:
     assert s.dir == os.path.abspath("rel")
     assert acme_settings({"SSL_acme_domains": "x.example", "SSL_acme_http_listen": "HTTP"},
                          WHERE).http_listen is None  # the HTTP personality answers
+    # Addresses as the CA and the issued leaf write them (else every start would reorder).
+    assert acme_settings({"SSL_acme_domains": "2001:DB8::0001 192.0.2.1"},
+                         WHERE).domains == ("2001:db8::1", "192.0.2.1")
 
 
 @pytest.mark.parametrize(("options", "words"), [
@@ -73,6 +76,8 @@ def test_settings_defaults_and_normalized_names() -> None:
     ({"SSL_acme_domains": "a.example", "SSL_acme_http_listen": "x:http"}, "[host:]port"),
     ({"SSL_acme_domains": "a.example", "SSL_acme_http_listen": "70000"}, "[host:]port"),
     ({"SSL_acme_domains": "a.example", "SSL_acme_dir": ""}, "non-empty text"),
+    ({"SSL_acme_domains": "a.example", "SSL_acme_ca_file": "/nonexistent/ca.pem"},
+     "SSL_acme_ca_file '/nonexistent/ca.pem' is not a file"),
     ({"SSL_acme_domains": "a.example", "SSL_acme_interim": "none"}, "SSL_acme_interim"),
     ({"SSL_acme_domains": "a.example", "SSL_acme_eab_kid": "k"}, "go together"),
     ({"SSL_acme_domains": "a.example", "SSL_acme_eab_kid": "k",
