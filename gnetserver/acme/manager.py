@@ -253,6 +253,9 @@ class AcmeManager:
         """Stop ordering and responding (an order in progress is abandoned; its challenge
         files are removed)."""
         greenlets = [c.greenlet for c in self._certs.values() if c.greenlet is not None]
+        if self._watcher is not None:
+            greenlets.append(self._watcher)
+            self._watcher = None
         gevent.killall(greenlets, block=True, timeout=5)
         for cert in self._certs.values():
             cert.greenlet = None
@@ -298,9 +301,8 @@ class AcmeManager:
         """The key authorization of a pending HTTP-01 token, or None: what the responder and
         the HTTP personality (``SSL_acme_http_listen http``) answer. Any process: the
         ordering one knows its tokens, a PreFork worker reads them from ``SSL_acme_dir``."""
-        if not token or len(token) > 256 or not all(c.isascii() and (c.isalnum() or c in "-_")
-                                                     for c in token):
-            return None  # not base64url: never a path
+        if not _base64url(token):
+            return None  # never a path
         found = self._tokens.get(token)
         stores = {c.store.folder: c.store for c in self._certs.values()
                   if c.settings.challenge == "http-01"}
@@ -375,13 +377,13 @@ class AcmeManager:
         key = settings.account_key
         client = self._clients.get(key)
         if client is None:
-            account_key = store.account_key(settings.directory, settings.email)
+            account_key = _blocking(store.account_key, settings.directory, settings.email)
             client = AcmeClient(settings.directory, account_key, settings.ca_file)
             client.kid = store.account_url(settings.directory, settings.email)
             self._clients[key] = client
         if client.kid is None:
             url = _blocking(client.register, settings.email, settings.eab)
-            store.save_account_url(settings.directory, settings.email, url)
+            _blocking(store.save_account_url, settings.directory, settings.email, url)
             self._log(2, f"ACME: account {url} at {settings.directory}")
         return client
 
@@ -411,7 +413,7 @@ class AcmeManager:
                                deadline, "order")
         chain_pem = _blocking(client.download, order["certificate"])
         renewed = cert.issued is not None
-        cert.issued = cert.store.save(cert.names, chain_pem, key)
+        cert.issued = _blocking(cert.store.save, cert.names, chain_pem, key)  # fsync
         cert.interim = None
         self._serve(cert)
         issued = cert.issued
@@ -434,15 +436,19 @@ class AcmeManager:
             offered = ", ".join(str(c.get("type")) for c in authz.get("challenges", []))
             raise AcmeProblem(0, {"detail": f"the CA offers no {kind} challenge for {name} "
                                             f"(it offers: {offered or 'none'})"}, url)
-        key_authorization = client.key_authorization(str(challenge["token"]))
+        token = str(challenge.get("token"))
+        if name not in cert.names or not _base64url(token):  # both become file names
+            raise AcmeProblem(0, {"detail": f"the CA's authorization is for {name!r} with "
+                                            f"token {token!r}: not one of ours or not "
+                                            "base64url"}, url)
+        key_authorization = client.key_authorization(token)
         files = ChallengeFiles(cert.store.challenge_folder)
-        token = str(challenge["token"])
-        if kind == "tls-alpn-01":
-            files.put(name, *challenge_certificate(name, key_authorization))
-        else:
-            self._tokens[token] = key_authorization
-            cert.store.put_token(token, key_authorization)
         try:
+            if kind == "tls-alpn-01":  # files written (fsync) in the thread pool
+                _blocking(files.put, name, *challenge_certificate(name, key_authorization))
+            else:
+                self._tokens[token] = key_authorization
+                _blocking(cert.store.put_token, token, key_authorization)
             self._log(2, f"ACME: {kind} challenge for {name}: {challenge['url']}")
             _blocking(client.answer, challenge["url"])
             authz = self._poll(client, url, {"valid"}, {"pending"}, deadline,
@@ -497,6 +503,12 @@ class AcmeManager:
                 port.handle.reconfigure(self._options(cert, port))
             except ConfigError as exc:
                 self._log(1, f"ACME: {port.where} keeps its previous certificate: {exc}")
+
+
+def _base64url(token: str) -> bool:
+    """True for a plausible ACME token (RFC 8555 8.1: base64url characters only)."""
+    return 0 < len(token) <= 256 and all(c.isascii() and (c.isalnum() or c in "-_")
+                                         for c in token)
 
 
 def _stamp(cert: _Certificate) -> tuple[int, int] | None:
