@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
+from .selfsigned import san_entry
 from .sni import normalize
 
 __all__ = [
@@ -70,10 +71,6 @@ def challenge_certificate(name: str, key_authorization: str) -> Pair:
     digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
     # DER OCTET STRING of the 32-byte digest: tag 0x04, length 32, the bytes.
     value = b"\x04\x20" + digest
-    try:
-        san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(name))
-    except ValueError:
-        san = x509.DNSName(name)
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ACME challenge")])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -85,7 +82,7 @@ def challenge_certificate(name: str, key_authorization: str) -> Pair:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=7))
-        .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([san_entry(name)]), critical=False)
         .add_extension(x509.UnrecognizedExtension(ID_PE_ACME_IDENTIFIER, value), critical=True)
         .sign(key, hashes.SHA256())
     )
