@@ -1379,6 +1379,9 @@ class GServer:
         lifecycle.dispatch_pending(self.dispatch_signals)  # a TERM that came with the HUP
         if lifecycle.restarting:
             self.restart_close_hook()  # user: right before the fork and the exec
+            # The new image binds the HTTP-01 responder again and orders itself: the drainer
+            # must neither hold that socket nor go on with an order.
+            self.stop_acme()
             lifecycle.dispatch_pending(self.dispatch_signals)
         if not lifecycle.restarting:
             return

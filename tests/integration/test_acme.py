@@ -18,6 +18,7 @@ import base64
 import datetime
 import os
 import re
+import signal
 import socket
 import ssl
 import stat
@@ -371,6 +372,33 @@ def test_prefork_parent_orders_and_every_worker_serves(pebble: Pebble, tmp_path:
         workers = {int(m.group(1)) for m in map(re.compile(r"worker (\d+) serves").search,
                                                 server.lines) if m}
         assert server.pid not in workers
+    finally:
+        server.stop()
+
+
+def test_a_hup_rebinds_the_http_01_responder(tmp_path: Path) -> None:
+    """A HUP re-exec: the new image binds the HTTP-01 responder again (the drainer forked for
+    the previous generation must not keep its socket) and serves; the CA is unreachable."""
+    (tmp_path / "echo_acme.py").write_text("from gnetserver import GServer\n")
+    env = python_env(tmp_path, REPO)
+    env.pop("BOUND_SOCKETS", None)
+    http_port = free_port()
+    server = ServerProcess(
+        [sys.executable, "-m", "gnetserver", "--log_level", "2",
+         "--port", f"127.0.0.1:{free_port()}/ssl", "--SSL_acme_domains", "h.test",
+         "--SSL_acme_directory", f"https://127.0.0.1:{free_port()}/dir",
+         "--SSL_acme_challenge", "http-01", "--SSL_acme_http_listen", f"127.0.0.1:{http_port}",
+         "--SSL_acme_dir", str(tmp_path / "acme")], env=env, cwd=tmp_path)
+    try:
+        server.ports(1)
+        server.send(signal.SIGHUP)
+        server.ports(2)  # the new image is ready
+        assert server.count("HTTP-01 responder on") == 2
+        url = f"http://127.0.0.1:{http_port}/.well-known/acme-challenge/unknown"
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(url, timeout=5)
+        assert answer.value.code == 404
+        assert server.proc.poll() is None
     finally:
         server.stop()
 
