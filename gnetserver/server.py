@@ -508,7 +508,7 @@ class GServer:
         inetd = getattr(self.personality_class(), "serves_inherited_connection", False)
         specs = self.port_specs[:1] if inetd else self.port_specs  # INET: the first one's
         protocols = [self.make_protocol(spec) for spec in specs]
-        if self.acme is not None:
+        if self.acme is not None and not inetd:  # INET orders none: start_accepting
             self.acme.bind()  # the HTTP-01 responder, with the start's privileges
         libraries = (protocol.tls_library() for protocol in protocols)
         for library in dict.fromkeys(text for text in libraries if text):  # once each, in order
@@ -637,7 +637,12 @@ class GServer:
         personality.start(self.listeners, self._on_connection, self.process_hooks())
         self.lifecycle.serving(personality)
         self.start_dequeue()
-        if self.acme is not None:
+        if self.acme is not None and getattr(personality, "serves_inherited_connection", False):
+            # One process per connection: ordering (and binding port 80) in each would race
+            # and hit the CA's rate limits. The files in SSL_acme_dir are served as they are.
+            self.log(2, "ACME: INET serves the certificates in SSL_acme_dir and orders none (a "
+                        "long-running server with the same SSL_acme_* options does)")
+        elif self.acme is not None:
             self.acme.start()  # order or renew in the background (this process's hub)
         serving = ", ".join(str(listener) for listener in self.listeners)
         self.log(2, "Server ready: " + serving)

@@ -18,6 +18,7 @@ import base64
 import datetime
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -401,6 +402,36 @@ def test_a_hup_rebinds_the_http_01_responder(tmp_path: Path) -> None:
         assert server.proc.poll() is None
     finally:
         server.stop()
+
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="socat missing (.ci/run installs it)")
+def test_inet_serves_from_disk_and_orders_nothing(tmp_path: Path) -> None:
+    """server_type INET (one process per connection): no order and no HTTP-01 responder per
+    connection (its port is held here: a bind would fail); the interim certificate serves."""
+    http = socket.socket()
+    http.bind(("127.0.0.1", 0))
+    http.listen(1)
+    port = free_port()
+    script = tmp_path / "inet.sh"  # socat's EXEC: would split the URLs at their colons
+    script.write_text(
+        f"#!/bin/sh\nexec {sys.executable} -m gnetserver --server_type INET --proto ssl "
+        f"--log_level 2 --SSL_acme_domains i.test --SSL_acme_challenge http-01 "
+        f"--SSL_acme_directory https://127.0.0.1:{free_port()}/dir "
+        f"--SSL_acme_http_listen 127.0.0.1:{http.getsockname()[1]} "
+        f"--SSL_acme_dir {tmp_path / 'acme'}\n")
+    script.chmod(0o755)
+    proc = ServerProcess(["socat", "-d", "-d", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+                          f"EXEC:{script}"], env=python_env(REPO), cwd=tmp_path, terminate=True)
+    try:
+        proc.wait_for("listening on")
+        cert, _ = served(port, "i.test")
+        assert self_signed(cert)
+        proc.wait_for("Server closing!")
+        assert proc.count("INET serves the certificates in SSL_acme_dir and orders none") == 1
+        assert proc.count("cannot bind") == 0 and proc.count("ACME: order") == 0
+    finally:
+        proc.stop()
+        http.close()
 
 
 def test_http_01_through_the_http_personality(pebble: Pebble, tmp_path: Path) -> None:
