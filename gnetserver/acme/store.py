@@ -30,7 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..tls.acme_alpn import write_private
+from ..tls.acme_alpn import pem_key, write_private
 
 __all__ = ["AcmeStore", "Issued"]
 
@@ -70,11 +70,6 @@ def _folder(path: str) -> str:
     os.makedirs(path, mode=0o700, exist_ok=True)
     os.chmod(path, 0o700)  # our folder: an existing one with a wider mode is narrowed
     return path
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
 
 
 class AcmeStore:
@@ -134,7 +129,7 @@ class AcmeStore:
         except FileNotFoundError:
             pass
         key = ec.generate_private_key(ec.SECP256R1())
-        write_private(path, _pem_key(key))
+        write_private(path, pem_key(key))
         return key
 
     def account_url(self, directory: str, email: str | None) -> str | None:
@@ -191,5 +186,5 @@ class AcmeStore:
         if chain[0].public_key() != key.public_key():
             raise ValueError("the CA's certificate is not for the key of this order's CSR")
         _folder(os.path.join(_folder(os.path.join(self.folder, "certs")), names[0]))
-        write_private(path, chain_pem.rstrip(b"\n") + b"\n" + _pem_key(key))
+        write_private(path, chain_pem.rstrip(b"\n") + b"\n" + pem_key(key))
         return Issued(path, chain, key)

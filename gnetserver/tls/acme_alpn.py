@@ -54,6 +54,7 @@ __all__ = [
     "ChallengeFiles",
     "challenge_certificate",
     "from_reverse_name",
+    "pem_key",
     "write_private",
 ]
 
@@ -106,11 +107,15 @@ def write_private(path: str, data: bytes) -> None:
         raise
 
 
+def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """An unencrypted PKCS#8 PEM key (files of mode 0600 only)."""
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
 def pem_pair(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bytes:
     """Certificate and unencrypted PKCS#8 key as one PEM text."""
-    return cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM) + pem_key(key)
 
 
 def from_reverse_name(name: str) -> str:
