@@ -454,11 +454,12 @@ class AcmeManager:
             authz = self._poll(client, url, {"valid"}, {"pending"}, deadline,
                                f"authorization of {name}", strict=False)
         finally:
-            if kind == "tls-alpn-01":
-                files.remove(name)
-            else:
-                self._tokens.pop(token, None)
-                cert.store.remove_token(token)
+            self._tokens.pop(token, None)
+            if os.getpid() == self._pid:  # not a PreFork worker unwinding the parent's order
+                if kind == "tls-alpn-01":    # (become_worker): the parent still needs them
+                    files.remove(name)
+                else:
+                    cert.store.remove_token(token)
         if authz.get("status") != "valid":
             problems = [c.get("error") for c in authz.get("challenges", []) if c.get("error")]
             problem = problems[0] if problems else \
