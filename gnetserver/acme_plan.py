@@ -47,6 +47,8 @@ HTTP01_PREFIX = "/.well-known/acme-challenge/"
 #: What a name gets before its first certificate (SSL_acme_interim).
 INTERIMS = ("self-signed", "refuse")
 DEFAULT_DIR = "~/.local/share/gnetserver/acme"
+#: Options whose values never appear in a message.
+_SECRETS = frozenset({"SSL_acme_eab_hmac_key"})
 
 #: The ACME options (per port, or server-wide like every SSL_* option): name -> meaning and
 #: default, for the option table, ``--help`` and README.
@@ -180,7 +182,9 @@ def _text(options: Mapping[str, Any], name: str, where: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{where}: {name} must be a non-empty text, not {value!r}")
+        shown = " (the value is not shown: it is a secret)" if name in _SECRETS else \
+            f", not {value!r}"
+        raise ConfigError(f"{where}: {name} must be a non-empty text{shown}")
     return value.strip()
 
 

@@ -82,13 +82,15 @@ def test_settings_defaults_and_normalized_names() -> None:
     ({"SSL_acme_domains": "a.example", "SSL_acme_eab_kid": "k"}, "go together"),
     ({"SSL_acme_domains": "a.example", "SSL_acme_eab_kid": "k",
       "SSL_acme_eab_hmac_key": "!!!"}, "not base64url"),
+    ({"SSL_acme_domains": "a.example", "SSL_acme_eab_kid": "k",
+      "SSL_acme_eab_hmac_key": b"raw-secret"}, "text (the value is not shown"),
 ])
 def test_bad_settings_are_config_errors_naming_port_option_value(options: dict[str, Any],
                                                                  words: str) -> None:
     with pytest.raises(ConfigError) as caught:
         acme_settings(options, WHERE)
     assert str(caught.value).startswith(WHERE)
-    assert words in str(caught.value)
+    assert words in str(caught.value) and "raw-secret" not in str(caught.value)
 
 
 def test_options_table_and_identifiers() -> None:
