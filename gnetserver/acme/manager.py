@@ -171,19 +171,22 @@ class AcmeManager:
             raise ConfigError(f"{where}: SSL_acme_dir {settings.dir!r}: {exc}") from exc
         cert = _Certificate(settings, store)
         try:
-            issued = store.load(settings.domains)
+            issued = store.load(settings.domains, settings.directory) or \
+                store.load_other(settings.domains, settings.directory)
         except (OSError, ValueError) as exc:
             self._log(1, f"ACME: the certificate file of {cert.label()} is unusable, a new "
                          f"one will be ordered: {exc}")
             issued = None
         now = datetime.datetime.now(datetime.timezone.utc)
         if issued is not None and issued.not_after > now:
-            # Also when names were added: the old ones stay served while the order runs.
+            # Also when names were added or the CA changed: served while the order runs.
             cert.issued = issued
             missing = set(settings.domains) - issued.names()
+            notes = ([f"it lacks {', '.join(sorted(missing))}"] if missing else []) + \
+                ([f"another CA's ({issued.path})"] if issued.path != _path(cert) else [])
             self._log(2, f"ACME: serving the certificate on disk for {cert.label()} (serial "
                          f"{issued.serial}, valid until {issued.not_after:%Y-%m-%d %H:%M:%S} "
-                         f"UTC){'; it lacks ' + ', '.join(sorted(missing)) if missing else ''}")
+                         f"UTC){''.join('; ' + note for note in notes)}")
         elif settings.interim == "refuse":
             self._log(2, f"ACME: no valid certificate on disk for {cert.label()}: refusing "
                          "their handshakes until the CA issues one (SSL_acme_interim refuse)")
@@ -286,7 +289,7 @@ class AcmeManager:
                     continue
                 stamps[names] = stamp
                 try:
-                    issued = cert.store.load(names)
+                    issued = cert.store.load(names, cert.settings.directory)
                 except (OSError, ValueError) as exc:
                     self._log(1, f"ACME: worker {os.getpid()} cannot read the new certificate "
                                  f"of {cert.label()}, keeps serving its own: {exc}")
@@ -365,8 +368,9 @@ class AcmeManager:
 
     def _due_in(self, cert: _Certificate) -> float:
         """Seconds until the next order: 0 when forced (``renew``, a failed order), without
-        a certificate, or when it lacks a name; else until its renewal time."""
-        if cert.force or cert.issued is None or not set(cert.names) <= cert.issued.names():
+        a certificate, when it lacks a name or is another CA's; else until its renewal time."""
+        if cert.force or cert.issued is None or not set(cert.names) <= cert.issued.names() \
+                or cert.issued.path != _path(cert):
             return 0.0
         at = renewal_time(cert.issued.not_before, cert.issued.not_after)
         return (at - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
@@ -413,7 +417,8 @@ class AcmeManager:
                                deadline, "order")
         chain_pem = _blocking(client.download, order["certificate"])
         renewed = cert.issued is not None
-        cert.issued = _blocking(cert.store.save, cert.names, chain_pem, key)  # fsync
+        cert.issued = _blocking(cert.store.save, cert.names, settings.directory,  # fsync
+                                chain_pem, key)
         cert.interim = None
         self._serve(cert)
         issued = cert.issued
@@ -512,10 +517,15 @@ def _base64url(token: str) -> bool:
                                          for c in token)
 
 
+def _path(cert: _Certificate) -> str:
+    """Where the certificate of ``cert``'s names from its CA is kept."""
+    return cert.store.certificate_path(cert.names, cert.settings.directory)
+
+
 def _stamp(cert: _Certificate) -> tuple[int, int] | None:
     """The certificate file's (mtime, inode), or None when there is none."""
     try:
-        st = os.stat(cert.store.certificate_path(cert.names))
+        st = os.stat(_path(cert))
     except OSError:
         return None
     return st.st_mtime_ns, st.st_ino

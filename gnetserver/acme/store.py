@@ -6,8 +6,12 @@ a temporary file in the same folder, fsync, rename)::
     SSL_acme_dir/
       accounts/<host>-<hash>/key.pem       the account key (ECDSA P-256), per directory+email
       accounts/<host>-<hash>/account.json  {"directory": ..., "url": the account URL}
-      certs/<first name>/certificate.pem   the issued chain (leaf first) and its key, one file,
-                                           so a reader never sees a new key with an old chain
+      certs/<host>-<hash>/<first name>/certificate.pem
+                                           the issued chain (leaf first) and its key, one
+                                           file, so a reader never sees a new key with an old
+                                           chain; per CA directory (after a change of
+                                           SSL_acme_directory, staging to production, the
+                                           other CA's one is served until the new one comes)
       challenges/<name>.pem                pending TLS-ALPN-01 certificates (tls.acme_alpn)
       challenges/http-01/<token>           pending HTTP-01 key authorizations
 
@@ -17,7 +21,9 @@ has not expired; a file that fails to parse is logged and replaced by the next i
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import glob
 import hashlib
 import json
 import os
@@ -64,6 +70,24 @@ class Issued:
         dns = {n.lower() for n in san.value.get_values_for_type(x509.DNSName)}
         ips = {str(ip) for ip in san.value.get_values_for_type(x509.IPAddress)}
         return dns | ips
+
+
+def _read(path: str) -> Issued:
+    """The certificate file at ``path`` (OSError, ValueError: missing, does not parse)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    chain = x509.load_pem_x509_certificates(data)
+    key = serialization.load_pem_private_key(data, None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{path}: the key is not ECDSA")
+    return Issued(path, chain, key)
+
+
+def _label(directory: str, *more: str) -> str:
+    """``<host>-<hash>``: a folder name per CA directory (and contact, for accounts)."""
+    host = urllib.parse.urlsplit(directory).hostname or "ca"
+    digest = hashlib.sha256("\n".join((directory, *more)).encode()).hexdigest()[:12]
+    return f"{host}-{digest}"
 
 
 def _folder(path: str) -> str:
@@ -113,10 +137,8 @@ class AcmeStore:
     # -- accounts --------------------------------------------------------------------------
 
     def _account_folder(self, directory: str, email: str | None) -> str:
-        host = urllib.parse.urlsplit(directory).hostname or "ca"
-        digest = hashlib.sha256(f"{directory}\n{email or ''}".encode()).hexdigest()[:12]
         return _folder(os.path.join(_folder(os.path.join(self.folder, "accounts")),
-                                    f"{host}-{digest}"))
+                                    _label(directory, email or "")))
 
     def account_key(self, directory: str, email: str | None) -> ec.EllipticCurvePrivateKey:
         """The account key for this CA and contact, made and saved on first use."""
@@ -150,30 +172,38 @@ class AcmeStore:
 
     # -- certificates ----------------------------------------------------------------------
 
-    def certificate_path(self, names: tuple[str, ...]) -> str:
-        """The file of the certificate for ``names`` (named after the first; its folders are
-        made by :meth:`save`: PreFork workers ``stat`` this path every second)."""
-        return os.path.join(self.folder, "certs", names[0], "certificate.pem")
+    def certificate_path(self, names: tuple[str, ...], directory: str) -> str:
+        """The file of the certificate for ``names`` (named after the first) from the CA of
+        ``directory``; its folders are made by :meth:`save` (PreFork workers ``stat`` this
+        path every second)."""
+        return os.path.join(self.folder, "certs", _label(directory), names[0],
+                            "certificate.pem")
 
-    def load(self, names: tuple[str, ...]) -> Issued | None:
+    def load(self, names: tuple[str, ...], directory: str) -> Issued | None:
         """The certificate on disk for ``names`` (None: none, or unreadable).
 
         Raises:
             ValueError: the file exists but does not parse (the reason in the message).
         """
-        path = self.certificate_path(names)
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            return _read(self.certificate_path(names, directory))
         except FileNotFoundError:
             return None
-        chain = x509.load_pem_x509_certificates(data)
-        key = serialization.load_pem_private_key(data, None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ValueError(f"{path}: the key is not ECDSA")
-        return Issued(path, chain, key)
 
-    def save(self, names: tuple[str, ...], chain_pem: bytes,
+    def load_other(self, names: tuple[str, ...], directory: str) -> Issued | None:
+        """The newest readable certificate for ``names`` from another CA than ``directory``'s
+        (``SSL_acme_directory`` changed, staging to production: it stays served until the new
+        CA's certificate comes), or None."""
+        found: list[Issued] = []
+        mine = self.certificate_path(names, directory)
+        for path in glob.glob(os.path.join(glob.escape(self.folder), "certs", "*",
+                                           glob.escape(names[0]), "certificate.pem")):
+            if path != mine:
+                with contextlib.suppress(OSError, ValueError):
+                    found.append(_read(path))
+        return max(found, key=lambda issued: issued.not_after, default=None)
+
+    def save(self, names: tuple[str, ...], directory: str, chain_pem: bytes,
              key: ec.EllipticCurvePrivateKey) -> Issued:
         """Write an issued chain and its key (one file, atomically); returns it as loaded.
 
@@ -181,10 +211,13 @@ class AcmeStore:
             ValueError: not a PEM chain, or its leaf is not for ``key`` (a CA that answered
                 with another order's certificate): nothing is written.
         """
-        path = self.certificate_path(names)
+        path = self.certificate_path(names, directory)
         chain = x509.load_pem_x509_certificates(chain_pem)  # ValueError: not a chain
         if chain[0].public_key() != key.public_key():
             raise ValueError("the CA's certificate is not for the key of this order's CSR")
-        _folder(os.path.join(_folder(os.path.join(self.folder, "certs")), names[0]))
+        folder = os.path.dirname(path)
+        _folder(os.path.dirname(os.path.dirname(folder)))  # certs/
+        _folder(os.path.dirname(folder))  # certs/<host>-<hash>/
+        _folder(folder)
         write_private(path, chain_pem.rstrip(b"\n") + b"\n" + pem_key(key))
         return Issued(path, chain, key)

@@ -267,6 +267,7 @@ def test_renewal_replaces_the_certificate_under_a_connected_client(pebble: Pebbl
         assert server.acme is not None
         st.call(server.acme.renew)
         wait_until(lambda: log.count("failed"), 10)
+        assert log.count("another CA's") == 1, log.text()  # another directory URL
         assert "still serving the issued certificate" in log.text(), log.text()
         assert verify_with_root(pebble, pebble.tls_port, "r.test").serial_number == \
             second.serial_number
@@ -532,7 +533,8 @@ def test_a_certificate_past_two_thirds_of_its_life_is_renewed_at_start(pebble: P
             .add_extension(old.extensions.get_extension_for_class(
                 x509.SubjectAlternativeName).value, critical=False)
             .sign(key, hashes.SHA256()))
-    AcmeStore(str(folder)).save(("t.test",), aged.public_bytes(serialization.Encoding.PEM), key)
+    AcmeStore(str(folder)).save(("t.test",), pebble.directory,
+                                aged.public_bytes(serialization.Encoding.PEM), key)
     log = Lines()
     with ServerThread(acme_server(pebble, folder, log, "t.test")):
         assert log.count("serving the certificate on disk for t.test") == 1, log.text()

@@ -194,7 +194,7 @@ def test_store_modes_atomic_files_and_account(tmp_path: Path) -> None:
     assert files.get("a.example") is not None and files.get("b.example") is None
     files.remove("a.example")
     assert files.get("a.example") is None
-    assert store.load(("a.example",)) is None
+    assert store.load(("a.example",), "https://ca.example/dir") is None
     assert not (folder / "certs").exists()  # looking up a path makes no folder
     for path in [folder, *folder.rglob("*")]:
         mode = stat.S_IMODE(path.stat().st_mode)
@@ -219,9 +219,17 @@ def test_a_certificate_not_for_the_orders_key_is_not_saved(tmp_path: Path) -> No
     store = AcmeStore(str(tmp_path))
     cert, key = make_self_signed(["a.example"])
     pem = cert.public_bytes(serialization.Encoding.PEM)
+    ca = "https://ca.example/dir"
     with pytest.raises(ValueError, match="not for the key"):
-        store.save(("a.example",), pem, make_self_signed(["a.example"])[1])
-    assert store.load(("a.example",)) is None
-    store.save(("a.example",), pem, key)
-    loaded = store.load(("a.example",))
+        store.save(("a.example",), ca, pem, make_self_signed(["a.example"])[1])
+    assert store.load(("a.example",), ca) is None
+    store.save(("a.example",), ca, pem, key)
+    loaded = store.load(("a.example",), ca)
     assert loaded is not None and loaded.chain == [cert]
+    # Per CA: a staging certificate is not the production one, but stays at hand (served
+    # until the new CA's one comes).
+    other = "https://other-ca.example/dir"
+    assert store.load(("a.example",), other) is None
+    found = store.load_other(("a.example",), other)
+    assert found is not None and found.path == loaded.path
+    assert store.load_other(("a.example",), ca) is None
