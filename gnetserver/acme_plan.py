@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -46,6 +47,8 @@ HTTP01_PREFIX = "/.well-known/acme-challenge/"
 #: What a name gets before its first certificate (SSL_acme_interim).
 INTERIMS = ("self-signed", "refuse")
 DEFAULT_DIR = "~/.local/share/gnetserver/acme"
+#: Options whose values never appear in a message.
+_SECRETS = frozenset({"SSL_acme_eab_hmac_key"})
 
 #: The ACME options (per port, or server-wide like every SSL_* option): name -> meaning and
 #: default, for the option table, ``--help`` and README.
@@ -158,11 +161,14 @@ def acme_settings(options: Mapping[str, Any], where: str) -> AcmeSettings:
             raise ConfigError(f"{where}: SSL_acme_eab_hmac_key is not base64url (the value "
                               "is not shown: it is a secret)")
         eab = (eab_kid, mac)
+    ca_file = _text(options, "SSL_acme_ca_file", where)
+    if ca_file is not None and not os.path.isfile(ca_file):
+        raise ConfigError(f"{where}: SSL_acme_ca_file {ca_file!r} is not a file")
     return AcmeSettings(
         domains=domains,
         directory=directory,
         email=email,
-        ca_file=_text(options, "SSL_acme_ca_file", where),
+        ca_file=ca_file,
         dir=os.path.abspath(os.path.expanduser(folder)),
         challenge=challenge,
         http_listen=_listen(options.get("SSL_acme_http_listen"), where),
@@ -176,7 +182,9 @@ def _text(options: Mapping[str, Any], name: str, where: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{where}: {name} must be a non-empty text, not {value!r}")
+        shown = " (the value is not shown: it is a secret)" if name in _SECRETS else \
+            f", not {value!r}"
+        raise ConfigError(f"{where}: {name} must be a non-empty text{shown}")
     return value.strip()
 
 
@@ -195,6 +203,8 @@ def _domains(value: Any, where: str) -> tuple[str, ...]:
         why = _bad_name(name)
         if why:
             raise ConfigError(f"{where}: SSL_acme_domains entry {item!r}: {why}")
+        with contextlib.suppress(ValueError):  # an address as the CA and the leaf write it
+            name = str(ipaddress.ip_address(name))
         if name not in names:
             names.append(name)
     if not names:

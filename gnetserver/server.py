@@ -612,7 +612,7 @@ class GServer:
         inetd = getattr(self.personality_class(), "serves_inherited_connection", False)
         specs = self.port_specs[:1] if inetd else self.port_specs  # INET: the first one's
         protocols = [self.make_protocol(spec) for spec in specs]
-        if self.acme is not None:
+        if self.acme is not None and not inetd:  # INET orders none: start_accepting
             self.acme.bind()  # the HTTP-01 responder, with the start's privileges
         libraries = (protocol.tls_library() for protocol in protocols)
         for library in dict.fromkeys(text for text in libraries if text):  # once each, in order
@@ -757,7 +757,12 @@ class GServer:
         personality.start(self.listeners, self._on_connection, self.process_hooks())
         self.lifecycle.serving(personality)
         self.start_dequeue()
-        if self.acme is not None:
+        if self.acme is not None and getattr(personality, "serves_inherited_connection", False):
+            # One process per connection: ordering (and binding port 80) in each would race
+            # and hit the CA's rate limits. The files in SSL_acme_dir are served as they are.
+            self.log(2, "ACME: INET serves the certificates in SSL_acme_dir and orders none (a "
+                        "long-running server with the same SSL_acme_* options does)")
+        elif self.acme is not None:
             self.acme.start()  # order or renew in the background (this process's hub)
         self.start_certificate_check()
         serving = ", ".join(str(listener) for listener in self.listeners)
@@ -1544,6 +1549,9 @@ class GServer:
         lifecycle.dispatch_pending(self.dispatch_signals)  # a TERM that came with the HUP
         if lifecycle.restarting:
             self.restart_close_hook()  # user: right before the fork and the exec
+            # The new image binds the HTTP-01 responder again and orders itself: the drainer
+            # must neither hold that socket nor go on with an order.
+            self.stop_acme()
             lifecycle.dispatch_pending(self.dispatch_signals)
         if not lifecycle.restarting:
             return

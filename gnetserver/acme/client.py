@@ -14,12 +14,15 @@ Rules of this module:
   the nonce of the previous answer; a ``badNonce`` problem is retried with the fresh nonce
   (RFC 8555 section 6.5), up to five times.
 * A problem answer raises :class:`AcmeProblem`, carrying the CA's problem document, whose
-  ``str()`` is what the logs show. Network errors raise ``OSError`` (``URLError``).
+  ``str()`` is what the logs show, and its ``Retry-After`` (a rate limit says when to come
+  back). Network errors raise ``OSError`` (``URLError``).
 * The account key is ECDSA P-256 (ES256).
 """
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import hashlib
 import hmac
 import json
@@ -34,7 +37,7 @@ from josepy.json_util import encode_b64jose
 from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
-__all__ = ["AcmeClient", "AcmeProblem", "Response"]
+__all__ = ["AcmeClient", "AcmeProblem", "Response", "retry_after"]
 
 _USER_AGENT = "gnetserver-acme/0.1"
 _JOSE = "application/jose+json"
@@ -46,12 +49,15 @@ class AcmeProblem(Exception):
     Attributes:
         status: the HTTP status.
         problem: the problem document (``type``, ``detail``, ``subproblems``...), or {}.
+        retry_after: the seconds the answer's ``Retry-After`` asks to wait, or None.
     """
 
-    def __init__(self, status: int, problem: Mapping[str, Any], url: str) -> None:
+    def __init__(self, status: int, problem: Mapping[str, Any], url: str,
+                 retry_after: float | None = None) -> None:
         self.status = status
         self.problem = dict(problem)
         self.url = url
+        self.retry_after = retry_after
         super().__init__(describe_problem(problem, status, url))
 
 
@@ -93,6 +99,29 @@ class Response:
     def location(self) -> str | None:
         """The Location header (the URL of a created account or order)."""
         return self.headers.get("location")
+
+    @property
+    def retry_after(self) -> float | None:
+        """The seconds the Retry-After header asks for (RFC 8555 sections 6.6, 7.4), or None."""
+        return retry_after(self.headers.get("retry-after"))
+
+
+def retry_after(value: str | None, now: datetime.datetime | None = None) -> float | None:
+    """A Retry-After value (delta-seconds or an HTTP date, RFC 9110 10.2.3) in seconds from
+    ``now`` (at least 0), or None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    return max(0.0, (when - now).total_seconds())
 
 
 class AcmeClient:
@@ -185,8 +214,8 @@ class AcmeClient:
                 return response
             problem = _problem(response)
             if problem.get("type") != "urn:ietf:params:acme:error:badNonce":
-                raise AcmeProblem(response.status, problem, url)
-        raise AcmeProblem(response.status, problem, url)
+                raise AcmeProblem(response.status, problem, url, response.retry_after)
+        raise AcmeProblem(response.status, problem, url, response.retry_after)
 
     # -- the steps -------------------------------------------------------------------------
 
@@ -224,6 +253,12 @@ class AcmeClient:
     def fetch(self, url: str) -> dict[str, Any]:
         """POST-as-GET of an order, authorization or challenge."""
         return self.post(url, None).json()
+
+    def poll(self, url: str) -> tuple[dict[str, Any], float | None]:
+        """POST-as-GET of an order or authorization being processed: its body and the
+        seconds its Retry-After asks to wait before the next poll (or None)."""
+        response = self.post(url, None)
+        return response.json(), response.retry_after
 
     def answer(self, challenge_url: str) -> dict[str, Any]:
         """Tell the CA a challenge is ready to be validated."""

@@ -2,9 +2,10 @@
 
 A minimal HTTP/1.x server of its own (a gevent ``StreamServer`` on ``SSL_acme_http_listen``),
 bound at the server's bind (port 80 needs the start's privileges) and answering while the
-server serves: the key authorization of a pending token (200, text/plain), 404 for anything
-else. One request per connection, the request head read within 10 seconds and at most 8 KiB;
-then ``Connection: close``.
+server serves: the key authorization of a pending token (200, application/octet-stream as in
+RFC 8555 section 8.3, like the HTTP personality's answer), 404 for anything else. One request
+per connection, the request head read within 10 seconds and at most 8 KiB; then
+``Connection: close``.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ class Http01Responder:
                              f"{parts[1][len(PREFIX):]}")
         elif len(parts) != 3:
             body, status = b"bad request\n", "400 Bad Request"
-        text = (f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\n"
+        kind = "application/octet-stream" if status == "200 OK" else "text/plain"  # RFC 8555 8.3
+        text = (f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode("ascii")
         return text + (b"" if parts[:1] == ["HEAD"] else body)

@@ -183,19 +183,22 @@ class AcmeManager:
             raise ConfigError(f"{where}: SSL_acme_dir {settings.dir!r}: {exc}") from exc
         cert = _Certificate(settings, store)
         try:
-            issued = store.load(settings.domains)
+            issued = store.load(settings.domains, settings.directory) or \
+                store.load_other(settings.domains, settings.directory)
         except (OSError, ValueError) as exc:
             self._log(1, f"ACME: the certificate file of {cert.label()} is unusable, a new "
                          f"one will be ordered: {exc}")
             issued = None
         now = datetime.datetime.now(datetime.timezone.utc)
         if issued is not None and issued.not_after > now:
-            # Also when names were added: the old ones stay served while the order runs.
+            # Also when names were added or the CA changed: served while the order runs.
             cert.issued = issued
             missing = set(settings.domains) - issued.names()
+            notes = ([f"it lacks {', '.join(sorted(missing))}"] if missing else []) + \
+                ([f"another CA's ({issued.path})"] if issued.path != _path(cert) else [])
             self._log(2, f"ACME: serving the certificate on disk for {cert.label()} (serial "
                          f"{issued.serial}, valid until {issued.not_after:%Y-%m-%d %H:%M:%S} "
-                         f"UTC){'; it lacks ' + ', '.join(sorted(missing)) if missing else ''}")
+                         f"UTC){''.join('; ' + note for note in notes)}")
         elif settings.interim == "refuse":
             self._log(2, f"ACME: no valid certificate on disk for {cert.label()}: refusing "
                          "their handshakes until the CA issues one (SSL_acme_interim refuse)")
@@ -265,6 +268,9 @@ class AcmeManager:
         """Stop ordering and responding (an order in progress is abandoned; its challenge
         files are removed)."""
         greenlets = [c.greenlet for c in self._certs.values() if c.greenlet is not None]
+        if self._watcher is not None:
+            greenlets.append(self._watcher)
+            self._watcher = None
         gevent.killall(greenlets, block=True, timeout=5)
         for cert in self._certs.values():
             cert.greenlet = None
@@ -295,7 +301,7 @@ class AcmeManager:
                     continue
                 stamps[names] = stamp
                 try:
-                    issued = cert.store.load(names)
+                    issued = cert.store.load(names, cert.settings.directory)
                 except (OSError, ValueError) as exc:
                     self._log(1, f"ACME: worker {os.getpid()} cannot read the new certificate "
                                  f"of {cert.label()}, keeps serving its own: {exc}")
@@ -310,9 +316,8 @@ class AcmeManager:
         """The key authorization of a pending HTTP-01 token, or None: what the responder and
         the HTTP personality (``SSL_acme_http_listen http``) answer. Any process: the
         ordering one knows its tokens, a PreFork worker reads them from ``SSL_acme_dir``."""
-        if not token or len(token) > 256 or not all(c.isascii() and (c.isalnum() or c in "-_")
-                                                     for c in token):
-            return None  # not base64url: never a path
+        if not _base64url(token):
+            return None  # never a path
         found = self._tokens.get(token)
         stores = {c.store.folder: c.store for c in self._certs.values()
                   if c.settings.challenge == "http-01"}
@@ -352,6 +357,9 @@ class AcmeManager:
             except Exception as exc:
                 cert.failures += 1
                 delay = retry_delay(cert.failures, self.retry_first, self.retry_most)
+                if isinstance(exc, AcmeProblem) and exc.retry_after is not None:
+                    # a rate limit says when to come back (at most a day: a sane bound)
+                    delay = max(delay, min(exc.retry_after, 86400.0))
                 what = "serving the issued certificate" if cert.issued else \
                     "serving the interim certificate" if cert.interim else "refusing them"
                 self._log(1, f"ACME: order for {cert.label()} failed, still {what}; "
@@ -383,8 +391,9 @@ class AcmeManager:
 
     def _due_in(self, cert: _Certificate) -> float:
         """Seconds until the next order: 0 when forced (``renew``, a failed order), without
-        a certificate, or when it lacks a name; else until its renewal time."""
-        if cert.force or cert.issued is None or not set(cert.names) <= cert.issued.names():
+        a certificate, when it lacks a name or is another CA's; else until its renewal time."""
+        if cert.force or cert.issued is None or not set(cert.names) <= cert.issued.names() \
+                or cert.issued.path != _path(cert):
             return 0.0
         at = renewal_time(cert.issued.not_before, cert.issued.not_after)
         return (at - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
@@ -395,13 +404,13 @@ class AcmeManager:
         key = settings.account_key
         client = self._clients.get(key)
         if client is None:
-            account_key = store.account_key(settings.directory, settings.email)
+            account_key = _blocking(store.account_key, settings.directory, settings.email)
             client = AcmeClient(settings.directory, account_key, settings.ca_file)
             client.kid = store.account_url(settings.directory, settings.email)
             self._clients[key] = client
         if client.kid is None:
             url = _blocking(client.register, settings.email, settings.eab)
-            store.save_account_url(settings.directory, settings.email, url)
+            _blocking(store.save_account_url, settings.directory, settings.email, url)
             self._log(2, f"ACME: account {url} at {settings.directory}")
         return client
 
@@ -433,7 +442,8 @@ class AcmeManager:
                                deadline, "order")
         chain_pem = _blocking(client.download, order["certificate"])
         renewed = cert.issued is not None
-        cert.issued = cert.store.save(cert.names, chain_pem, key)
+        cert.issued = _blocking(cert.store.save, cert.names, settings.directory,  # fsync
+                                chain_pem, key)
         cert.interim = None
         self._serve(cert)
         issued = cert.issued
@@ -457,25 +467,30 @@ class AcmeManager:
             offered = ", ".join(str(c.get("type")) for c in authz.get("challenges", []))
             raise AcmeProblem(0, {"detail": f"the CA offers no {kind} challenge for {name} "
                                             f"(it offers: {offered or 'none'})"}, url)
-        key_authorization = client.key_authorization(str(challenge["token"]))
+        token = str(challenge.get("token"))
+        if name not in cert.names or not _base64url(token):  # both become file names
+            raise AcmeProblem(0, {"detail": f"the CA's authorization is for {name!r} with "
+                                            f"token {token!r}: not one of ours or not "
+                                            "base64url"}, url)
+        key_authorization = client.key_authorization(token)
         files = ChallengeFiles(cert.store.challenge_folder)
-        token = str(challenge["token"])
-        if kind == "tls-alpn-01":
-            files.put(name, *challenge_certificate(name, key_authorization))
-        else:
-            self._tokens[token] = key_authorization
-            cert.store.put_token(token, key_authorization)
         try:
+            if kind == "tls-alpn-01":  # files written (fsync) in the thread pool
+                _blocking(files.put, name, *challenge_certificate(name, key_authorization))
+            else:
+                self._tokens[token] = key_authorization
+                _blocking(cert.store.put_token, token, key_authorization)
             self._log(2, f"ACME: {kind} challenge for {name}: {challenge['url']}")
             _blocking(client.answer, challenge["url"])
             authz = self._poll(client, url, {"valid"}, {"pending"}, deadline,
                                f"authorization of {name}", strict=False)
         finally:
-            if kind == "tls-alpn-01":
-                files.remove(name)
-            else:
-                self._tokens.pop(token, None)
-                cert.store.remove_token(token)
+            self._tokens.pop(token, None)
+            if os.getpid() == self._pid:  # not a PreFork worker unwinding the parent's order
+                if kind == "tls-alpn-01":    # (become_worker): the parent still needs them
+                    files.remove(name)
+                else:
+                    cert.store.remove_token(token)
         if authz.get("status") != "valid":
             problems = [c.get("error") for c in authz.get("challenges", []) if c.get("error")]
             problem = problems[0] if problems else \
@@ -487,10 +502,12 @@ class AcmeManager:
               deadline: float, what: str, strict: bool = True) -> dict[str, Any]:
         """POST-as-GET ``url`` until its status is in ``done`` (returned) or leaves
         ``waiting``: then AcmeProblem with the object's error (``strict``) or the body is
-        returned for the caller to explain. Sleeps 0.1 s doubling to 2 s in between."""
+        returned for the caller to explain. Sleeps 0.1 s doubling to 2 s in between, or
+        what the CA's Retry-After asks for (RFC 8555 7.4), never past ``deadline``."""
         delay = 0.1
         while True:
-            body: dict[str, Any] = _blocking(client.fetch, url)
+            body: dict[str, Any]
+            body, asked = _blocking(client.poll, url)
             status = body.get("status")
             if status in done:
                 return body
@@ -500,10 +517,11 @@ class AcmeManager:
                 error = body.get("error")
                 raise AcmeProblem(0, error if isinstance(error, Mapping) else
                                   {"detail": f"the {what} is {status}"}, url)
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise TimeoutError(f"the {what} is still {status} after "
                                    f"{self.order_timeout:.0f} s")
-            gevent.sleep(delay)
+            gevent.sleep(min(left, delay if asked is None else max(delay, asked)))
             delay = min(delay * 2, 2.0)
 
     def _serve(self, cert: _Certificate) -> None:
@@ -519,10 +537,21 @@ class AcmeManager:
                 self._log(1, f"ACME: {port.where} keeps its previous certificate: {exc}")
 
 
+def _base64url(token: str) -> bool:
+    """True for a plausible ACME token (RFC 8555 8.1: base64url characters only)."""
+    return 0 < len(token) <= 256 and all(c.isascii() and (c.isalnum() or c in "-_")
+                                         for c in token)
+
+
+def _path(cert: _Certificate) -> str:
+    """Where the certificate of ``cert``'s names from its CA is kept."""
+    return cert.store.certificate_path(cert.names, cert.settings.directory)
+
+
 def _stamp(cert: _Certificate) -> tuple[int, int] | None:
     """The certificate file's (mtime, inode), or None when there is none."""
     try:
-        st = os.stat(cert.store.certificate_path(cert.names))
+        st = os.stat(_path(cert))
     except OSError:
         return None
     return st.st_mtime_ns, st.st_ino

@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
+from .selfsigned import san_entry
 from .sni import normalize
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "ChallengeFiles",
     "challenge_certificate",
     "from_reverse_name",
+    "pem_key",
     "write_private",
 ]
 
@@ -70,10 +72,6 @@ def challenge_certificate(name: str, key_authorization: str) -> Pair:
     digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
     # DER OCTET STRING of the 32-byte digest: tag 0x04, length 32, the bytes.
     value = b"\x04\x20" + digest
-    try:
-        san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(name))
-    except ValueError:
-        san = x509.DNSName(name)
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ACME challenge")])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -85,7 +83,7 @@ def challenge_certificate(name: str, key_authorization: str) -> Pair:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=7))
-        .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([san_entry(name)]), critical=False)
         .add_extension(x509.UnrecognizedExtension(ID_PE_ACME_IDENTIFIER, value), critical=True)
         .sign(key, hashes.SHA256())
     )
@@ -109,11 +107,15 @@ def write_private(path: str, data: bytes) -> None:
         raise
 
 
+def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """An unencrypted PKCS#8 PEM key (files of mode 0600 only)."""
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
 def pem_pair(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bytes:
     """Certificate and unencrypted PKCS#8 key as one PEM text."""
-    return cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM) + pem_key(key)
 
 
 def from_reverse_name(name: str) -> str:

@@ -9,7 +9,8 @@ during a test and, after the test, waits (bounded) until each started one is ful
   the test opened and still holds does);
 - no live gevent greenlet belongs to the server: the live ones ``server.personality.greenlets()``
   lists, when the server has a personality, and any not-dead Greenlet whose function, arguments
-  or suspended frames refer to the server, its personality or one of its clients.
+  or suspended frames refer to the server, its personality, its ACME manager or one of its
+  clients.
 
 Only public names of the server are read. Subprocess servers are out of scope (their
 descriptors are another process's).
@@ -60,8 +61,9 @@ def open_listeners(server: Any) -> list[str]:
 
 
 def _owners(server: Any) -> list[Any]:
-    personality = server.personality
-    return [server] if personality is None else [server, personality]
+    """The server and the collaborators that run greenlets of their own."""
+    helpers = (server.personality, getattr(server, "acme", None))  # acme: ordering greenlets
+    return [server, *(helper for helper in helpers if helper is not None)]
 
 
 def _refers_to(value: Any, owners: list[Any], depth: int = 3) -> bool:

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from gnetserver import GServer
 from gnetserver.acme import AcmeManager
-from gnetserver.acme.client import describe_problem
+from gnetserver.acme.client import Response, describe_problem, retry_after
 from gnetserver.acme.http01 import Http01Responder
 from gnetserver.acme.store import AcmeStore
 from gnetserver.acme_plan import (
@@ -34,6 +35,7 @@ from gnetserver.tls.acme_alpn import (
     challenge_certificate,
     from_reverse_name,
 )
+from gnetserver.tls.selfsigned import make_self_signed
 
 WHERE = "port 127.0.0.1:443/ssl"
 
@@ -54,6 +56,9 @@ def test_settings_defaults_and_normalized_names() -> None:
     assert s.dir == os.path.abspath("rel")
     assert acme_settings({"SSL_acme_domains": "x.example", "SSL_acme_http_listen": "HTTP"},
                          WHERE).http_listen is None  # the HTTP personality answers
+    # Addresses as the CA and the issued leaf write them (else every start would reorder).
+    assert acme_settings({"SSL_acme_domains": "2001:DB8::0001 192.0.2.1"},
+                         WHERE).domains == ("2001:db8::1", "192.0.2.1")
 
 
 @pytest.mark.parametrize(("options", "words"), [
@@ -71,17 +76,21 @@ def test_settings_defaults_and_normalized_names() -> None:
     ({"SSL_acme_domains": "a.example", "SSL_acme_http_listen": "x:http"}, "[host:]port"),
     ({"SSL_acme_domains": "a.example", "SSL_acme_http_listen": "70000"}, "[host:]port"),
     ({"SSL_acme_domains": "a.example", "SSL_acme_dir": ""}, "non-empty text"),
+    ({"SSL_acme_domains": "a.example", "SSL_acme_ca_file": "/nonexistent/ca.pem"},
+     "SSL_acme_ca_file '/nonexistent/ca.pem' is not a file"),
     ({"SSL_acme_domains": "a.example", "SSL_acme_interim": "none"}, "SSL_acme_interim"),
     ({"SSL_acme_domains": "a.example", "SSL_acme_eab_kid": "k"}, "go together"),
     ({"SSL_acme_domains": "a.example", "SSL_acme_eab_kid": "k",
       "SSL_acme_eab_hmac_key": "!!!"}, "not base64url"),
+    ({"SSL_acme_domains": "a.example", "SSL_acme_eab_kid": "k",
+      "SSL_acme_eab_hmac_key": b"raw-secret"}, "text (the value is not shown"),
 ])
 def test_bad_settings_are_config_errors_naming_port_option_value(options: dict[str, Any],
                                                                  words: str) -> None:
     with pytest.raises(ConfigError) as caught:
         acme_settings(options, WHERE)
     assert str(caught.value).startswith(WHERE)
-    assert words in str(caught.value)
+    assert words in str(caught.value) and "raw-secret" not in str(caught.value)
 
 
 def test_options_table_and_identifiers() -> None:
@@ -152,6 +161,15 @@ def test_http_01_tokens_are_files_of_base64url_names_only(tmp_path: Path) -> Non
     assert store.token("tok-_1") is None
 
 
+def test_retry_after_in_seconds_or_http_date() -> None:
+    now = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.timezone.utc)
+    assert retry_after("120", now) == 120.0
+    assert retry_after("Thu, 01 Jan 2026 12:01:30 GMT", now) == 90.0
+    assert retry_after("Thu, 01 Jan 2026 11:00:00 GMT", now) == 0.0  # past: at once
+    assert retry_after(None) is None and retry_after("soon") is None
+    assert Response(429, {"Retry-After": "7"}, b"{}").retry_after == 7.0
+
+
 def test_problem_documents_read_as_one_line() -> None:
     problem = {"type": "urn:ietf:params:acme:error:rejectedIdentifier", "detail": "no",
                "subproblems": [{"type": "urn:ietf:params:acme:error:caa", "detail": "CAA",
@@ -176,7 +194,8 @@ def test_store_modes_atomic_files_and_account(tmp_path: Path) -> None:
     assert files.get("a.example") is not None and files.get("b.example") is None
     files.remove("a.example")
     assert files.get("a.example") is None
-    assert store.load(("a.example",)) is None
+    assert store.load(("a.example",), "https://ca.example/dir") is None
+    assert not (folder / "certs").exists()  # looking up a path makes no folder
     for path in [folder, *folder.rglob("*")]:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == (0o700 if path.is_dir() else 0o600), path
@@ -192,3 +211,25 @@ def test_acme_needs_proto_ssl_and_one_setting_per_name(tmp_path: Path) -> None:
              {"host": "127.0.0.1", "port": 0, "proto": "ssl", "SSL_acme_email": "x@a.example"}]
     with pytest.raises(ConfigError, match="other SSL_acme_"):
         GServer(port=ports, **common).start()
+
+
+def test_a_certificate_not_for_the_orders_key_is_not_saved(tmp_path: Path) -> None:
+    """The leaf must be for the key of the CSR (a CA answering with another order's
+    certificate would otherwise be stored with a key it does not match)."""
+    store = AcmeStore(str(tmp_path))
+    cert, key = make_self_signed(["a.example"])
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    ca = "https://ca.example/dir"
+    with pytest.raises(ValueError, match="not for the key"):
+        store.save(("a.example",), ca, pem, make_self_signed(["a.example"])[1])
+    assert store.load(("a.example",), ca) is None
+    store.save(("a.example",), ca, pem, key)
+    loaded = store.load(("a.example",), ca)
+    assert loaded is not None and loaded.chain == [cert]
+    # Per CA: a staging certificate is not the production one, but stays at hand (served
+    # until the new CA's one comes).
+    other = "https://other-ca.example/dir"
+    assert store.load(("a.example",), other) is None
+    found = store.load_other(("a.example",), other)
+    assert found is not None and found.path == loaded.path
+    assert store.load_other(("a.example",), ca) is None
