@@ -42,7 +42,7 @@ from gevent.server import StreamServer
 
 from ..conf import Conf
 from ..lifecycle import Dispatch, Lifecycle
-from ..listener import Listener
+from ..listener import EXHAUSTION_ERRNOS, AcceptBackoff, Listener
 from ..proto.datagram import Datagram
 from .hooks import ProcessHooks
 from .pending import PendingBudget
@@ -112,7 +112,8 @@ class Single:
                 self._readers.append(gevent.spawn(self._read_datagrams, handle, listener))
                 continue
             server = _Acceptor(self, listener.sock,
-                               functools.partial(self._run, handle, listener))
+                               functools.partial(self._run, handle, listener),
+                               AcceptBackoff(str(listener), self._log))
             if self._max_accept is not None:
                 server.max_accept = self._max_accept
             server.start()
@@ -308,11 +309,15 @@ class Single:
 class _Acceptor(StreamServer):
     """gevent's StreamServer, with the pending budget of a :class:`Single`: it keeps accepting
     while the pool is full of connections in their handshake, and makes room for each
-    connection it accepts (:meth:`Single._make_room`)."""
+    connection it accepts (:meth:`Single._make_room`). An accept that fails for want of
+    descriptors (or buffers, memory) pauses accepting with back-off (:class:`AcceptBackoff`:
+    one log line per burst), instead of gevent's traceback per failure."""
 
-    def __init__(self, single: Single, sock: Any, handle: Callable[..., None]) -> None:
+    def __init__(self, single: Single, sock: Any, handle: Callable[..., None],
+                 backoff: AcceptBackoff) -> None:
         super().__init__(sock, handle=handle, spawn=single._pool)
         self._single = single
+        self._backoff = backoff
         # set_spawn made the pool's ``full`` an instance attribute: replace it with ours.
         self.full = functools.partial(single._no_room, self)  # type: ignore[method-assign]
 
@@ -320,9 +325,25 @@ class _Acceptor(StreamServer):
         """Accept one connection (None when none waits) and make room for it. If no place can
         be freed, which takes every pending handshake blocking in its unwinding, the new
         connection is closed: the pool never grows past its size."""
-        accepted = super().do_read()
+        try:
+            accepted = super().do_read()
+        except OSError as exc:
+            if exc.errno not in EXHAUSTION_ERRNOS:
+                raise  # gevent's handling: fatal ones close the server, others retry
+            self._pause(self._backoff.failed(exc))
+            return None
+        if accepted is not None:
+            self._backoff.succeeded()
         if accepted is not None and not self._single._make_room():
             accepted[0].close()
             return None
         return accepted
 
+
+    def _pause(self, delay: float) -> None:
+        """Stop watching the listening socket (its queued connection keeps it readable: the
+        watcher would fire again at once) and accept again ``delay`` seconds later, unless
+        the server is closed meanwhile (``close`` stops the timer with the watcher)."""
+        self.stop_accepting()
+        self._timer = self.loop.timer(delay)
+        self._timer.start(Single._resume, self)

@@ -1,0 +1,107 @@
+"""Issue 15, exhaustion: out of descriptors, clients that never read, handlers that run out of
+memory or stack, and a handler that blocks the hub.
+
+Out of descriptors: a server in a subprocess whose open-file limit (RLIMIT_NOFILE) is set a
+few descriptors above what it holds once bound; a burst of connections past the limit makes
+``accept()`` fail with EMFILE. The server logs one line for the burst (not one per failure,
+no traceback), pauses accepting with back-off instead of spinning (its CPU time over the
+stalled period is measured from /proc), and serves again as soon as descriptors free up.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from support.net import read_line, wait_until
+from support.process import REPO, python_env
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+#: The server of the descriptor test: a line echo on a plain TCP port; once bound (in
+#: pre_loop_hook) it sets its soft RLIMIT_NOFILE to what it holds plus HEADROOM.
+FD_SERVER = """
+import os, resource, sys
+from gnetserver import GServer
+
+class Echo(GServer):
+    def pre_loop_hook(self):
+        held = len(os.listdir("/proc/self/fd"))
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (held + int(sys.argv[1]), hard))
+        print(f"limit set: {held} held + {sys.argv[1]}", file=sys.stderr, flush=True)
+
+    def process_request(self, client):
+        for line in client:
+            client.sendall(line)
+
+Echo(commandline=[], port="127.0.0.1:0/tcp", max_servers=100, log_level=2).run()
+"""
+HEADROOM = 8
+BURST = 30
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def echo(where: tuple[str, int], timeout: float = 10.0) -> bytes:
+    with socket.create_connection(where, timeout=timeout) as sock:
+        sock.sendall(b"ping\n")
+        return read_line(sock)
+
+
+def test_out_of_descriptors_one_line_per_burst_back_off_and_recovery(
+        spawn: Callable[..., Any]) -> None:
+    server = spawn([sys.executable, "-c", FD_SERVER, str(HEADROOM)], env=python_env(REPO))
+    host, port, _ = server.ports()[0]
+    where = (host, port)
+    server.wait_for("limit set")
+    assert echo(where) == b"ping\n"
+
+    held: list[socket.socket] = []
+    try:
+        for _ in range(BURST):  # the kernel completes them all: the backlog holds the rest
+            held.append(socket.create_connection(where, timeout=10))
+        server.wait_for(r"accept on .* failed: EMFILE")
+        # Stalled: descriptors are all taken and the backlog holds connections, so the
+        # listening socket stays readable. A busy loop would burn a CPU here.
+        cpu, wall = cpu_seconds(server.pid), time.monotonic()
+        time.sleep(1.5)
+        cpu, wall = cpu_seconds(server.pid) - cpu, time.monotonic() - wall
+        assert wall >= 1.0
+        assert cpu < 0.3 * wall, f"server CPU {cpu:.2f} s over {wall:.2f} s while stalled"
+        # A client queued behind the limit: not served yet.
+        late = socket.create_connection(where, timeout=10)
+        late.sendall(b"late\n")
+    finally:
+        for sock in held:
+            sock.close()
+    # Descriptors free up: the queued connections (all closed but `late`) are accepted and
+    # end, and `late` is served.
+    assert read_line(late) == b"late\n"
+    late.close()
+    assert echo(where) == b"ping\n"
+    server.wait_for(r"accept on .* works again after \d+ failed attempt")
+    assert server.count("failed: EMFILE") == 1, server.log
+    assert "Traceback" not in server.log
+
+    # A second burst, after a pause longer than AcceptBackoff.BURST_GAP, is a second line.
+    time.sleep(2.5)
+    held = []
+    try:
+        for _ in range(BURST):
+            held.append(socket.create_connection(where, timeout=10))
+        wait_until(lambda: server.count("failed: EMFILE") == 2, 10, "a second EMFILE line")
+    finally:
+        for sock in held:
+            sock.close()
+    assert echo(where) == b"ping\n"
+    assert server.count("failed: EMFILE") == 2
