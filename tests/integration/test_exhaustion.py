@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -105,3 +106,86 @@ def test_out_of_descriptors_one_line_per_burst_back_off_and_recovery(
             sock.close()
     assert echo(where) == b"ping\n"
     assert server.count("failed: EMFILE") == 2
+
+
+# -- clients that never read --------------------------------------------------------------------
+
+#: A TLS server whose "BIG" request answers RESPONSE bytes (one shared object, so the server's
+#: own buffering is what its memory shows) and whose other lines are echoed.
+SLOW_READER_SERVER = """
+import sys
+from gnetserver import GServer
+
+RESPONSE = b"x" * (4 << 20)
+
+class Big(GServer):
+    def process_request(self, client):
+        for line in client:
+            client.sendall(RESPONSE if line == b"BIG\\n" else line)
+
+Big(commandline=[], port="127.0.0.1:0/ssl", SSL_cert_file=sys.argv[1],
+    SSL_key_file=sys.argv[2], max_servers=300, max_handshakes=50, timeout_idle=2,
+    log_level=3).run()
+"""
+STALLED_READERS = 200
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_clients_that_never_read_are_cut_at_timeout_idle(
+        spawn: Callable[..., Any], certs: dict[str, str],
+        client_context: ssl.SSLContext) -> None:
+    """200 TLS clients ask for 4 MiB and never read: each write stalls on a full socket buffer
+    and the connection is cut when timeout_idle (2 s) passes without room to write; the
+    server's memory stays bounded and a well-behaved client is served throughout."""
+    server = spawn([sys.executable, "-c", SLOW_READER_SERVER, certs["SSL_cert_file"],
+                    certs["SSL_key_file"]], env=python_env(REPO))
+    host, port, _ = server.ports()[0]
+    where = (host, port)
+
+    def good_round_trip() -> None:
+        with socket.create_connection(where, timeout=10) as raw, \
+                client_context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"ping\n")
+            assert read_line(tls) == b"ping\n"
+
+    good_round_trip()
+    base_rss, base_fds = rss_kb(server.pid), fds(server.pid)
+    stalled: list[ssl.SSLSocket] = []
+    peak = base_rss
+    try:
+        for index in range(STALLED_READERS):
+            raw = socket.socket()
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # full at once
+            raw.settimeout(10)
+            raw.connect(where)
+            tls = client_context.wrap_socket(raw, server_hostname="localhost")
+            tls.sendall(b"BIG\n")
+            stalled.append(tls)
+            if index % 20 == 0:
+                good_round_trip()  # served while the stalled ones pile up
+                peak = max(peak, rss_kb(server.pid))
+
+        def all_cut() -> bool:
+            nonlocal peak
+            peak = max(peak, rss_kb(server.pid))
+            good_round_trip()  # and while they are cut
+            return server.count(r"ended: TimeoutError") >= STALLED_READERS
+
+        wait_until(all_cut, 30, f"{STALLED_READERS} stalled writers cut at timeout_idle")
+    finally:
+        for tls in stalled:
+            tls.close()
+    good_round_trip()
+    # Bounded: the server buffers one TLS record or so per stalled connection, never the
+    # response (measured about 10 kB per connection; the bound leaves room for heap noise).
+    assert peak - base_rss < 100 * STALLED_READERS, (base_rss, peak)
+    wait_until(lambda: fds(server.pid) <= base_fds, 10, "the server's descriptors to go back")
+    assert "Traceback" not in server.log
