@@ -41,6 +41,7 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from ..conf import Conf
+from ..hubwatch import BlockingDetector
 from ..lifecycle import Dispatch, Lifecycle
 from ..listener import EXHAUSTION_ERRNOS, AcceptBackoff, Listener
 from ..proto.datagram import Datagram
@@ -84,6 +85,8 @@ class Single:
         self._unreported = 0  # ... of which no log line spoke yet
         self._reported_at = float("-inf")
         self._log: Callable[[int, str], None] | None = None
+        self._max_blocking_time = conf.max_blocking_time
+        self._blocking: BlockingDetector | None = None
 
     @property
     def datagrams_dropped(self) -> int:
@@ -107,6 +110,9 @@ class Single:
         one reader greenlet per datagram listener, spawning into the datagram pool
         (``hooks``: their ``log`` reports dropped datagrams; one process has no workers)."""
         self._log = hooks.log if hooks is not None else None
+        if self._max_blocking_time > 0:  # the hub-blocking detector: this process's hub
+            self._blocking = BlockingDetector(self._max_blocking_time, self._log)
+            self._blocking.start()
         for listener in listeners:
             if listener.is_datagram:
                 self._readers.append(gevent.spawn(self._read_datagrams, handle, listener))
@@ -301,9 +307,12 @@ class Single:
 
     def kill_connections(self) -> None:
         """Kill the connections and datagrams left (their clients are aborted), waiting up to
-        a second."""
+        a second; the hub-blocking detector, if any, stops (the drain ends here)."""
         self._pool.kill(block=True, timeout=1)
         self._datagram_pool.kill(block=True, timeout=1)
+        if self._blocking is not None:
+            self._blocking.stop()
+            self._blocking = None
 
 
 class _Acceptor(StreamServer):

@@ -10,6 +10,7 @@ stalled period is measured from /proc), and serves again as soon as descriptors 
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import ssl
@@ -18,8 +19,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from support.net import read_line, wait_until
+import pytest
+from support.net import address, read_line, read_until_eof, wait_until
 from support.process import REPO, python_env
+
+from gnetserver import GServer
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -189,3 +193,76 @@ def test_clients_that_never_read_are_cut_at_timeout_idle(
     assert peak - base_rss < 100 * STALLED_READERS, (base_rss, peak)
     wait_until(lambda: fds(server.pid) <= base_fds, 10, "the server's descriptors to go back")
     assert "Traceback" not in server.log
+
+
+# -- handlers that run out of memory or stack, or block the hub ---------------------------------
+
+
+class Faults(GServer):
+    """Each line names what the handler does: ``memory`` (a MemoryError from a real, too large
+    allocation), ``recursion`` (a RecursionError from unbounded recursion), ``block`` (sleeps
+    2 s in the hub: time.sleep without monkey patching); any other line is echoed."""
+
+    def process_request(self, client: Any) -> None:
+        for line in client:
+            command = line.strip()
+            if command == b"memory":
+                client.data["buffer"] = bytearray(1 << 60)
+            elif command == b"recursion":
+                def deeper(depth: int) -> int:
+                    return deeper(depth + 1) + 1
+                deeper(0)
+            elif command == b"block":
+                time.sleep(2)  # blocks the whole hub: nothing else runs for 2 s
+            client.sendall(line)
+
+
+def connect(server: GServer) -> socket.socket:
+    return socket.create_connection(address(server), timeout=10)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("fault", ["memory", "recursion"])
+def test_memory_and_recursion_errors_end_that_connection_only(
+        serve: Callable[..., GServer], caplog: pytest.LogCaptureFixture, fault: str) -> None:
+    server = serve(Faults, port="127.0.0.1:0/tcp", log_level=3)
+    with connect(server) as bystander, connect(server) as victim:
+        bystander.sendall(b"before\n")
+        assert read_line(bystander) == b"before\n"
+        victim.sendall(fault.encode() + b"\n")
+        assert read_until_eof(victim) == b""  # closed: that connection ends
+        bystander.sendall(b"after\n")  # an established one goes on
+        assert read_line(bystander) == b"after\n"
+    with connect(server) as fresh:  # and new ones are served
+        fresh.sendall(b"hello\n")
+        assert read_line(fresh) == b"hello\n"
+    name = {"memory": "MemoryError", "recursion": "RecursionError"}[fault]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and name in errors[0], errors
+    assert errors[0].startswith("Error in connection")
+
+
+@pytest.mark.timeout(30)
+def test_a_handler_blocking_the_hub_is_reported_and_the_server_carries_on(
+        serve: Callable[..., GServer], caplog: pytest.LogCaptureFixture) -> None:
+    server = serve(Faults, port="127.0.0.1:0/tcp", log_level=3, max_blocking_time=0.5)
+    with connect(server) as blocker, connect(server) as other:
+        blocker.sendall(b"block\n")
+        other.sendall(b"meanwhile\n")
+        assert read_line(other) == b"meanwhile\n"  # served once the hub runs again
+        assert read_line(blocker) == b"block\n"
+    reports = wait_until(lambda: [r for r in caplog.records if "hub was blocked" in
+                                  r.getMessage()], 10, "the blocking report")
+    assert len(reports) == 1, [r.getMessage() for r in reports]  # one line per episode
+    report = reports[0]
+    assert report.levelno == logging.ERROR  # Net::Server level 1
+    text = report.getMessage()
+    assert "Faults.process_request" in text and "test_exhaustion.py" in text, text
+    assert "max_blocking_time 0.5" in text
+    with connect(server) as fresh:
+        fresh.sendall(b"hello\n")
+        assert read_line(fresh) == b"hello\n"
+
+
+def test_max_blocking_time_off_by_default() -> None:
+    assert GServer(commandline=[]).conf.max_blocking_time == 0.0
