@@ -23,7 +23,9 @@ import pytest
 from support.net import address, read_line, read_until_eof, wait_until
 from support.process import REPO, python_env
 
-from gnetserver import GServer
+from gnetserver import ConfigError, GServer
+from gnetserver.conf import plan_conf
+from gnetserver.options import OPTIONS, table
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -31,7 +33,9 @@ TICKS = os.sysconf("SC_CLK_TCK")
 #: pre_loop_hook) it sets its soft RLIMIT_NOFILE to what it holds plus HEADROOM.
 FD_SERVER = """
 import os, resource, sys
-from gnetserver import GServer
+from gnetserver import ConfigError, GServer
+from gnetserver.conf import plan_conf
+from gnetserver.options import OPTIONS, table
 
 class Echo(GServer):
     def pre_loop_hook(self):
@@ -118,7 +122,9 @@ def test_out_of_descriptors_one_line_per_burst_back_off_and_recovery(
 #: own buffering is what its memory shows) and whose other lines are echoed.
 SLOW_READER_SERVER = """
 import sys
-from gnetserver import GServer
+from gnetserver import ConfigError, GServer
+from gnetserver.conf import plan_conf
+from gnetserver.options import OPTIONS, table
 
 RESPONSE = b"x" * (4 << 20)
 
@@ -264,5 +270,21 @@ def test_a_handler_blocking_the_hub_is_reported_and_the_server_carries_on(
         assert read_line(fresh) == b"hello\n"
 
 
-def test_max_blocking_time_off_by_default() -> None:
-    assert GServer(commandline=[]).conf.max_blocking_time == 0.0
+@pytest.mark.parametrize(("given", "expected"), [(None, 0.0), ("0", 0.0), ("0.25", 0.25),
+                                                ("-1", "greater than 0"),
+                                                ("abc", "number of seconds")])
+def test_max_blocking_time_option(given: str | None, expected: float | str) -> None:
+    """Off by default; bad values are ConfigErrors naming the option and the value."""
+    known = table(OPTIONS)
+    constructor = {} if given is None else {"max_blocking_time": given}
+
+    def plan() -> float:
+        conf, _ = plan_conf(known, constructor=constructor, commandline=[], run_args={},
+                            default_values={}, environ={})
+        return conf.max_blocking_time
+
+    if isinstance(expected, float):
+        assert plan() == expected
+        return
+    with pytest.raises(ConfigError, match=f"max_blocking_time.*{given}.*{expected}"):
+        plan()
