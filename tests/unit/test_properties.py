@@ -27,7 +27,8 @@ from gnetserver import access, config, ports, proxyproto, truth
 from gnetserver.errors import ConfigError
 from gnetserver.options import OPTIONS, table
 
-pytestmark = pytest.mark.timeout(60)
+# Bounded: the ci profile's tests take a second or so each; a long profile gets more time.
+pytestmark = pytest.mark.timeout(60 if settings.default.max_examples <= 100 else 1200)
 
 # -- text strategies ---------------------------------------------------------------------------
 
