@@ -21,6 +21,13 @@ Rules of this module:
   queue, and it drops what overflows it. Drops are logged at level 2, at most one line per
   :data:`DROP_REPORT_SECONDS` (the count since the last line), and once more when
   accepting stops. Datagram greenlets are never evicted (they have no handshake).
+* An accept that fails for want of descriptors, buffers or memory (EMFILE, ENFILE, ENOBUFS,
+  ENOMEM) pauses that listener's accepting with back-off (20 ms doubling to 0.5 s, reset by an
+  accept that works), logged once per burst (:class:`~gnetserver.listener.AcceptBackoff`):
+  no busy loop, no traceback per failure; the backlog holds the waiting connections.
+* With ``max_blocking_time``, :meth:`Single.start` starts the hub-blocking detector
+  (:mod:`gnetserver.hubwatch`) for this process's hub; :meth:`Single.kill_connections`, the
+  end of every drain, stops it.
 * The loop is the lifecycle's wait for a stop: the hub accepts meanwhile.
 * Stopping: :meth:`Single.stop_accepting` closes the StreamServers, and so their listening
   sockets (the server's last close first accepts what the kernel queued on them), and kills
@@ -347,7 +354,6 @@ class _Acceptor(StreamServer):
             accepted[0].close()
             return None
         return accepted
-
 
     def _pause(self, delay: float) -> None:
         """Stop watching the listening socket (its queued connection keeps it readable: the
