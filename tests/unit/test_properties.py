@@ -411,3 +411,31 @@ def test_pipelined_requests_read_the_same_however_they_are_split(
     expected = [(method, target, body) for method, target, body, _ in requests]
     assert read_all([wire]) == (expected, None)
     assert read_all(split(wire, cuts)) == (expected, None)
+
+
+header_lines = st.one_of(st.sampled_from([
+    "Host: a", "Content-Length: 5", "Content-Length: -1", "Content-Length: 99999999999999999999",
+    "Transfer-Encoding: chunked", "Transfer-Encoding: gzip, chunked", "Expect: 100-continue",
+    "Expect: bogus", "Connection: close", "Content-Length: 3, 3", "X: \x80\xff", " folded",
+    "Upgrade: h2c", "Connection: upgrade", "X: " + "y" * 600]), st.text(max_size=20))
+
+
+@given(st.sampled_from(["GET", "POST", "CONNECT", "OPTIONS", "PRI", "FOO", "get"]),
+       st.sampled_from(["/", "*", "http://a/b", "a:1", "/" + "x" * 600]),
+       st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/0.9", "HTTP/1.1x"]),
+       st.lists(header_lines, max_size=5), st.binary(max_size=100),
+       st.lists(st.integers(0, 1000), max_size=5), st.integers(1, 3))
+def test_http_reader_on_near_miss_requests(method: str, target: str, version: str,
+                                           headers: list[str], body: bytes, cuts: list[int],
+                                           count: int) -> None:
+    """Requests close to valid ones (smuggling-prone framing, odd versions, oversized
+    targets and headers, pipelined ``count`` times, split anywhere): an HTTPError with a
+    status or the end of the stream, never another exception, and the limits hold."""
+    one = (f"{method} {target} {version}\r\n" + "".join(h + "\r\n" for h in headers)
+           + "\r\n").encode("utf-8", "surrogateescape") + body
+    got, end = read_all(split(one * count, cuts))
+    assert end is None or end.startswith("HTTPError") or end == "ConnectionError", end
+    assert all(len(request_body) <= MAX_BODY for _, _, request_body in got)
+    head = one.split(b"\r\n\r\n", 1)[0]
+    if len(head) + 4 > MAX_HEADER:  # a head over max_header_size is never served
+        assert not got and end is not None and end.startswith("HTTPError"), (got, end)
