@@ -288,3 +288,33 @@ def test_max_blocking_time_option(given: str | None, expected: float | str) -> N
         return
     with pytest.raises(ConfigError, match=f"max_blocking_time.*{given}.*{expected}"):
         plan()
+
+
+#: A PreFork server (one worker) whose handler blocks its worker's hub for 1.5 s.
+PREFORK_BLOCKING_SERVER = """
+import time
+from gnetserver import GServer
+
+class Blocking(GServer):
+    def process_request(self, client):
+        line = client.readline()
+        time.sleep(1.5)
+        client.sendall(line)
+
+Blocking(commandline=[], port="127.0.0.1:0/tcp", server_type="PreFork", workers=1,
+         max_blocking_time=0.5).run()
+"""
+
+
+@pytest.mark.timeout(30)
+def test_max_blocking_time_in_a_prefork_worker(spawn: Callable[..., Any]) -> None:
+    """The detector runs in each worker (the process whose hub serves): the report comes from
+    the worker and names the handler."""
+    server = spawn([sys.executable, "-c", PREFORK_BLOCKING_SERVER], env=python_env(REPO),
+                   terminate=True)
+    host, port, _ = server.ports()[0]
+    assert echo((host, port)) == b"ping\n"
+    report = server.wait_for(r"The hub was blocked for at least [\d.]+ s "
+                             r"\(max_blocking_time 0\.5\).*Blocked in Blocking\.process_request")
+    assert "<string>" in report.string
+    assert server.count("hub was blocked") == 1
