@@ -49,8 +49,10 @@ setup(
             "mypy>=2.4",
             "types-gevent>=26.9",
             "import-linter>=2.17",
+            # property-based tests of the parsers (tests/unit/test_properties.py)
+            "hypothesis>=6.100",
         ],
-        "bench": ["psutil>=5.9"],
+        "bench": ["psutil>=5.9", "matplotlib>=3.7"],  # matplotlib: bench/soak.py's plot
     },
     entry_points={"console_scripts": ["gnetserver = gnetserver.__main__:main"]},
 )

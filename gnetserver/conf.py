@@ -154,6 +154,7 @@ class Conf(Mapping[str, Any]):
     tied_stdin_callback: Callable[..., Any] | None
     check_for_dequeue: float
     monkey_patch: bool
+    max_blocking_time: float
     # -- TLS (the SSL_* options are read by name: conf["SSL_cert_file"])
     self_signed: bool
     # -- Monitoring (SSL_cert_expiry_warning is read by name, as every SSL_* option)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -73,3 +77,80 @@ class Listener:
 
     def __str__(self) -> str:
         return self._text
+
+
+#: ``accept()`` errors that say the process or the system ran out of something (descriptors,
+#: buffers, memory) rather than that the listening socket is broken: accepting pauses and is
+#: retried (:class:`AcceptBackoff`); the waiting connections stay in the kernel's backlog.
+EXHAUSTION_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class AcceptBackoff:
+    """What one listener's acceptor does when ``accept()`` fails for want of resources
+    (:data:`EXHAUSTION_ERRNOS`): it stops watching the socket (the queued connection keeps it
+    readable, so watching it would spin) and retries after :meth:`failed`'s delay, which
+    starts at :attr:`MIN_DELAY` and doubles up to :attr:`MAX_DELAY` while the failures go on
+    (the longest a freed descriptor waits to be used); an accept that works resets it.
+
+    Logging, never a line (or a traceback) per failed accept: failures less than
+    :attr:`BURST_GAP` seconds apart are one burst. Its first failure logs one level-1 line;
+    the first accept that works again logs one level-2 line (how many attempts failed, for
+    how long). A server that stays at its limit, each freed descriptor taken at once, thus
+    logs one pair of lines, not one per failure.
+
+    Args:
+        where: the listener's text, for the log lines.
+        log: ``log(level, message)``, the server's log; None logs nothing.
+    """
+
+    #: The first retry delay, and the longest (seconds).
+    MIN_DELAY = 0.02
+    MAX_DELAY = 0.5
+    #: Failures this many seconds apart or more belong to two bursts (two lines).
+    BURST_GAP = 2.0
+
+    def __init__(self, where: str, log: Callable[[int, str], None] | None) -> None:
+        self._where = where
+        self._log = log
+        self._delay = self.MIN_DELAY
+        self._last_failure = float("-inf")
+        self._since = 0.0  # when the burst started
+        self._failures = 0  # failed attempts of the burst before its first success
+        self._recovered = True  # the burst's first success was logged (or no burst yet)
+        self._total = 0  # failed accepts since the start
+
+    @property
+    def failures(self) -> int:
+        """Failed accepts (exhaustion errors) since the start."""
+        return self._total
+
+    def failed(self, exc: OSError) -> float:
+        """Count a failed accept (an exhaustion error); the first of a burst is logged.
+        Returns the seconds to wait before accepting again."""
+        now = time.monotonic()
+        if now - self._last_failure >= self.BURST_GAP:
+            self._since, self._failures, self._recovered = now, 0, False
+            if self._log is not None:
+                name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+                self._log(1, f"accept on {self._where} failed: {name} "
+                             f"({os.strerror(exc.errno or 0)}); accepting pauses, retried "
+                             f"with back-off up to {self.MAX_DELAY} s (one line per burst; "
+                             f"{self._total} failed before)")
+        self._last_failure = now
+        if not self._recovered:
+            self._failures += 1
+        self._total += 1
+        delay = self._delay
+        self._delay = min(self.MAX_DELAY, self._delay * 2)
+        return delay
+
+    def succeeded(self) -> None:
+        """An accept worked: the back-off starts again from its shortest delay; the first
+        success of a burst is logged (level 2)."""
+        self._delay = self.MIN_DELAY
+        if self._recovered:
+            return
+        self._recovered = True
+        if self._log is not None:
+            self._log(2, f"accept on {self._where} works again after {self._failures} failed "
+                         f"attempt(s) over {time.monotonic() - self._since:.1f} s")

@@ -470,6 +470,17 @@ _PORTING: Sequence[Option] = (
            "ssl classes: then patch at the very top of the program (`from gevent import "
            "monkey; monkey.patch_all()`) or run `gnetserver --monkey-patch`. "
            "See also run_blocking().", PORTING),
+    Option("max_blocking_time", 0.0, seconds_or_zero,
+           "Seconds the gevent hub may run one greenlet without a switch before it is "
+           "reported (0: off, the default): a handler that calls blocking code without "
+           "monkey patching (time.sleep, a stdlib socket) or computes for long stops every "
+           "connection of its process meanwhile. On, gevent's monitor thread watches the hub "
+           "of each serving process (Single, each PreFork worker) and each blocking episode "
+           "gives one level-1 log line, written when the hub runs again, naming the code that "
+           "blocked (its innermost frames) and how long at least; the server carries on. "
+           "Costs a trace call per greenlet switch (so off by default); try 0.5 while "
+           "porting blocking code. Sets gevent.config.monitor_thread and max_blocking_time "
+           "(process-wide) and turns gevent's own blocking reports on stderr off.", PORTING),
 )
 
 _TLS: Sequence[Option] = (

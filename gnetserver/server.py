@@ -19,7 +19,11 @@ Rules of this module:
   run in the connection's own greenlet and receive the :class:`~gnetserver.client.Client`;
   many connections share the server object, so keep per-connection state on the client.
 * An exception in a per-connection hook ends that connection only: it is logged (level 1 with
-  a traceback; timeouts and disconnects at level 3 without) and the client is closed.
+  a traceback; timeouts and disconnects at level 3 without) and the client is closed. So do
+  MemoryError and RecursionError (Exceptions, on purpose not fatal to the server): one
+  oversized allocation or one runaway recursion is undone as the connection's greenlet
+  unwinds, and the other connections never saw it; a process really out of memory is ended by
+  the kernel's OOM killer, which no handler code could prevent.
 """
 
 from __future__ import annotations

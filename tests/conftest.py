@@ -224,3 +224,17 @@ def start_sigserver(spawn: Callable[..., Any], tmp_path: Path,
     """``start_sigserver(*args)``: the signal tests' server (support.sigserver) started in
     tmp_path with the test certificate and the command line ``args``; killed at teardown."""
     return lambda *args: spawn(tmp_path, certs, *args, factory=SignalServerProcess)
+
+
+# -- hypothesis (tests/unit/test_properties.py) -------------------------------------------------
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# "ci", the default: a fixed seed and few examples, so the suite stays fast and repeatable.
+# "long": ``pytest --hypothesis-profile=long tests/unit/test_properties.py`` for a deeper run
+# (a random seed each time, many more examples; a failure prints the seed to reproduce it).
+settings.register_profile("ci", derandomize=True, max_examples=60, deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=5000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci")

@@ -21,6 +21,13 @@ Rules of this module:
   queue, and it drops what overflows it. Drops are logged at level 2, at most one line per
   :data:`DROP_REPORT_SECONDS` (the count since the last line), and once more when
   accepting stops. Datagram greenlets are never evicted (they have no handshake).
+* An accept that fails for want of descriptors, buffers or memory (EMFILE, ENFILE, ENOBUFS,
+  ENOMEM) pauses that listener's accepting with back-off (20 ms doubling to 0.5 s, reset by an
+  accept that works), logged once per burst (:class:`~gnetserver.listener.AcceptBackoff`):
+  no busy loop, no traceback per failure; the backlog holds the waiting connections.
+* With ``max_blocking_time``, :meth:`Single.start` starts the hub-blocking detector
+  (:mod:`gnetserver.hubwatch`) for this process's hub; :meth:`Single.kill_connections`, the
+  end of every drain, stops it.
 * The loop is the lifecycle's wait for a stop: the hub accepts meanwhile.
 * Stopping: :meth:`Single.stop_accepting` closes the StreamServers, and so their listening
   sockets (the server's last close first accepts what the kernel queued on them), and kills
@@ -41,8 +48,9 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from ..conf import Conf
+from ..hubwatch import BlockingDetector
 from ..lifecycle import Dispatch, Lifecycle
-from ..listener import Listener
+from ..listener import EXHAUSTION_ERRNOS, AcceptBackoff, Listener
 from ..proto.datagram import Datagram
 from .hooks import ProcessHooks
 from .pending import PendingBudget
@@ -84,6 +92,8 @@ class Single:
         self._unreported = 0  # ... of which no log line spoke yet
         self._reported_at = float("-inf")
         self._log: Callable[[int, str], None] | None = None
+        self._max_blocking_time = conf.max_blocking_time
+        self._blocking: BlockingDetector | None = None
 
     @property
     def datagrams_dropped(self) -> int:
@@ -107,12 +117,16 @@ class Single:
         one reader greenlet per datagram listener, spawning into the datagram pool
         (``hooks``: their ``log`` reports dropped datagrams; one process has no workers)."""
         self._log = hooks.log if hooks is not None else None
+        if self._max_blocking_time > 0:  # the hub-blocking detector: this process's hub
+            self._blocking = BlockingDetector(self._max_blocking_time, self._log)
+            self._blocking.start()
         for listener in listeners:
             if listener.is_datagram:
                 self._readers.append(gevent.spawn(self._read_datagrams, handle, listener))
                 continue
             server = _Acceptor(self, listener.sock,
-                               functools.partial(self._run, handle, listener))
+                               functools.partial(self._run, handle, listener),
+                               AcceptBackoff(str(listener), self._log))
             if self._max_accept is not None:
                 server.max_accept = self._max_accept
             server.start()
@@ -300,19 +314,26 @@ class Single:
 
     def kill_connections(self) -> None:
         """Kill the connections and datagrams left (their clients are aborted), waiting up to
-        a second."""
+        a second; the hub-blocking detector, if any, stops (the drain ends here)."""
         self._pool.kill(block=True, timeout=1)
         self._datagram_pool.kill(block=True, timeout=1)
+        if self._blocking is not None:
+            self._blocking.stop()
+            self._blocking = None
 
 
 class _Acceptor(StreamServer):
     """gevent's StreamServer, with the pending budget of a :class:`Single`: it keeps accepting
     while the pool is full of connections in their handshake, and makes room for each
-    connection it accepts (:meth:`Single._make_room`)."""
+    connection it accepts (:meth:`Single._make_room`). An accept that fails for want of
+    descriptors (or buffers, memory) pauses accepting with back-off (:class:`AcceptBackoff`:
+    one log line per burst), instead of gevent's traceback per failure."""
 
-    def __init__(self, single: Single, sock: Any, handle: Callable[..., None]) -> None:
+    def __init__(self, single: Single, sock: Any, handle: Callable[..., None],
+                 backoff: AcceptBackoff) -> None:
         super().__init__(sock, handle=handle, spawn=single._pool)
         self._single = single
+        self._backoff = backoff
         # set_spawn made the pool's ``full`` an instance attribute: replace it with ours.
         self.full = functools.partial(single._no_room, self)  # type: ignore[method-assign]
 
@@ -320,9 +341,24 @@ class _Acceptor(StreamServer):
         """Accept one connection (None when none waits) and make room for it. If no place can
         be freed, which takes every pending handshake blocking in its unwinding, the new
         connection is closed: the pool never grows past its size."""
-        accepted = super().do_read()
+        try:
+            accepted = super().do_read()
+        except OSError as exc:
+            if exc.errno not in EXHAUSTION_ERRNOS:
+                raise  # gevent's handling: fatal ones close the server, others retry
+            self._pause(self._backoff.failed(exc))
+            return None
+        if accepted is not None:
+            self._backoff.succeeded()
         if accepted is not None and not self._single._make_room():
             accepted[0].close()
             return None
         return accepted
 
+    def _pause(self, delay: float) -> None:
+        """Stop watching the listening socket (its queued connection keeps it readable: the
+        watcher would fire again at once) and accept again ``delay`` seconds later, unless
+        the server is closed meanwhile (``close`` stops the timer with the watcher)."""
+        self.stop_accepting()
+        self._timer = self.loop.timer(delay)
+        self._timer.start(Single._resume, self)
