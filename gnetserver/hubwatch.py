@@ -76,6 +76,7 @@ class BlockingDetector:
         self._limit = max_blocking_time
         self._log = log
         self._hub: Hub | None = None
+        self._own_thread = False  # start() started the hub's monitor thread (stop() ends it)
         self._lock = threading.Lock()  # a real lock: the monitor thread takes it too
         # (where, when first seen) of an episode not logged yet
         self._pending: tuple[str, float] | None = None
@@ -100,18 +101,22 @@ class BlockingDetector:
             config.max_blocking_time = self._limit
             config.print_blocking_reports = False
         hub = self._hub = gevent.get_hub()
+        # A monitor thread already there (GEVENT_MONITOR_THREAD_ENABLE) is not ours to stop.
+        self._own_thread = hub.periodic_monitoring_thread is None
         with warnings.catch_warnings():  # "install psutil": memory monitoring is not ours
             warnings.simplefilter("ignore")
             hub.start_periodic_monitoring_thread()
         gevent.events.subscribers.append(self._on_event)
 
     def stop(self) -> None:
-        """Unsubscribe and stop the hub's monitor thread (it ends within its period); the last
-        running detector of the process puts gevent's settings back."""
+        """Unsubscribe and stop the hub's monitor thread if :meth:`start` started it (it ends
+        within its period); the last running detector of the process puts gevent's settings
+        back."""
         with contextlib.suppress(ValueError):
             gevent.events.subscribers.remove(self._on_event)
         hub, self._hub = self._hub, None
-        if hub is not None and hub.periodic_monitoring_thread is not None:
+        if (hub is not None and self._own_thread
+                and hub.periodic_monitoring_thread is not None):
             hub.periodic_monitoring_thread.kill()
             hub.periodic_monitoring_thread = None
         config = gevent.config

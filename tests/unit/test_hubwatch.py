@@ -45,3 +45,22 @@ def test_the_last_detector_stopped_restores_gevent_settings() -> None:
     first.stop()
     first.stop()  # twice: harmless
     assert settings() == before
+
+
+def test_a_monitor_thread_started_before_is_left_running() -> None:
+    """GEVENT_MONITOR_THREAD_ENABLE (or the program) started the hub's monitor thread: a
+    detector watches through it and leaves it running when it stops."""
+
+    def body() -> tuple[bool, bool]:
+        hub, before = gevent.get_hub(), gevent.config.monitor_thread
+        gevent.config.monitor_thread = True
+        try:
+            thread = hub.start_periodic_monitoring_thread()
+            detector = BlockingDetector(0.5, None)
+            detector.start()
+            detector.stop()
+            return hub.periodic_monitoring_thread is thread, thread.should_run
+        finally:
+            gevent.config.monitor_thread = before
+
+    assert in_hub_thread(body) == (True, True)  # (the hub's destruction ends it)
