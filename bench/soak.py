@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from servers import REPO, TICKS, WatchedStderr, positive, stop_process, write_certificate
+from servers import REPO, ServerProcess, positive, stop_process, write_certificate
 
 SAMPLE_SECONDS = 10.0
 ROUNDS_PER_CONNECTION = 20
@@ -120,10 +120,13 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-class SoakProcess(WatchedStderr):
-    """The soak server subprocess; its facts from /proc and its control port."""
+class SoakProcess(ServerProcess):
+    """The soak server subprocess; its facts from /proc (``rss_kb`` and ``cpu_seconds`` are
+    :class:`ServerProcess`'s) and its control port."""
 
-    def __init__(self, cert: str, key: str, ports: list[int], hup_grace: float) -> None:
+    def __init__(self, cert: str, key: str, ports: list[int]) -> None:  # not echo_tls.py's
+        self.kind = "soak"
+        self.tree = REPO
         self.ports = ports
         path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(
@@ -134,12 +137,13 @@ class SoakProcess(WatchedStderr):
         self.pid = self.proc.pid
         self._watch_stderr()
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 30.0) -> tuple[str, int]:
+        """Block until the control port answers; raise with the server's stderr if not."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 self.command("STATUS")
-                return
+                return ("127.0.0.1", self.ports[2])
             except OSError:
                 if self.proc.poll() is not None:
                     break
@@ -155,22 +159,11 @@ class SoakProcess(WatchedStderr):
     def greenlets(self) -> int:
         return int(self.command("STATUS").split()[1])
 
-    def rss_kb(self) -> int:
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
-
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
-    def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS
-
     def stop(self) -> None:
+        """TERM, with time for the drain (graceful_timeout 10) before a KILL."""
         stop_process(self.proc, 15)
         self._reader.join(5)
 
@@ -332,7 +325,7 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     folder = tempfile.mkdtemp(prefix="soak-")
     cert, key = write_certificate(Path(folder), "ecdsa")
-    server = SoakProcess(cert, key, free_ports(3), args.graceful)
+    server = SoakProcess(cert, key, free_ports(3))
     samples: list[Sample] = []
     checks: list[str] = []  # failed end-of-cycle checks
     hups: list[float] = []
@@ -495,7 +488,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pause", type=float, default=0.05,
                         help="seconds each client rests between connections (default 0.05)")
     parser.add_argument("--hup", type=int, default=1, help="1: HUP every cycle (default); 0: no")
-    parser.add_argument("--graceful", type=float, default=10.0, help=argparse.SUPPRESS)
     parser.add_argument("--out", default="soak", help="output path without suffix")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cert", help=argparse.SUPPRESS)

@@ -18,7 +18,9 @@ Rules of this module:
 * gevent's own configuration is process-wide: starting a detector sets
   ``gevent.config.monitor_thread`` and ``max_blocking_time`` (the last started wins when
   servers of one process differ) and turns gevent's own printing of blocking reports to
-  stderr off (the log line replaces it).
+  stderr off (the log line replaces it). Stopping the last running detector of the process
+  puts the three settings back as they were before the first started (else every hub started
+  later in the process, a server's in a thread for one, would run a monitor thread too).
 """
 
 from __future__ import annotations
@@ -38,6 +40,13 @@ from gevent.hub import Hub
 
 #: How many frames of the blocked code the log line names (innermost first).
 FRAMES = 4
+
+# The detectors of this process started and not stopped yet, and gevent's settings from before
+# the first of them started (restored when the last stops); under _CONFIG_LOCK (hubs of
+# several threads start and stop them).
+_CONFIG_LOCK = threading.Lock()
+_running: list[BlockingDetector] = []
+_saved: tuple[bool, float, bool] = (False, 0.0, True)
 
 
 def describe_frames(frame: types.FrameType | None, depth: int = FRAMES) -> str:
@@ -67,6 +76,7 @@ class BlockingDetector:
         self._limit = max_blocking_time
         self._log = log
         self._hub: Hub | None = None
+        self._own_thread = False  # start() started the hub's monitor thread (stop() ends it)
         self._lock = threading.Lock()  # a real lock: the monitor thread takes it too
         # (where, when first seen) of an episode not logged yet
         self._pending: tuple[str, float] | None = None
@@ -80,23 +90,45 @@ class BlockingDetector:
     def start(self) -> None:
         """Start gevent's monitor thread for this thread's hub (if it has none yet) and
         subscribe to its reports."""
-        gevent.config.monitor_thread = True
-        gevent.config.max_blocking_time = self._limit
-        gevent.config.print_blocking_reports = False
+        global _saved
+        config = gevent.config
+        with _CONFIG_LOCK:
+            if not _running:
+                _saved = (config.monitor_thread, config.max_blocking_time,
+                          config.print_blocking_reports)
+            _running.append(self)
+            config.monitor_thread = True
+            config.max_blocking_time = self._limit
+            config.print_blocking_reports = False
         hub = self._hub = gevent.get_hub()
+        # A monitor thread already there (GEVENT_MONITOR_THREAD_ENABLE) is not ours to stop.
+        self._own_thread = hub.periodic_monitoring_thread is None
         with warnings.catch_warnings():  # "install psutil": memory monitoring is not ours
             warnings.simplefilter("ignore")
             hub.start_periodic_monitoring_thread()
         gevent.events.subscribers.append(self._on_event)
 
     def stop(self) -> None:
-        """Unsubscribe and stop the hub's monitor thread (it ends within its period)."""
+        """Unsubscribe and stop the hub's monitor thread if :meth:`start` started it (it ends
+        within its period); the last running detector of the process puts gevent's settings
+        back."""
         with contextlib.suppress(ValueError):
             gevent.events.subscribers.remove(self._on_event)
         hub, self._hub = self._hub, None
-        if hub is not None and hub.periodic_monitoring_thread is not None:
+        if (hub is not None and self._own_thread
+                and hub.periodic_monitoring_thread is not None):
             hub.periodic_monitoring_thread.kill()
             hub.periodic_monitoring_thread = None
+        config = gevent.config
+        with _CONFIG_LOCK:
+            if self not in _running:
+                return
+            _running.remove(self)
+            if _running:  # another server's monitor goes on, with its own limit
+                config.max_blocking_time = _running[-1]._limit
+            else:
+                (config.monitor_thread, config.max_blocking_time,
+                 config.print_blocking_reports) = _saved
 
     def _on_event(self, event: Any) -> None:
         """In the monitor thread: an event of gevent's; ours are EventLoopBlocked of our hub."""

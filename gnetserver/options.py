@@ -479,8 +479,9 @@ _PORTING: Sequence[Option] = (
            "gives one level-1 log line, written when the hub runs again, naming the code that "
            "blocked (its innermost frames) and how long at least; the server carries on. "
            "Costs a trace call per greenlet switch (so off by default); try 0.5 while "
-           "porting blocking code. Sets gevent.config.monitor_thread and max_blocking_time "
-           "(process-wide) and turns gevent's own blocking reports on stderr off.", PORTING),
+           "porting blocking code. While the server serves, sets gevent.config.monitor_thread "
+           "and max_blocking_time (process-wide) and turns gevent's own blocking reports on "
+           "stderr off; put back as they were when it stops.", PORTING),
 )
 
 _TLS: Sequence[Option] = (
