@@ -78,9 +78,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # servers, prefork beside this file
 
-from prefork import _proc_times, _seconds, children_cpu, tool_versions  # noqa: E402
+from prefork import _proc_times, children_cpu, tool_versions  # noqa: E402
 from servers import (  # noqa: E402
-    BENCH, KEY_TYPES, REPO, positive, raise_fd_limit, stop_process, write_certificate)
+    BENCH,
+    KEY_TYPES,
+    REPO,
+    positive,
+    raise_fd_limit,
+    stop_process,
+    write_certificate,
+)
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 OK_CLOSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
