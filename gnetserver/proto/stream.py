@@ -7,10 +7,15 @@ Rules of this module:
   (a :class:`~gnetserver.tls.TLSConnection` on ssl ports, a
   :class:`~gnetserver.proto.ssleay.SSLeayConnection` on ssleay ports: both are
   :class:`TLSSession` objects). It owns its socket from then on.
-* ``io`` is the object reads and writes go through (the socket, or the TLS connection), the
-  one I/O surface of a stream: a Client calls ``io.recv``/``io.sendall``... directly, so a read
-  costs what a read on that object costs, and a stream keeps no per-connection cache of bound
-  methods (measured: five of them were +0.3 kB per idle connection).
+* ``io`` is the object reads and writes go through (:class:`PlainIO` over the socket, or the
+  TLS connection), the one I/O surface of a stream: a Client calls ``io.recv``/``io.sendall``...
+  directly, so a read costs what a read on that object costs, and a stream keeps no
+  per-connection cache of bound methods (measured: five of them were +0.3 kB per idle
+  connection).
+* Waits have one deadline per connection (:class:`~gnetserver.tls.waiting.Waits`), on plain
+  streams as on TLS ones: :class:`PlainIO` reads and writes the socket underneath the gevent
+  socket (non-blocking) and waits through its ``Waits``, instead of the gevent socket's own
+  waits, which arm a ``gevent.Timeout`` per wait when a timeout is set.
 * ``close`` is graceful, idempotent and never raises: TLS close_notify once, bounded by
   :data:`~gnetserver.tls.connection.SHUTDOWN_SECONDS` (TLS streams only), then the lingering
   close (:func:`linger_close`); the TLS connection's resources are released even when the
@@ -26,11 +31,12 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..tls.connection import SHUTDOWN_SECONDS
+from ..tls.waiting import Waits
 
 if TYPE_CHECKING:
     from cryptography import x509
 
-__all__ = ["LINGER_SECONDS", "SHUTDOWN_SECONDS", "PlainStream", "Stream", "TLSFacts",
+__all__ = ["LINGER_SECONDS", "SHUTDOWN_SECONDS", "PlainIO", "PlainStream", "Stream", "TLSFacts",
            "StreamIO", "TLSSession", "TLSStream", "linger_close"]
 
 #: Seconds a closing connection is drained after the half-close. Closing a socket with unread
@@ -165,8 +171,114 @@ class Stream(Protocol):
         ...
 
 
+def _timed_out() -> TimeoutError:
+    return TimeoutError("timed out")
+
+
+_monotonic = time.monotonic
+_SEND_CHUNK = 1 << 20  # bytes handed to one send() by sendall: bounded, as the stdlib's
+
+
+class PlainIO:
+    """Reads and writes of a plain stream, on the OS socket under the gevent socket ``sock``,
+    with socket semantics (``recv``, ``recv_into``, ``send``, ``sendall``, ``settimeout``:
+    each call waits at most the timeout, then raises ``TimeoutError``), and its waits under
+    one deadline per connection (module rules). Each call tries the socket first and waits
+    only when it would block. Made by :class:`PlainStream`; ``close`` releases the waits
+    only (the stream closes the socket)."""
+
+    __slots__ = ("_raw", "_waits", "_timeout")
+
+    def __init__(self, sock: Any) -> None:
+        # gevent's socket keeps the OS socket, non-blocking, as ``_sock`` (all its versions
+        # since 1.0); its own recv/send would wait under a gevent.Timeout per wait.
+        self._raw: socket.socket = sock._sock
+        self._waits = Waits(sock.fileno())
+        self._timeout: float | None = sock.gettimeout()
+
+    def _until(self) -> float | None:
+        timeout = self._timeout
+        if timeout == 0.0:
+            raise BlockingIOError(11, "Resource temporarily unavailable")  # non-blocking mode
+        return None if timeout is None else _monotonic() + timeout
+
+    def recv(self, bufsize: int, flags: int = 0, /) -> bytes:
+        """Up to ``bufsize`` bytes; ``b""`` at end of stream; TimeoutError after the timeout."""
+        raw = self._raw
+        try:
+            return raw.recv(bufsize, flags)
+        except BlockingIOError:
+            pass
+        until = self._until()
+        while True:
+            self._waits.wait_read(until, _timed_out)
+            try:
+                return raw.recv(bufsize, flags)
+            except BlockingIOError:
+                pass
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0, /) -> int:
+        """Read into ``buffer``; the count, 0 at end of stream."""
+        raw = self._raw
+        try:
+            return raw.recv_into(buffer, nbytes, flags)
+        except BlockingIOError:
+            pass
+        until = self._until()
+        while True:
+            self._waits.wait_read(until, _timed_out)
+            try:
+                return raw.recv_into(buffer, nbytes, flags)
+            except BlockingIOError:
+                pass
+
+    def send(self, data: Any, flags: int = 0, /) -> int:
+        """Write some of ``data``; the count written."""
+        return self._send(data, flags, None)
+
+    def _send(self, data: Any, flags: int, until: float | None) -> int:
+        raw = self._raw
+        try:
+            return raw.send(data, flags)
+        except BlockingIOError:
+            pass
+        if until is None:
+            until = self._until()
+        while True:
+            self._waits.wait_write(until, _timed_out)
+            try:
+                return raw.send(data, flags)
+            except BlockingIOError:
+                pass
+
+    def sendall(self, data: Any, flags: int = 0, /) -> None:
+        """Write all of ``data``; the timeout bounds the whole call (as the stdlib's)."""
+        view = memoryview(data).cast("B")
+        size = len(view)
+        sent = self._send(view[:_SEND_CHUNK], flags, None)
+        if sent == size:
+            return
+        until = self._until()
+        while sent < size:
+            sent += self._send(view[sent:sent + _SEND_CHUNK], flags, until)
+
+    def settimeout(self, timeout: float | None, /) -> None:
+        """The per-call timeout of reads and writes (None: wait forever; 0: never wait)."""
+        if timeout is not None and timeout < 0:
+            raise ValueError("Timeout value out of range")
+        self._timeout = None if timeout is None else float(timeout)
+
+    def gettimeout(self) -> float | None:
+        """The per-call timeout."""
+        return self._timeout
+
+    def close(self) -> None:
+        """Wake a greenlet parked in a wait (EBADF) and release the waits' watchers."""
+        self._waits.close()
+
+
 class PlainStream:
-    """The stream of a tcp or unix connection: the accepted socket's own methods.
+    """The stream of a tcp or unix connection: reads and writes through :class:`PlainIO`.
 
     Made by the plain protocols' ``post_accept``; owns ``sock`` from then on.
     """
@@ -174,30 +286,29 @@ class PlainStream:
     #: No TLS on a plain stream.
     tls: None = None
 
-    __slots__ = ("sock", "_closed")
+    __slots__ = ("sock", "io", "_closed")
 
     def __init__(self, sock: Any) -> None:
         self.sock = sock
+        #: What reads and writes go through (the socket's, under one deadline).
+        self.io = PlainIO(sock)
         self._closed = False
 
     def __repr__(self) -> str:
         return f"<PlainStream fd={self.sock.fileno()}>"
 
-    @property
-    def io(self) -> Any:
-        """The socket: reads and writes go to it directly."""
-        return self.sock
-
     def close(self) -> None:
         """Half-close, drain briefly, close (:func:`linger_close`); idempotent, never raises."""
         if not self._closed:
             self._closed = True
+            self.io.close()
             linger_close(self.sock)
 
     def abort(self) -> None:
         """Close the socket at once; idempotent."""
         if not self._closed:
             self._closed = True
+            self.io.close()
             self.sock.close()
 
 
