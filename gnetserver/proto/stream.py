@@ -187,7 +187,7 @@ class PlainIO:
     only when it would block. Made by :class:`PlainStream`; ``close`` releases the waits
     only (the stream closes the socket)."""
 
-    __slots__ = ("_raw", "_waits", "_timeout")
+    __slots__ = ("_raw", "_waits", "_timeout", "_replied")
 
     def __init__(self, sock: Any) -> None:
         # gevent's socket keeps the OS socket, non-blocking, as ``_sock`` (all its versions
@@ -195,6 +195,9 @@ class PlainIO:
         self._raw: socket.socket = sock._sock
         self._waits = Waits(sock.fileno())
         self._timeout: float | None = sock.gettimeout()
+        # The last call was a write: the peer's answer is a round trip away, so the next read
+        # waits for readable at once instead of first failing with EAGAIN.
+        self._replied = False
 
     def _until(self) -> float | None:
         timeout = self._timeout
@@ -205,10 +208,13 @@ class PlainIO:
     def recv(self, bufsize: int, flags: int = 0, /) -> bytes:
         """Up to ``bufsize`` bytes; ``b""`` at end of stream; TimeoutError after the timeout."""
         raw = self._raw
-        try:
-            return raw.recv(bufsize, flags)
-        except BlockingIOError:
-            pass
+        if self._replied and self._timeout != 0.0:
+            self._replied = False
+        else:
+            try:
+                return raw.recv(bufsize, flags)
+            except BlockingIOError:
+                pass
         until = self._until()
         while True:
             self._waits.wait_read(until, _timed_out)
@@ -220,10 +226,13 @@ class PlainIO:
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0, /) -> int:
         """Read into ``buffer``; the count, 0 at end of stream."""
         raw = self._raw
-        try:
-            return raw.recv_into(buffer, nbytes, flags)
-        except BlockingIOError:
-            pass
+        if self._replied and self._timeout != 0.0:
+            self._replied = False
+        else:
+            try:
+                return raw.recv_into(buffer, nbytes, flags)
+            except BlockingIOError:
+                pass
         until = self._until()
         while True:
             self._waits.wait_read(until, _timed_out)
@@ -238,6 +247,7 @@ class PlainIO:
 
     def _send(self, data: Any, flags: int, until: float | None) -> int:
         raw = self._raw
+        self._replied = True
         try:
             return raw.send(data, flags)
         except BlockingIOError:

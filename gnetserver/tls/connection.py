@@ -86,6 +86,9 @@ SHUTDOWN_SECONDS = 1.0
 #: Largest slice handed to one ``send`` by ``sendall``: one TLS record's worth of plaintext.
 _SEND_CHUNK = 16384
 
+#: The most plaintext one TLS record carries: the most one ``SSL_read`` returns.
+_RECORD = 16384
+
 _READ, _WRITE = 1, 2  # what an OpenSSL call wants: to read, or to write
 _monotonic = time.monotonic
 
@@ -130,7 +133,7 @@ class TLSConnection:
 
     # Slots: thousands of idle connections each keep one (no per-instance dict).
     __slots__ = ("_sock", "_conn", "_waits", "_timeout", "_handshake_done", "_eof", "_broken",
-                 "_shutdown_sent", "_closed", "__weakref__")
+                 "_shutdown_sent", "_closed", "_replied", "__weakref__")
 
     def __init__(self, sock: gevent.socket.socket, context: SSL.Context) -> None:
         self._sock = sock
@@ -144,6 +147,7 @@ class TLSConnection:
         self._broken = False  # a fatal OpenSSL error: SSL_shutdown must not be called
         self._shutdown_sent = False
         self._closed = False
+        self._replied = False  # the last call was a write: the peer's answer is a round trip away
 
     def __repr__(self) -> str:
         return f"<TLSConnection fd={self.fileno()}>"
@@ -243,6 +247,16 @@ class TLSConnection:
         if self._eof:
             return b""  # OpenSSL's answer to a second read after EOF is not reliable
         conn = self._conn
+        if bufsize > _RECORD:
+            bufsize = _RECORD  # one SSL_read returns one record at most: a smaller buffer
+        if self._replied:
+            # Right after a write (an answer) the peer's next bytes are a round trip away:
+            # wait for them at once rather than first trying a read that fails with
+            # WantReadError. Only when OpenSSL holds nothing decrypted (without read-ahead,
+            # which no context sets, it never holds undecrypted bytes after a whole record).
+            self._replied = False
+            if not conn.pending():
+                return self._read_waiting(conn.recv, (bufsize,), _READ, b"")
         try:
             return conn.recv(bufsize)
         except SSL.WantReadError:
@@ -261,7 +275,11 @@ class TLSConnection:
         if self._eof:
             return 0
         conn = self._conn
-        args = (buffer, nbytes or None)
+        args = (buffer, min(nbytes or len(buffer), _RECORD))
+        if self._replied:  # as in recv
+            self._replied = False
+            if not conn.pending():
+                return self._read_waiting(conn.recv_into, args, _READ, 0)
         try:
             return conn.recv_into(*args)
         except SSL.WantReadError:
@@ -330,6 +348,7 @@ class TLSConnection:
             # with an empty error queue ("TLS write failed: []"). The peer is gone: say so.
             raise BrokenPipeError(errno.EPIPE, "peer closed the TLS connection")
         conn = self._conn
+        self._replied = True
         try:
             return conn.send(data)
         except SSL.WantReadError:
