@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.before:
         labels.insert(1, BEFORE)
     args.perl_servers = 64
+    args.max_servers = args.count + 100  # gnetserver: every connection gets a session
     raise_fd_limit(1 << 20)
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if args.count + 100 > limit:

@@ -139,7 +139,8 @@ def _no_resumption(context: Any) -> None:
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
 
 
-def serve_gnetserver(port: int, cert: str, key: str, tree: Path) -> None:
+def serve_gnetserver(port: int, cert: str, key: str, tree: Path, max_servers: int = 6000
+                     ) -> None:
     """gnetserver from ``tree`` (first on PYTHONPATH; checked)."""
     import gevent
     import OpenSSL
@@ -161,7 +162,7 @@ def serve_gnetserver(port: int, cert: str, key: str, tree: Path) -> None:
     print(f"bench-version: gnetserver from {package}, gevent {gevent.__version__}, pyOpenSSL "
           f"{OpenSSL.__version__}", file=sys.stderr, flush=True)
     Ok(commandline=[], port=f"127.0.0.1:{port}/ssl", SSL_cert_file=cert, SSL_key_file=key,
-       SSL_create_ctx_callback=_no_resumption, max_servers=6000, log_level=1).run()
+       SSL_create_ctx_callback=_no_resumption, max_servers=max_servers, log_level=1).run()
 
 
 def serve_bare(port: int, cert: str, key: str) -> None:
@@ -313,7 +314,7 @@ def serve(args: argparse.Namespace) -> None:
     """Be one Python server (``--serve KIND``) on ``--port`` until terminated."""
     raise_fd_limit()
     if args.serve.startswith("gnetserver"):
-        serve_gnetserver(args.port, args.cert, args.key, Path(args.tree))
+        serve_gnetserver(args.port, args.cert, args.key, Path(args.tree), args.max_servers)
     elif args.serve == "bare":
         serve_bare(args.port, args.cert, args.key)
     else:
@@ -357,7 +358,8 @@ class Server:
                 p for p in (str(tree), os.environ.get("PYTHONPATH")) if p)
             command = [*pin, sys.executable, str(Path(__file__).resolve()), "--serve", label,
                        "--port", str(self.port), "--cert", cert, "--key", key,
-                       "--tree", str(tree)]
+                       "--tree", str(tree), "--max-servers",
+                       str(getattr(args, "max_servers", 6000))]
         self.log = open(tmp / f"{label}-{self.port}.log", "w+")  # noqa: SIM115
         self.proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
                                      stdout=self.log, stderr=subprocess.STDOUT)
@@ -763,6 +765,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--cert", help=argparse.SUPPRESS)
     add("--key", help=argparse.SUPPRESS)
     add("--tree", help=argparse.SUPPRESS)
+    add("--max-servers", type=int, default=6000, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.growth_duration, args.handshakes = 2, 2, 600
