@@ -3,7 +3,8 @@ Perl's Net::Server::PreFork and nginx, driven by wrk and h2load.
 
 Run from the repository root (Linux only: it pins CPUs and reads ``/proc``)::
 
-    python bench/side_by_side.py --quick            # a few minutes: 3 rounds, short runs
+    python bench/side_by_side.py --quick            # about 6 minutes: 3 rounds, short runs,
+                                                    # growth at 50 and 500 connections only
     python bench/side_by_side.py                    # the full run (about 20 minutes)
     python bench/side_by_side.py --before ../tree   # also gnetserver from another source tree
     python bench/side_by_side.py --help
@@ -751,7 +752,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--keys", default="ecdsa,rsa", help="certificate key types (ecdsa,rsa)")
     add("--duration", type=positive, default=5, help="seconds of each wrk run (5)")
     add("--connections", type=positive, default=50, help="wrk's connections (50)")
-    add("--growth", default="50,500,5000", help="keep-alive connection counts (50,500,5000)")
+    add("--growth", default=None,
+        help="keep-alive connection counts (50,500,5000; with --quick 50,500)")
     add("--growth-duration", type=positive, default=4, help="h2load -D seconds (4)")
     add("--handshakes", type=positive, default=2000, help="h2load -n for handshakes (2000)")
     add("--concurrency", default="16,256", help="concurrent fresh clients (16,256)")
@@ -768,7 +770,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--max-servers", type=int, default=6000, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
-        args.duration, args.growth_duration, args.handshakes = 2, 2, 600
+        args.duration, args.growth_duration, args.handshakes = 2, 2, 1500
+    if args.growth is None:
+        args.growth = "50,500" if args.quick else "50,500,5000"
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     if args.before and BEFORE not in args.servers:
         args.servers.insert(1, BEFORE)
