@@ -43,16 +43,37 @@ __all__ = ["LINGER_SECONDS", "SHUTDOWN_SECONDS", "PlainIO", "PlainStream", "Stre
 #: input makes the kernel send RST, and the peer may then lose the last response it was sent.
 LINGER_SECONDS = 1.0
 
+_monotonic = time.monotonic
 
-def linger_close(sock: Any) -> None:
-    """Half-close, read and discard until EOF or LINGER_SECONDS, then close. Never raises."""
+
+def _timed_out() -> TimeoutError:
+    return TimeoutError("timed out")
+
+
+def linger_close(sock: Any, waits: Waits | None = None) -> None:
+    """Half-close, read and discard until EOF or LINGER_SECONDS, then close. Never raises.
+
+    With ``waits`` (the connection's :class:`~gnetserver.tls.waiting.Waits`), the drain reads
+    the OS socket under the gevent socket and waits through them, under one deadline (no
+    ``gevent.Timeout``); it waits for readable first, since the peer's FIN (or the rest of
+    its input) is a round trip away after the half-close."""
     try:
         sock.shutdown(socket.SHUT_WR)
-        deadline = time.monotonic() + LINGER_SECONDS
-        while (left := deadline - time.monotonic()) > 0:
-            sock.settimeout(left)
-            if not sock.recv(65536):
-                break
+        deadline = _monotonic() + LINGER_SECONDS
+        if waits is not None:
+            raw = sock._sock
+            while True:
+                waits.wait_read(deadline, _timed_out)
+                try:
+                    if not raw.recv(65536):
+                        break
+                except BlockingIOError:
+                    pass
+        else:
+            while (left := deadline - _monotonic()) > 0:
+                sock.settimeout(left)
+                if not sock.recv(65536):
+                    break
     except OSError:
         pass  # the peer is gone or the drain timed out: nothing left to protect
     finally:
@@ -171,11 +192,6 @@ class Stream(Protocol):
         ...
 
 
-def _timed_out() -> TimeoutError:
-    return TimeoutError("timed out")
-
-
-_monotonic = time.monotonic
 _SEND_CHUNK = 1 << 20  # bytes handed to one send() by sendall: bounded, as the stdlib's
 
 
@@ -282,6 +298,11 @@ class PlainIO:
         """The per-call timeout."""
         return self._timeout
 
+    @property
+    def waits(self) -> Waits:
+        """The connection's waits (the lingering close drains through them)."""
+        return self._waits
+
     def close(self) -> None:
         """Wake a greenlet parked in a wait (EBADF) and release the waits' watchers."""
         self._waits.close()
@@ -311,8 +332,10 @@ class PlainStream:
         """Half-close, drain briefly, close (:func:`linger_close`); idempotent, never raises."""
         if not self._closed:
             self._closed = True
-            self.io.close()
-            linger_close(self.sock)
+            try:
+                linger_close(self.sock, self.io.waits)
+            finally:
+                self.io.close()
 
     def abort(self) -> None:
         """Close the socket at once; idempotent."""
@@ -357,7 +380,8 @@ class TLSStream:
         self._closed = True
         try:
             self.tls.shutdown_tls(SHUTDOWN_SECONDS)
-            linger_close(self.sock)
+            # The ssl backend's connection lends its waits to the drain; ssleay's has none.
+            linger_close(self.sock, getattr(self.tls, "waits", None))
         finally:  # also when the greenlet is killed mid-close: release the connection
             self.tls.close()
 

@@ -424,6 +424,11 @@ class TLSConnection:
         """Return the per-call timeout set by :meth:`settimeout` (initially ``None``)."""
         return self._timeout
 
+    @property
+    def waits(self) -> Waits:
+        """The connection's waits: the stream's lingering close drains through them."""
+        return self._waits
+
     def fileno(self) -> int:
         """Return the socket's fd (-1 after ``close()``)."""
         return int(self._sock.fileno())
