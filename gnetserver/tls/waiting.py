@@ -31,13 +31,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gevent import get_hub
+from gevent import get_hub, getcurrent
+from gevent.exceptions import ConcurrentObjectUseError, InvalidSwitchError
 from gevent.socket import cancel_wait_ex  # type: ignore[attr-defined]  # missing in its stubs
 
 __all__ = ["Waits"]
 
 _READ, _WRITE = 1, 2  # libev/libuv io watcher event masks
 _INF = float("inf")
+_READY = object()  # what a watcher switches back with
 #: A deadline is taken as passed this close to it: libev's clock may lag the monotonic one.
 _SLACK = 0.001
 
@@ -64,12 +66,28 @@ class Waits:
         """Park until the fd is readable; raise ``expired()`` once ``until`` (monotonic) has
         passed (``None``: no deadline)."""
         self._deadline(until, expired)
-        self._hub.wait(self._reading)
+        self._park(self._reading)
 
     def wait_write(self, until: float | None, expired: Callable[[], BaseException]) -> None:
         """Park until the fd is writable; deadline as :meth:`wait_read`."""
         self._deadline(until, expired)
-        self._hub.wait(self._writing)
+        self._park(self._writing)
+
+    def _park(self, watcher: Any) -> None:
+        """``hub.wait(watcher)`` without its ``Waiter``: the watcher switches straight back to
+        this greenlet (one allocation and one C frame less per wait; a parked greenlet keeps
+        a copy of its C stack). ``hub.cancel_wait`` throws into ``callback.__self__``, this
+        greenlet, as it would into a Waiter."""
+        if watcher.callback is not None:
+            raise ConcurrentObjectUseError(
+                f"This socket is already used by another greenlet: {watcher.callback!r}")
+        watcher.start(getcurrent().switch, _READY)
+        try:
+            result = self._hub.switch()
+        finally:
+            watcher.stop()
+        if result is not _READY:
+            raise InvalidSwitchError(f"Invalid switch into {getcurrent()}: got {result!r}")
 
     def _deadline(self, until: float | None, expired: Callable[[], BaseException]) -> None:
         if until is None:
