@@ -124,8 +124,7 @@ class Single:
             if listener.is_datagram:
                 self._readers.append(gevent.spawn(self._read_datagrams, handle, listener))
                 continue
-            server = _Acceptor(self, listener.sock,
-                               functools.partial(self._run, handle, listener),
+            server = _Acceptor(self, listener.sock, self._handler(handle, listener),
                                AcceptBackoff(str(listener), self._log))
             if self._max_accept is not None:
                 server.max_accept = self._max_accept
@@ -135,6 +134,19 @@ class Single:
     def handle_signal(self, name: str) -> bool:
         """No signal of its own: False, the server's ``handle_<name>`` does it."""
         return False
+
+    def _handler(self, handle: Callable[[Listener, Any, Any], None], listener: Listener
+                 ) -> Callable[[Any, Any], None]:
+        """The StreamServer's handle for ``listener``: a plain function, not a
+        ``functools.partial``, because CPython calls a Python function from Python code
+        without a C-level frame, and every connection's greenlet keeps a copy of its C stack
+        while it waits (measured: smaller idle connections)."""
+        run = self._run
+
+        def handle_connection(sock: Any, address: Any) -> None:
+            run(handle, listener, sock, address)
+
+        return handle_connection
 
     def _run(self, handle: Callable[[Listener, Any, Any], None], listener: Listener,
              sock: Any, address: Any) -> None:

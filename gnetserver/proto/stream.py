@@ -7,10 +7,15 @@ Rules of this module:
   (a :class:`~gnetserver.tls.TLSConnection` on ssl ports, a
   :class:`~gnetserver.proto.ssleay.SSLeayConnection` on ssleay ports: both are
   :class:`TLSSession` objects). It owns its socket from then on.
-* ``io`` is the object reads and writes go through (the socket, or the TLS connection), the
-  one I/O surface of a stream: a Client calls ``io.recv``/``io.sendall``... directly, so a read
-  costs what a read on that object costs, and a stream keeps no per-connection cache of bound
-  methods (measured: five of them were +0.3 kB per idle connection).
+* ``io`` is the object reads and writes go through (:class:`PlainIO` over the socket, or the
+  TLS connection), the one I/O surface of a stream: a Client calls ``io.recv``/``io.sendall``...
+  directly, so a read costs what a read on that object costs, and a stream keeps no
+  per-connection cache of bound methods (measured: five of them were +0.3 kB per idle
+  connection).
+* Waits have one deadline per connection (:class:`~gnetserver.tls.waiting.Waits`), on plain
+  streams as on TLS ones: :class:`PlainIO` reads and writes the socket underneath the gevent
+  socket (non-blocking) and waits through its ``Waits``, instead of the gevent socket's own
+  waits, which arm a ``gevent.Timeout`` per wait when a timeout is set.
 * ``close`` is graceful, idempotent and never raises: TLS close_notify once, bounded by
   :data:`~gnetserver.tls.connection.SHUTDOWN_SECONDS` (TLS streams only), then the lingering
   close (:func:`linger_close`); the TLS connection's resources are released even when the
@@ -26,27 +31,49 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..tls.connection import SHUTDOWN_SECONDS
+from ..tls.waiting import Waits
 
 if TYPE_CHECKING:
     from cryptography import x509
 
-__all__ = ["LINGER_SECONDS", "SHUTDOWN_SECONDS", "PlainStream", "Stream", "TLSFacts",
+__all__ = ["LINGER_SECONDS", "SHUTDOWN_SECONDS", "PlainIO", "PlainStream", "Stream", "TLSFacts",
            "StreamIO", "TLSSession", "TLSStream", "linger_close"]
 
 #: Seconds a closing connection is drained after the half-close. Closing a socket with unread
 #: input makes the kernel send RST, and the peer may then lose the last response it was sent.
 LINGER_SECONDS = 1.0
 
+_monotonic = time.monotonic
 
-def linger_close(sock: Any) -> None:
-    """Half-close, read and discard until EOF or LINGER_SECONDS, then close. Never raises."""
+
+def _timed_out() -> TimeoutError:
+    return TimeoutError("timed out")
+
+
+def linger_close(sock: Any, waits: Waits | None = None) -> None:
+    """Half-close, read and discard until EOF or LINGER_SECONDS, then close. Never raises.
+
+    With ``waits`` (the connection's :class:`~gnetserver.tls.waiting.Waits`), the drain reads
+    the OS socket under the gevent socket and waits through them, under one deadline (no
+    ``gevent.Timeout``); it waits for readable first, since the peer's FIN (or the rest of
+    its input) is a round trip away after the half-close."""
     try:
         sock.shutdown(socket.SHUT_WR)
-        deadline = time.monotonic() + LINGER_SECONDS
-        while (left := deadline - time.monotonic()) > 0:
-            sock.settimeout(left)
-            if not sock.recv(65536):
-                break
+        deadline = _monotonic() + LINGER_SECONDS
+        if waits is not None:
+            raw = sock._sock
+            while True:
+                waits.wait_read(deadline, _timed_out)
+                try:
+                    if not raw.recv(65536):
+                        break
+                except BlockingIOError:
+                    pass
+        else:
+            while (left := deadline - _monotonic()) > 0:
+                sock.settimeout(left)
+                if not sock.recv(65536):
+                    break
     except OSError:
         pass  # the peer is gone or the drain timed out: nothing left to protect
     finally:
@@ -165,8 +192,124 @@ class Stream(Protocol):
         ...
 
 
+_SEND_CHUNK = 1 << 20  # bytes handed to one send() by sendall: bounded, as the stdlib's
+
+
+class PlainIO:
+    """Reads and writes of a plain stream, on the OS socket under the gevent socket ``sock``,
+    with socket semantics (``recv``, ``recv_into``, ``send``, ``sendall``, ``settimeout``:
+    each call waits at most the timeout, then raises ``TimeoutError``), and its waits under
+    one deadline per connection (module rules). Each call tries the socket first and waits
+    only when it would block. Made by :class:`PlainStream`; ``close`` releases the waits
+    only (the stream closes the socket)."""
+
+    __slots__ = ("_raw", "_waits", "_timeout", "_replied")
+
+    def __init__(self, sock: Any) -> None:
+        # gevent's socket keeps the OS socket, non-blocking, as ``_sock`` (all its versions
+        # since 1.0); its own recv/send would wait under a gevent.Timeout per wait.
+        self._raw: socket.socket = sock._sock
+        self._waits = Waits(sock.fileno())
+        self._timeout: float | None = sock.gettimeout()
+        # The last call was a write: the peer's answer is a round trip away, so the next read
+        # waits for readable at once instead of first failing with EAGAIN.
+        self._replied = False
+
+    def _until(self) -> float | None:
+        timeout = self._timeout
+        if timeout == 0.0:
+            raise BlockingIOError(11, "Resource temporarily unavailable")  # non-blocking mode
+        return None if timeout is None else _monotonic() + timeout
+
+    def recv(self, bufsize: int, flags: int = 0, /) -> bytes:
+        """Up to ``bufsize`` bytes; ``b""`` at end of stream; TimeoutError after the timeout."""
+        raw = self._raw
+        if self._replied and self._timeout != 0.0:
+            self._replied = False
+        else:
+            try:
+                return raw.recv(bufsize, flags)
+            except BlockingIOError:
+                pass
+        until = self._until()
+        while True:
+            self._waits.wait_read(until, _timed_out)
+            try:
+                return raw.recv(bufsize, flags)
+            except BlockingIOError:
+                pass
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0, /) -> int:
+        """Read into ``buffer``; the count, 0 at end of stream."""
+        raw = self._raw
+        if self._replied and self._timeout != 0.0:
+            self._replied = False
+        else:
+            try:
+                return raw.recv_into(buffer, nbytes, flags)
+            except BlockingIOError:
+                pass
+        until = self._until()
+        while True:
+            self._waits.wait_read(until, _timed_out)
+            try:
+                return raw.recv_into(buffer, nbytes, flags)
+            except BlockingIOError:
+                pass
+
+    def send(self, data: Any, flags: int = 0, /) -> int:
+        """Write some of ``data``; the count written."""
+        return self._send(data, flags, None)
+
+    def _send(self, data: Any, flags: int, until: float | None) -> int:
+        raw = self._raw
+        self._replied = True
+        try:
+            return raw.send(data, flags)
+        except BlockingIOError:
+            pass
+        if until is None:
+            until = self._until()
+        while True:
+            self._waits.wait_write(until, _timed_out)
+            try:
+                return raw.send(data, flags)
+            except BlockingIOError:
+                pass
+
+    def sendall(self, data: Any, flags: int = 0, /) -> None:
+        """Write all of ``data``; the timeout bounds the whole call (as the stdlib's)."""
+        view = memoryview(data).cast("B")
+        size = len(view)
+        sent = self._send(view[:_SEND_CHUNK], flags, None)
+        if sent == size:
+            return
+        until = self._until()
+        while sent < size:
+            sent += self._send(view[sent:sent + _SEND_CHUNK], flags, until)
+
+    def settimeout(self, timeout: float | None, /) -> None:
+        """The per-call timeout of reads and writes (None: wait forever; 0: never wait)."""
+        if timeout is not None and timeout < 0:
+            raise ValueError("Timeout value out of range")
+        self._timeout = None if timeout is None else float(timeout)
+
+    def gettimeout(self) -> float | None:
+        """The per-call timeout."""
+        return self._timeout
+
+    @property
+    def waits(self) -> Waits:
+        """The connection's waits (the lingering close drains through them)."""
+        return self._waits
+
+    def close(self) -> None:
+        """Wake a greenlet parked in a wait (EBADF) and release the waits' watchers."""
+        self._waits.close()
+
+
 class PlainStream:
-    """The stream of a tcp or unix connection: the accepted socket's own methods.
+    """The stream of a tcp or unix connection: reads and writes through :class:`PlainIO`.
 
     Made by the plain protocols' ``post_accept``; owns ``sock`` from then on.
     """
@@ -174,30 +317,31 @@ class PlainStream:
     #: No TLS on a plain stream.
     tls: None = None
 
-    __slots__ = ("sock", "_closed")
+    __slots__ = ("sock", "io", "_closed")
 
     def __init__(self, sock: Any) -> None:
         self.sock = sock
+        #: What reads and writes go through (the socket's, under one deadline).
+        self.io = PlainIO(sock)
         self._closed = False
 
     def __repr__(self) -> str:
         return f"<PlainStream fd={self.sock.fileno()}>"
 
-    @property
-    def io(self) -> Any:
-        """The socket: reads and writes go to it directly."""
-        return self.sock
-
     def close(self) -> None:
         """Half-close, drain briefly, close (:func:`linger_close`); idempotent, never raises."""
         if not self._closed:
             self._closed = True
-            linger_close(self.sock)
+            try:
+                linger_close(self.sock, self.io.waits)
+            finally:
+                self.io.close()
 
     def abort(self) -> None:
         """Close the socket at once; idempotent."""
         if not self._closed:
             self._closed = True
+            self.io.close()
             self.sock.close()
 
 
@@ -236,7 +380,8 @@ class TLSStream:
         self._closed = True
         try:
             self.tls.shutdown_tls(SHUTDOWN_SECONDS)
-            linger_close(self.sock)
+            # The ssl backend's connection lends its waits to the drain; ssleay's has none.
+            linger_close(self.sock, getattr(self.tls, "waits", None))
         finally:  # also when the greenlet is killed mid-close: release the connection
             self.tls.close()
 

@@ -7,13 +7,16 @@ non-blocking fd every call may raise ``WantReadError`` or ``WantWriteError``. A
 
 Rules of this module:
 
-* **One wait loop** (``TLSConnection._run``) drives every OpenSSL call: ``do_handshake``,
-  ``recv``, ``recv_into``, ``send`` and ``shutdown``. ``WantReadError`` waits for readable and
+* **Try first, then one wait loop.** Every OpenSSL call (``do_handshake``, ``recv``,
+  ``recv_into``, ``send``, ``shutdown``) is tried at once; only when it raises Want* does the
+  wait loop (``TLSConnection._waiting``) take over. ``WantReadError`` waits for readable and
   ``WantWriteError`` for writable in *every* operation, because a read can need a write and a
   write a read (renegotiation, TLS 1.3 KeyUpdate, post-handshake messages). The loop is a
   ``while True`` (never recursion) and every wait is bounded by the operation's deadline.
-* **Two io watchers per connection**, created once and reused by every wait (creating one per
-  wait, as ``gevent.socket.wait_read`` does, costs an allocation and a start/stop each time).
+* **One deadline per connection, no timer per wait:** the waits go through the connection's
+  :class:`~gnetserver.tls.waiting.Waits` (two io watchers created once, and one timer re-armed
+  only when it fires; see that module). ``settimeout`` (``timeout_idle``) bounds each read or
+  write call, the handshake's ``timeout`` the whole handshake, as before.
 * **Partial writes:** ``send`` may write less than it is given (pyOpenSSL sets
   ``SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER``). ``sendall`` loops
   over ``send(view[:16384])`` and advances by the count returned; a retry after a Want* uses the
@@ -66,12 +69,10 @@ from typing import Any, TypeVar
 
 import gevent.socket
 from cryptography import x509
-from gevent import get_hub
-from gevent.socket import cancel_wait_ex  # type: ignore[attr-defined]  # missing in its stubs
-from gevent.socket import wait as _gevent_wait
 from OpenSSL import SSL
 
 from ..errors import HandshakeTimeout, TLSError
+from .waiting import Waits
 
 __all__ = ["SHUTDOWN_SECONDS", "TLSConnection", "describe_ssl_error"]
 
@@ -85,7 +86,11 @@ SHUTDOWN_SECONDS = 1.0
 #: Largest slice handed to one ``send`` by ``sendall``: one TLS record's worth of plaintext.
 _SEND_CHUNK = 16384
 
-_READ, _WRITE = 1, 2  # libev/libuv io watcher event masks
+#: The most plaintext one TLS record carries: the most one ``SSL_read`` returns.
+_RECORD = 16384
+
+_READ, _WRITE = 1, 2  # what an OpenSSL call wants: to read, or to write
+_monotonic = time.monotonic
 
 
 def describe_ssl_error(exc: SSL.Error) -> str:
@@ -100,18 +105,6 @@ def describe_ssl_error(exc: SSL.Error) -> str:
         if reasons:
             return "; ".join(dict.fromkeys(reasons))  # dedupe, keep order
     return str(exc) or type(exc).__name__
-
-
-def _wait_on_watcher(watcher: Any, timeout: float | None, exc: BaseException) -> None:
-    """Park the current greenlet until ``watcher`` fires; raise ``exc`` after ``timeout`` s.
-
-    ``gevent.socket.wait`` is ``gevent._hub_primitives.wait_on_watcher``, the primitive gevent's
-    own socket waits with: it starts the (reusable) watcher, switches to the hub and arms a
-    ``gevent.Timeout`` that raises ``exc``. gevent defines it beside ``wait_read`` and
-    ``wait_write`` but leaves it out of ``gevent.socket.__all__``, so treat it as semi-private:
-    this function is the only place that calls it.
-    """
-    _gevent_wait(watcher, timeout, exc)
 
 
 def _is_eof(exc: SSL.Error) -> bool:
@@ -138,48 +131,64 @@ class TLSConnection:
         context: The port's context from :func:`gnetserver.tls.build_context`.
     """
 
+    # Slots: thousands of idle connections each keep one (no per-instance dict).
+    __slots__ = ("_sock", "_conn", "_waits", "_timeout", "_handshake_done", "_eof", "_broken",
+                 "_shutdown_sent", "_closed", "_replied", "__weakref__")
+
     def __init__(self, sock: gevent.socket.socket, context: SSL.Context) -> None:
         self._sock = sock
         self._conn = SSL.Connection(context, sock)
         self._conn.set_accept_state()
-        self._hub = get_hub()
-        # Created once and reused by every wait (see the module docstring).
-        self._read_watcher = self._hub.loop.io(sock.fileno(), _READ)
-        self._write_watcher = self._hub.loop.io(sock.fileno(), _WRITE)
+        # Two io watchers and (when a deadline needs one) a timer, reused by every wait.
+        self._waits = Waits(sock.fileno())
         self._timeout: float | None = None
         self._handshake_done = False
         self._eof = False  # the peer has finished sending (close_notify or ragged EOF)
         self._broken = False  # a fatal OpenSSL error: SSL_shutdown must not be called
         self._shutdown_sent = False
         self._closed = False
+        self._replied = False  # the last call was a write: the peer's answer is a round trip away
+
+    def __repr__(self) -> str:
+        return f"<TLSConnection fd={self.fileno()}>"
 
     # -- the wait loop ---------------------------------------------------------------------
 
-    def _run(
-        self,
-        op: Callable[..., _T],
-        args: tuple[Any, ...],
-        deadline: float | None,
-        make_timeout: Callable[[], BaseException],
-    ) -> _T:
-        """Call ``op(*args)`` until it stops wanting I/O; each wait ends by ``deadline``.
+    def _waiting(self, op: Callable[..., _T], args: tuple[Any, ...], want: int,
+                 until: float | None, expired: Callable[[], BaseException]) -> _T:
+        """After ``op`` raised Want* (``want``: what it wants), wait for that and call
+        ``op(*args)`` again, until it stops wanting I/O; every wait ends by ``until``.
 
-        OpenSSL exceptions other than Want* propagate; callers translate them.
-        """
+        OpenSSL exceptions other than Want* propagate; callers translate them. The waits
+        are outside the ``except`` clauses: a greenlet parked in one holds no exception."""
+        waits = self._waits
         while True:
+            if want == _READ:
+                waits.wait_read(until, expired)
+            else:
+                waits.wait_write(until, expired)
             try:
                 return op(*args)
             except SSL.WantReadError:
-                watcher = self._read_watcher
+                want = _READ
             except SSL.WantWriteError:
-                watcher = self._write_watcher
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise make_timeout()
-            _wait_on_watcher(watcher, remaining, make_timeout())
+                want = _WRITE
 
-    def _deadline(self) -> float | None:
-        return None if self._timeout is None else time.monotonic() + self._timeout
+    def _run(self, op: Callable[..., _T], args: tuple[Any, ...], until: float | None,
+             expired: Callable[[], BaseException]) -> _T:
+        """Call ``op(*args)`` until it stops wanting I/O (the first try without a wait)."""
+        try:
+            return op(*args)
+        except SSL.WantReadError:
+            want = _READ
+        except SSL.WantWriteError:
+            want = _WRITE
+        return self._waiting(op, args, want, until, expired)
+
+    def _until(self) -> float | None:
+        """The deadline of a read or write starting now (None: no limit)."""
+        timeout = self._timeout
+        return None if timeout is None else _monotonic() + timeout
 
     def _failure(self, exc: SSL.Error, what: str) -> OSError:
         """Translate a fatal OpenSSL error (not EOF) and remember that the session is dead."""
@@ -204,13 +213,13 @@ class TLSConnection:
             TLSError: a protocol failure, with OpenSSL's reason ("wrong version number",
                 "http request", "no shared cipher", ...).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        until = None if timeout is None else _monotonic() + timeout
 
-        def make_timeout() -> HandshakeTimeout:
+        def expired() -> HandshakeTimeout:
             return HandshakeTimeout(f"TLS handshake did not finish within {timeout} s")
 
         try:
-            self._run(self._conn.do_handshake, (), deadline, make_timeout)
+            self._run(self._conn.do_handshake, (), until, expired)
         except (SSL.ZeroReturnError, SSL.SysCallError) as e:
             if isinstance(e, SSL.ZeroReturnError) or _is_eof(e):
                 self._broken = True
@@ -223,6 +232,9 @@ class TLSConnection:
         self._handshake_done = True
 
     # -- reading ---------------------------------------------------------------------------
+    # recv, recv_into, send and sendall try OpenSSL first, inline, and only on Want* go to
+    # the wait loop: a request's reads and writes cost one OpenSSL call each when the data
+    # (or the room) is there.
 
     def recv(self, bufsize: int) -> bytes:
         """Return up to ``bufsize`` decrypted bytes; ``b""`` once the peer has closed.
@@ -232,28 +244,68 @@ class TLSConnection:
             OSError: a socket error (e.g. ``ConnectionResetError``).
             TLSError: a protocol failure (e.g. a bad record MAC).
         """
-        return self._read(self._conn.recv, (bufsize,), b"")
+        if self._eof:
+            return b""  # OpenSSL's answer to a second read after EOF is not reliable
+        conn = self._conn
+        if bufsize > _RECORD:
+            bufsize = _RECORD  # one SSL_read returns one record at most: a smaller buffer
+        if self._replied:
+            # Right after a write (an answer) the peer's next bytes are a round trip away:
+            # wait for them at once rather than first trying a read that fails with
+            # WantReadError. Only when OpenSSL holds nothing decrypted (without read-ahead,
+            # which no context sets, it never holds undecrypted bytes after a whole record).
+            self._replied = False
+            if not conn.pending():
+                return self._read_waiting(conn.recv, (bufsize,), _READ, b"")
+        try:
+            return conn.recv(bufsize)
+        except SSL.WantReadError:
+            want = _READ
+        except SSL.WantWriteError:
+            want = _WRITE
+        except SSL.Error as e:
+            return self._read_failed(e, b"")
+        return self._read_waiting(conn.recv, (bufsize,), want, b"")
 
     def recv_into(self, buffer: bytearray | memoryview, nbytes: int = 0) -> int:
         """Read into a writable buffer; return the count, ``0`` once the peer has closed.
 
         ``nbytes`` 0 means ``len(buffer)``. Errors as for :meth:`recv`.
         """
-        return self._read(self._conn.recv_into, (buffer, nbytes or None), 0)
-
-    def _read(self, op: Callable[..., _T], args: tuple[Any, ...], empty: _T) -> _T:
         if self._eof:
-            return empty  # OpenSSL's answer to a second read after EOF is not reliable
+            return 0
+        conn = self._conn
+        args = (buffer, min(nbytes or len(buffer), _RECORD))
+        if self._replied:  # as in recv
+            self._replied = False
+            if not conn.pending():
+                return self._read_waiting(conn.recv_into, args, _READ, 0)
         try:
-            return self._run(op, args, self._deadline(), _io_timeout)
-        except SSL.ZeroReturnError:
+            return conn.recv_into(*args)
+        except SSL.WantReadError:
+            want = _READ
+        except SSL.WantWriteError:
+            want = _WRITE
+        except SSL.Error as e:
+            return self._read_failed(e, 0)
+        return self._read_waiting(conn.recv_into, args, want, 0)
+
+    def _read_waiting(self, op: Callable[..., _T], args: tuple[Any, ...], want: int,
+                      empty: _T) -> _T:
+        try:
+            return self._waiting(op, args, want, self._until(), _io_timeout)
+        except SSL.Error as e:
+            return self._read_failed(e, empty)
+
+    def _read_failed(self, exc: SSL.Error, empty: _T) -> _T:
+        """EOF (close_notify or ragged) reads as ``empty``; anything else is raised."""
+        if isinstance(exc, SSL.ZeroReturnError):
             self._eof = True
             return empty
-        except SSL.Error as e:
-            if _is_eof(e):
-                self._eof = self._broken = True
-                return empty
-            raise self._failure(e, "TLS read failed") from e
+        if _is_eof(exc):
+            self._eof = self._broken = True
+            return empty
+        raise self._failure(exc, "TLS read failed") from exc
 
     def pending(self) -> int:
         """Decrypted bytes OpenSSL holds that ``recv`` returns without touching the socket."""
@@ -270,30 +322,52 @@ class TLSConnection:
             OSError: another socket error (e.g. ``ConnectionResetError``).
             TLSError: a protocol failure.
         """
-        return self._send(data, self._deadline())
+        return self._send(data, None)
 
     def sendall(self, data: bytes | bytearray | memoryview) -> None:
         """Send all of ``data``; ``gettimeout()`` bounds the whole call (as the stdlib's).
 
         Errors as for :meth:`send`; on an error, an unknown prefix of ``data`` was sent.
         """
+        if type(data) is bytes and len(data) <= _SEND_CHUNK:
+            # One record (the common answer): it goes whole, or waits in the wait loop.
+            sent = self._send(data, None)
+            if sent == len(data):
+                return
+            data = data[sent:]  # a partial write: the rest as below
         view = memoryview(data).cast("B")
-        deadline = self._deadline()
+        until = self._until()
         while view:
-            view = view[self._send(view[:_SEND_CHUNK], deadline) :]
+            view = view[self._send(view[:_SEND_CHUNK], until) :]
 
-    def _send(self, data: bytes | bytearray | memoryview, deadline: float | None) -> int:
+    def _send(self, data: bytes | bytearray | memoryview, until: float | None) -> int:
+        """One ``SSL_write`` of ``data`` (retried after waits, by ``until``; None: the
+        deadline of a call starting now)."""
         if self._eof and self._broken:
             # After a ragged EOF OpenSSL 3 has marked the session dead: SSL_write would fail
             # with an empty error queue ("TLS write failed: []"). The peer is gone: say so.
             raise BrokenPipeError(errno.EPIPE, "peer closed the TLS connection")
+        conn = self._conn
+        self._replied = True
         try:
-            return self._run(self._conn.send, (data,), deadline, _io_timeout)
+            return conn.send(data)
+        except SSL.WantReadError:
+            want = _READ
+        except SSL.WantWriteError:
+            want = _WRITE
         except SSL.Error as e:
-            if isinstance(e, SSL.ZeroReturnError) or _is_eof(e):
-                self._broken = True
-                raise BrokenPipeError(errno.EPIPE, "peer closed the TLS connection") from e
-            raise self._failure(e, "TLS write failed") from e
+            raise self._write_failed(e) from e
+        try:
+            return self._waiting(conn.send, (data,), want,
+                                 self._until() if until is None else until, _io_timeout)
+        except SSL.Error as e:
+            raise self._write_failed(e) from e
+
+    def _write_failed(self, exc: SSL.Error) -> OSError:
+        if isinstance(exc, SSL.ZeroReturnError) or _is_eof(exc):
+            self._broken = True
+            return BrokenPipeError(errno.EPIPE, "peer closed the TLS connection")
+        return self._failure(exc, "TLS write failed")
 
     # -- closing ---------------------------------------------------------------------------
 
@@ -309,9 +383,8 @@ class TLSConnection:
         if self._shutdown_sent or self._broken or self._closed or not self._handshake_done:
             return
         self._shutdown_sent = True
-        deadline = time.monotonic() + timeout
         try:
-            self._run(self._conn.shutdown, (), deadline, _io_timeout)
+            self._run(self._conn.shutdown, (), _monotonic() + timeout, _io_timeout)
         except (SSL.Error, OSError):
             # The peer may be gone (EPIPE, ECONNRESET) or not reading (timeout); either way
             # nothing useful can be done about a close_notify that cannot be delivered.
@@ -325,9 +398,7 @@ class TLSConnection:
         if self._closed:
             return
         self._closed = True
-        for watcher in (self._read_watcher, self._write_watcher):
-            # Wakes a greenlet parked on the watcher (with EBADF) before closing it.
-            self._hub.cancel_wait(watcher, cancel_wait_ex, True)
+        self._waits.close()  # wakes a greenlet parked in a wait (EBADF), closes the watchers
         self._sock.close()
 
     def __enter__(self) -> TLSConnection:
@@ -352,6 +423,11 @@ class TLSConnection:
     def gettimeout(self) -> float | None:
         """Return the per-call timeout set by :meth:`settimeout` (initially ``None``)."""
         return self._timeout
+
+    @property
+    def waits(self) -> Waits:
+        """The connection's waits: the stream's lingering close drains through them."""
+        return self._waits
 
     def fileno(self) -> int:
         """Return the socket's fd (-1 after ``close()``)."""

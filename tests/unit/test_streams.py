@@ -36,6 +36,7 @@ from gnetserver.proto import (
     TLSStream,
     UnixProtocol,
 )
+from gnetserver.proto.stream import PlainIO
 from gnetserver.tls import TLSContexts
 
 pytestmark = pytest.mark.timeout(20)
@@ -139,7 +140,7 @@ def test_plain_stream_reads_and_writes_on_the_socket(listener: Any) -> None:
         stream = TCPProtocol(spec("tcp"), {}, None).post_accept(sock, 1.0)
         assert isinstance(stream, PlainStream)
         assert stream.sock is sock and stream.tls is None
-        assert stream.io is sock  # a Client reads and writes on the socket itself
+        assert isinstance(stream.io, PlainIO)  # a Client reads and writes through it
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         stream.io.sendall(b"hello")
         stream.close()  # half-close: the peer reads to its EOF, then closes
