@@ -126,16 +126,18 @@ class Waits:
         the deadlines left. A throw runs the greenlet until it waits again (its next wait may
         arm the timer itself), or ends (it may close this object)."""
         self._timer_at = _INF
-        if self._reading.active and _passed(self._read_until):
-            self._read_until = _INF
-            _throw(self._reading, self._read_expired)
-        if self._writing.active and _passed(self._write_until):
-            self._write_until = _INF
-            _throw(self._writing, self._write_expired)
-        at = min(self._read_until if self._reading.active else _INF,
-                 self._write_until if self._writing.active else _INF)
-        if at < self._timer_at:  # (inf when a wait arms it again or nothing waits)
-            self._arm(at)
+        try:
+            if self._reading.active and _passed(self._read_until):
+                self._read_until = _INF
+                _throw(self._reading, self._read_expired)
+            if self._writing.active and _passed(self._write_until):
+                self._write_until = _INF
+                _throw(self._writing, self._write_expired)
+        finally:  # a bare greenlet's error comes out of the throw: the other wait still ends
+            at = min(self._read_until if self._reading.active else _INF,
+                     self._write_until if self._writing.active else _INF)
+            if at < self._timer_at:  # (inf when a wait armed it again, or none waits)
+                self._arm(at)
 
     def waiting(self) -> bool:
         """True while a greenlet is parked in a wait."""

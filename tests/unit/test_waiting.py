@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 import gevent
+import greenlet
 import pytest
 from gevent import socket as gsocket
 
@@ -151,3 +152,24 @@ def test_a_reader_and_a_writer_each_keep_their_own_deadline(
         waits.close()
         reader.join(5)
         assert reader.dead
+
+
+def test_an_error_out_of_a_bare_greenlet_does_not_stop_the_other_wait(pair: tuple) -> None:
+    """A bare greenlet (not a gevent Greenlet) lets the exception thrown into it out into the
+    timer's callback; the other direction's wait, due at the same time, still ends."""
+    a, _ = pair
+    fill(a)
+    waits = Waits(a.fileno())
+    until = time.monotonic() + 0.2
+    hub = gevent.get_hub()
+    bare = greenlet.greenlet(lambda: waits.wait_read(until, ReadExpired), parent=hub)
+    hub.loop.run_callback(bare.switch)
+    writer = gevent.spawn(waits.wait_write, until, WriteExpired)
+    handle_error, hub.handle_error = hub.handle_error, lambda *args: None  # the bare one's
+    try:
+        writer.join(5)
+        assert isinstance(writer.exception, WriteExpired), repr(writer.exception)
+        assert bare.dead
+    finally:
+        hub.handle_error = handle_error
+        waits.close()
