@@ -26,6 +26,8 @@ Rules of this module:
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import time
 from typing import TYPE_CHECKING, Any, Protocol
@@ -221,7 +223,7 @@ class PlainIO:
     def _until(self) -> float | None:
         timeout = self._timeout
         if timeout == 0.0:
-            raise BlockingIOError(11, "Resource temporarily unavailable")  # non-blocking mode
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))  # non-blocking mode
         return None if timeout is None else _monotonic() + timeout
 
     def recv(self, bufsize: int, flags: int = 0, /) -> bytes:
