@@ -49,7 +49,9 @@ Rules of this module:
 
 Resource handling:
     The ``TLSConnection`` owns the gevent socket it is given: ``close()`` closes its io watchers
-    and then the socket, once (later calls do nothing). Do not close the socket yourself; use
+    and then the socket, once (later calls do nothing). Reads and writes after ``close()``
+    raise ``OSError(EBADF)``, as on a closed socket; OpenSSL is not called again (the fd's
+    number may belong to another connection by then). Do not close the socket yourself; use
     ``close()`` (or ``with TLSConnection(...) as conn:``).
 
 Concurrency:
@@ -120,6 +122,10 @@ def _os_error(exc: SSL.SysCallError) -> OSError:
 
 def _io_timeout() -> TimeoutError:
     return TimeoutError("timed out")
+
+
+def _closed_error() -> OSError:
+    return OSError(errno.EBADF, "the TLS connection is closed")
 
 
 class TLSConnection:
@@ -213,6 +219,8 @@ class TLSConnection:
             TLSError: a protocol failure, with OpenSSL's reason ("wrong version number",
                 "http request", "no shared cipher", ...).
         """
+        if self._closed:
+            raise _closed_error()
         until = None if timeout is None else _monotonic() + timeout
 
         def expired() -> HandshakeTimeout:
@@ -245,6 +253,8 @@ class TLSConnection:
             TLSError: a protocol failure (e.g. a bad record MAC).
         """
         if self._eof:
+            if self._closed:
+                raise _closed_error()
             return b""  # OpenSSL's answer to a second read after EOF is not reliable
         conn = self._conn
         if bufsize > _RECORD:
@@ -273,6 +283,8 @@ class TLSConnection:
         ``nbytes`` 0 means ``len(buffer)``. Errors as for :meth:`recv`.
         """
         if self._eof:
+            if self._closed:
+                raise _closed_error()
             return 0
         conn = self._conn
         args = (buffer, min(nbytes or len(buffer), _RECORD))
@@ -344,6 +356,8 @@ class TLSConnection:
         """One ``SSL_write`` of ``data`` (retried after waits, by ``until``; None: the
         deadline of a call starting now)."""
         if self._eof and self._broken:
+            if self._closed:
+                raise _closed_error()
             # After a ragged EOF OpenSSL 3 has marked the session dead: SSL_write would fail
             # with an empty error queue ("TLS write failed: []"). The peer is gone: say so.
             raise BrokenPipeError(errno.EPIPE, "peer closed the TLS connection")
@@ -397,7 +411,9 @@ class TLSConnection:
         """
         if self._closed:
             return
-        self._closed = True
+        # OpenSSL keeps the fd's number, which the next socket may get: later reads and
+        # writes must fail before they reach it (the checks of a finished stream catch them).
+        self._closed = self._eof = self._broken = True
         self._waits.close()  # wakes a greenlet parked in a wait (EBADF), closes the watchers
         self._sock.close()
 

@@ -389,3 +389,43 @@ def test_facts(
         assert conn.peer_certificate is None
         cipher = conn.cipher
     assert client.result()[0] == cipher
+
+
+# ---------------------------------------------------------------------------------------------
+# After close
+
+
+def test_a_closed_connection_never_touches_its_old_descriptor(
+    listener: Any, server_ctx: SSL.Context, client_ctx: Any
+) -> None:
+    """OpenSSL keeps the fd *number*: after close() it may belong to another connection (the
+    next accept gets the lowest free number). A read or write on the closed connection (a
+    handler going on after another greenlet closed it) must not read that connection's bytes
+    or write records into it."""
+    with serve(listener, server_ctx, tls_client(client_ctx)) as (conn, client):
+        conn.do_handshake(WAIT)
+        number = conn.fileno()
+        conn.close()
+        other, peer = socket.socketpair()
+        try:
+            if number not in (other.fileno(), peer.fileno()):
+                pytest.skip("the descriptor number was not reused")
+            mine, theirs = (other, peer) if other.fileno() == number else (peer, other)
+            theirs.sendall(b"someone else's data")
+            with pytest.raises(OSError):
+                conn.recv(100)
+            with pytest.raises(OSError):
+                conn.recv_into(bytearray(100))
+            with pytest.raises(OSError):
+                conn.sendall(b"stray record")
+            with pytest.raises(OSError):
+                conn.do_handshake(WAIT)
+            mine.setblocking(False)
+            assert mine.recv(100) == b"someone else's data"  # still there, unread
+            theirs.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                theirs.recv(100)  # nothing was written into it
+        finally:
+            other.close()
+            peer.close()
+    client.result()
