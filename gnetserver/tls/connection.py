@@ -334,6 +334,8 @@ class TLSConnection:
             OSError: another socket error (e.g. ``ConnectionResetError``).
             TLSError: a protocol failure.
         """
+        if not data:
+            return 0  # as a socket says; SSL_write of nothing fails (as if the peer were gone)
         return self._send(data, None)
 
     def sendall(self, data: bytes | bytearray | memoryview) -> None:
@@ -341,7 +343,7 @@ class TLSConnection:
 
         Errors as for :meth:`send`; on an error, an unknown prefix of ``data`` was sent.
         """
-        if type(data) is bytes and len(data) <= _SEND_CHUNK:
+        if type(data) is bytes and 0 < len(data) <= _SEND_CHUNK:
             # One record (the common answer): it goes whole, or waits in the wait loop.
             sent = self._send(data, None)
             if sent == len(data):

@@ -168,6 +168,27 @@ def test_send_is_partial_and_sendall_finishes(
     assert client.result() == payload
 
 
+@pytest.mark.parametrize("empty", [b"", bytearray(), memoryview(b"")], ids=type)
+def test_empty_writes_send_nothing_and_keep_the_connection(
+    listener: Any, server_ctx: SSL.Context, client_ctx: Any, empty: Any
+) -> None:
+    """An empty body is a common write: as on a socket, it sends nothing (``send`` says 0),
+    and the connection goes on, to its close_notify (the client reads to a clean EOF)."""
+
+    def read_all(tls: ssl.SSLSocket) -> bytes:
+        data = b""
+        while chunk := tls.recv(65536):  # an EOF without close_notify raises here
+            data += chunk
+        return data
+
+    with serve(listener, server_ctx, tls_client(client_ctx, read_all)) as (conn, client):
+        conn.do_handshake(WAIT)
+        conn.sendall(empty)
+        assert conn.send(empty) == 0
+        conn.sendall(b"after")
+    assert client.result() == b"after"
+
+
 # ---------------------------------------------------------------------------------------------
 # Handshake failures
 
