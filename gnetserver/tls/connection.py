@@ -257,7 +257,11 @@ class TLSConnection:
                 raise _closed_error()
             return b""  # OpenSSL's answer to a second read after EOF is not reliable
         conn = self._conn
-        if bufsize > _RECORD:
+        if not 0 < bufsize <= _RECORD:
+            if bufsize <= 0:  # SSL_read of nothing fails as an EOF would: never call it
+                if bufsize < 0:
+                    raise ValueError("negative buffersize in recv")
+                return b""
             bufsize = _RECORD  # one SSL_read returns one record at most: a smaller buffer
         if self._replied:
             # Right after a write (an answer) the peer's next bytes are a round trip away:
@@ -287,7 +291,12 @@ class TLSConnection:
                 raise _closed_error()
             return 0
         conn = self._conn
-        args = (buffer, min(nbytes or len(buffer), _RECORD))
+        size = min(nbytes or len(buffer), _RECORD)
+        if size <= 0:  # as in recv
+            if size < 0:
+                raise ValueError("negative buffersize in recv_into")
+            return 0
+        args = (buffer, size)
         if self._replied:  # as in recv
             self._replied = False
             if not conn.pending():

@@ -189,6 +189,29 @@ def test_empty_writes_send_nothing_and_keep_the_connection(
     assert client.result() == b"after"
 
 
+def test_reads_of_nothing_return_nothing_and_keep_the_connection(
+    listener: Any, server_ctx: SSL.Context, client_ctx: Any
+) -> None:
+    """recv(0) and recv_into an empty buffer return at once, as on a socket; they used to
+    call SSL_read with nothing, which fails as an EOF does, and the connection read as
+    ended from then on."""
+
+    def hello(tls: ssl.SSLSocket) -> bytes:
+        tls.sendall(b"hello")
+        return tls.recv(10)
+
+    with serve(listener, server_ctx, tls_client(client_ctx, hello)) as (conn, client):
+        conn.do_handshake(WAIT)
+        conn.settimeout(WAIT)
+        assert conn.recv(0) == b""
+        assert conn.recv_into(bytearray()) == 0
+        with pytest.raises(ValueError):
+            conn.recv(-1)
+        assert recv_exactly(conn.recv, 5) == b"hello"
+        conn.sendall(b"world")
+    assert client.result() == b"world"
+
+
 # ---------------------------------------------------------------------------------------------
 # Handshake failures
 
