@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from gevent import get_hub, getcurrent
 from gevent.exceptions import ConcurrentObjectUseError, InvalidSwitchError
@@ -73,7 +73,8 @@ class Waits:
         """Park until the fd is readable; raise ``expired()`` once ``until`` (monotonic) has
         passed (``None``: no deadline)."""
         watcher = self._reading
-        _check_free(watcher)  # before the deadline of a reader parked already is replaced
+        if watcher.callback is not None:  # before a parked reader's deadline is replaced
+            _in_use(watcher)
         if until is None:
             self._read_until = _INF
         else:
@@ -84,7 +85,8 @@ class Waits:
     def wait_write(self, until: float | None, expired: Callable[[], BaseException]) -> None:
         """Park until the fd is writable; deadline as :meth:`wait_read`."""
         watcher = self._writing
-        _check_free(watcher)
+        if watcher.callback is not None:
+            _in_use(watcher)
         if until is None:
             self._write_until = _INF
         else:
@@ -155,11 +157,10 @@ class Waits:
         self._timer_at, self._read_until, self._write_until = _INF, _INF, _INF
 
 
-def _check_free(watcher: Any) -> None:
-    """gevent's check: one greenlet waits on a watcher at a time."""
-    if watcher.callback is not None:
-        raise ConcurrentObjectUseError(
-            f"This socket is already used by another greenlet: {watcher.callback!r}")
+def _in_use(watcher: Any) -> NoReturn:
+    """gevent's error: one greenlet waits on a watcher at a time."""
+    raise ConcurrentObjectUseError(
+        f"This socket is already used by another greenlet: {watcher.callback!r}")
 
 
 def _passed(until: float) -> bool:

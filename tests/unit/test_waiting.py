@@ -10,6 +10,7 @@ import gevent
 import greenlet
 import pytest
 from gevent import socket as gsocket
+from gevent.exceptions import ConcurrentObjectUseError
 
 from gnetserver.tls.waiting import Waits
 
@@ -172,4 +173,17 @@ def test_an_error_out_of_a_bare_greenlet_does_not_stop_the_other_wait(pair: tupl
         assert bare.dead
     finally:
         hub.handle_error = handle_error
+        waits.close()
+
+
+def test_a_second_reader_is_refused_and_leaves_the_first_ones_deadline(pair: tuple) -> None:
+    waits = Waits(pair[0].fileno())
+    first = gevent.spawn(waits.wait_read, time.monotonic() + 0.3, ReadExpired)
+    gevent.sleep(0.05)
+    try:
+        with pytest.raises(ConcurrentObjectUseError):
+            waits.wait_read(None, Expired)  # would have made the first one wait forever
+        first.join(5)
+        assert isinstance(first.exception, ReadExpired), repr(first.exception)
+    finally:
         waits.close()
