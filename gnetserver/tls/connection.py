@@ -269,7 +269,7 @@ class TLSConnection:
             # WantReadError. Only when OpenSSL holds nothing decrypted (without read-ahead,
             # which no context sets, it never holds undecrypted bytes after a whole record).
             self._replied = False
-            if not conn.pending():
+            if not conn.pending() and self._timeout != 0:  # (0: never wait, only try)
                 return self._read_waiting(conn.recv, (bufsize,), _READ, b"")
         try:
             return conn.recv(bufsize)
@@ -299,7 +299,7 @@ class TLSConnection:
         args = (buffer, size)
         if self._replied:  # as in recv
             self._replied = False
-            if not conn.pending():
+            if not conn.pending() and self._timeout != 0:
                 return self._read_waiting(conn.recv_into, args, _READ, 0)
         try:
             return conn.recv_into(*args)

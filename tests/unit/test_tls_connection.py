@@ -389,6 +389,31 @@ def test_recv_timeout_leaves_the_connection_usable(
     client.result()
 
 
+def test_a_zero_timeout_read_after_a_write_takes_what_has_arrived(
+    listener: Any, server_ctx: SSL.Context, client_ctx: Any
+) -> None:
+    """settimeout(0) polls: a read returns what is there and raises TimeoutError only when
+    nothing is. After a write too (where a read otherwise waits for readable first)."""
+    answered = threading.Event()
+
+    def answer(tls: ssl.SSLSocket) -> None:
+        assert tls.recv(10) == b"question"
+        tls.sendall(b"answer")
+        answered.set()
+
+    with serve(listener, server_ctx, tls_client(client_ctx, answer)) as (conn, client):
+        conn.do_handshake(WAIT)
+        conn.sendall(b"question")
+        assert answered.wait(WAIT)
+        time.sleep(0.1)  # the answer crosses loopback
+        conn.settimeout(0)
+        assert recv_exactly(conn.recv, 6) == b"answer"
+        conn.sendall(b"more?")
+        with pytest.raises(TimeoutError):
+            conn.recv(10)  # nothing came
+    client.result()
+
+
 def test_settimeout_rejects_negative(listener: Any, server_ctx: SSL.Context) -> None:
     with serve(listener, server_ctx, plain_client(b"")) as (conn, _):
         assert conn.gettimeout() is None
