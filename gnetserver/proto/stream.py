@@ -26,6 +26,8 @@ Rules of this module:
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import time
 from typing import TYPE_CHECKING, Any, Protocol
@@ -56,11 +58,14 @@ def linger_close(sock: Any, waits: Waits | None = None) -> None:
     With ``waits`` (the connection's :class:`~gnetserver.tls.waiting.Waits`), the drain reads
     the OS socket under the gevent socket and waits through them, under one deadline (no
     ``gevent.Timeout``); it waits for readable first, since the peer's FIN (or the rest of
-    its input) is a round trip away after the half-close."""
+    its input) is a round trip away after the half-close. Not while another greenlet waits
+    on them (a handler's reader, when the connection is closed from elsewhere): that greenlet
+    owns the watcher, so the drain then waits through the gevent socket, and the parked
+    greenlet sees the end of the stream or, at the close, EBADF."""
     try:
         sock.shutdown(socket.SHUT_WR)
         deadline = _monotonic() + LINGER_SECONDS
-        if waits is not None:
+        if waits is not None and not waits.waiting():
             raw = sock._sock
             while True:
                 waits.wait_read(deadline, _timed_out)
@@ -218,7 +223,7 @@ class PlainIO:
     def _until(self) -> float | None:
         timeout = self._timeout
         if timeout == 0.0:
-            raise BlockingIOError(11, "Resource temporarily unavailable")  # non-blocking mode
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))  # non-blocking mode
         return None if timeout is None else _monotonic() + timeout
 
     def recv(self, bufsize: int, flags: int = 0, /) -> bytes:

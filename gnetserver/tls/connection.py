@@ -49,7 +49,9 @@ Rules of this module:
 
 Resource handling:
     The ``TLSConnection`` owns the gevent socket it is given: ``close()`` closes its io watchers
-    and then the socket, once (later calls do nothing). Do not close the socket yourself; use
+    and then the socket, once (later calls do nothing). Reads and writes after ``close()``
+    raise ``OSError(EBADF)``, as on a closed socket; OpenSSL is not called again (the fd's
+    number may belong to another connection by then). Do not close the socket yourself; use
     ``close()`` (or ``with TLSConnection(...) as conn:``).
 
 Concurrency:
@@ -120,6 +122,10 @@ def _os_error(exc: SSL.SysCallError) -> OSError:
 
 def _io_timeout() -> TimeoutError:
     return TimeoutError("timed out")
+
+
+def _closed_error() -> OSError:
+    return OSError(errno.EBADF, "the TLS connection is closed")
 
 
 class TLSConnection:
@@ -213,6 +219,8 @@ class TLSConnection:
             TLSError: a protocol failure, with OpenSSL's reason ("wrong version number",
                 "http request", "no shared cipher", ...).
         """
+        if self._closed:
+            raise _closed_error()
         until = None if timeout is None else _monotonic() + timeout
 
         def expired() -> HandshakeTimeout:
@@ -245,9 +253,15 @@ class TLSConnection:
             TLSError: a protocol failure (e.g. a bad record MAC).
         """
         if self._eof:
+            if self._closed:
+                raise _closed_error()
             return b""  # OpenSSL's answer to a second read after EOF is not reliable
         conn = self._conn
-        if bufsize > _RECORD:
+        if not 0 < bufsize <= _RECORD:
+            if bufsize <= 0:  # SSL_read of nothing fails as an EOF would: never call it
+                if bufsize < 0:
+                    raise ValueError("negative buffersize in recv")
+                return b""
             bufsize = _RECORD  # one SSL_read returns one record at most: a smaller buffer
         if self._replied:
             # Right after a write (an answer) the peer's next bytes are a round trip away:
@@ -255,7 +269,7 @@ class TLSConnection:
             # WantReadError. Only when OpenSSL holds nothing decrypted (without read-ahead,
             # which no context sets, it never holds undecrypted bytes after a whole record).
             self._replied = False
-            if not conn.pending():
+            if not conn.pending() and self._timeout != 0:  # (0: never wait, only try)
                 return self._read_waiting(conn.recv, (bufsize,), _READ, b"")
         try:
             return conn.recv(bufsize)
@@ -273,12 +287,19 @@ class TLSConnection:
         ``nbytes`` 0 means ``len(buffer)``. Errors as for :meth:`recv`.
         """
         if self._eof:
+            if self._closed:
+                raise _closed_error()
             return 0
         conn = self._conn
-        args = (buffer, min(nbytes or len(buffer), _RECORD))
+        size = min(nbytes or len(buffer), _RECORD)
+        if size <= 0:  # as in recv
+            if size < 0:
+                raise ValueError("negative buffersize in recv_into")
+            return 0
+        args = (buffer, size)
         if self._replied:  # as in recv
             self._replied = False
-            if not conn.pending():
+            if not conn.pending() and self._timeout != 0:
                 return self._read_waiting(conn.recv_into, args, _READ, 0)
         try:
             return conn.recv_into(*args)
@@ -322,6 +343,8 @@ class TLSConnection:
             OSError: another socket error (e.g. ``ConnectionResetError``).
             TLSError: a protocol failure.
         """
+        if not data:
+            return 0  # as a socket says; SSL_write of nothing fails (as if the peer were gone)
         return self._send(data, None)
 
     def sendall(self, data: bytes | bytearray | memoryview) -> None:
@@ -329,7 +352,7 @@ class TLSConnection:
 
         Errors as for :meth:`send`; on an error, an unknown prefix of ``data`` was sent.
         """
-        if type(data) is bytes and len(data) <= _SEND_CHUNK:
+        if type(data) is bytes and 0 < len(data) <= _SEND_CHUNK:
             # One record (the common answer): it goes whole, or waits in the wait loop.
             sent = self._send(data, None)
             if sent == len(data):
@@ -344,6 +367,8 @@ class TLSConnection:
         """One ``SSL_write`` of ``data`` (retried after waits, by ``until``; None: the
         deadline of a call starting now)."""
         if self._eof and self._broken:
+            if self._closed:
+                raise _closed_error()
             # After a ragged EOF OpenSSL 3 has marked the session dead: SSL_write would fail
             # with an empty error queue ("TLS write failed: []"). The peer is gone: say so.
             raise BrokenPipeError(errno.EPIPE, "peer closed the TLS connection")
@@ -397,7 +422,9 @@ class TLSConnection:
         """
         if self._closed:
             return
-        self._closed = True
+        # OpenSSL keeps the fd's number, which the next socket may get: later reads and
+        # writes must fail before they reach it (the checks of a finished stream catch them).
+        self._closed = self._eof = self._broken = True
         self._waits.close()  # wakes a greenlet parked in a wait (EBADF), closes the watchers
         self._sock.close()
 

@@ -6,30 +6,34 @@ Rules of this module:
   the fd is readable (:meth:`Waits.wait_read`) or writable (:meth:`Waits.wait_write`), through
   two io watchers created once and reused by every wait (gevent's ``wait_read`` makes one per
   wait).
-* **One deadline per connection.** A wait is given the monotonic time by which the operation
-  it belongs to must end (``until``; ``None``: no limit) and the exception to raise then. It
-  records them in two attributes; it does not arm a timer. One libev timer per connection,
-  created when a wait first needs one, fires at the earliest deadline recorded: the waiting
-  greenlet then gets the exception if its deadline has passed, else the timer is re-armed for
-  the deadline now recorded (a later operation pushed it back). So a connection that serves
-  request after request arms its timer about once per timeout period, where a
-  ``gevent.Timeout`` per wait arms and cancels one per wait (an allocation, a start and a stop
-  each time, measured as a large part of a keep-alive request's cost).
-* A wait that passes its deadline raises the exception given (``TimeoutError`` for reads and
-  writes, ``HandshakeTimeout`` in a handshake), through gevent's ``hub.cancel_wait``: the
-  watcher stops in the wait's own ``finally``, so nothing stays started.
+* **One deadline per connection and direction.** A wait is given the monotonic time by which
+  the operation it belongs to must end (``until``; ``None``: no limit) and the exception to
+  raise then. It records them (one pair for reads, one for writes: a reader and a writer
+  greenlet keep their own deadlines); it does not arm a timer. One libev timer per
+  connection, created when a wait first needs one, fires at the earliest deadline recorded:
+  a waiting greenlet whose deadline has passed then gets its exception, and the timer is
+  re-armed for the deadlines now recorded (a later operation pushed them back). So a
+  connection that serves request after request arms its timer about once per timeout
+  period, where a ``gevent.Timeout`` per wait arms and cancels one per wait (an allocation,
+  a start and a stop each time, measured as a large part of a keep-alive request's cost).
+* A wait that passes its deadline gets the exception given (``TimeoutError`` for reads and
+  writes, ``HandshakeTimeout`` in a handshake) thrown by the timer's callback itself, as a
+  ``gevent.Timeout`` is: not by a callback run later (``hub.cancel_wait``), which, when the fd
+  became ready in the same loop iteration, would hit the greenlet's *next* wait. The watcher
+  stops in the wait's own ``finally``, so nothing stays started.
 * ``close()`` wakes a greenlet parked in a wait (with gevent's ``cancel_wait_ex``, EBADF) and
   closes the watchers and the timer; later waits are not allowed (the fd is gone).
 
-Concurrency: one greenlet at a time, in the thread of the hub that made it (a second greenlet
-waiting on the same watcher gets gevent's ``ConcurrentObjectUseError``).
+Concurrency: in the thread of the hub that made it; one reader and one writer greenlet at a
+time, as on a gevent socket (a second greenlet waiting in the same direction gets gevent's
+``ConcurrentObjectUseError``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from gevent import get_hub, getcurrent
 from gevent.exceptions import ConcurrentObjectUseError, InvalidSwitchError
@@ -49,7 +53,8 @@ _monotonic = time.monotonic
 class Waits:
     """The waits of one connection on ``fd`` (see the module rules)."""
 
-    __slots__ = ("_hub", "_reading", "_writing", "_timer", "_timer_at", "_until", "_expired")
+    __slots__ = ("_hub", "_reading", "_writing", "_timer", "_timer_at", "_read_until",
+                 "_read_expired", "_write_until", "_write_expired")
 
     def __init__(self, fd: int) -> None:
         hub = get_hub()
@@ -59,28 +64,41 @@ class Waits:
         self._writing: Any = hub.loop.io(fd, _WRITE)
         self._timer: Any = None
         self._timer_at = _INF  # when the started timer fires (inf: none started)
-        self._until = _INF  # the deadline of the operation now waiting (inf: none)
-        self._expired: Callable[[], BaseException] | None = None
+        # The deadline of the read (write) now waiting (inf: none) and what it raises then.
+        self._read_until = self._write_until = _INF
+        self._read_expired: Callable[[], BaseException] | None = None
+        self._write_expired: Callable[[], BaseException] | None = None
 
     def wait_read(self, until: float | None, expired: Callable[[], BaseException]) -> None:
         """Park until the fd is readable; raise ``expired()`` once ``until`` (monotonic) has
         passed (``None``: no deadline)."""
-        self._deadline(until, expired)
-        self._park(self._reading)
+        watcher = self._reading
+        if watcher.callback is not None:  # before a parked reader's deadline is replaced
+            _in_use(watcher)
+        if until is None:
+            self._read_until = _INF
+        else:
+            self._deadline(until, expired)
+            self._read_until, self._read_expired = until, expired
+        self._park(watcher)
 
     def wait_write(self, until: float | None, expired: Callable[[], BaseException]) -> None:
         """Park until the fd is writable; deadline as :meth:`wait_read`."""
-        self._deadline(until, expired)
-        self._park(self._writing)
+        watcher = self._writing
+        if watcher.callback is not None:
+            _in_use(watcher)
+        if until is None:
+            self._write_until = _INF
+        else:
+            self._deadline(until, expired)
+            self._write_until, self._write_expired = until, expired
+        self._park(watcher)
 
     def _park(self, watcher: Any) -> None:
         """``hub.wait(watcher)`` without its ``Waiter``: the watcher switches straight back to
         this greenlet (one allocation and one C frame less per wait; a parked greenlet keeps
         a copy of its C stack). ``hub.cancel_wait`` throws into ``callback.__self__``, this
-        greenlet, as it would into a Waiter."""
-        if watcher.callback is not None:
-            raise ConcurrentObjectUseError(
-                f"This socket is already used by another greenlet: {watcher.callback!r}")
+        greenlet, as it would into a Waiter; so does the timer (:meth:`_fire`)."""
         watcher.start(getcurrent().switch, _READY)
         try:
             result = self._hub.switch()
@@ -89,13 +107,10 @@ class Waits:
         if result is not _READY:
             raise InvalidSwitchError(f"Invalid switch into {getcurrent()}: got {result!r}")
 
-    def _deadline(self, until: float | None, expired: Callable[[], BaseException]) -> None:
-        if until is None:
-            self._until = _INF
-            return
+    def _deadline(self, until: float, expired: Callable[[], BaseException]) -> None:
+        """Raise ``expired()`` if ``until`` has passed, else see that the timer fires by it."""
         if until <= _monotonic():
             raise expired()
-        self._until, self._expired = until, expired
         if until < self._timer_at:  # no timer started yet, or one that would fire too late
             self._arm(until)
 
@@ -109,24 +124,22 @@ class Waits:
         self._timer, self._timer_at = timer, at
 
     def _fire(self) -> None:
-        """The timer, in the hub: cut the wait whose deadline passed, or re-arm."""
+        """The timer, in the hub: throw into each wait whose deadline passed, then re-arm for
+        the deadlines left. A throw runs the greenlet until it waits again (its next wait may
+        arm the timer itself), or ends (it may close this object)."""
         self._timer_at = _INF
-        if self._reading.active:
-            watcher = self._reading
-        elif self._writing.active:
-            watcher = self._writing
-        else:
-            return  # no wait now: the next one arms the timer again
-        until = self._until
-        if until == _INF:
-            return
-        if _monotonic() >= until - _SLACK:
-            expired = self._expired
-            assert expired is not None
-            self._until = _INF
-            self._hub.cancel_wait(watcher, expired())
-        else:
-            self._arm(until)
+        try:
+            if self._reading.active and _passed(self._read_until):
+                self._read_until = _INF
+                _throw(self._reading, self._read_expired)
+            if self._writing.active and _passed(self._write_until):
+                self._write_until = _INF
+                _throw(self._writing, self._write_expired)
+        finally:  # a bare greenlet's error comes out of the throw: the other wait still ends
+            at = min(self._read_until if self._reading.active else _INF,
+                     self._write_until if self._writing.active else _INF)
+            if at < self._timer_at:  # (inf when a wait armed it again, or none waits)
+                self._arm(at)
 
     def waiting(self) -> bool:
         """True while a greenlet is parked in a wait."""
@@ -140,4 +153,22 @@ class Waits:
         if self._timer is not None:
             self._timer.close()
             self._timer = None
-        self._timer_at = _INF
+        # A greenlet woken by the close waits no more: nothing for a timer to re-arm.
+        self._timer_at, self._read_until, self._write_until = _INF, _INF, _INF
+
+
+def _in_use(watcher: Any) -> NoReturn:
+    """gevent's error: one greenlet waits on a watcher at a time."""
+    raise ConcurrentObjectUseError(
+        f"This socket is already used by another greenlet: {watcher.callback!r}")
+
+
+def _passed(until: float) -> bool:
+    """True once ``until`` has passed (libev's clock may lag the monotonic one: slack)."""
+    return _monotonic() >= until - _SLACK
+
+
+def _throw(watcher: Any, expired: Callable[[], BaseException] | None) -> None:
+    """Throw ``expired()`` into the greenlet parked on ``watcher`` (in the hub)."""
+    assert expired is not None
+    watcher.callback.__self__.throw(expired())

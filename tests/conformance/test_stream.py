@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import ssl
 import time
+from typing import Any
 
 import pytest
 from support.conformance import (
@@ -116,6 +118,27 @@ def test_idle_timeout_restarts_with_each_read(start_endpoint: StartServer) -> No
             sock.sendall(word + b"\n")  # each within the idle time of the previous one
             assert read_line(sock) == b"echo: " + word + b"\n"
         assert read_until_eof(sock) == b""
+
+
+def test_a_client_that_does_not_read_is_cut_after_timeout_idle(
+        start_endpoint: StartServer) -> None:
+    """timeout_idle bounds a write too: the server's write waits for room (the client reads
+    nothing) and is cut after 0.3 s, long before the 64 MiB flood is out."""
+    endpoint = start_endpoint(timeout_idle=0.3)
+    flood = 64 * MIB
+    with endpoint.raw() as raw:
+        sock: Any = raw
+        if endpoint.tls:
+            sock = endpoint.client_context().wrap_socket(raw, server_hostname="localhost")
+        sock.sendall(b"FLOOD %d\n" % flood)
+        time.sleep(1.0)  # reads nothing meanwhile: the server's write is cut at 0.3 s
+        got = 0
+        try:
+            while chunk := sock.recv(65536):
+                got += len(chunk)
+        except (ConnectionResetError, ssl.SSLError):
+            pass  # cut by an abort: what was in flight, then a reset
+    assert got < flood // 2, got
 
 
 def test_close_with_unread_input_does_not_reset(endpoint: Endpoint) -> None:

@@ -92,6 +92,13 @@ class ConformanceServer(GServer):
         """Send ``size`` bytes and return without reading what the peer sent meanwhile."""
         client.sendall(pattern(int(size)))
 
+    def do_flood(self, client: Client, size: str) -> None:
+        """Send ``size`` bytes in 64 KiB writes (to a peer that reads nothing, a write then
+        waits for room until ``timeout_idle`` cuts it)."""
+        chunk = b"x" * 65536
+        for _ in range(int(size) // len(chunk)):
+            client.sendall(chunk)
+
 
 def pattern(size: int) -> bytes:
     """``size`` recognisable bytes (a counter), so truncation or reordering shows."""

@@ -405,3 +405,59 @@ def test_client_tls_facts_come_from_the_stream(
         client.close()
         assert stream.sock.fileno() == -1
         thread.result()
+
+
+# -- closed from another greenlet -------------------------------------------------------------
+# A stream closed by another greenlet while its reader is parked (a chat-style server closing
+# another client): the reader is woken, and the close itself does not raise.
+
+
+def stream_of(proto: str, sock: Any, pem_files: dict[str, Any]) -> Any:
+    if proto == "tcp":
+        return TCPProtocol(spec("tcp"), {}, None).post_accept(sock, WAIT)
+    return SSLProtocol(spec("ssl"), pem_files, TLSContexts(lambda text: None)).post_accept(
+        sock, WAIT)
+
+
+@pytest.mark.parametrize("how", ["close", "abort"])
+@pytest.mark.parametrize("proto", ["tcp", "ssl"])
+def test_closing_from_another_greenlet_wakes_the_parked_reader(
+        listener: Any, pem_files: dict[str, Any], ca: trustme.CA, proto: str, how: str) -> None:
+    connected, ended = threading.Event(), threading.Event()
+
+    def peer(port: int) -> bytes:  # connects (handshakes), sends nothing, reads to EOF
+        raw = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        conn: Any = raw
+        if proto == "ssl":
+            conn = trusting(ca).wrap_socket(raw, server_hostname="localhost")
+        connected.set()
+        data = b""
+        try:
+            while chunk := conn.recv(65536):
+                data += chunk
+        except (ConnectionResetError, ssl.SSLError):
+            pass
+        ended.set()
+        conn.close()
+        return data
+
+    gevent.sleep(0.05)  # descriptors of earlier tests whose close the hub deferred
+    baseline = open_fds()
+    with accepted(listener, peer) as (sock, thread):
+        stream = stream_of(proto, sock, pem_files)
+        stream.io.settimeout(None)
+        wait_in_hub(connected)
+        reader = gevent.spawn(stream.io.recv, 100)
+        gevent.sleep(0.05)
+        assert not reader.dead  # parked: the peer sends nothing
+        closer = gevent.spawn(getattr(stream, how))
+        closer.join(WAIT)
+        assert closer.successful(), repr(closer.exception)
+        reader.join(WAIT)
+        assert reader.dead, "the parked reader was not woken by the close"
+        # abort: EBADF; close: the end of the stream (the peer's FIN), or EBADF at the close
+        assert isinstance(reader.exception, OSError) or reader.value == b"", repr(reader.exception)
+        wait_in_hub(ended)  # the peer saw the end of the connection (the hub closes it)
+        thread.result()
+    gevent.sleep(0.05)
+    assert open_fds() == baseline

@@ -168,6 +168,50 @@ def test_send_is_partial_and_sendall_finishes(
     assert client.result() == payload
 
 
+@pytest.mark.parametrize("empty", [b"", bytearray(), memoryview(b"")], ids=type)
+def test_empty_writes_send_nothing_and_keep_the_connection(
+    listener: Any, server_ctx: SSL.Context, client_ctx: Any, empty: Any
+) -> None:
+    """An empty body is a common write: as on a socket, it sends nothing (``send`` says 0),
+    and the connection goes on, to its close_notify (the client reads to a clean EOF)."""
+
+    def read_all(tls: ssl.SSLSocket) -> bytes:
+        data = b""
+        while chunk := tls.recv(65536):  # an EOF without close_notify raises here
+            data += chunk
+        return data
+
+    with serve(listener, server_ctx, tls_client(client_ctx, read_all)) as (conn, client):
+        conn.do_handshake(WAIT)
+        conn.sendall(empty)
+        assert conn.send(empty) == 0
+        conn.sendall(b"after")
+    assert client.result() == b"after"
+
+
+def test_reads_of_nothing_return_nothing_and_keep_the_connection(
+    listener: Any, server_ctx: SSL.Context, client_ctx: Any
+) -> None:
+    """recv(0) and recv_into an empty buffer return at once, as on a socket; they used to
+    call SSL_read with nothing, which fails as an EOF does, and the connection read as
+    ended from then on."""
+
+    def hello(tls: ssl.SSLSocket) -> bytes:
+        tls.sendall(b"hello")
+        return tls.recv(10)
+
+    with serve(listener, server_ctx, tls_client(client_ctx, hello)) as (conn, client):
+        conn.do_handshake(WAIT)
+        conn.settimeout(WAIT)
+        assert conn.recv(0) == b""
+        assert conn.recv_into(bytearray()) == 0
+        with pytest.raises(ValueError):
+            conn.recv(-1)
+        assert recv_exactly(conn.recv, 5) == b"hello"
+        conn.sendall(b"world")
+    assert client.result() == b"world"
+
+
 # ---------------------------------------------------------------------------------------------
 # Handshake failures
 
@@ -345,6 +389,31 @@ def test_recv_timeout_leaves_the_connection_usable(
     client.result()
 
 
+def test_a_zero_timeout_read_after_a_write_takes_what_has_arrived(
+    listener: Any, server_ctx: SSL.Context, client_ctx: Any
+) -> None:
+    """settimeout(0) polls: a read returns what is there and raises TimeoutError only when
+    nothing is. After a write too (where a read otherwise waits for readable first)."""
+    answered = threading.Event()
+
+    def answer(tls: ssl.SSLSocket) -> None:
+        assert tls.recv(10) == b"question"
+        tls.sendall(b"answer")
+        answered.set()
+
+    with serve(listener, server_ctx, tls_client(client_ctx, answer)) as (conn, client):
+        conn.do_handshake(WAIT)
+        conn.sendall(b"question")
+        assert answered.wait(WAIT)
+        time.sleep(0.1)  # the answer crosses loopback
+        conn.settimeout(0)
+        assert recv_exactly(conn.recv, 6) == b"answer"
+        conn.sendall(b"more?")
+        with pytest.raises(TimeoutError):
+            conn.recv(10)  # nothing came
+    client.result()
+
+
 def test_settimeout_rejects_negative(listener: Any, server_ctx: SSL.Context) -> None:
     with serve(listener, server_ctx, plain_client(b"")) as (conn, _):
         assert conn.gettimeout() is None
@@ -389,3 +458,43 @@ def test_facts(
         assert conn.peer_certificate is None
         cipher = conn.cipher
     assert client.result()[0] == cipher
+
+
+# ---------------------------------------------------------------------------------------------
+# After close
+
+
+def test_a_closed_connection_never_touches_its_old_descriptor(
+    listener: Any, server_ctx: SSL.Context, client_ctx: Any
+) -> None:
+    """OpenSSL keeps the fd *number*: after close() it may belong to another connection (the
+    next accept gets the lowest free number). A read or write on the closed connection (a
+    handler going on after another greenlet closed it) must not read that connection's bytes
+    or write records into it."""
+    with serve(listener, server_ctx, tls_client(client_ctx)) as (conn, client):
+        conn.do_handshake(WAIT)
+        number = conn.fileno()
+        conn.close()
+        other, peer = socket.socketpair()
+        try:
+            if number not in (other.fileno(), peer.fileno()):
+                pytest.skip("the descriptor number was not reused")
+            mine, theirs = (other, peer) if other.fileno() == number else (peer, other)
+            theirs.sendall(b"someone else's data")
+            with pytest.raises(OSError):
+                conn.recv(100)
+            with pytest.raises(OSError):
+                conn.recv_into(bytearray(100))
+            with pytest.raises(OSError):
+                conn.sendall(b"stray record")
+            with pytest.raises(OSError):
+                conn.do_handshake(WAIT)
+            mine.setblocking(False)
+            assert mine.recv(100) == b"someone else's data"  # still there, unread
+            theirs.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                theirs.recv(100)  # nothing was written into it
+        finally:
+            other.close()
+            peer.close()
+    client.result()
