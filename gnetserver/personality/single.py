@@ -225,7 +225,9 @@ class Single:
         handshake: while one is, accepting goes on and :meth:`_make_room` evicts for each
         connection actually accepted."""
         pool = self._pool
-        if not pool.full() or self._budget.pending_handshakes():
+        # len(pool) < size is gevent's ``pool.full()`` (free_count() <= 0) without its two
+        # calls: this runs before every accept.
+        if len(pool.greenlets) < pool.size or self._budget.pending_handshakes():
             return False
         if self._running < len(pool):
             # Greenlets of this accept burst have not run yet, so none is known to be in its
@@ -240,7 +242,7 @@ class Single:
         iteration later; one whose unwinding had to wait (a log sink that blocks) ends soon
         after, and the next oldest is evicted meanwhile."""
         pool = self._pool
-        while pool.full():
+        while len(pool.greenlets) >= pool.size:  # pool.full(), inline (after every accept)
             victim = self._budget.evict_oldest()
             if victim is None:
                 return False
