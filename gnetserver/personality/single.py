@@ -79,7 +79,8 @@ class Single:
     needs_main_loop: ClassVar[bool] = False
 
     def __init__(self, conf: Conf, *, max_accept: int | None = None) -> None:
-        self._pool = Pool(conf.max_servers + conf.max_handshakes)
+        self._size = conf.max_servers + conf.max_handshakes  # the pool's (it never changes)
+        self._pool = Pool(self._size)
         self._budget = PendingBudget(conf.max_servers, conf.timeout_session_wait)
         self._servers: list[StreamServer] = []
         self._running = 0  # connection greenlets that started (the others wait to be run)
@@ -227,7 +228,7 @@ class Single:
         pool = self._pool
         # len(pool) < size is gevent's ``pool.full()`` (free_count() <= 0) without its two
         # calls: this runs before every accept.
-        if len(pool.greenlets) < pool.size or self._budget.pending_handshakes():
+        if len(pool.greenlets) < self._size or self._budget.pending_handshakes():
             return False
         if self._running < len(pool):
             # Greenlets of this accept burst have not run yet, so none is known to be in its
@@ -242,7 +243,7 @@ class Single:
         iteration later; one whose unwinding had to wait (a log sink that blocks) ends soon
         after, and the next oldest is evicted meanwhile."""
         pool = self._pool
-        while len(pool.greenlets) >= pool.size:  # pool.full(), inline (after every accept)
+        while len(pool.greenlets) >= self._size:  # pool.full(), inline (after every accept)
             victim = self._budget.evict_oldest()
             if victim is None:
                 return False
