@@ -481,7 +481,9 @@ class Results:
         self.samples: dict[str, dict[str, list[float]]] = {}
         self.notes: list[str] = []
         self.versions: dict[str, str] = {}
-        self.negotiated = "?"
+        #: What each server negotiated with h2load (``TLSv1.3 <suite>, key exchange ...``):
+        #: a different suite is different work, so the report says it per server.
+        self.negotiated: dict[str, str] = {}
 
     def add(self, measure: str, label: str, value: float) -> None:
         self.samples.setdefault(measure, {}).setdefault(label, []).append(value)
@@ -546,7 +548,7 @@ def handshakes(server: Server, args: argparse.Namespace, results: Results, key: 
         results.notes.append(f"{server.label} h2load -c{clients} {key}: "
                              f"{found[0] if found else output.strip()[-300:]}")
     if tls := re.search(r"TLS Protocol: (\S+)\s+Cipher: (\S+)\s+Server Temp Key: (.*)", output):
-        results.negotiated = f"{tls[1]} {tls[2]}, key exchange {tls[3].strip()}"
+        results.negotiated[server.label] = f"{tls[1]} {tls[2]}, key exchange {tls[3].strip()}"
     if found and int(found[2]):
         results.add(f"full handshake {KEY_TYPES[key]}, {clients} clients (µs)", server.label,
                     cpu / int(found[2]) * 1e6)
@@ -625,6 +627,14 @@ def versions(results: Results) -> str:
     return "; ".join(found)
 
 
+def negotiated(results: Results) -> str:
+    """The TLS parameters h2load negotiated: once when every server agreed, else per server."""
+    texts = set(results.negotiated.values())
+    if len(texts) == 1:
+        return f"{texts.pop()} (every server)"
+    return "; ".join(f"{label} {text}" for label, text in results.negotiated.items()) or "?"
+
+
 def format_table(results: Results, args: argparse.Namespace) -> str:
     labels = list(args.servers)
     head = ["server CPU per operation: median (lowest-highest)", *labels,
@@ -665,7 +675,7 @@ def report(results: Results, args: argparse.Namespace, seconds: float, argv: lis
         "",
         f"Versions: {versions(results)}.",
         "",
-        f"Negotiated (h2load): {results.negotiated}.",
+        f"Negotiated (h2load): {negotiated(results)}.",
         "",
         table,
         "",

@@ -43,10 +43,14 @@ class Listener:
     #: The address as bound: ``(host, port)`` (IPv6: 4-tuple) or a unix path. Read once at
     #: construction, so it stays available after the socket is closed.
     bound: Any = field(init=False)
+    #: The local address of every connection it accepts, when that is known without asking
+    #: each connection's socket (see :func:`fixed_local_address`); else None.
+    local_address: Any = field(init=False, repr=False)
     _text: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.bound = self.sock.getsockname()
+        self.local_address = fixed_local_address(self.sock, self.bound)
         where = describe(self.address, self.sock)
         self._text = f"{where}|{self.proto}" if self.spec.is_unix else f"{where}/{self.proto}"
 
@@ -77,6 +81,31 @@ class Listener:
 
     def __str__(self) -> str:
         return self._text
+
+
+#: Wildcard addresses: a listener bound to one accepts connections to any local address.
+_WILDCARDS = frozenset({"0.0.0.0", "::"})
+
+#: IP_TRANSPARENT / IPV6_TRANSPARENT (Linux): such a socket accepts connections to addresses
+#: other than the one it is bound to (TPROXY).
+_TRANSPARENT = ((socket.SOL_IP, getattr(socket, "IP_TRANSPARENT", 19)),
+                (getattr(socket, "SOL_IPV6", 41), getattr(socket, "IPV6_TRANSPARENT", 75)))
+
+
+def fixed_local_address(sock: socket.socket, bound: Any) -> Any:
+    """The local address every connection accepted on ``sock`` (bound to ``bound``) has: the
+    bound address itself for an inet socket bound to one address (not a wildcard, not
+    transparent); None otherwise (a wildcard, unix socket or transparent socket: ask each
+    connection's socket). Saves ``get_client_info`` a getsockname per connection."""
+    if not isinstance(bound, tuple) or len(bound) < 2 or bound[0] in _WILDCARDS:
+        return None
+    level, option = _TRANSPARENT[sock.family == socket.AF_INET6]
+    try:
+        if sock.getsockopt(level, option):
+            return None
+    except OSError:
+        pass  # not Linux, or no such option: no transparent proxying either
+    return bound
 
 
 #: ``accept()`` errors that say the process or the system ran out of something (descriptors,

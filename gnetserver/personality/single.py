@@ -79,7 +79,8 @@ class Single:
     needs_main_loop: ClassVar[bool] = False
 
     def __init__(self, conf: Conf, *, max_accept: int | None = None) -> None:
-        self._pool = Pool(conf.max_servers + conf.max_handshakes)
+        self._size = conf.max_servers + conf.max_handshakes  # the pool's (it never changes)
+        self._pool = Pool(self._size)
         self._budget = PendingBudget(conf.max_servers, conf.timeout_session_wait)
         self._servers: list[StreamServer] = []
         self._running = 0  # connection greenlets that started (the others wait to be run)
@@ -225,7 +226,9 @@ class Single:
         handshake: while one is, accepting goes on and :meth:`_make_room` evicts for each
         connection actually accepted."""
         pool = self._pool
-        if not pool.full() or self._budget.pending_handshakes():
+        # len(pool) < size is gevent's ``pool.full()`` (free_count() <= 0) without its two
+        # calls: this runs before every accept.
+        if len(pool.greenlets) < self._size or self._budget.pending_handshakes():
             return False
         if self._running < len(pool):
             # Greenlets of this accept burst have not run yet, so none is known to be in its
@@ -240,7 +243,7 @@ class Single:
         iteration later; one whose unwinding had to wait (a log sink that blocks) ends soon
         after, and the next oldest is evicted meanwhile."""
         pool = self._pool
-        while pool.full():
+        while len(pool.greenlets) >= self._size:  # pool.full(), inline (after every accept)
             victim = self._budget.evict_oldest()
             if victim is None:
                 return False

@@ -8,9 +8,10 @@ Rules of this module:
   practice (it also rejects TLS 1.2 hellos without signature_algorithms); enabling them
   really needs ``@SECLEVEL=0`` in ``SSL_cipher_list``.
 * Defaults are the secure ones of design.md section 4: TLS 1.2 minimum, forward-secret AEAD
-  suites (:data:`DEFAULT_CIPHER_LIST`) in the server's order; OpenSSL's TLS 1.3 suites and
-  groups. DHE needs ``SSL_dh_file`` (OpenSSL's automatic DH is not reachable from pyOpenSSL), so
-  by default only ECDHE is offered.
+  suites (:data:`DEFAULT_CIPHER_LIST`) in the server's order; OpenSSL's TLS 1.3 suites
+  (AES-128-GCM first: :data:`DEFAULT_CIPHERSUITES`) and groups. DHE needs ``SSL_dh_file``
+  (OpenSSL's automatic DH is not reachable from pyOpenSSL), so by default only ECDHE is
+  offered.
 * ALPN: the server's list in ``SSL_alpn_protocols`` order wins (OpenSSL's
   ``SSL_select_next_proto``, as Net::SSLeay does for IO::Socket::SSL); without overlap the
   handshake goes on without ALPN rather than failing.
@@ -23,7 +24,7 @@ from typing import Any
 from OpenSSL import SSL
 
 from ..errors import ConfigError
-from ..ssl_names import DEFAULT_CIPHER_LIST
+from ..ssl_names import DEFAULT_CIPHER_LIST, DEFAULT_CIPHERSUITES
 from .util import Build, read_file, reason, to_bool
 
 __all__ = ["DEFAULT_CIPHER_LIST", "parse_alpn", "parse_ssl_version"]
@@ -118,10 +119,10 @@ def apply_cipher_list(ctx: SSL.Context, b: Build) -> None:
 
 
 def apply_ciphersuites(ctx: SSL.Context, b: Build) -> None:
-    """``SSL_ciphersuites``: TLS 1.3 suites (default OpenSSL's)."""
+    """``SSL_ciphersuites``: TLS 1.3 suites (default :data:`DEFAULT_CIPHERSUITES`)."""
     suites = b.get("SSL_ciphersuites")
     if suites is None:
-        return
+        suites = DEFAULT_CIPHERSUITES
     try:
         ctx.set_tls13_ciphersuites(str(suites).encode("ascii"))
     except (SSL.Error, UnicodeEncodeError) as e:
