@@ -172,7 +172,11 @@ def test_hup_keeps_accepting_and_cuts_no_young_session(
     assert not failures, failures[:3]
     for record in after:
         pid, token, _ = record.response.split(" ", 2)
-        assert (int(pid), token) in ((server.pid, second), (drainer, first)), record
+        # The old image itself (its pid, the first token) may still answer a connection it
+        # accepted between the kill() above and its signal handler running: the HUP is
+        # delivered asynchronously, and that connection is then served in full.
+        assert (int(pid), token) in ((server.pid, second), (drainer, first),
+                                     (server.pid, first)), record
     waits = sorted(r.first_byte - r.started for r in after if r.first_byte is not None)
     print(f"\ntime to first byte after the HUP, {len(waits)} connections: "
           f"median {waits[len(waits) // 2] * 1000:.0f} ms, max {waits[-1] * 1000:.0f} ms")
