@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 import time
@@ -83,13 +84,21 @@ class Listener:
         return self._text
 
 
-#: Wildcard addresses: a listener bound to one accepts connections to any local address.
-_WILDCARDS = frozenset({"0.0.0.0", "::"})
-
 #: IP_TRANSPARENT / IPV6_TRANSPARENT (Linux): such a socket accepts connections to addresses
 #: other than the one it is bound to (TPROXY).
 _TRANSPARENT = ((socket.SOL_IP, getattr(socket, "IP_TRANSPARENT", 19)),
                 (getattr(socket, "SOL_IPV6", 41), getattr(socket, "IPV6_TRANSPARENT", 75)))
+
+
+def _is_wildcard(host: str) -> bool:
+    """A listener bound to ``host`` accepts connections to any local address: ``0.0.0.0``,
+    ``::`` and IPv4's wildcard on a dual-stack socket, ``::ffff:0.0.0.0``."""
+    try:
+        ip = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return True  # not an address we know: ask each connection's socket
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_unspecified or (mapped is not None and mapped.is_unspecified)
 
 
 def fixed_local_address(sock: socket.socket, bound: Any) -> Any:
@@ -97,7 +106,7 @@ def fixed_local_address(sock: socket.socket, bound: Any) -> Any:
     bound address itself for an inet socket bound to one address (not a wildcard, not
     transparent); None otherwise (a wildcard, unix socket or transparent socket: ask each
     connection's socket). Saves ``get_client_info`` a getsockname per connection."""
-    if not isinstance(bound, tuple) or len(bound) < 2 or bound[0] in _WILDCARDS:
+    if not isinstance(bound, tuple) or len(bound) < 2 or _is_wildcard(bound[0]):
         return None
     level, option = _TRANSPARENT[sock.family == socket.AF_INET6]
     try:

@@ -47,3 +47,18 @@ def test_empty_hooks_detected_once() -> None:
     hooked.post_client_connection_hook = lambda client: None  # type: ignore[method-assign]
     hooked._detect_hooks()
     assert hooked._noop_hooks == {"allow_deny_hook", "post_process_request_hook"}
+
+
+def test_fixed_local_address_ipv4_mapped_wildcard() -> None:
+    """``::ffff:0.0.0.0`` on a dual-stack socket is IPv4's wildcard: each connection has its
+    own local address (``::ffff:127.0.0.1`` here), so it must be asked for."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::ffff:0.0.0.0", 0))
+        sock.listen()
+        bound = sock.getsockname()
+        with socket.create_connection(("127.0.0.1", bound[1]), timeout=5):
+            accepted, _ = sock.accept()
+            with accepted:
+                assert accepted.getsockname()[0] == "::ffff:127.0.0.1"
+        assert fixed_local_address(sock, bound) is None
