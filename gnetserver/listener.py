@@ -139,6 +139,7 @@ class AcceptBackoff:
     Args:
         where: the listener's text, for the log lines.
         log: ``log(level, message)``, the server's log; None logs nothing.
+        counted: called on every failed accept (the metrics' counter); None: nothing.
     """
 
     #: The first retry delay, and the longest (seconds).
@@ -147,9 +148,11 @@ class AcceptBackoff:
     #: Failures this many seconds apart or more belong to two bursts (two lines).
     BURST_GAP = 2.0
 
-    def __init__(self, where: str, log: Callable[[int, str], None] | None) -> None:
+    def __init__(self, where: str, log: Callable[[int, str], None] | None,
+                 counted: Callable[[], None] | None = None) -> None:
         self._where = where
         self._log = log
+        self._counted = counted
         self._delay = self.MIN_DELAY
         self._last_failure = float("-inf")
         self._since = 0.0  # when the burst started
@@ -178,6 +181,8 @@ class AcceptBackoff:
         if not self._recovered:
             self._failures += 1
         self._total += 1
+        if self._counted is not None:
+            self._counted()
         delay = self._delay
         self._delay = min(self.MAX_DELAY, self._delay * 2)
         return delay

@@ -75,6 +75,9 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("gnetserver_connections_denied", "counter", _PORT,
                "Connections refused by the access rules (allow/deny/cidr_allow/cidr_deny, "
                "before the TLS handshake on TLS ports) or by allow_deny_hook."),
+    MetricSpec("gnetserver_accept_failures", "counter", _PORT,
+               "accept() calls that failed for want of descriptors, buffers or memory "
+               "(EMFILE, ENFILE, ENOBUFS, ENOMEM); accepting then pauses with back-off."),
     MetricSpec("gnetserver_tls_handshakes", "counter", _PORT,
                "TLS handshakes completed."),
     MetricSpec("gnetserver_tls_handshake_failures", "counter", (*_PORT, "reason"),

@@ -144,6 +144,9 @@ class Metrics:
     def denied(self, listener: Any) -> None:
         """A connection refused by the access rules or allow_deny_hook."""
 
+    def accept_failed(self, listener: Any) -> None:
+        """An ``accept()`` on ``listener`` failed for want of resources (EMFILE, ...)."""
+
     def session_ended(self, client: Any) -> None:
         """A session ends (before its close): its bytes in and out (:func:`tcp_bytes`)."""
 

@@ -45,9 +45,9 @@ _ENV = "PROMETHEUS_MULTIPROC_DIR"
 class _PortSeries:
     """The label children of one listener (``port``, ``proto``), looked up once."""
 
-    __slots__ = ("accepted", "active", "denied", "duration", "failures", "handshakes",
-                 "labels", "negotiated", "received", "resumed", "sent", "_metrics",
-                 "counts_bytes")
+    __slots__ = ("accepted", "accept_failures", "active", "denied", "duration", "failures",
+                 "handshakes", "labels", "negotiated", "received", "resumed", "sent",
+                 "_metrics", "counts_bytes")
 
     def __init__(self, metrics: dict[str, Any], port: str, proto: str, counts_bytes: bool):
         self._metrics = metrics
@@ -55,6 +55,8 @@ class _PortSeries:
         self.accepted = metrics["gnetserver_connections_accepted"].labels(port, proto)
         self.active = metrics["gnetserver_connections_active"].labels(port, proto)
         self.denied = metrics["gnetserver_connections_denied"].labels(port, proto)
+        # made now: under PreFork a first use opens the value file, which fails at EMFILE
+        self.accept_failures = metrics["gnetserver_accept_failures"].labels(port, proto)
         self.handshakes = metrics["gnetserver_tls_handshakes"].labels(port, proto)
         self.duration = metrics["gnetserver_tls_handshake_duration_seconds"].labels(port, proto)
         self.resumed = metrics["gnetserver_tls_sessions_resumed"].labels(port, proto)
@@ -195,6 +197,9 @@ class PrometheusMetrics(Metrics):
 
     def denied(self, listener: Any) -> None:
         self._series(listener).denied.inc()
+
+    def accept_failed(self, listener: Any) -> None:
+        self._series(listener).accept_failures.inc()
 
     def session_ended(self, client: Any) -> None:
         series = self._series(client.listener)

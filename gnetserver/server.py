@@ -868,6 +868,7 @@ class GServer:
             reload=self.reload_in_place,
             close_logs=self.close_logs,
             worker_ended=lambda pid: self.metrics.worker_ended(pid),
+            accept_failed=lambda listener: self.metrics.accept_failed(listener),
             idle_loop=lambda: self.idle_loop_hook(),
         )
 

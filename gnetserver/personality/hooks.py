@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..conf import Conf
 
@@ -46,6 +47,9 @@ class ProcessHooks:
             second; ``idle_loop_hook``). Exceptions are logged, the loop goes on.
         worker_ended: in the parent when it reaped a worker, with its pid (the metrics drop
             the worker's live gauges).
+        accept_failed: in the accepting process (Single, each PreFork worker), with the
+            listener, each time its ``accept()`` fails for want of resources (the metrics
+            count it; the log line is the personality's, once per burst).
     """
 
     name: str = "gnetserver"
@@ -57,3 +61,4 @@ class ProcessHooks:
     close_logs: Callable[[], None] = _nothing
     idle_loop: Callable[[], None] = _nothing
     worker_ended: Callable[[int], None] = _nothing
+    accept_failed: Callable[[Any], None] = _nothing

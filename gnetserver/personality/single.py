@@ -126,7 +126,8 @@ class Single:
                 self._readers.append(gevent.spawn(self._read_datagrams, handle, listener))
                 continue
             server = _Acceptor(self, listener.sock, self._handler(handle, listener),
-                               AcceptBackoff(str(listener), self._log))
+                               AcceptBackoff(str(listener), self._log,
+                                             self._accept_failed(hooks, listener)))
             if self._max_accept is not None:
                 server.max_accept = self._max_accept
             server.start()
@@ -135,6 +136,15 @@ class Single:
     def handle_signal(self, name: str) -> bool:
         """No signal of its own: False, the server's ``handle_<name>`` does it."""
         return False
+
+    @staticmethod
+    def _accept_failed(hooks: ProcessHooks | None, listener: Listener
+                       ) -> Callable[[], None] | None:
+        """What a failed accept on ``listener`` calls (the server's counter), if anything."""
+        if hooks is None:
+            return None
+        accept_failed = hooks.accept_failed
+        return lambda: accept_failed(listener)
 
     def _handler(self, handle: Callable[[Listener, Any, Any], None], listener: Listener
                  ) -> Callable[[Any, Any], None]:

@@ -16,12 +16,14 @@ import socket
 import ssl
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from support.net import address, read_line, read_until_eof, wait_until
 from support.process import REPO, python_env
+from support.prometheus import free_port, samples
 
 from gnetserver import ConfigError, GServer
 from gnetserver.conf import plan_conf
@@ -48,7 +50,8 @@ class Echo(GServer):
         for line in client:
             client.sendall(line)
 
-Echo(commandline=[], port="127.0.0.1:0/tcp", max_servers=100, log_level=2).run()
+Echo(commandline=[], port="127.0.0.1:0/tcp", max_servers=100, log_level=2,
+     metrics_port=sys.argv[2]).run()
 """
 HEADROOM = 8
 BURST = 30
@@ -69,7 +72,9 @@ def echo(where: tuple[str, int], timeout: float = 10.0) -> bytes:
 
 def test_out_of_descriptors_one_line_per_burst_back_off_and_recovery(
         spawn: Callable[..., Any]) -> None:
-    server = spawn([sys.executable, "-c", FD_SERVER, str(HEADROOM)], env=python_env(REPO))
+    metrics = free_port()
+    server = spawn([sys.executable, "-c", FD_SERVER, str(HEADROOM), str(metrics)],
+                   env=python_env(REPO))
     host, port, _ = server.ports()[0]
     where = (host, port)
     server.wait_for("limit set")
@@ -114,6 +119,11 @@ def test_out_of_descriptors_one_line_per_burst_back_off_and_recovery(
             sock.close()
     assert echo(where) == b"ping\n"
     assert server.count("failed: EMFILE") == 2
+    # Every failed accept is counted (the lines are per burst, the counter per failure).
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10) as answer:
+        found = samples(answer.read())
+    failures = found[f'gnetserver_accept_failures_total{{port="{port}",proto="tcp"}}']
+    assert failures >= 2, found
 
 
 # -- clients that never read --------------------------------------------------------------------
