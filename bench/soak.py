@@ -53,7 +53,6 @@ import random
 import signal
 import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import threading
@@ -128,14 +127,8 @@ class SoakProcess(ServerProcess):
         self.kind = "soak"
         self.tree = REPO
         self.ports = ports
-        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--serve", "--cert", cert,
-             "--key", key, "--ports", *map(str, ports)],
-            env=dict(os.environ, PYTHONPATH=path), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.pid = self.proc.pid
-        self._watch_stderr()
+        self._spawn([sys.executable, str(Path(__file__).resolve()), "--serve", "--cert", cert,
+                     "--key", key, "--ports", *map(str, ports)], REPO)
 
     def wait_ready(self, timeout: float = 30.0) -> tuple[str, int]:
         """Block until the control port answers; raise with the server's stderr if not."""
