@@ -19,6 +19,7 @@ import ipaddress
 import os
 import re
 import resource
+import socket
 import subprocess
 import sys
 import threading
@@ -166,6 +167,18 @@ def positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
     return value
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel has free now (bound, read, closed: a tiny race, fine on loopback)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def stop_process(proc: subprocess.Popen[Any], grace: float) -> None:

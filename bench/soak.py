@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from servers import REPO, ServerProcess, positive, stop_process, write_certificate
+from servers import REPO, ServerProcess, free_ports, positive, stop_process, write_certificate
 
 SAMPLE_SECONDS = 10.0
 ROUNDS_PER_CONNECTION = 20
@@ -105,18 +105,6 @@ def serve(args: argparse.Namespace) -> None:
 
 
 # -- the driver ---------------------------------------------------------------------------------
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel has free now (bound, read, closed: a tiny race, fine on loopback)."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 class SoakProcess(ServerProcess):
