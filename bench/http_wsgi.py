@@ -48,14 +48,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # servers beside this file
 
-from servers import free_ports, stop_process, write_certificate  # noqa: E402
+from servers import BENCH, REPO, TICKS, free_ports, stop_process, write_certificate  # noqa: E402
 
 SERVERS = ("gnetserver", "pywsgi", "gunicorn", "pywsgi-nodelay")
-TICKS = os.sysconf("SC_CLK_TCK")
 REQUESTS = re.compile(r"(\d+) requests in ([\d.]+)(m?s)")
 
 
