@@ -48,14 +48,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # servers beside this file
 
-from servers import stop_process, write_certificate  # noqa: E402
+from servers import BENCH, REPO, TICKS, free_ports, stop_process, write_certificate  # noqa: E402
 
 SERVERS = ("gnetserver", "pywsgi", "gunicorn", "pywsgi-nodelay")
-TICKS = os.sysconf("SC_CLK_TCK")
 REQUESTS = re.compile(r"(\d+) requests in ([\d.]+)(m?s)")
 
 
@@ -86,12 +83,6 @@ def serve(kind: str, port: int, cert: str, key: str) -> None:
 
 
 # -- seen from the benchmark -------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def descendants(pid: int) -> list[int]:
@@ -132,7 +123,7 @@ class Server:
     def __init__(self, kind: str, cert: str, key: str, folder: str) -> None:
         self.kind = kind
         self.stderr_path = Path(folder) / f"{kind}.stderr"
-        self.port = free_port()
+        self.port = free_ports(1)[0]
         if kind == "gunicorn":
             command = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1",
                        "--certfile", cert, "--keyfile", key, "-b", f"127.0.0.1:{self.port}",

@@ -126,17 +126,10 @@ class Server(WatchedStderr):
         self.label, self.server_type, self.workers = label, server_type, workers
         self.stats = stats
         stats.mkdir()
-        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--serve", "--server-type",
-             server_type, "--workers", str(workers), "--cert", cert, "--key", key,
-             "--server-cpus", cpus, "--stats", str(stats),
-             *(["--resumption"] if resumption else [])],
-            env=dict(os.environ, PYTHONPATH=path), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
-        self.pid = self.proc.pid
-        self._watch_stderr()
+        self._spawn([sys.executable, str(Path(__file__).resolve()), "--serve", "--server-type",
+                     server_type, "--workers", str(workers), "--cert", cert, "--key", key,
+                     "--server-cpus", cpus, "--stats", str(stats),
+                     *(["--resumption"] if resumption else [])], REPO)
 
     def wait_ready(self) -> tuple[str, int]:
         """Block until the server listens and has its workers; raise with its stderr if not."""

@@ -19,6 +19,7 @@ import ipaddress
 import os
 import re
 import resource
+import socket
 import subprocess
 import sys
 import threading
@@ -168,6 +169,18 @@ def positive(text: str) -> int:
     return value
 
 
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel has free now (bound, read, closed: a tiny race, fine on loopback)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def stop_process(proc: subprocess.Popen[Any], grace: float) -> None:
     """TERM a subprocess, KILL it when it has not ended ``grace`` seconds later; reap it."""
     if proc.poll() is None:
@@ -195,6 +208,17 @@ class WatchedStderr:
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._reader.start()
 
+    def _spawn(self, command: list[str], tree: Path) -> None:
+        """Start ``command`` (a Python server subprocess) with ``tree`` first on PYTHONPATH,
+        its stderr piped to the reading thread."""
+        path = os.pathsep.join(p for p in (str(tree), os.environ.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen(
+            command, env=dict(os.environ, PYTHONPATH=path), stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        self.pid = self.proc.pid
+        self._watch_stderr()
+
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
@@ -215,15 +239,9 @@ class ServerProcess(WatchedStderr):
                  extra: tuple[str, ...] = (), tree: Path = REPO) -> None:
         self.kind = kind
         self.tree = tree.resolve()
-        path = os.pathsep.join(p for p in (str(self.tree), os.environ.get("PYTHONPATH")) if p)
-        self.proc = subprocess.Popen(
-            [sys.executable, str(BENCH / "echo_tls.py"), "--serve", kind, "--cert", cert,
-             "--key", key, "--cpu", str(cpu), "--tree", str(self.tree), *extra],
-            env=dict(os.environ, PYTHONPATH=path), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
-        self.pid = self.proc.pid
-        self._watch_stderr()
+        self._spawn([sys.executable, str(BENCH / "echo_tls.py"), "--serve", kind, "--cert", cert,
+                     "--key", key, "--cpu", str(cpu), "--tree", str(self.tree), *extra],
+                    self.tree)
 
     def wait_ready(self) -> tuple[str, int]:
         """Block until the server listens; raise with its stderr if it does not."""

@@ -84,6 +84,7 @@ from servers import (  # noqa: E402
     BENCH,
     KEY_TYPES,
     REPO,
+    free_ports,
     positive,
     raise_fd_limit,
     stop_process,
@@ -325,19 +326,13 @@ def serve(args: argparse.Namespace) -> None:
 # -- seen from the benchmark ---------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Server:
     """One server under test: a process tree pinned to the server CPU, on a known port."""
 
     def __init__(self, label: str, cert: str, key: str, tmp: Path, args: argparse.Namespace
                  ) -> None:
         self.label = label
-        self.port = free_port()
+        self.port = free_ports(1)[0]
         self.address = ("127.0.0.1", self.port)
         self.max_connections = args.perl_servers if label == "perl" else 1 << 30
         pin = ["taskset", "-c", str(args.server_cpu)]

@@ -53,7 +53,6 @@ import random
 import signal
 import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import threading
@@ -62,7 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from servers import REPO, ServerProcess, positive, stop_process, write_certificate
+from servers import REPO, ServerProcess, free_ports, positive, stop_process, write_certificate
 
 SAMPLE_SECONDS = 10.0
 ROUNDS_PER_CONNECTION = 20
@@ -108,18 +107,6 @@ def serve(args: argparse.Namespace) -> None:
 # -- the driver ---------------------------------------------------------------------------------
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel has free now (bound, read, closed: a tiny race, fine on loopback)."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
 class SoakProcess(ServerProcess):
     """The soak server subprocess; its facts from /proc (``rss_kb`` and ``cpu_seconds`` are
     :class:`ServerProcess`'s) and its control port."""
@@ -128,14 +115,8 @@ class SoakProcess(ServerProcess):
         self.kind = "soak"
         self.tree = REPO
         self.ports = ports
-        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--serve", "--cert", cert,
-             "--key", key, "--ports", *map(str, ports)],
-            env=dict(os.environ, PYTHONPATH=path), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.pid = self.proc.pid
-        self._watch_stderr()
+        self._spawn([sys.executable, str(Path(__file__).resolve()), "--serve", "--cert", cert,
+                     "--key", key, "--ports", *map(str, ports)], REPO)
 
     def wait_ready(self, timeout: float = 30.0) -> tuple[str, int]:
         """Block until the control port answers; raise with the server's stderr if not."""
