@@ -1181,7 +1181,7 @@ class GServer:
             if "post_client_connection_hook" not in noop:
                 self._guarded(self.post_client_connection_hook, client)  # user: after close
         except Evicted:  # the personality made room for a newer connection
-            if client.listener.protocol.is_tls and client.tls is None:
+            if tls and client.tls is None:
                 self.metrics.handshake_failed(client.listener, "evicted")
             self._dropped(client, "evicted from its handshake: the pending budget "
                                   "(max_handshakes) is full")
