@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 
+from .negotiation import select_alpn
 from .selfsigned import self_signed_builder
 from .sni import normalize
 
@@ -214,7 +215,4 @@ class AlpnHook:
                     return ACME_TLS_ALPN
         except Exception:  # a broken file or certificate: serve as if no challenge
             pass
-        for protocol in self.ours:
-            if protocol in offered:
-                return protocol
-        return SSL.NO_OVERLAPPING_PROTOCOLS
+        return select_alpn(self.ours, offered)
