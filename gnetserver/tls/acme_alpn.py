@@ -30,7 +30,6 @@ Rules of this module:
 from __future__ import annotations
 
 import contextlib
-import datetime
 import hashlib
 import ipaddress
 import os
@@ -41,10 +40,10 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
-from .selfsigned import san_entry
+from .negotiation import select_alpn
+from .selfsigned import self_signed_builder
 from .sni import normalize
 
 __all__ = [
@@ -73,17 +72,8 @@ def challenge_certificate(name: str, key_authorization: str) -> Pair:
     # DER OCTET STRING of the 32-byte digest: tag 0x04, length 32, the bytes.
     value = b"\x04\x20" + digest
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ACME challenge")])
-    now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=7))
-        .add_extension(x509.SubjectAlternativeName([san_entry(name)]), critical=False)
+        self_signed_builder(key, "ACME challenge", [name], days=7)
         .add_extension(x509.UnrecognizedExtension(ID_PE_ACME_IDENTIFIER, value), critical=True)
         .sign(key, hashes.SHA256())
     )
@@ -225,7 +215,4 @@ class AlpnHook:
                     return ACME_TLS_ALPN
         except Exception:  # a broken file or certificate: serve as if no challenge
             pass
-        for protocol in self.ours:
-            if protocol in offered:
-                return protocol
-        return SSL.NO_OVERLAPPING_PROTOCOLS
+        return select_alpn(self.ours, offered)

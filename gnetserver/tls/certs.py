@@ -36,6 +36,7 @@ from .formats import (
     Passphrase,
     load_certificate_file,
     load_key_data,
+    load_pem_certificates,
     own_key,
 )
 from .util import Build, as_bytes, read_file, reason, require_callable
@@ -138,7 +139,8 @@ def _load_chain(cred: Mapping[str, Any], b: Build) -> tuple[CertificateFile, str
     if isinstance(value, x509.Certificate):
         return CertificateFile([value], None, "object"), "SSL_cert"
     if isinstance(value, (bytes, str)):
-        return _parse_pem_chain(as_bytes(value), "SSL_cert", where), "SSL_cert"
+        return CertificateFile(load_pem_certificates(as_bytes(value), "SSL_cert", where), None,
+                               "PEM"), "SSL_cert"
     chain = list(value) if isinstance(value, (list, tuple)) else []
     if not chain or not all(isinstance(c, x509.Certificate) for c in chain):
         raise ConfigError(
@@ -146,13 +148,6 @@ def _load_chain(cred: Mapping[str, Any], b: Build) -> tuple[CertificateFile, str
             f"bytes, not {type(value).__name__}"
         )
     return CertificateFile(chain, None, "object"), "SSL_cert"
-
-
-def _parse_pem_chain(data: bytes, label: str, where: str) -> CertificateFile:
-    try:
-        return CertificateFile(x509.load_pem_x509_certificates(data), None, "PEM")
-    except ValueError as e:
-        raise ConfigError(f"{where}: {label} holds no valid PEM certificate ({e})") from e
 
 
 # ---------------------------------------------------------------------------------------------

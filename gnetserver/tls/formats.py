@@ -36,7 +36,8 @@ from cryptography.hazmat.primitives.serialization import (
 
 from ..errors import ConfigError
 
-__all__ = ["CertificateFile", "is_pem", "load_certificate_file", "load_key_data", "own_key"]
+__all__ = ["CertificateFile", "is_pem", "load_certificate_file", "load_key_data",
+           "load_pem_certificates", "own_key"]
 
 #: Returns the passphrase (``SSL_passwd_cb`` already checked and called), or None without one.
 Passphrase = Callable[[], "bytes | None"]
@@ -62,6 +63,15 @@ def is_pem(data: bytes) -> bool:
     return b"-----BEGIN " in data
 
 
+def load_pem_certificates(data: bytes, label: str, where: str) -> list[x509.Certificate]:
+    """The certificates of PEM ``data`` (one or more); ConfigError naming ``where`` and
+    ``label`` when it holds none."""
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {label} holds no valid PEM certificate ({e})") from e
+
+
 def load_certificate_file(data: bytes, label: str, where: str,
                           passphrase: Passphrase) -> CertificateFile:
     """Read an ``SSL_cert_file``'s bytes as PEM, DER or PKCS#12 (see the module rules).
@@ -71,10 +81,7 @@ def load_certificate_file(data: bytes, label: str, where: str,
             opens; the message names ``where`` and ``label``.
     """
     if is_pem(data):
-        try:
-            return CertificateFile(x509.load_pem_x509_certificates(data), None, "PEM")
-        except ValueError as e:
-            raise ConfigError(f"{where}: {label} holds no valid PEM certificate ({e})") from e
+        return CertificateFile(load_pem_certificates(data, label, where), None, "PEM")
     try:
         return CertificateFile([x509.load_der_x509_certificate(data)], None, "DER")
     except ValueError:

@@ -19,6 +19,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from OpenSSL import SSL
@@ -27,7 +28,7 @@ from ..errors import ConfigError
 from ..ssl_names import DEFAULT_CIPHER_LIST, DEFAULT_CIPHERSUITES
 from .util import Build, read_file, reason, to_bool
 
-__all__ = ["DEFAULT_CIPHER_LIST", "parse_alpn", "parse_ssl_version"]
+__all__ = ["DEFAULT_CIPHER_LIST", "parse_alpn", "parse_ssl_version", "select_alpn"]
 
 # ---------------------------------------------------------------------------------------------
 # SSL_version
@@ -223,9 +224,15 @@ def apply_alpn(ctx: SSL.Context, b: Build) -> None:
 
     def select(conn: SSL.Connection, offered: list[bytes]) -> Any:
         # Runs inside OpenSSL's handshake; it must not raise (see tls/context.py rules).
-        for name in ours:
-            if name in offered:
-                return name
-        return SSL.NO_OVERLAPPING_PROTOCOLS
+        return select_alpn(ours, offered)
 
     ctx.set_alpn_select_callback(select)
+
+
+def select_alpn(ours: Sequence[bytes], offered: Sequence[bytes]) -> Any:
+    """The ALPN choice: the first of ``ours`` the client offers (the server's order), else
+    ``SSL.NO_OVERLAPPING_PROTOCOLS`` (the handshake goes on without ALPN)."""
+    for name in ours:
+        if name in offered:
+            return name
+    return SSL.NO_OVERLAPPING_PROTOCOLS

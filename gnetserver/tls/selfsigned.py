@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["fingerprint_sha256", "make_self_signed", "san_entry"]
+__all__ = ["fingerprint_sha256", "make_self_signed", "san_entry", "self_signed_builder"]
 
 # Clocks of clients and servers drift; a certificate "valid from now" can look like it is from
 # the future to a peer whose clock is a little behind.
@@ -58,9 +58,23 @@ def make_self_signed(
     if days <= 0:
         raise ValueError(f"make_self_signed: days must be positive, got {days}")
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])])
-    now = datetime.datetime.now(datetime.timezone.utc)
     builder = (
+        self_signed_builder(key, hostnames[0], hostnames, days)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    )
+    return builder.sign(key, hashes.SHA256()), key
+
+
+def self_signed_builder(key: ec.EllipticCurvePrivateKey, common_name: str,
+                        hostnames: Sequence[str], days: int) -> x509.CertificateBuilder:
+    """The builder of a self-signed certificate for ``key``: subject and issuer common name
+    ``common_name``, a random serial number, valid from a little before now (clock drift) for
+    ``days`` days, a subjectAltName of ``hostnames``. The caller adds its other extensions and
+    signs it (with ``key``)."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -69,10 +83,7 @@ def make_self_signed(
         .not_valid_before(now - _BACKDATE)
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName([san_entry(h) for h in hostnames]), False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     )
-    return builder.sign(key, hashes.SHA256()), key
 
 
 def fingerprint_sha256(cert: x509.Certificate) -> str:

@@ -36,7 +36,8 @@ from cryptography import x509
 from OpenSSL import SSL, crypto
 
 from ..errors import ConfigError
-from .util import Build, callback_name, read_file, reason, require_callable, to_bool
+from .formats import load_pem_certificates
+from .util import Build, as_bytes, callback_name, read_file, reason, require_callable, to_bool
 
 __all__ = ["apply_ca", "apply_client_ca", "apply_crl", "apply_verify_mode", "verify_bits"]
 
@@ -190,26 +191,18 @@ def apply_client_ca(ctx: SSL.Context, b: Build) -> None:
                           "asked for; set SSL_verify_mode 1 (or 3)")
     cas: list[x509.Certificate] = []
     if path is not None:
-        cas += _pem_certificates(read_file(path, "SSL_client_ca_file", b.where),
-                                 f"SSL_client_ca_file {str(path)!r}", b.where)
+        cas += load_pem_certificates(read_file(path, "SSL_client_ca_file", b.where),
+                                     f"SSL_client_ca_file {str(path)!r}", b.where)
     if value is not None:
         cas += _client_ca_objects(value, b.where)
     for ca in cas:
         ctx.add_client_ca(ca)
 
 
-def _pem_certificates(data: bytes, label: str, where: str) -> list[x509.Certificate]:
-    try:
-        return x509.load_pem_x509_certificates(data)
-    except ValueError as e:
-        raise ConfigError(f"{where}: {label} holds no valid PEM certificate ({e})") from e
-
-
 def _client_ca_objects(value: Any, where: str) -> list[x509.Certificate]:
     """``SSL_client_ca``: a certificate, a list of them, or PEM text/bytes."""
     if isinstance(value, (bytes, str)):
-        data = value.encode() if isinstance(value, str) else value
-        return _pem_certificates(data, "SSL_client_ca", where)
+        return load_pem_certificates(as_bytes(value), "SSL_client_ca", where)
     items = list(value) if isinstance(value, (list, tuple)) else [value]
     if not items or not all(isinstance(item, x509.Certificate) for item in items):
         raise ConfigError(f"{where}: SSL_client_ca must be an x509.Certificate, a non-empty "
