@@ -40,17 +40,9 @@ def read_header(sock: Any, mode: str, timeout: float) -> ProxyHeader:
     deadline = time.monotonic() + timeout
     saved = sock.gettimeout()
     buf = bytearray()
+    total: int | None = None
     try:
-        while True:
-            total = measure(bytes(buf), mode)
-            if total is not None:
-                while len(buf) < total:  # the rest of a header whose length is known
-                    _until(sock, deadline, len(buf))
-                    chunk = sock.recv(total - len(buf))
-                    if not chunk:
-                        raise _truncated(buf)
-                    buf += chunk
-                return parse(bytes(buf), mode)
+        while total is None:  # the length is not known yet: every byte peeked is header
             _until(sock, deadline, len(buf))
             # Less than V1_MAX_LENGTH is buffered here (measure refuses more without a CRLF).
             peeked = sock.recv(V1_MAX_LENGTH - len(buf), socket.MSG_PEEK)
@@ -59,6 +51,13 @@ def read_header(sock: Any, mode: str, timeout: float) -> ProxyHeader:
             total = measure(bytes(buf) + peeked, mode)
             take = len(peeked) if total is None else min(len(peeked), total - len(buf))
             buf += sock.recv(take)  # peeked bytes are there already: this does not wait
+        while len(buf) < total:  # the rest of a header whose length is known
+            _until(sock, deadline, len(buf))
+            chunk = sock.recv(total - len(buf))
+            if not chunk:
+                raise _truncated(buf)
+            buf += chunk
+        return parse(bytes(buf), mode)
     except TimeoutError:
         raise ProxyHeaderTimeout(f"no complete PROXY header within timeout_proxy_header "
                                  f"({timeout:g} s; {len(buf)} bytes received)") from None

@@ -136,15 +136,7 @@ class Exchange:
     def readline(self, size: int = -1) -> bytes:
         """One line of the body with its ``\\n`` (at most ``size`` bytes when given)."""
         self._expect()
-        line = bytearray()
-        while size < 0 or len(line) < size:
-            char = self._reader.read_body(1)
-            if not char:
-                break
-            line += char
-            if char == b"\n":
-                break
-        return bytes(line)
+        return self._reader.read_body_line(size)
 
     @property
     def body_complete(self) -> bool:

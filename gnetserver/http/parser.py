@@ -290,6 +290,37 @@ class RequestReader:
         """Up to ``size`` bytes (at least 1) of the current request's body; ``b""`` at its end.
         Raises ConnectionError when the client closes in the middle, TimeoutError past
         timeout_idle, HTTPError for a body too large or malformed chunks."""
+        event = self._body_event()
+        if len(event) <= size:
+            if event:
+                self._events.popleft()
+            return event
+        self._events[0] = event[size:]
+        return event[:size]
+
+    def read_body_line(self, size: int) -> bytes:
+        """Body bytes through the next ``\\n`` (at most ``size`` of them when ``size`` >= 0);
+        ``b""`` at the body's end. Raises as :meth:`read_body` does."""
+        line = bytearray()
+        while size < 0 or len(line) < size:
+            event = self._body_event()
+            if not event:
+                break
+            end = event.find(b"\n") + 1 or len(event)
+            if size >= 0:
+                end = min(end, size - len(line))
+            line += event[:end]
+            if end == len(event):
+                self._events.popleft()
+            else:
+                self._events[0] = event[end:]
+            if line.endswith(b"\n"):
+                break
+        return bytes(line)
+
+    def _body_event(self) -> bytes:
+        """The body bytes at the head of the queue (left there), reading more as needed;
+        ``b""`` at the body's end."""
         while not self.body_complete:
             if self._events:
                 event = self._events[0]
@@ -298,11 +329,7 @@ class RequestReader:
                     self.body_complete = True
                     break
                 if isinstance(event, bytes):
-                    if len(event) <= size:
-                        self._events.popleft()
-                        return event
-                    self._events[0] = event[size:]
-                    return event[:size]
+                    return event
             if not self._fill(None):
                 raise ConnectionError("the client closed the connection in the middle of "
                                       "the request body")
