@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import trustme
 from support.handshake import Pems
-from support.haproxy import HAProxy, free_port
-from support.net import address, poll, read_until_eof
+from support.haproxy import HAProxy
+from support.net import address, free_port, poll, read_until_eof
 from support.servers import QueueServer
 
 from gnetserver import GServer
