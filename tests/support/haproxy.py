@@ -8,12 +8,12 @@ in LISTEN state), so no probe connection reaches the server behind it.
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import threading
 from pathlib import Path
 
 from .net import wait_until
+from .process import end
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
@@ -78,13 +78,7 @@ class HAProxy:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 5 s; idempotent."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        end(self.proc)
         self._reader.join(5)
         if self.proc.stderr is not None:
             self.proc.stderr.close()

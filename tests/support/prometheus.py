@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from .net import free_port
+from .process import end
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
@@ -93,11 +94,5 @@ class Prometheus:
 
     def stop(self) -> None:
         """TERM, then KILL after 5 s; reaped either way."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        end(self.proc)
         self.log.close()
