@@ -36,8 +36,8 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from support.net import wait_until
-from support.pebble import Pebble, free_port, needs_pebble
+from support.net import free_port, wait_until
+from support.pebble import Pebble, needs_pebble
 from support.process import REPO, ServerProcess, python_env
 from support.prometheus import samples
 

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from support.net import address, read_line, read_until_eof, wait_until
+from support.net import address, free_port, read_line, read_until_eof, wait_until
 from support.process import REPO, python_env
-from support.prometheus import free_port, samples
+from support.prometheus import samples
 
 from gnetserver import ConfigError, GServer
 from gnetserver.conf import plan_conf

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 from support.net import poll
-from support.process import REPO, process_ids, python_env
+from support.process import REPO, end, process_ids, python_env
 
 from gnetserver import ConfigError, GServer
 from gnetserver.testing import ServerThread
@@ -142,13 +142,7 @@ class Started:
         return str(found)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        end(self.proc, 10)
 
 
 @pytest.fixture

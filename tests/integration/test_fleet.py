@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.haproxy import HAProxy, free_port
+from support.haproxy import HAProxy
 from support.load import Load, Record
-from support.net import wait_until
+from support.net import free_port, wait_until
 from support.process import REPO, alive
 from support.sigserver import SignalServerProcess
 

@@ -19,6 +19,7 @@ import gevent
 import pytest
 import requests
 import trustme
+from support.net import poll, read_until_eof
 
 from gnetserver.http import GHTTPServer
 from gnetserver.testing import ServerThread
@@ -97,13 +98,6 @@ def raw_tls(url: str, client_context: ssl.SSLContext) -> ssl.SSLSocket:
     port = int(url.rsplit(":", 1)[1])
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     return client_context.wrap_socket(sock, server_hostname="localhost")
-
-
-def read_all(sock: ssl.SSLSocket) -> bytes:
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
-    return data
 
 
 def curl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -196,7 +190,7 @@ def test_pipelined_requests_answered_in_order(http_server: Any,
     requests_ += b"GET /p4 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     with raw_tls(url, client_context) as sock:
         sock.sendall(requests_)
-        data = read_all(sock).decode()
+        data = read_until_eof(sock).decode()
     paths = [line.split("=", 1)[1] for line in data.splitlines() if line.startswith("PATH_INFO")]
     assert paths == ["/p0", "/p1", "/p2", "/p3", "/p4"]
     assert data.count("HTTP/1.1 200 OK") == 5 and "BODY=hello" in data
@@ -212,15 +206,15 @@ def test_malformed_oversized_requests_are_refused_and_logged(
     _, url, logged = http_server(max_header_size=2048, max_request_size=10_000)
     with raw_tls(url, client_context) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n")
-        assert read_all(sock).startswith(b"HTTP/1.1 400 Bad Request\r\n")
+        assert read_until_eof(sock).startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert session.get(f"{url}/", headers={"X-Big": "v" * 5000}).status_code == 431
     assert session.post(f"{url}/", data=b"x" * 20_000).status_code == 413
     chunked = session.post(f"{url}/", data=(b"y" * 4000 for _ in range(5)))
     assert chunked.status_code == 413
     with raw_tls(url, client_context) as sock:
         sock.sendall(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n")
-        assert read_all(sock).split(b"\r\n")[0] in (b"HTTP/1.1 505 HTTP Version Not Supported",
-                                                     b"HTTP/1.1 400 Bad Request")
+        assert read_until_eof(sock).split(b"\r\n")[0] in (
+            b"HTTP/1.1 505 HTTP Version Not Supported", b"HTTP/1.1 400 Bad Request")
     assert session.get(f"{url}/still").status_code == 200
     info = logged.text(3)
     for status in ("400", "431", "413"):
@@ -236,7 +230,7 @@ def test_slow_header_client_is_cut_while_others_are_served(
         started = time.monotonic()
         for _ in range(3):  # others are served meanwhile
             assert session.get(f"{url}/fast").status_code == 200
-        answer = read_all(slow)
+        answer = read_until_eof(slow)
         waited = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
     assert 1.0 <= waited < 10
@@ -265,9 +259,7 @@ def test_app_routes_and_access_log(http_server: Any, session: requests.Session,
     assert session.get(f"{url}/other/x").status_code == 201
     assert session.get(f"{url}/").text == "hello  /"  # the first route also serves /
     assert session.get(f"{url}/hello", headers={"User-Agent": 'ua"1'}).status_code == 200
-    deadline = time.monotonic() + 5
-    while log.read_text().count("\n") < 4 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    poll(lambda: log.read_text().count("\n") >= 4, 5)
     lines = log.read_text().splitlines()
     assert lines[0].startswith("127.0.0.1 - - [")
     assert '"GET /hello/a%20b HTTP/1.1" 200 ' in lines[0]
@@ -430,7 +422,7 @@ def test_stop_closes_idle_keep_alive_at_once_and_drains_a_request(
             assert idle.recv(100) == b""
             assert not server.slow_answered and stopper.is_alive()
             server.release.set()
-            answer = read_all(busy)
+            answer = read_until_eof(busy)
             assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"done\n")
             assert b"Connection: close" in answer
         stopper.join(25)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support.net import read_line, read_until_eof
+from support.net import free_port, read_line, read_until_eof
 from support.process import REPO, ServerProcess, python_env
 from support.tls import unverified
 
@@ -41,13 +41,6 @@ class Tied(GServer):
 cls = Tied if "tie" in sys.argv[1:2] else GServer
 cls(commandline=sys.argv[2:]).run()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from support.net import echo_line, wait_until
-from support.process import gnetserver_to_files, process_ids
+from support.process import end, gnetserver_to_files, process_ids
 
 from gnetserver import ConfigError, GServer
 from gnetserver.privileges import rebase
@@ -84,13 +84,7 @@ def run_server() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
 
     yield start
     for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        end(proc)
 
 
 def wait_ready(proc: subprocess.Popen[bytes], log_file: Path) -> str:

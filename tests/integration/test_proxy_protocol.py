@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import trustme
 from support.handshake import Pems
-from support.haproxy import HAProxy, free_port
-from support.net import address, poll, read_until_eof
+from support.haproxy import HAProxy
+from support.net import address, free_port, poll, read_until_eof
 from support.servers import QueueServer
 
 from gnetserver import GServer
@@ -114,6 +114,14 @@ def tls_through(balancer: HAProxy, context: ssl.SSLContext, source: str = CLIENT
         return read_until_eof(conn), conn.getsockname()[1]
 
 
+def read_until_closed(conn: socket.socket) -> bytes:
+    """Everything until the server closes the connection; a reset reads as b""."""
+    try:
+        return read_until_eof(conn)
+    except ConnectionResetError:
+        return b""
+
+
 # -- HAProxy in TCP mode in front of a TLS port ----------------------------------------------------
 
 
@@ -185,10 +193,7 @@ def test_header_from_an_untrusted_peer_is_refused(serve: Serve,
     balancer = haproxy(f"{host}:{port} send-proxy-v2 source {BALANCER}")
     with connect_from(CLIENT, balancer.port) as conn:
         conn.sendall(b"hello\n")
-        try:
-            assert read_until_eof(conn) == b""
-        except ConnectionResetError:
-            pass
+        assert read_until_closed(conn) == b""
     assert logged(logs, rf"Connection \[{BALANCER}\]:\d+ refused: the peer is not in "
                         r"proxy_protocol_from")
     assert server.hooks == [] and server.seen.empty()  # type: ignore[attr-defined]
@@ -236,10 +241,7 @@ def exchange(server: GServer, data: bytes) -> bytes:
     """Send ``data`` in one write, read until the server closes (a reset reads as b"")."""
     with socket.create_connection(address(server), timeout=10) as conn:
         conn.sendall(data)
-        try:
-            return read_until_eof(conn)
-        except ConnectionResetError:
-            return b""
+        return read_until_closed(conn)
 
 
 def test_header_and_data_in_one_segment(serve: Serve) -> None:
@@ -301,10 +303,7 @@ def test_bad_headers_are_closed(serve: Serve, logs: pytest.LogCaptureFixture, mo
         conn.sendall(data)
         with contextlib.suppress(OSError):  # the server may have closed already
             conn.shutdown(socket.SHUT_WR)  # a truncated header ends here
-        try:
-            assert read_until_eof(conn) == b""
-        except ConnectionResetError:
-            pass
+        assert read_until_closed(conn) == b""
     assert logged(logs, r"Connection \[127\.0\.0\.1\]:\d+ refused: .*" + re.escape(reason))
     assert server.hooks == [] and server.seen.empty() and server.requests == 0
 
@@ -314,10 +313,7 @@ def test_header_deadline(serve: Serve, logs: pytest.LogCaptureFixture) -> None:
     server = raw_server(serve, timeout_proxy_header=1)
     with socket.create_connection(address(server), timeout=10) as conn:
         conn.sendall(b"PROXY TCP4 ")
-        try:
-            assert read_until_eof(conn) == b""
-        except ConnectionResetError:
-            pass
+        assert read_until_closed(conn) == b""
     assert logged(logs, r"refused: no complete PROXY header within timeout_proxy_header "
                         r"\(1 s; 11 bytes received\)")
     assert server.hooks == []

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.net import free_port
 from support.process import REPO, ServerProcess, python_env
 
 pytestmark = [
@@ -48,14 +49,6 @@ class Named(GServer):
 Named(port=[{"port": 9, "host": "127.0.0.1", "name": "web"}], log_level=3,
       graceful_timeout=1).serve_forever()
 """
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A loopback port nothing uses now (systemd-socket-activate binds it right after)."""
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def activate(spawn: Callable[..., Any], listen: list[str], *command: str,

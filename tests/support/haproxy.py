@@ -8,13 +8,12 @@ in LISTEN state), so no probe connection reaches the server behind it.
 from __future__ import annotations
 
 import shutil
-import signal
-import socket
 import subprocess
 import threading
 from pathlib import Path
 
 from .net import wait_until
+from .process import end
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
@@ -30,14 +29,6 @@ defaults
     timeout client 10s
     timeout server 10s
 """
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on now (the kernel's choice, released at once)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def listening(port: int) -> bool:
@@ -87,13 +78,7 @@ class HAProxy:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 5 s; idempotent."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        end(self.proc)
         self._reader.join(5)
         if self.proc.stderr is not None:
             self.proc.stderr.close()

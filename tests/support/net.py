@@ -33,6 +33,15 @@ IPV6 = ipv6_available()
 needs_ipv6 = pytest.mark.skipif(not IPV6, reason="no IPv6 loopback on this machine")
 
 
+def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
+    """A port of ``host`` (IPv4) nobody uses now: the kernel's choice, released at once, for a
+    program that takes no port 0 (a balancer, a CA, systemd-socket-activate) to bind."""
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def address(server: GServer, index: int = 0) -> tuple[str, int]:
     """(host, port) of a server's listener."""
     bound = server.listeners[index].bound

@@ -21,11 +21,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .net import free_port
 
 
 def needs_pebble() -> None:

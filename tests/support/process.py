@@ -138,6 +138,18 @@ def gnetserver_to_files(*args: str, folder: Path) -> subprocess.Popen[bytes]:
                                 stdout=subprocess.DEVNULL, stderr=err)
 
 
+def end(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
+    """SIGTERM a process that still runs, SIGKILL it after ``grace`` seconds; reaped either
+    way."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def alive(pid: int) -> bool:
     """True while the process exists and is not a zombie (a daemon's parent is gone, so
     whoever adopted it may reap it late)."""

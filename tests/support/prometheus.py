@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -20,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from .net import free_port
+from .process import end
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
@@ -35,14 +37,6 @@ def samples(body: bytes) -> dict[str, float]:
             name, value = line.rsplit(" ", 1)
             found[name] = float(value)
     return found
-
-
-def free_port() -> int:
-    """A port of 127.0.0.1 free right now (Prometheus takes no port 0)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def promtool(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
@@ -100,11 +94,5 @@ class Prometheus:
 
     def stop(self) -> None:
         """TERM, then KILL after 5 s; reaped either way."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        end(self.proc)
         self.log.close()
