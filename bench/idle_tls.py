@@ -107,6 +107,35 @@ def measure(server: Server, args: argparse.Namespace) -> dict[str, float]:
             client.wait(30)
 
 
+def raise_hard_fd_limit(wanted: int) -> int:
+    """Raise the descriptor limit (soft and hard, inherited by the servers) to ``wanted`` if
+    it is lower: only a process with CAP_SYS_RESOURCE may raise a hard limit, and never above
+    ``/proc/sys/fs/nr_open``. Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(wanted, hard)))
+        except (ValueError, OSError):
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def why_not(limit: int) -> str:
+    """Why the hard descriptor limit could not be raised past ``limit``, as far as /proc says."""
+    try:
+        nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
+        caps = next(int(line.split()[1], 16) for line in
+                    Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        return "it cannot be raised here"
+    if not caps & (1 << 24):  # CAP_SYS_RESOURCE
+        return (f"raising the hard limit needs CAP_SYS_RESOURCE, which this process lacks "
+                f"(CapEff {caps:x}; a user namespace does not help: rlimits are checked "
+                f"against the initial namespace's capabilities)")
+    return f"the kernel caps it at /proc/sys/fs/nr_open ({nr_open})"
+
+
 def libraries(python: str) -> str:
     """The interpreter and the TLS libraries it gives the servers: pyOpenSSL's OpenSSL (the one
     its ``cryptography`` links) and the ``ssl`` module's."""
@@ -140,10 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     args.perl_servers = 64
     args.max_servers = args.count + 100  # gnetserver: every connection gets a session
     raise_fd_limit(1 << 20)
-    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    limit = raise_hard_fd_limit(args.count + 100)
     if args.count + 100 > limit:
-        sys.exit(f"--count {args.count}: the descriptor limit is {limit} (hard limit; raising "
-                 "it needs CAP_SYS_RESOURCE): at most about {limit - 100} connections")
+        sys.exit(f"--count {args.count}: the descriptor limit is {limit}, and {why_not(limit)}: "
+                 f"at most about {limit - 100} connections")
     results: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="gnetbench-idle-") as tmpdir:
         tmp = Path(tmpdir)
