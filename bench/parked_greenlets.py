@@ -1,8 +1,8 @@
 """What a parked greenlet costs: resident memory, malloc heap and saved C stack per greenlet.
 
 Every idle connection of a gevent server keeps one greenlet parked in a wait. This spawns
-``--count`` greenlets that call ``--depth`` nested Python functions and then park (an
-``Event.wait()`` for ``gevent.spawn``; a switch to the hub for raw ``greenlet.greenlet``), and
+``--count`` greenlets that call ``--depths`` nested Python functions and then park (in an
+``Event.wait()``, or by a plain switch to the hub as gnetserver's waits do), and
 prints, per greenlet, the growth of VmRSS, of the malloc heap (``mallinfo2``) and the size of
 the C stack slice greenlet copied to the heap (``_stack_saved``)::
 
@@ -39,6 +39,13 @@ def _heap() -> int:
     return int(info.uordblks + info.hblkhd)
 
 
+KINDS = {
+    "gevent-event": "gevent.spawn, parked in Event.wait()",
+    "gevent": "gevent.spawn, parked by hub.switch() (as gnetserver's Waits)",
+    "raw": "raw greenlet.greenlet, parked by hub.switch()",
+}
+
+
 def measure(kind: str, count: int, depth: int) -> tuple[float, float, float]:
     """(RSS, malloc heap, saved C stack) in bytes per parked greenlet."""
     import gevent
@@ -51,14 +58,14 @@ def measure(kind: str, count: int, depth: int) -> tuple[float, float, float]:
     def nest(left: int) -> None:
         if left > 1:
             return nest(left - 1)
-        if kind == "gevent":
+        if kind == "gevent-event":
             event.wait()
-        else:
+        else:  # as gnetserver's Waits park: straight to the hub, no Waiter
             hub.switch()
         return None
 
     def spawn(n: int) -> list[Any]:
-        if kind == "gevent":
+        if kind.startswith("gevent"):
             return [gevent.spawn(nest, depth) for _ in range(n)]
         made = [greenlet.greenlet(nest, parent=hub) for _ in range(n)]
         for g in made:
@@ -86,10 +93,9 @@ def main() -> None:
     print("| parked greenlet | depth | RSS (B) | malloc heap (B) | saved C stack (B) |")
     print("|---|---:|---:|---:|---:|")
     with multiprocessing.Pool(1, maxtasksperchild=1) as pool:  # a fresh process each
-        for kind in ("gevent", "raw"):
+        for kind, label in KINDS.items():
             for depth in (int(d) for d in args.depths.split(",")):
                 rss, heap, saved = pool.apply(measure, (kind, args.count, depth))
-                label = "gevent.spawn" if kind == "gevent" else "raw greenlet"
                 print(f"| {label} | {depth} | {rss:,.0f} | {heap:,.0f} | {saved:,.0f} |")
 
 
