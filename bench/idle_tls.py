@@ -10,7 +10,9 @@ Run from the repository root (Linux only: reads ``/proc``)::
 The servers are bench/side_by_side.py's (the same HTTP 200 responder, started the same way,
 pinned to ``--server-cpu``), plus ``bare-rb``: the bare loop with ``MODE_RELEASE_BUFFERS``, as
 gnetserver sets it, and waiting outside its ``except`` clause (the floor to compare gnetserver
-with). ``--python`` runs the Python servers with another interpreter: a venv whose pyOpenSSL
+with), and ``bare-idle`` (bench/idle_servers.py): the same without a greenlet parked per
+idle connection (an io watcher starts one when the socket turns readable), the floor of that
+design. ``--python`` runs the Python servers with another interpreter: a venv whose pyOpenSSL
 runs over another OpenSSL (bench/system_openssl_venv.py makes one over the system's OpenSSL
 3.0); the table's header gives each library's version. For each server in turn, ``--clients``
 client processes (stdlib ``ssl``, blocking sockets, each bound to its own source address
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     add("--clients", type=positive, default=4, help="client processes (4)")
     add("--rounds", type=positive, default=3, help="rounds, order reversed each (3)")
     add("--servers", default="gnetserver,bare,bare-rb,stdlib",
-        help="which (gnetserver,bare,bare-rb,stdlib)")
+        help="which (gnetserver,bare,bare-rb,stdlib; also bare-idle)")
     add("--python", default=sys.executable,
         help="interpreter of the Python servers (this one)")
     add("--before", help="also gnetserver from this source tree")

@@ -341,6 +341,9 @@ def serve(args: argparse.Namespace) -> None:
         serve_gnetserver(args.port, args.cert, args.key, Path(args.tree), args.max_servers)
     elif args.serve in ("bare", "bare-rb"):  # bare-rb: idle_tls.py's bare loop, buffers released
         serve_bare(args.port, args.cert, args.key, release_buffers=args.serve == "bare-rb")
+    elif args.serve == "bare-idle":  # idle_tls.py: no greenlet kept per idle connection
+        from idle_servers import serve_bare_idle
+        serve_bare_idle(args.port, args.cert, args.key)
     else:
         serve_stdlib(args.port, args.cert, args.key)
 
