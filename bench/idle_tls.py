@@ -5,12 +5,20 @@ Run from the repository root (Linux only: reads ``/proc``)::
     python bench/idle_tls.py                          # 2,000 idle connections, every server
     python bench/idle_tls.py --count 19000 --servers gnetserver   # as many as the fd limit allows
     python bench/idle_tls.py --before ../old-tree     # also gnetserver from another source tree
+    python bench/idle_tls.py --python ../venv-sysssl/bin/python   # servers in another venv
 
 The servers are bench/side_by_side.py's (the same HTTP 200 responder, started the same way,
-pinned to ``--server-cpu``); for each in turn, ``--clients`` client processes (stdlib ``ssl``,
-blocking sockets, each bound to its own source address 127.0.0.2, 127.0.0.3... so that the
-connections do not exhaust one address's ephemeral ports) open ``--count`` connections in all,
-each doing one request, and keep them open and idle. The table gives, per server:
+pinned to ``--server-cpu``), plus ``bare-rb``: the bare loop with ``MODE_RELEASE_BUFFERS``, as
+gnetserver sets it, and waiting outside its ``except`` clause (the floor to compare gnetserver
+with), and ``bare-idle`` (bench/idle_servers.py): the same without a greenlet parked per
+idle connection (an io watcher starts one when the socket turns readable), the floor of that
+design. ``--python`` runs the Python servers with another interpreter: a venv whose pyOpenSSL
+runs over another OpenSSL (bench/system_openssl_venv.py makes one over the system's OpenSSL
+3.0); the table's header gives each library's version. For each server in turn, ``--clients``
+client processes (stdlib ``ssl``, blocking sockets, each bound to its own source address
+127.0.0.2, 127.0.0.3... so that the connections do not exhaust one address's ephemeral ports)
+open ``--count`` connections in all, each doing one request, and keep them open and idle. The
+table gives, per server:
 
 * **kB per idle connection**: the growth of the server's resident memory (VmRSS of the server
   process and its children) from before the connections to when they are all open, divided by
@@ -101,13 +109,58 @@ def measure(server: Server, args: argparse.Namespace) -> dict[str, float]:
             client.wait(30)
 
 
+def raise_hard_fd_limit(wanted: int) -> int:
+    """Raise the descriptor limit (soft and hard, inherited by the servers) to ``wanted`` if
+    it is lower: only a process with CAP_SYS_RESOURCE may raise a hard limit, and never above
+    ``/proc/sys/fs/nr_open``. Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(wanted, hard)))
+        except (ValueError, OSError):
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def why_not(limit: int) -> str:
+    """Why the hard descriptor limit could not be raised past ``limit``, as far as /proc says."""
+    try:
+        nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
+        caps = next(int(line.split()[1], 16) for line in
+                    Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        return "it cannot be raised here"
+    if not caps & (1 << 24):  # CAP_SYS_RESOURCE
+        return (f"raising the hard limit needs CAP_SYS_RESOURCE, which this process lacks "
+                f"(CapEff {caps:x}; a user namespace does not help: rlimits are checked "
+                f"against the initial namespace's capabilities)")
+    return f"the kernel caps it at /proc/sys/fs/nr_open ({nr_open})"
+
+
+def libraries(python: str) -> str:
+    """The interpreter and the TLS libraries it gives the servers: pyOpenSSL's OpenSSL (the one
+    its ``cryptography`` links) and the ``ssl`` module's."""
+    probe = ("import sys, ssl, gevent, greenlet, OpenSSL; from OpenSSL import SSL; "
+             "print(f'{sys.executable} (Python {sys.version.split()[0]}), gevent "
+             "{gevent.__version__}, greenlet {greenlet.__version__}; pyOpenSSL "
+             "{OpenSSL.__version__} over {SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()}; "
+             "ssl over {ssl.OPENSSL_VERSION}')")
+    done = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60,
+                          check=False)
+    return done.stdout.strip() or f"{python}: {done.stderr.strip()[-300:]}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     add = parser.add_argument
     add("--count", type=positive, default=2000, help="idle connections (2000)")
     add("--clients", type=positive, default=4, help="client processes (4)")
     add("--rounds", type=positive, default=3, help="rounds, order reversed each (3)")
-    add("--servers", default="gnetserver,bare,stdlib", help="which (gnetserver,bare,stdlib)")
+    add("--servers", default="gnetserver,bare,bare-rb,stdlib",
+        help="which (gnetserver,bare,bare-rb,stdlib; also bare-idle)")
+    add("--python", default=sys.executable,
+        help="interpreter of the Python servers (this one)")
     add("--before", help="also gnetserver from this source tree")
     add("--server-cpu", type=int, default=0, help="CPU of the server (0)")
     add("--client-cpu", type=int, default=1, help="CPU of the clients (1; -1 any)")
@@ -118,10 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     args.perl_servers = 64
     args.max_servers = args.count + 100  # gnetserver: every connection gets a session
     raise_fd_limit(1 << 20)
-    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    limit = raise_hard_fd_limit(args.count + 100)
     if args.count + 100 > limit:
-        sys.exit(f"--count {args.count}: the descriptor limit is {limit} (hard limit; raising "
-                 "it needs CAP_SYS_RESOURCE): at most about {limit - 100} connections")
+        sys.exit(f"--count {args.count}: the descriptor limit is {limit}, and {why_not(limit)}: "
+                 f"at most about {limit - 100} connections")
     results: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="gnetbench-idle-") as tmpdir:
         tmp = Path(tmpdir)
@@ -140,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.count} idle TLS connections (ECDSA P-256, TLS 1.3, one request each), "
           f"{args.rounds} rounds, medians (lowest-highest); fd limit {limit}; command: python "
           f"bench/idle_tls.py {' '.join(sys.argv[1:] if argv is None else argv)}")
+    print(f"servers' interpreter: {libraries(args.python)}")
     print(f"\n| measure | {' | '.join(labels)} |\n|---|" + "---:|" * len(labels))
     for measure_name, by_label in results.items():
         cells = []

@@ -167,8 +167,11 @@ def serve_gnetserver(port: int, cert: str, key: str, tree: Path, max_servers: in
        SSL_create_ctx_callback=_no_resumption, max_servers=max_servers, log_level=1).run()
 
 
-def serve_bare(port: int, cert: str, key: str) -> None:
-    """The floor: StreamServer, SSL.Connection, wait_read/wait_write; no timeouts."""
+def serve_bare(port: int, cert: str, key: str, release_buffers: bool = False) -> None:
+    """The floor: StreamServer, SSL.Connection, wait_read/wait_write; no timeouts.
+
+    ``release_buffers``: set ``MODE_RELEASE_BUFFERS`` as gnetserver does (an idle connection
+    then holds no record buffers), for the idle-memory comparison of bench/idle_tls.py."""
     from gevent.server import StreamServer
     from gevent.socket import wait_read, wait_write
     from OpenSSL import SSL
@@ -178,6 +181,8 @@ def serve_bare(port: int, cert: str, key: str) -> None:
     context.use_certificate_chain_file(cert)
     context.use_privatekey_file(key)
     _no_resumption(context)
+    if release_buffers:
+        context.set_mode(SSL.MODE_RELEASE_BUFFERS)
 
     class BareIO:
         __slots__ = ("conn", "fd")
@@ -205,11 +210,28 @@ def serve_bare(port: int, cert: str, key: str) -> None:
             while view:
                 view = view[self.call(self.conn.send, view):]
 
+    class ReleasingBareIO(BareIO):
+        """bare-rb: waits outside the ``except`` clause. Inside it, the exception's traceback
+        keeps pyOpenSSL's ``recv`` frame, and so its 64 KiB read buffer, alive for as long as
+        the connection is idle (part of the bare loop's memory per idle connection)."""
+
+        __slots__ = ()
+
+        def call(self, op: Callable[..., Any], *args: Any) -> Any:
+            while True:
+                try:
+                    return op(*args)
+                except SSL.WantReadError:
+                    wait = wait_read
+                except SSL.WantWriteError:
+                    wait = wait_write
+                wait(self.fd)
+
     def handle(sock: Any, address: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = SSL.Connection(context, sock)
         conn.set_accept_state()
-        tls = BareIO(conn, sock.fileno())
+        tls = (ReleasingBareIO if release_buffers else BareIO)(conn, sock.fileno())
         try:
             tls.call(conn.do_handshake)
             answer_heads(tls.recv, tls.sendall)
@@ -317,8 +339,11 @@ def serve(args: argparse.Namespace) -> None:
     raise_fd_limit()
     if args.serve.startswith("gnetserver"):
         serve_gnetserver(args.port, args.cert, args.key, Path(args.tree), args.max_servers)
-    elif args.serve == "bare":
-        serve_bare(args.port, args.cert, args.key)
+    elif args.serve in ("bare", "bare-rb"):  # bare-rb: idle_tls.py's bare loop, buffers released
+        serve_bare(args.port, args.cert, args.key, release_buffers=args.serve == "bare-rb")
+    elif args.serve == "bare-idle":  # idle_tls.py: no greenlet kept per idle connection
+        from idle_servers import serve_bare_idle
+        serve_bare_idle(args.port, args.cert, args.key)
     else:
         serve_stdlib(args.port, args.cert, args.key)
 
@@ -352,7 +377,8 @@ class Server:
             tree = Path(args.before) if label == BEFORE else REPO
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (str(tree), os.environ.get("PYTHONPATH")) if p)
-            command = [*pin, sys.executable, str(Path(__file__).resolve()), "--serve", label,
+            python = getattr(args, "python", None) or sys.executable  # idle_tls.py --python
+            command = [*pin, python, str(Path(__file__).resolve()), "--serve", label,
                        "--port", str(self.port), "--cert", cert, "--key", key,
                        "--tree", str(tree), "--max-servers",
                        str(getattr(args, "max_servers", 6000))]

@@ -13,6 +13,13 @@ module over the interpreter's: run it with both interpreters to compare the two 
     /usr/bin/python3 bench/tls_heap.py       # Debian's python3-openssl: the system OpenSSL
 
 ``--no-tickets`` / ``--no-cache``: pyOpenSSL's context without session tickets / cache.
+
+A third line, ``gnetserver``, makes the pyOpenSSL sessions on the context that gnetserver builds
+for a ``/ssl`` port with only a certificate and key given (``gnetserver.tls.context``'s
+defaults: its ciphers, groups, session id context, tickets; run from the repository root, or
+with the tree on ``PYTHONPATH``): what gnetserver's own settings add to or take from a session.
+``--rounds N`` repeats the measurement in A/B/A order (plain, gnetserver, stdlib, then
+reversed ...) and prints every round.
 """
 
 from __future__ import annotations
@@ -62,7 +69,7 @@ def _session(kind: str, server_ctx: Any, client_ctx: ssl.SSLContext) -> tuple[An
     """One handshaken session that answered one request: (server side, client side)."""
     cin, cout = ssl.MemoryBIO(), ssl.MemoryBIO()
     client = client_ctx.wrap_bio(cin, cout)
-    if kind == "pyopenssl":
+    if kind in ("pyopenssl", "gnetserver"):
         from OpenSSL import SSL
         server = SSL.Connection(server_ctx, None)
         server.set_accept_state()
@@ -107,7 +114,7 @@ def _session(kind: str, server_ctx: Any, client_ctx: ssl.SSLContext) -> tuple[An
             break
     client.write(b"GET / HTTP/1.1\r\n\r\n")
     server_in(cout.read())
-    if kind == "pyopenssl":
+    if kind in ("pyopenssl", "gnetserver"):
         server.recv(1000)
         server.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
     else:
@@ -124,7 +131,11 @@ def measure(kind: str, count: int, cert: str, key: str, tickets: bool, cache: bo
     client_ctx.check_hostname, client_ctx.verify_mode = False, ssl.CERT_NONE
     client_ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     server_ctx: Any
-    if kind == "pyopenssl":
+    if kind == "gnetserver":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from gnetserver.tls.context import build_context
+        server_ctx = build_context({"SSL_cert_file": cert, "SSL_key_file": key}, "tls_heap")
+    elif kind == "pyopenssl":
         from OpenSSL import SSL
         server_ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
         server_ctx.use_certificate_chain_file(cert)
@@ -155,15 +166,27 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000, help="sessions (1000)")
     parser.add_argument("--no-tickets", action="store_true")
     parser.add_argument("--no-cache", action="store_true")
+    parser.add_argument("--rounds", type=int, default=1, help="A/B/A rounds (1)")
+    parser.add_argument("--kinds", default="pyopenssl,gnetserver,stdlib",
+                        help="which (pyopenssl,gnetserver,stdlib)")
     args = parser.parse_args()
     from OpenSSL import SSL
+    libraries = {"pyopenssl": SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode(),
+                 "stdlib": ssl.OPENSSL_VERSION}
+    libraries["gnetserver"] = libraries["pyopenssl"]
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         cert, key = _certificate(Path(tmp))
-        for kind, library in (
-                ("pyopenssl", SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()),
-                ("stdlib", ssl.OPENSSL_VERSION)):
-            kb = measure(kind, args.count, cert, key, not args.no_tickets, not args.no_cache)
-            print(f"{kind:9s} over {library}: {kb:.1f} kB of C heap per idle server session")
+        for round_number in range(args.rounds):
+            for kind in kinds if round_number % 2 == 0 else kinds[::-1]:
+                try:
+                    kb = measure(kind, args.count, cert, key, not args.no_tickets,
+                                 not args.no_cache)
+                except ImportError as e:  # gnetserver's dependencies missing here
+                    print(f"{kind:10s}: not measured ({e})")
+                    continue
+                print(f"{kind:10s} over {libraries[kind]}: {kb:.1f} kB of C heap per idle "
+                      "server session")
 
 
 if __name__ == "__main__":
