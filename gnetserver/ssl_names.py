@@ -66,7 +66,8 @@ SUPPORTED_SSL_OPTIONS: dict[str, str] = {
     f" (default: {DEFAULT_CIPHERSUITES}, in this order)",
     "SSL_honor_cipher_order": "1: the server's cipher order wins; 0: the client's (default: 1)",
     "SSL_ecdh_curve": "key exchange groups in preference order, e.g. 'X25519:P-256' (default: "
-    "X25519MLKEM768:X25519:P-256:P-384, without the ML-KEM hybrid where OpenSSL lacks it)",
+    "X25519MLKEM768:X25519:P-256:P-384, without the ML-KEM hybrid where OpenSSL lacks it; "
+    "OpenSSL's own list with cryptography < 47, which cannot set one)",
     "SSL_dh_file": "PEM DH parameters enabling the DHE suites, which need an RSA "
     "certificate (default: none, ECDHE only)",
     "SSL_alpn_protocols": "ALPN protocols in preference order, a list or 'h2,http/1.1'; the "

@@ -147,6 +147,11 @@ def apply_ecdh_curve(ctx: SSL.Context, b: Build) -> None:
     """``SSL_ecdh_curve``: the key exchange groups, e.g. ``X25519:P-256``."""
     groups = b.get("SSL_ecdh_curve")
     if groups is None:
+        if not _can_set_groups():
+            # cryptography < 47 binds no SSL_CTX_set1_curves_list: OpenSSL's own default
+            # groups (X25519, the NIST curves, X448, FFDHE) stay; only a list the user asked
+            # for is refused (below).
+            return
         if not any(_set_groups_list(ctx, default, b.where) for default in DEFAULT_GROUPS):
             raise ConfigError(f"{b.where}: OpenSSL accepts none of the default groups")
         return
@@ -161,6 +166,13 @@ def apply_ecdh_curve(ctx: SSL.Context, b: Build) -> None:
         )
 
 
+def _can_set_groups() -> bool:
+    """True when pyOpenSSL's binding has ``SSL_CTX_set1_curves_list`` (cryptography >= 47)."""
+    from OpenSSL._util import lib
+
+    return hasattr(lib, "SSL_CTX_set1_curves_list")
+
+
 def _set_groups_list(ctx: SSL.Context, groups: bytes, where: str) -> bool:
     """Call ``SSL_CTX_set1_curves_list`` (= ``set1_groups_list``); True when OpenSSL accepts.
 
@@ -170,8 +182,9 @@ def _set_groups_list(ctx: SSL.Context, groups: bytes, where: str) -> bool:
     """
     from OpenSSL._util import lib
 
-    if not hasattr(lib, "SSL_CTX_set1_curves_list"):
-        raise ConfigError(f"{where}: SSL_ecdh_curve is unsupported by this OpenSSL binding")
+    if not _can_set_groups():
+        raise ConfigError(f"{where}: SSL_ecdh_curve is unsupported by this OpenSSL binding "
+                          "(it needs cryptography >= 47)")
     ok = bool(lib.SSL_CTX_set1_curves_list(ctx._context, groups) == 1)
     # A failure leaves entries on OpenSSL's per-thread error queue; a stale entry would be
     # reported later as the reason of an unrelated error.
