@@ -32,6 +32,8 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from gevent.socket import wait_read
+
 from ..tls.connection import SHUTDOWN_SECONDS
 from ..tls.waiting import Waits
 
@@ -55,38 +57,49 @@ def _timed_out() -> TimeoutError:
 def linger_close(sock: Any, waits: Waits | None = None) -> None:
     """Half-close, read and discard until EOF or LINGER_SECONDS, then close. Never raises.
 
-    With ``waits`` (the connection's :class:`~gnetserver.tls.waiting.Waits`), the drain reads
-    the OS socket under the gevent socket and waits through them, under one deadline (no
-    ``gevent.Timeout``); it first reads what is already queued (at most two reads: a peer
-    that closed first, as HTTP clients after ``Connection: close`` do, has its close_notify
-    and FIN there; measured: no wait, no watcher, two syscalls instead of seven), then waits
-    for readable, the peer's FIN being a round trip away after the half-close. Not while
-    another greenlet waits on them (a handler's reader, when the connection is closed from
-    elsewhere): that greenlet owns the watcher, so the drain then waits through the gevent
-    socket, and the parked greenlet sees the end of the stream or, at the close, EBADF."""
+    With ``waits`` (the connection's :class:`~gnetserver.tls.waiting.Waits`, over the gevent
+    socket ``sock``'s own watchers), the half-close and the drain use the OS socket under the
+    gevent socket and wait through them, under one deadline (no ``gevent.Timeout``); the drain
+    first reads what is already queued (at most two reads: a peer that closed first, as HTTP
+    clients after ``Connection: close`` do, has its close_notify and FIN there; measured: no
+    wait, no watcher, two syscalls instead of seven), then waits for readable, the peer's FIN
+    being a round trip away after the half-close. Not while another greenlet waits on them (a
+    handler's reader, when the connection is closed from elsewhere): that greenlet owns the
+    watcher, so the drain then waits through a watcher of its own, and the parked greenlet
+    sees the end of the stream or, at the close, EBADF."""
     try:
-        sock.shutdown(socket.SHUT_WR)
-        deadline = _monotonic() + LINGER_SECONDS
-        if waits is not None and not waits.waiting():
-            raw = sock._sock
-            for _ in range(2):  # what is queued already (often the peer's alert and FIN)
-                try:
-                    if not raw.recv(65536):
-                        return  # EOF: no wait at all (the finally closes)
-                except BlockingIOError:
-                    break
-            while True:
-                waits.wait_read(deadline, _timed_out)
-                try:
-                    if not raw.recv(65536):
-                        break
-                except BlockingIOError:
-                    pass
-        else:
+        if waits is None:  # a socket without waits (ssleay's, or one never made a stream)
+            sock.shutdown(socket.SHUT_WR)
+            deadline = _monotonic() + LINGER_SECONDS
             while (left := deadline - _monotonic()) > 0:
                 sock.settimeout(left)
                 if not sock.recv(65536):
                     break
+            return
+        raw = sock._sock
+        raw.shutdown(socket.SHUT_WR)
+        deadline = _monotonic() + LINGER_SECONDS
+        if waits.waiting():  # another greenlet is parked on the watchers: a watcher of our own
+            while (left := deadline - _monotonic()) > 0:
+                try:
+                    if not raw.recv(65536):
+                        break
+                except BlockingIOError:
+                    wait_read(raw.fileno(), left)  # TimeoutError at the deadline
+            return
+        for _ in range(2):  # what is queued already (often the peer's alert and FIN)
+            try:
+                if not raw.recv(65536):
+                    return  # EOF: no wait at all (the finally closes)
+            except BlockingIOError:
+                break
+        while True:
+            waits.wait_read(deadline, _timed_out)
+            try:
+                if not raw.recv(65536):
+                    break
+            except BlockingIOError:
+                pass
     except OSError:
         pass  # the peer is gone or the drain timed out: nothing left to protect
     finally:
@@ -222,7 +235,7 @@ class PlainIO:
         # gevent's socket keeps the OS socket, non-blocking, as ``_sock`` (all its versions
         # since 1.0); its own recv/send would wait under a gevent.Timeout per wait.
         self._raw: socket.socket = sock._sock
-        self._waits = Waits(sock.fileno())
+        self._waits = Waits(sock.fileno(), sock)  # the gevent socket's own watchers
         self._timeout: float | None = sock.gettimeout()
         # The last call was a write: the peer's answer is a round trip away, so the next read
         # waits for readable at once instead of first failing with EAGAIN.

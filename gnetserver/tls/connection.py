@@ -145,8 +145,9 @@ class TLSConnection:
         self._sock = sock
         self._conn = SSL.Connection(context, sock)
         self._conn.set_accept_state()
-        # Two io watchers and (when a deadline needs one) a timer, reused by every wait.
-        self._waits = Waits(sock.fileno())
+        # The socket's two io watchers and (when a deadline needs one) a timer, reused by
+        # every wait.
+        self._waits = Waits(sock.fileno(), sock)
         self._timeout: float | None = None
         self._handshake_done = False
         self._eof = False  # the peer has finished sending (close_notify or ragged EOF)

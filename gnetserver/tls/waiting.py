@@ -4,8 +4,9 @@ Rules of this module:
 
 * A :class:`Waits` belongs to one connection (one fd) and parks the connection's greenlet until
   the fd is readable (:meth:`Waits.wait_read`) or writable (:meth:`Waits.wait_write`), through
-  two io watchers created once and reused by every wait (gevent's ``wait_read`` makes one per
-  wait).
+  two io watchers reused by every wait (gevent's ``wait_read`` makes one per wait): the gevent
+  socket's own two when it is given one (so nothing else may wait on that socket), else two
+  made once.
 * **One deadline per connection and direction.** A wait is given the monotonic time by which
   the operation it belongs to must end (``until``; ``None``: no limit) and the exception to
   raise then. It records them (one pair for reads, one for writes: a reader and a writer
@@ -56,12 +57,20 @@ class Waits:
     __slots__ = ("_hub", "_reading", "_writing", "_timer", "_timer_at", "_read_until",
                  "_read_expired", "_write_until", "_write_expired")
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, sock: Any = None) -> None:
+        """``fd``: the connection's descriptor. ``sock``: the gevent socket over it, if there
+        is one: its own two io watchers are used (they exist already: measured, two watchers
+        and two ``fcntl`` calls less per connection); nothing else may wait on them (the
+        connection's reads and writes all go through these waits)."""
         hub = get_hub()
         self._hub = hub
         # Any: gevent's stubs of the io watcher lack ``active``.
-        self._reading: Any = hub.loop.io(fd, _READ)
-        self._writing: Any = hub.loop.io(fd, _WRITE)
+        self._reading: Any
+        self._writing: Any
+        if sock is not None:  # gevent's socket keeps them as _read_event/_write_event
+            self._reading, self._writing = sock._read_event, sock._write_event
+        else:
+            self._reading, self._writing = hub.loop.io(fd, _READ), hub.loop.io(fd, _WRITE)
         self._timer: Any = None
         self._timer_at = _INF  # when the started timer fires (inf: none started)
         # The deadline of the read (write) now waiting (inf: none) and what it raises then.
