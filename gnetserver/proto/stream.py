@@ -49,6 +49,10 @@ LINGER_SECONDS = 1.0
 
 _monotonic = time.monotonic
 
+#: Where the lingering close reads what it discards: one buffer for every connection (a read
+#: into it never yields, so no two drains use it at once), not a new 64 KiB bytes per read.
+_DISCARD = bytearray(65536)
+
 
 def _timed_out() -> TimeoutError:
     return TimeoutError("timed out")
@@ -59,11 +63,13 @@ def linger_close(sock: Any, waits: Waits | None = None) -> None:
 
     With ``waits`` (the connection's :class:`~gnetserver.tls.waiting.Waits`, over the gevent
     socket ``sock``'s own watchers), the half-close and the drain use the OS socket under the
-    gevent socket and wait through them, under one deadline (no ``gevent.Timeout``); the drain
-    first reads what is already queued (at most two reads: a peer that closed first, as HTTP
-    clients after ``Connection: close`` do, has its close_notify and FIN there; measured: no
-    wait, no watcher, two syscalls instead of seven), then waits for readable, the peer's FIN
-    being a round trip away after the half-close. Not while another greenlet waits on them (a
+    gevent socket and wait through them, under one deadline (no ``gevent.Timeout``); before
+    each wait the drain reads what is already queued (at most two reads: a peer that closed
+    first, as HTTP clients after ``Connection: close`` do, has its close_notify and FIN there,
+    measured: no wait, no watcher, two syscalls instead of seven; and the close_notify and FIN
+    of a peer that answers the half-close come together: one wait, not two), then waits for
+    readable, the peer's FIN being a round trip away after the half-close. The discarded
+    bytes go to one shared buffer. Not while another greenlet waits on them (a
     handler's reader, when the connection is closed from elsewhere): that greenlet owns the
     watcher, so the drain then waits through a watcher of its own, and the parked greenlet
     sees the end of the stream or, at the close, EBADF."""
@@ -82,24 +88,23 @@ def linger_close(sock: Any, waits: Waits | None = None) -> None:
         if waits.waiting():  # another greenlet is parked on the watchers: a watcher of our own
             while (left := deadline - _monotonic()) > 0:
                 try:
-                    if not raw.recv(65536):
+                    if not raw.recv_into(_DISCARD):
                         break
                 except BlockingIOError:
                     wait_read(raw.fileno(), left)  # TimeoutError at the deadline
             return
-        for _ in range(2):  # what is queued already (often the peer's alert and FIN)
-            try:
-                if not raw.recv(65536):
-                    return  # EOF: no wait at all (the finally closes)
-            except BlockingIOError:
-                break
         while True:
-            waits.wait_read(deadline, _timed_out)
-            try:
-                if not raw.recv(65536):
+            # What is queued, before each wait: often the peer's alert and its FIN together
+            # (then no wait at all, or one: measured, one hub round trip less per connection
+            # than a wait before every read). At most two reads per wait, so a flooding peer
+            # cannot keep the hub from the others.
+            for _ in range(2):
+                try:
+                    if not raw.recv_into(_DISCARD):
+                        return  # EOF (the finally closes)
+                except BlockingIOError:
                     break
-            except BlockingIOError:
-                pass
+            waits.wait_read(deadline, _timed_out)
     except OSError:
         pass  # the peer is gone or the drain timed out: nothing left to protect
     finally:
