@@ -1351,7 +1351,7 @@ class GServer:
             self.log(3, f"Datagram from {client.peer_text()} cut to udp_recv_len "
                         f"({len(packet.data)} bytes)")
         protocol = client.listener.protocol
-        client.attach(protocol.post_accept(client.sock, self.conf.timeout_handshake))
+        client.attach(protocol.post_accept(packet, self.conf.timeout_handshake))
         client.settimeout(self.conf.timeout_idle or None)
 
     def get_client_info(self, client: Client) -> None:

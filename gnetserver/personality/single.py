@@ -44,6 +44,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import gevent
+from gevent import getcurrent
 from gevent.pool import Pool
 from gevent.server import StreamServer
 from gevent.socket import socket as GeventSocket
@@ -153,25 +154,22 @@ class Single:
         ``functools.partial``, because CPython calls a Python function from Python code
         without a C-level frame, and every connection's greenlet keeps a copy of its C stack
         while it waits (measured: smaller idle connections)."""
-        run = self._run
+        budget = self._budget
 
         def handle_connection(sock: Any, address: Any) -> None:
-            run(handle, listener, sock, address)
+            """A connection's greenlet body: pending in its handshake (evictable) until the
+            server asks for its session slot, or until it ends. (One function, the budget's
+            calls inline: each Python call is a measurable part of a full handshake.)"""
+            me = getcurrent()
+            budget.handshaking(me)
+            self._running += 1
+            try:
+                handle(listener, sock, address)
+            finally:
+                self._running -= 1
+                budget.done(me)
 
         return handle_connection
-
-    def _run(self, handle: Callable[[Listener, Any, Any], None], listener: Listener,
-             sock: Any, address: Any) -> None:
-        """A connection's greenlet body: pending in its handshake (evictable) until the server
-        asks for its session slot, or until it ends."""
-        me = gevent.getcurrent()
-        self._budget.handshaking(me)
-        self._running += 1
-        try:
-            handle(listener, sock, address)
-        finally:
-            self._running -= 1
-            self._budget.done(me)
 
     def _read_datagrams(self, handle: Callable[[Listener, Any, Any], None],
                         listener: Listener) -> None:
@@ -388,9 +386,10 @@ class _Acceptor(StreamServer):
                 raise  # gevent's handling: fatal ones close the server, others retry
             self._pause(self._backoff.failed(exc))
             return None
-        if accepted is not None:
-            self._backoff.succeeded()
-        if accepted is not None and not self._single._make_room():
+        self._backoff.succeeded()
+        single = self._single
+        # _make_room only when the pool is full (its own first check, inline: every accept).
+        if len(single._pool.greenlets) >= single._size and not single._make_room():
             accepted[0].close()
             return None
         return accepted

@@ -87,7 +87,8 @@ class Waits:
         if until is None:
             self._read_until = _INF
         else:
-            self._deadline(until, expired)
+            if until < self._timer_at:  # (else the started timer fires by then)
+                self._deadline(until, expired)
             self._read_until, self._read_expired = until, expired
         self._park(watcher)
 
@@ -99,7 +100,8 @@ class Waits:
         if until is None:
             self._write_until = _INF
         else:
-            self._deadline(until, expired)
+            if until < self._timer_at:
+                self._deadline(until, expired)
             self._write_until, self._write_expired = until, expired
         self._park(watcher)
 
@@ -117,18 +119,22 @@ class Waits:
             raise InvalidSwitchError(f"Invalid switch into {getcurrent()}: got {result!r}")
 
     def _deadline(self, until: float, expired: Callable[[], BaseException]) -> None:
-        """Raise ``expired()`` if ``until`` has passed, else see that the timer fires by it."""
-        if until <= _monotonic():
+        """For a deadline earlier than the started timer (or with none started): raise
+        ``expired()`` if ``until`` has passed, else re-arm the timer to fire by it. (A wait
+        whose deadline is not earlier than the timer's leaves both to the timer, which throws
+        ``expired()`` into it when it fires past that deadline: measured, one clock read and
+        one call less per such wait.)"""
+        now = _monotonic()
+        if until <= now:
             raise expired()
-        if until < self._timer_at:  # no timer started yet, or one that would fire too late
-            self._arm(until)
+        self._arm(until, now)
 
-    def _arm(self, at: float) -> None:
-        """(Re)start the timer to fire at monotonic time ``at``."""
+    def _arm(self, at: float, now: float) -> None:
+        """(Re)start the timer to fire at monotonic time ``at`` (``now``: the time now)."""
         if self._timer is not None:
             self._timer.close()
         # ref=False: a timer alone must not keep the hub's loop running.
-        timer = self._hub.loop.timer(max(at - _monotonic(), 0.0), ref=False)
+        timer = self._hub.loop.timer(at - now if at > now else 0.0, ref=False)
         timer.start(self._fire)
         self._timer, self._timer_at = timer, at
 
@@ -148,7 +154,7 @@ class Waits:
             at = min(self._read_until if self._reading.active else _INF,
                      self._write_until if self._writing.active else _INF)
             if at < self._timer_at:  # (inf when a wait armed it again, or none waits)
-                self._arm(at)
+                self._arm(at, _monotonic())
 
     def waiting(self) -> bool:
         """True while a greenlet is parked in a wait."""
