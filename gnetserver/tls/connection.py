@@ -459,6 +459,12 @@ class TLSConnection:
         return self._timeout
 
     @property
+    def peer_closed(self) -> bool:
+        """True once a read saw the peer's end (close_notify or EOF), or after ``close()``:
+        the lingering close then reads what is queued before it waits."""
+        return self._eof
+
+    @property
     def waits(self) -> Waits:
         """The connection's waits: the stream's lingering close drains through them."""
         return self._waits
