@@ -594,7 +594,7 @@ def run_benchmark(args: argparse.Namespace) -> Results:
                 for round_number in range(args.rounds):
                     order = servers if round_number % 2 == 0 else servers[::-1]
                     for server in order:
-                        if key == args.keys[0]:
+                        if key == args.keys[0] and not args.handshakes_only:
                             keepalive(server, args, results)
                             for clients in args.growth:
                                 growth(server, args, results, clients)
@@ -793,6 +793,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--client-cpu", type=int, default=1, help="CPU of the load generators (1)")
     add("--no-install", action="store_true", help="do not apt-get/pip install what is missing")
     add("--no-write", action="store_true", help="print only; leave README.md and the plot")
+    add("--handshakes-only", action="store_true",
+        help="only the full-handshake measures (no keep-alive, no growth); implies --no-write")
     add("--serve", help=argparse.SUPPRESS)
     add("--port", type=int, help=argparse.SUPPRESS)
     add("--cert", help=argparse.SUPPRESS)
@@ -804,6 +806,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.duration, args.growth_duration, args.handshakes = 2, 2, 1500
     if args.growth is None:
         args.growth = "50,500" if args.quick else "50,500,5000"
+    if args.handshakes_only:
+        args.no_write = True  # a partial table must not replace the README's
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     if args.before and BEFORE not in args.servers:
         args.servers.insert(1, BEFORE)

@@ -44,6 +44,9 @@ class AccessPolicy:
     def __init__(self, log: Callable[[int, str], None]) -> None:
         self._log = log
         self._plan = _OPEN
+        #: Whether :meth:`lookup_peer` looks anything up (``reverse_lookups``): read per
+        #: connection by the server, which skips the call otherwise.
+        self.looks_up = False
 
     def prepare(self, conf: Mapping[str, Any]) -> access.AccessPlan:
         """Compile the allow/deny/cidr_allow/cidr_deny rules and the lookup mode of ``conf``
@@ -51,6 +54,7 @@ class AccessPolicy:
         rules without double-reverse lookups get a level-1 warning
         (:meth:`~gnetserver.access.AccessPlan.warnings`)."""
         self._plan = access.access_plan(conf)
+        self.looks_up = bool(self._plan.mode.reverse)
         for warning in self._plan.warnings():
             self._log(1, warning)
         return self._plan
@@ -63,11 +67,11 @@ class AccessPolicy:
     def allows(self, client: Client) -> bool:
         """Net::Server's access rules, after the handshake; True allows (see the server's
         ``allow_deny`` for the whole story). A double-reverse failure denies."""
-        if client.is_unix or client.peeraddr is None:
-            return True
         rules, mode = self._plan.rules, self._plan.mode
         if rules is None and not mode.double:
-            return True  # no rule, no double-reverse check: the common case
+            return True  # no rule, no double-reverse check: the common case (checked first)
+        if client.is_unix or client.peeraddr is None:
+            return True
         address = access.normalise_address(client.peeraddr)
         host = client.peerhost
         if mode.double:

@@ -47,11 +47,15 @@ class Listener:
     #: The local address of every connection it accepts, when that is known without asking
     #: each connection's socket (see :func:`fixed_local_address`); else None.
     local_address: Any = field(init=False, repr=False)
+    #: The spec's ``is_unix`` (a unix port, stream or datagram), read once: the server asks
+    #: it per connection.
+    is_unix: bool = field(init=False, repr=False)
     _text: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.bound = self.sock.getsockname()
         self.local_address = fixed_local_address(self.sock, self.bound)
+        self.is_unix = self.spec.is_unix
         where = describe(self.address, self.sock)
         self._text = f"{where}|{self.proto}" if self.spec.is_unix else f"{where}/{self.proto}"
 

@@ -62,6 +62,9 @@ class ServerLog:
         self._drops: Callable[[int], None] | None = None  # count_drops' callback
         # log_format json: the client of each connection greenlet (connection())
         self._clients: dict[Any, Any] = {}
+        #: True with ``log_format json`` (open targets writing JSON lines): only then does
+        #: :meth:`connection` do anything, and the server skips it otherwise.
+        self.binds_connections = False
         self._sink_failing = False  # the sink raised and that was said on stderr
 
     @property
@@ -97,6 +100,7 @@ class ServerLog:
         targets = log.LogTargets.from_conf(conf)
         self.close()
         self._targets, self._function = targets, function
+        self.binds_connections = bool(targets.json_lines)
         if self._drops is not None:
             targets.count_drops(self._drops)
 

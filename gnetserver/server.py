@@ -195,6 +195,7 @@ class GServer:
         # every metric recorded.
         self._hooked = False
         self._noop_hooks: frozenset[str] = frozenset()
+        self._own_close = False
         self._metrics_on = True
 
     def _say(self, level: int, message: str) -> None:
@@ -515,7 +516,8 @@ class GServer:
         and the log is not muted by the HUP dry run). Cheap: ask it before building a message
         that costs something (a traceback, an f-string per connection). Any greenlet may call
         it; it touches nothing."""
-        return log.should_log(max(level, 0), self.conf.log_level) and not self.logs.is_muted
+        log_level = self.conf.log_level  # log.should_log(max(level, 0), ...), inline
+        return 0 < log_level and level <= log_level and not self.logs.is_muted
 
     def handle_log_error(self, error: BaseException, record: tuple[int, str]) -> None:
         """Hook (Net::Server's): ``log_function`` raised ``error`` while logging
@@ -834,7 +836,10 @@ class GServer:
         client = Client(sock, address, listener, self, self.conf.max_line_length)
         if not self._hooked:  # the first connection of this server object: see _hooked
             self._detect_hooks()
-        with self.metrics.connection(listener), self.logs.connection(client):
+        if self._metrics_on or self.logs.binds_connections:
+            with self.metrics.connection(listener), self.logs.connection(client):
+                self.run_client_connection(client)
+        else:  # both contexts would do nothing (measured: six Python calls per connection)
             self.run_client_connection(client)
 
     #: The per-connection hooks that :meth:`run_client_connection` skips while they are
@@ -851,6 +856,10 @@ class GServer:
         self._noop_hooks = frozenset(
             name for name in self._SKIPPABLE_HOOKS
             if getattr(getattr(self, name), "__func__", None) is base[name])
+        # post_process_request is not empty, but GServer's own only closes the client:
+        # run_client_connection then closes it itself (two calls less per connection).
+        self._own_close = (getattr(self.post_process_request, "__func__", None)
+                           is base["post_process_request"])
         self._metrics_on = self.metrics.enabled  # made at configure, before any connection
         self._hooked = True
 
@@ -1156,28 +1165,23 @@ class GServer:
                 self.serve_metrics(client)
                 return
             assert self.personality is not None, "connections come from the personality"
-            with self.metrics.session(self.personality.session_slot()), \
-                    self._client_stdio(client):
-                noop = self._noop_hooks  # GServer's empty hooks: not called (same result)
-                try:
-                    self.get_client_info(client)  # peer/local addresses, CONNECT log line
-                    if "post_accept_hook" not in noop:
-                        self.post_accept_hook(client)  # user
-                    client.allowed = bool(self.allow_deny(client)
-                                          and ("allow_deny_hook" in noop
-                                               or self.allow_deny_hook(client)))
-                    if client.allowed:
-                        self.process_request(client)  # user: the protocol
-                    else:
-                        self.metrics.denied(client.listener)
-                        self.request_denied_hook(client)  # user
-                    if "post_process_request_hook" not in noop:
-                        self.post_process_request_hook(client)  # user: before the close
-                except Exception as exc:
-                    self.connection_error(client, exc)
+            noop = self._noop_hooks  # GServer's empty hooks: not called (same result)
+            slot = self.personality.session_slot()
+            if self._metrics_on or self._tied:
+                with self.metrics.session(slot), self._client_stdio(client):
+                    self._run_session(client, noop)
+            else:  # neither wrapper would do anything: the slot alone
+                with slot:
+                    self._run_session(client, noop)
             if self._metrics_on:
                 self.metrics.session_ended(client)  # bytes in and out: TCP_INFO, before close
-            self._guarded(self.post_process_request, client)  # closes the client (slot free)
+            if self._own_close:  # GServer's post_process_request: its body (the close) inline
+                try:
+                    client.close()  # the slot is free already
+                except Exception as exc:  # never, by Client.close's contract: as _guarded
+                    self.connection_error(client, exc)
+            else:
+                self._guarded(self.post_process_request, client)  # closes the client
             if "post_client_connection_hook" not in noop:
                 self._guarded(self.post_client_connection_hook, client)  # user: after close
         except Evicted:  # the personality made room for a newer connection
@@ -1192,6 +1196,27 @@ class GServer:
         except BaseException:
             client.abort()  # killed by stop(): no close_notify, no lingering (no-op if closed)
             raise
+
+    def _run_session(self, client: Client, noop: frozenset[str]) -> None:
+        """The session's hooks, in Net::Server's order, holding the session slot (see
+        :meth:`run_client_connection`); ``noop``: the hooks to skip (GServer's empty ones).
+        An exception of a hook is logged and ends the session."""
+        try:
+            self.get_client_info(client)  # peer/local addresses, CONNECT log line
+            if "post_accept_hook" not in noop:
+                self.post_accept_hook(client)  # user
+            client.allowed = bool(self.allow_deny(client)
+                                  and ("allow_deny_hook" in noop
+                                       or self.allow_deny_hook(client)))
+            if client.allowed:
+                self.process_request(client)  # user: the protocol
+            else:
+                self.metrics.denied(client.listener)
+                self.request_denied_hook(client)  # user
+            if "post_process_request_hook" not in noop:
+                self.post_process_request_hook(client)  # user: before the close
+        except Exception as exc:
+            self.connection_error(client, exc)
 
     def _client_stdio(self, client: Client) -> Any:
         """With ``tie_client_stdout``: this greenlet's stdin/stdout are the client's while the
@@ -1337,7 +1362,7 @@ class GServer:
             self.log(3, f"Datagram from {client.peer_text()} cut to udp_recv_len "
                         f"({len(packet.data)} bytes)")
         protocol = client.listener.protocol
-        client.attach(protocol.post_accept(client.sock, self.conf.timeout_handshake))
+        client.attach(protocol.post_accept(packet, self.conf.timeout_handshake))
         client.settimeout(self.conf.timeout_idle or None)
 
     def get_client_info(self, client: Client) -> None:
@@ -1350,7 +1375,7 @@ class GServer:
         port ``peeraddr`` is the sender's socket path, if it bound one. On a udp port
         ``sockaddr``/``sockport`` are the port's bound address (``0.0.0.0`` for every
         interface)."""
-        if client.is_unix:
+        if client.listener.is_unix:
             client.sockport = str(client.listener.address.sockaddr)
             if client.udp_data is not None and client.address:
                 client.peeraddr = str(client.address)
@@ -1359,13 +1384,15 @@ class GServer:
             return
         # A relayed client's; else the listener's own address when it is bound to one (every
         # connection it accepts has it: no getsockname per connection); else the socket's.
-        local = client.proxy_local or client.listener.local_address \
-            or client.sock.getsockname()
+        header = client.proxy
+        local = (header.dest if header is not None and header.proxied else None) \
+            or client.listener.local_address or client.sock.getsockname()
         if not isinstance(local, tuple):  # INET over a socketpair (socat): no address here
             local = inet.UNKNOWN_PEER
         client.sockaddr, client.sockport = local[0], local[1]
         client.peeraddr, client.peerport = client.address[0], client.address[1]
-        self.access.lookup_peer(client)  # only with reverse_lookups
+        if self.access.looks_up:  # only with reverse_lookups
+            self.access.lookup_peer(client)
         if self.log_enabled(3):  # once per connection: built only when it is logged
             self.log(3, f'CONNECT {client.proto.upper()} Peer: "{client.peer_text()}" '
                         f'Local: "{client.local_text()}"')

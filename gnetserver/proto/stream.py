@@ -32,6 +32,8 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from gevent.socket import wait_read
+
 from ..tls.connection import SHUTDOWN_SECONDS
 from ..tls.waiting import Waits
 
@@ -47,46 +49,68 @@ LINGER_SECONDS = 1.0
 
 _monotonic = time.monotonic
 
+#: Where the lingering close reads what it discards: one buffer for every connection (a read
+#: into it never yields, so no two drains use it at once), not a new 64 KiB bytes per read.
+_DISCARD = bytearray(65536)
+
 
 def _timed_out() -> TimeoutError:
     return TimeoutError("timed out")
 
 
-def linger_close(sock: Any, waits: Waits | None = None) -> None:
+def linger_close(sock: Any, waits: Waits | None = None, queued: bool = True) -> None:
     """Half-close, read and discard until EOF or LINGER_SECONDS, then close. Never raises.
 
-    With ``waits`` (the connection's :class:`~gnetserver.tls.waiting.Waits`), the drain reads
-    the OS socket under the gevent socket and waits through them, under one deadline (no
-    ``gevent.Timeout``); it first reads what is already queued (at most two reads: a peer
-    that closed first, as HTTP clients after ``Connection: close`` do, has its close_notify
-    and FIN there; measured: no wait, no watcher, two syscalls instead of seven), then waits
-    for readable, the peer's FIN being a round trip away after the half-close. Not while
-    another greenlet waits on them (a handler's reader, when the connection is closed from
-    elsewhere): that greenlet owns the watcher, so the drain then waits through the gevent
-    socket, and the parked greenlet sees the end of the stream or, at the close, EBADF."""
+    With ``waits`` (the connection's :class:`~gnetserver.tls.waiting.Waits`, over the gevent
+    socket ``sock``'s own watchers), the half-close and the drain use the OS socket under the
+    gevent socket and wait through them, under one deadline (no ``gevent.Timeout``); before
+    each wait the drain reads what is already queued (at most two reads: a peer that closed
+    first, as HTTP clients after ``Connection: close`` do, has its close_notify and FIN there,
+    measured: no wait, no watcher, two syscalls instead of seven; and the close_notify and FIN
+    of a peer that answers the half-close come together: one wait, not two), then waits for
+    readable, the peer's FIN being a round trip away after the half-close. ``queued`` False
+    says the connection has not seen the peer close (a TLS connection that read no
+    close_notify nor EOF): its FIN is then a round trip away, so the drain waits first
+    (measured under h2load: the read before the first wait always failed with EAGAIN, a
+    syscall and an exception per connection). The discarded
+    bytes go to one shared buffer. Not while another greenlet waits on them (a
+    handler's reader, when the connection is closed from elsewhere): that greenlet owns the
+    watcher, so the drain then waits through a watcher of its own, and the parked greenlet
+    sees the end of the stream or, at the close, EBADF."""
     try:
-        sock.shutdown(socket.SHUT_WR)
-        deadline = _monotonic() + LINGER_SECONDS
-        if waits is not None and not waits.waiting():
-            raw = sock._sock
-            for _ in range(2):  # what is queued already (often the peer's alert and FIN)
-                try:
-                    if not raw.recv(65536):
-                        return  # EOF: no wait at all (the finally closes)
-                except BlockingIOError:
-                    break
-            while True:
-                waits.wait_read(deadline, _timed_out)
-                try:
-                    if not raw.recv(65536):
-                        break
-                except BlockingIOError:
-                    pass
-        else:
+        if waits is None:  # a socket without waits (ssleay's, or one never made a stream)
+            sock.shutdown(socket.SHUT_WR)
+            deadline = _monotonic() + LINGER_SECONDS
             while (left := deadline - _monotonic()) > 0:
                 sock.settimeout(left)
                 if not sock.recv(65536):
                     break
+            return
+        raw = sock._sock
+        raw.shutdown(socket.SHUT_WR)
+        deadline = _monotonic() + LINGER_SECONDS
+        if waits.waiting():  # another greenlet is parked on the watchers: a watcher of our own
+            while (left := deadline - _monotonic()) > 0:
+                try:
+                    if not raw.recv_into(_DISCARD):
+                        break
+                except BlockingIOError:
+                    wait_read(raw.fileno(), left)  # TimeoutError at the deadline
+            return
+        if not queued:
+            waits.wait_read(deadline, _timed_out)
+        while True:
+            # What is queued, before each wait: often the peer's alert and its FIN together
+            # (then no wait at all, or one: measured, one hub round trip less per connection
+            # than a wait before every read). At most two reads per wait, so a flooding peer
+            # cannot keep the hub from the others.
+            for _ in range(2):
+                try:
+                    if not raw.recv_into(_DISCARD):
+                        return  # EOF (the finally closes)
+                except BlockingIOError:
+                    break
+            waits.wait_read(deadline, _timed_out)
     except OSError:
         pass  # the peer is gone or the drain timed out: nothing left to protect
     finally:
@@ -222,7 +246,7 @@ class PlainIO:
         # gevent's socket keeps the OS socket, non-blocking, as ``_sock`` (all its versions
         # since 1.0); its own recv/send would wait under a gevent.Timeout per wait.
         self._raw: socket.socket = sock._sock
-        self._waits = Waits(sock.fileno())
+        self._waits = Waits(sock.fileno(), sock)  # the gevent socket's own watchers
         self._timeout: float | None = sock.gettimeout()
         # The last call was a write: the peer's answer is a round trip away, so the next read
         # waits for readable at once instead of first failing with EAGAIN.
@@ -392,9 +416,13 @@ class TLSStream:
             return
         self._closed = True
         try:
-            self.tls.shutdown_tls(SHUTDOWN_SECONDS)
-            # The ssl backend's connection lends its waits to the drain; ssleay's has none.
-            linger_close(self.sock, getattr(self.tls, "waits", None))
+            tls = self.tls
+            tls.shutdown_tls(SHUTDOWN_SECONDS)
+            # The ssl backend's connection lends its waits to the drain, and says whether the
+            # peer's close was read already; ssleay's has neither.
+            waits = getattr(tls, "waits", None)
+            linger_close(self.sock, waits,
+                         waits is None or bool(getattr(tls, "peer_closed", True)))
         finally:  # also when the greenlet is killed mid-close: release the connection
             self.tls.close()
 

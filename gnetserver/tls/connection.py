@@ -145,8 +145,9 @@ class TLSConnection:
         self._sock = sock
         self._conn = SSL.Connection(context, sock)
         self._conn.set_accept_state()
-        # Two io watchers and (when a deadline needs one) a timer, reused by every wait.
-        self._waits = Waits(sock.fileno())
+        # The socket's two io watchers and (when a deadline needs one) a timer, reused by
+        # every wait.
+        self._waits = Waits(sock.fileno(), sock)
         self._timeout: float | None = None
         self._handshake_done = False
         self._eof = False  # the peer has finished sending (close_notify or ragged EOF)
@@ -179,17 +180,6 @@ class TLSConnection:
                 want = _READ
             except SSL.WantWriteError:
                 want = _WRITE
-
-    def _run(self, op: Callable[..., _T], args: tuple[Any, ...], until: float | None,
-             expired: Callable[[], BaseException]) -> _T:
-        """Call ``op(*args)`` until it stops wanting I/O (the first try without a wait)."""
-        try:
-            return op(*args)
-        except SSL.WantReadError:
-            want = _READ
-        except SSL.WantWriteError:
-            want = _WRITE
-        return self._waiting(op, args, want, until, expired)
 
     def _until(self) -> float | None:
         """The deadline of a read or write starting now (None: no limit)."""
@@ -226,8 +216,17 @@ class TLSConnection:
         def expired() -> HandshakeTimeout:
             return HandshakeTimeout(f"TLS handshake did not finish within {timeout} s")
 
+        handshake = self._conn.do_handshake
         try:
-            self._run(self._conn.do_handshake, (), until, expired)
+            try:  # the first try inline; the wait loop only on Want*
+                handshake()
+                want = 0
+            except SSL.WantReadError:
+                want = _READ
+            except SSL.WantWriteError:
+                want = _WRITE
+            if want:
+                self._waiting(handshake, (), want, until, expired)
         except (SSL.ZeroReturnError, SSL.SysCallError) as e:
             if isinstance(e, SSL.ZeroReturnError) or _is_eof(e):
                 self._broken = True
@@ -408,8 +407,16 @@ class TLSConnection:
         if self._shutdown_sent or self._broken or self._closed or not self._handshake_done:
             return
         self._shutdown_sent = True
+        shutdown = self._conn.shutdown
         try:
-            self._run(self._conn.shutdown, (), _monotonic() + timeout, _io_timeout)
+            try:  # the first try inline: the deadline only counts once it has to wait
+                shutdown()
+                return
+            except SSL.WantReadError:
+                want = _READ
+            except SSL.WantWriteError:
+                want = _WRITE
+            self._waiting(shutdown, (), want, _monotonic() + timeout, _io_timeout)
         except (SSL.Error, OSError):
             # The peer may be gone (EPIPE, ECONNRESET) or not reading (timeout); either way
             # nothing useful can be done about a close_notify that cannot be delivered.
@@ -450,6 +457,12 @@ class TLSConnection:
     def gettimeout(self) -> float | None:
         """Return the per-call timeout set by :meth:`settimeout` (initially ``None``)."""
         return self._timeout
+
+    @property
+    def peer_closed(self) -> bool:
+        """True once a read saw the peer's end (close_notify or EOF), or after ``close()``:
+        the lingering close then reads what is queued before it waits."""
+        return self._eof
 
     @property
     def waits(self) -> Waits:

@@ -4,8 +4,9 @@ Rules of this module:
 
 * A :class:`Waits` belongs to one connection (one fd) and parks the connection's greenlet until
   the fd is readable (:meth:`Waits.wait_read`) or writable (:meth:`Waits.wait_write`), through
-  two io watchers created once and reused by every wait (gevent's ``wait_read`` makes one per
-  wait).
+  two io watchers reused by every wait (gevent's ``wait_read`` makes one per wait): the gevent
+  socket's own two when it is given one (so nothing else may wait on that socket), else two
+  made once.
 * **One deadline per connection and direction.** A wait is given the monotonic time by which
   the operation it belongs to must end (``until``; ``None``: no limit) and the exception to
   raise then. It records them (one pair for reads, one for writes: a reader and a writer
@@ -56,12 +57,20 @@ class Waits:
     __slots__ = ("_hub", "_reading", "_writing", "_timer", "_timer_at", "_read_until",
                  "_read_expired", "_write_until", "_write_expired")
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, sock: Any = None) -> None:
+        """``fd``: the connection's descriptor. ``sock``: the gevent socket over it, if there
+        is one: its own two io watchers are used (they exist already: measured, two watchers
+        and two ``fcntl`` calls less per connection); nothing else may wait on them (the
+        connection's reads and writes all go through these waits)."""
         hub = get_hub()
         self._hub = hub
         # Any: gevent's stubs of the io watcher lack ``active``.
-        self._reading: Any = hub.loop.io(fd, _READ)
-        self._writing: Any = hub.loop.io(fd, _WRITE)
+        self._reading: Any
+        self._writing: Any
+        if sock is not None:  # gevent's socket keeps them as _read_event/_write_event
+            self._reading, self._writing = sock._read_event, sock._write_event
+        else:
+            self._reading, self._writing = hub.loop.io(fd, _READ), hub.loop.io(fd, _WRITE)
         self._timer: Any = None
         self._timer_at = _INF  # when the started timer fires (inf: none started)
         # The deadline of the read (write) now waiting (inf: none) and what it raises then.
@@ -78,7 +87,8 @@ class Waits:
         if until is None:
             self._read_until = _INF
         else:
-            self._deadline(until, expired)
+            if until < self._timer_at:  # (else the started timer fires by then)
+                self._deadline(until, expired)
             self._read_until, self._read_expired = until, expired
         self._park(watcher)
 
@@ -90,7 +100,8 @@ class Waits:
         if until is None:
             self._write_until = _INF
         else:
-            self._deadline(until, expired)
+            if until < self._timer_at:
+                self._deadline(until, expired)
             self._write_until, self._write_expired = until, expired
         self._park(watcher)
 
@@ -108,18 +119,22 @@ class Waits:
             raise InvalidSwitchError(f"Invalid switch into {getcurrent()}: got {result!r}")
 
     def _deadline(self, until: float, expired: Callable[[], BaseException]) -> None:
-        """Raise ``expired()`` if ``until`` has passed, else see that the timer fires by it."""
-        if until <= _monotonic():
+        """For a deadline earlier than the started timer (or with none started): raise
+        ``expired()`` if ``until`` has passed, else re-arm the timer to fire by it. (A wait
+        whose deadline is not earlier than the timer's leaves both to the timer, which throws
+        ``expired()`` into it when it fires past that deadline: measured, one clock read and
+        one call less per such wait.)"""
+        now = _monotonic()
+        if until <= now:
             raise expired()
-        if until < self._timer_at:  # no timer started yet, or one that would fire too late
-            self._arm(until)
+        self._arm(until, now)
 
-    def _arm(self, at: float) -> None:
-        """(Re)start the timer to fire at monotonic time ``at``."""
+    def _arm(self, at: float, now: float) -> None:
+        """(Re)start the timer to fire at monotonic time ``at`` (``now``: the time now)."""
         if self._timer is not None:
             self._timer.close()
         # ref=False: a timer alone must not keep the hub's loop running.
-        timer = self._hub.loop.timer(max(at - _monotonic(), 0.0), ref=False)
+        timer = self._hub.loop.timer(at - now if at > now else 0.0, ref=False)
         timer.start(self._fire)
         self._timer, self._timer_at = timer, at
 
@@ -139,7 +154,7 @@ class Waits:
             at = min(self._read_until if self._reading.active else _INF,
                      self._write_until if self._writing.active else _INF)
             if at < self._timer_at:  # (inf when a wait armed it again, or none waits)
-                self._arm(at)
+                self._arm(at, _monotonic())
 
     def waiting(self) -> bool:
         """True while a greenlet is parked in a wait."""

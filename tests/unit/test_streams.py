@@ -11,6 +11,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ from gnetserver.proto import (
     TLSStream,
     UnixProtocol,
 )
-from gnetserver.proto.stream import PlainIO
+from gnetserver.proto.stream import LINGER_SECONDS, PlainIO
 from gnetserver.tls import TLSContexts
 
 pytestmark = pytest.mark.timeout(20)
@@ -256,6 +257,59 @@ def test_tls_post_accept_returns_a_handshaken_stream(
         assert stream.sock.fileno() == -1
         stream.close()
         stream.abort()  # idempotent
+        assert thread.result() == (b"pong", b"")
+
+
+@pytest.mark.parametrize("peer_ends_with", ["fin", "close_notify"])
+def test_tls_close_after_the_peer_closed_first_does_not_wait_the_linger(
+    listener: Any, tls_protocol: Any, client_ctx: ssl.SSLContext, peer_ends_with: str
+) -> None:
+    """The peer ends first: with a bare FIN the server never reads (it is queued when the
+    server closes), with a close_notify the server reads it (recv gives b""). Either way the
+    lingering close is over at once (no wait for the linger bound), and the peer gets the
+    server's close_notify and then EOF, not a reset."""
+    ended = threading.Event()
+
+    def peer(port: int) -> tuple[bytes, bytes]:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        tls = client_ctx.wrap_socket(raw, server_hostname="localhost",
+                                     suppress_ragged_eofs=False)
+        tls.sendall(b"ping")
+        got = b""
+        while len(got) < 4:
+            got += tls.recv(4 - len(got))
+        if peer_ends_with == "fin":
+            # Through a duplicate of the descriptor: the TLS socket's own shutdown would
+            # drop its TLS state.
+            plain = socket.fromfd(tls.fileno(), socket.AF_INET, socket.SOCK_STREAM)
+            plain.shutdown(socket.SHUT_WR)
+            ended.set()
+            assert tls.recv(100) == b""  # the server's close_notify (a reset would raise)
+            tls.close()
+        else:
+            ended.set()
+            plain = tls.unwrap()  # our close_notify, then the server's
+        after = read_to_eof(plain)  # then the server's FIN
+        plain.close()
+        return got, after
+
+    with accepted(listener, peer) as (accepted_sock, thread):
+        stream = tls_protocol.post_accept(accepted_sock, WAIT)
+        stream.io.settimeout(WAIT)
+        got = b""
+        while len(got) < 4:
+            got += stream.io.recv(4 - len(got))
+        stream.io.sendall(b"pong")
+        wait_in_hub(ended)
+        if peer_ends_with == "close_notify":
+            assert stream.io.recv(100) == b""
+        else:
+            gevent.sleep(0.05)  # the FIN is queued at the server by now
+        started = time.monotonic()
+        stream.close()
+        # Waiting for the peer's FIN (the linger) would take LINGER_SECONDS: it was queued.
+        assert time.monotonic() - started < LINGER_SECONDS
+        assert stream.sock.fileno() == -1
         assert thread.result() == (b"pong", b"")
 
 
