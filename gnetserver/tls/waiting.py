@@ -5,8 +5,9 @@ Rules of this module:
 * A :class:`Waits` belongs to one connection (one fd) and parks the connection's greenlet until
   the fd is readable (:meth:`Waits.wait_read`) or writable (:meth:`Waits.wait_write`), through
   two io watchers reused by every wait (gevent's ``wait_read`` makes one per wait): the gevent
-  socket's own two when it is given one (so nothing else may wait on that socket), else two
-  made once.
+  socket's own two when it is given one, else two made once. The socket's own methods may
+  still wait on them, one greenlet per direction at a time (a wait of ours meanwhile gets
+  ``ConcurrentObjectUseError``); the timer throws only into waits of ours.
 * **One deadline per connection and direction.** A wait is given the monotonic time by which
   the operation it belongs to must end (``until``; ``None``: no limit) and the exception to
   raise then. It records them (one pair for reads, one for writes: a reader and a writer
@@ -60,8 +61,8 @@ class Waits:
     def __init__(self, fd: int, sock: Any = None) -> None:
         """``fd``: the connection's descriptor. ``sock``: the gevent socket over it, if there
         is one: its own two io watchers are used (they exist already: measured, two watchers
-        and two ``fcntl`` calls less per connection); nothing else may wait on them (the
-        connection's reads and writes all go through these waits)."""
+        and two ``fcntl`` calls less per connection); the socket's own waits on them are
+        never cut by a deadline of these (see :func:`_parked`)."""
         hub = get_hub()
         self._hub = hub
         # Any: gevent's stubs of the io watcher lack ``active``.
@@ -144,15 +145,15 @@ class Waits:
         arm the timer itself), or ends (it may close this object)."""
         self._timer_at = _INF
         try:
-            if self._reading.active and _passed(self._read_until):
+            if _parked(self._reading) and _passed(self._read_until):
                 self._read_until = _INF
                 _throw(self._reading, self._read_expired)
-            if self._writing.active and _passed(self._write_until):
+            if _parked(self._writing) and _passed(self._write_until):
                 self._write_until = _INF
                 _throw(self._writing, self._write_expired)
         finally:  # a bare greenlet's error comes out of the throw: the other wait still ends
-            at = min(self._read_until if self._reading.active else _INF,
-                     self._write_until if self._writing.active else _INF)
+            at = min(self._read_until if _parked(self._reading) else _INF,
+                     self._write_until if _parked(self._writing) else _INF)
             if at < self._timer_at:  # (inf when a wait armed it again, or none waits)
                 self._arm(at, _monotonic())
 
@@ -176,6 +177,15 @@ def _in_use(watcher: Any) -> NoReturn:
     """gevent's error: one greenlet waits on a watcher at a time."""
     raise ConcurrentObjectUseError(
         f"This socket is already used by another greenlet: {watcher.callback!r}")
+
+
+def _parked(watcher: Any) -> bool:
+    """True while a greenlet is parked on ``watcher`` in one of these waits: not in a wait of
+    the gevent socket's own (``sock.recv``, ``sendfile``...: its ``hub.wait`` starts the shared
+    watcher with a Waiter), which the deadline recorded by an earlier wait of ours, the
+    timer's, must not cut. Read only when the timer fires: no cost per wait."""
+    args = watcher.args  # (_READY,) from _park; None once stopped
+    return args is not None and args[0] is _READY
 
 
 def _passed(until: float) -> bool:

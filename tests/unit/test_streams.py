@@ -515,3 +515,31 @@ def test_closing_from_another_greenlet_wakes_the_parked_reader(
         thread.result()
     gevent.sleep(0.05)
     assert open_fds() == baseline
+
+
+def test_socket_own_wait_after_a_timed_read_is_not_cut_by_the_stale_deadline(
+        listener: Any) -> None:
+    """The stream's waits share the gevent socket's io watchers: a handler that then waits
+    through the socket's own methods (``client.sock.recv``, ``sendfile``: no timeout set on
+    the socket) must not get the stream's earlier read deadline thrown into that wait."""
+    first_read, go = threading.Event(), threading.Event()
+
+    def peer(raw: socket.socket) -> bytes:
+        time.sleep(0.05)
+        raw.sendall(b"a")  # ends the stream's timed read: its deadline stays recorded
+        first_read.wait(WAIT)
+        time.sleep(0.6)  # past that deadline (0.3 s), the server waits on the socket itself
+        raw.sendall(b"b")
+        go.set()
+        return read_to_eof(raw)
+
+    with accepted(listener, raw_peer(peer)) as (sock, thread):
+        stream = TCPProtocol(spec("tcp"), {}, None).post_accept(sock, 1.0)
+        stream.io.settimeout(0.3)
+        assert stream.io.recv(10) == b"a"  # parked until the peer sent: the timer is armed
+        first_read.set()
+        assert sock.gettimeout() is None
+        assert sock.recv(10) == b"b"  # the gevent socket's own wait, without a timeout
+        stream.io.sendall(b"done")
+        stream.close()
+        assert thread.result() == b"done"
