@@ -19,11 +19,12 @@ import os
 import pwd
 import shutil
 import signal
+import site
 import ssl
 import sys
 import tempfile
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +100,13 @@ def shared_dir(certs: dict[str, str]) -> Iterator[Path]:
 
 @pytest.fixture
 def as_nobody(spawn: Any, shared_dir: Path) -> Callable[..., ServerProcess]:
-    """``as_nobody(*args, python=...)``: ``python -m gnetserver --user nobody ARGS`` started
-    as root in ``shared_dir``; stopped (TERM, then KILL) at teardown."""
+    """``as_nobody(*args, python=..., packages=...)``: ``python -m gnetserver --user nobody
+    ARGS`` started as root in ``shared_dir``, ``packages`` (folders) in front of PYTHONPATH;
+    stopped (TERM, then KILL) at teardown."""
 
-    def start(*args: str, python: str = sys.executable) -> ServerProcess:
-        env = python_env(REPO)
+    def start(*args: str, python: str = sys.executable,
+              packages: Sequence[str] = ()) -> ServerProcess:
+        env = python_env(REPO, *packages)
         env.pop("BOUND_SOCKETS", None)
         return spawn([python, "-m", "gnetserver", "--user", "nobody", "--log_level", "3",
                       *args], env=env, cwd=shared_dir, terminate=True)
@@ -141,7 +144,10 @@ def test_hup_with_an_interpreter_nobody_cannot_run_is_refused(
     try:
         python = private / "python"
         python.symlink_to(os.path.realpath(sys.executable))
-        server = as_nobody("--port", "127.0.0.1:0/tcp", python=str(python))
+        # The real interpreter, started outside a venv, does not see the venv's packages
+        # (gevent...): name them, as a venv would.
+        packages = site.getsitepackages() if sys.prefix != sys.base_prefix else []
+        server = as_nobody("--port", "127.0.0.1:0/tcp", python=str(python), packages=packages)
         (where,) = server.ports()
         server.send(signal.SIGHUP)
         refusal = server.wait_for(REFUSED).group(1)
