@@ -84,6 +84,7 @@ from servers import (  # noqa: E402
     BENCH,
     KEY_TYPES,
     REPO,
+    descendants,
     free_ports,
     positive,
     raise_fd_limit,
@@ -403,17 +404,7 @@ class Server:
         raise RuntimeError(f"{self.label} did not start:\n{text[-3000:]}")
 
     def descendants(self) -> list[int]:
-        found, todo = [], [self.pid]
-        while todo:
-            pid = todo.pop()
-            try:
-                text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-            except OSError:
-                continue
-            kids = [int(p) for p in text.split()]
-            found += kids
-            todo += kids
-        return found
+        return descendants(self.pid)
 
     def cpu(self) -> float:
         """CPU seconds of the whole tree so far: the process, its reaped and living children."""
