@@ -41,9 +41,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # servers beside this file
 
-from servers import free_ports, write_certificate  # noqa: E402
+from servers import REPO, free_ports, write_certificate  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 SIDE_BY_SIDE = Path(__file__).resolve().parent / "side_by_side.py"
 #: A server under valgrind starts in tens of seconds.
 START_TIMEOUT = 180.0
@@ -71,9 +70,9 @@ class Counted:
                 return
             except OSError:
                 time.sleep(0.5)
-        self.stop()
-        self.log.seek(0)
-        sys.exit(f"bench: {label} did not start under valgrind:\n{self.log.read()[-2000:]}")
+        self.stop()  # (closes the log: read it again by name)
+        text = Path(self.log.name).read_text(errors="replace")
+        sys.exit(f"bench: {label} did not start under valgrind:\n{text[-2000:]}")
 
     def h2load(self, count: int, clients: int, close: bool) -> None:
         """``h2load`` against this server; exits when a request failed."""
