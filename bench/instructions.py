@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.before:
         labels.insert(1, "gnetserver-before")
         trees["gnetserver-before"] = Path(args.before).resolve()
+    # each gnetserver against the bare loop, as side_by_side.py's table does
+    ratios = ([label for label in labels if label.startswith("gnetserver")]
+              if "bare" in labels else [])
     rows: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-instr-") as tmp:
         folder = Path(tmp)
@@ -172,13 +175,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {key_type} {label}: {results[label]}", file=sys.stderr, flush=True)
             for measure_name in args.measures:
                 cells = [f"{results[label][measure_name]:,.1f}" for label in labels]
-                if "bare" in results and "gnetserver" in results:
-                    ratio = results["gnetserver"][measure_name] / results["bare"][measure_name]
+                for label in ratios:
+                    ratio = results[label][measure_name] / results["bare"][measure_name]
                     cells.append(f"{ratio:.3f}")
                 rows.append(f"| {measure_name}, {key_type} | " + " | ".join(cells) + " |")
-    header = "| k instructions per operation | " + " | ".join(labels)
-    if "bare" in labels and "gnetserver" in labels:
-        header += " | gnetserver/bare"
+    header = "| k instructions per operation | " + " | ".join(
+        [*labels, *(f"{label}/bare" for label in ratios)])
     print(f"\nCommand: python bench/instructions.py {' '.join(argv or sys.argv[1:])}\n")
     print(header + " |")
     print("|---|" + "---:|" * (header.count("|") - 1))

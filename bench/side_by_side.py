@@ -7,6 +7,9 @@ Run from the repository root (Linux only: it pins CPUs and reads ``/proc``)::
                                                     # growth at 50 and 500 connections only
     python bench/side_by_side.py                    # the full run (about 20 minutes)
     python bench/side_by_side.py --before ../tree   # also gnetserver from another source tree
+    python bench/side_by_side.py --handshakes-only --servers gnetserver,bare --before ../tree
+                                                    # the full-handshake rows alone (printed,
+                                                    # never written)
     python bench/side_by_side.py --help
 
 It installs what it misses first (``apt-get install`` of wrk, nghttp2-client, nginx-light,
@@ -31,6 +34,11 @@ request head, keeps the connection open until the client closes it, and answers
   processes, so it only runs the measures with at most that many connections;
 * **nginx**: one worker (``worker_processes 1``, not a daemon, a generated config in a
   temporary directory), ``return 200 "ok"``.
+
+bench/idle_tls.py (and idle_heap.py) also start ``--serve bare-rb`` (the bare loop with
+``MODE_RELEASE_BUFFERS``, waiting outside its ``except`` clause) and ``--serve bare-idle``
+(bench/idle_servers.py: no greenlet kept per idle connection); not among this
+benchmark's defaults.
 
 Every TLS server refuses session resumption (session tickets off and no session cache, or
 stateful tickets that cannot resume), checked once per server with ``openssl s_client
