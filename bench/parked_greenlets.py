@@ -6,7 +6,8 @@ Every idle connection of a gevent server keeps one greenlet parked in a wait. Th
 prints, per greenlet, the growth of VmRSS, of the malloc heap (``mallinfo2``) and the size of
 the C stack slice greenlet copied to the heap (``_stack_saved``)::
 
-    python bench/parked_greenlets.py                      # gevent.spawn and raw, depth 1/13/40
+    python bench/parked_greenlets.py                      # the three kinds, depths 1, 13, 40
+    python bench/parked_greenlets.py --count 1000 --depths 1
 
 What is in RSS but not in the malloc heap is mostly Python's frame data stack: on Python 3.11+
 each greenlet gets its own 16 KiB chunk (an mmap) at its first Python call, of which the
