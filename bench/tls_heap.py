@@ -178,8 +178,9 @@ def main() -> None:
                 except (ImportError, ValueError) as e:
                     if kind != "gnetserver":
                         raise
-                    # gnetserver's dependencies missing here, or its default context cannot be
-                    # built on this binding (a ConfigError: SSL_ecdh_curve before cryptography 47)
+                    # gnetserver's dependencies missing here, or its context cannot be built
+                    # on this binding (a ConfigError, e.g. a tree before d1a7397 on
+                    # cryptography < 47: SSL_ecdh_curve)
                     print(f"{kind:10s}: not measured ({e})")
                     continue
                 print(f"{kind:10s} over {libraries[kind]}: {kb:.1f} kB of C heap per idle "
