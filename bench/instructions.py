@@ -83,7 +83,8 @@ class Counted:
                               capture_output=True, text=True, timeout=600)
         match = re.search(r"(\d+) succeeded", done.stdout)
         if not match or int(match.group(1)) != count:
-            sys.exit(f"bench: h2load did not complete {count} requests:\n{done.stdout}")
+            sys.exit(f"bench: h2load did not complete {count} requests:\n{done.stdout}"
+                     f"{done.stderr[-2000:]}")
 
     def count(self, run: int, clients: int, close: bool) -> int:
         """Instructions of this process while ``run`` requests are served."""
@@ -151,8 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.measures = args.measures.split(",")
     args.requests = tuple(int(n) for n in args.requests.split(","))
-    if len(args.requests) != 2 or args.requests[1] <= args.requests[0]:
-        parser.error("--requests takes two counts, the second larger")
+    if len(args.requests) != 2 or not 10 <= args.requests[0] < args.requests[1]:
+        parser.error("--requests takes two counts, the second larger, both at least 10 "
+                     "(h2load -c10)")
+    if args.handshakes < args.concurrency:  # h2load refuses -n below -c
+        parser.error("--handshakes must be at least --concurrency")
     for tool in ("valgrind", "callgrind_control", "h2load"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} is missing (apt-get install valgrind nghttp2-client)")
