@@ -699,9 +699,11 @@ def report(results: Results, args: argparse.Namespace, seconds: float, argv: lis
         "",
         table,
         "",
-        f"Keep-alive: `wrk -t1 -c{args.connections} -d{args.duration}s`; growth: `h2load --h1 "
-        f"-t1 -m1 -cN -D{args.growth_duration} --warm-up-time=W` (CPU sampled after the "
-        f"warm-up); handshakes: `h2load --h1 -t1 -m1 -cC -n{args.handshakes}` (at least 4 per "
+        ("Handshakes" if args.handshakes_only else  # --handshakes-only: the rest did not run
+         f"Keep-alive: `wrk -t1 -c{args.connections} -d{args.duration}s`; growth: `h2load --h1 "
+         f"-t1 -m1 -cN -D{args.growth_duration} --warm-up-time=W` (CPU sampled after the "
+         f"warm-up); handshakes")
+        + f": `h2load --h1 -t1 -m1 -cC -n{args.handshakes}` (at least 4 per "
         f"client) `-H 'Connection: close'`. perl runs {args.perl_servers} processes: no figure "
         f"past that many connections.",
     ]
