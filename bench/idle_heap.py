@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import re
 import signal
@@ -32,7 +33,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from idle_tls import CLIENT  # noqa: E402
-from servers import REPO, free_ports, write_certificate  # noqa: E402
+from servers import (  # noqa: E402
+    REPO,
+    descendants,
+    free_ports,
+    stop_process,
+    write_certificate,
+)
 
 #: Runs the server; SIGUSR1 ends it at once (heaptrack then reports what is still allocated).
 WRAPPER = r"""
@@ -62,21 +69,22 @@ def run_server(args: argparse.Namespace, tmp: Path) -> Path:
          "--serve", args.server, "--port", str(port), "--cert", cert, "--key", key,
          "--tree", str(REPO), "--max-servers", str(args.count + 100)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                sys.exit("the server did not start")
-            time.sleep(0.2)
     opened = []
     try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    sys.exit("the server did not start")
+                time.sleep(0.2)
         for source, count in (("127.0.0.1", 50), ("127.0.0.2", args.count)):
             client = subprocess.Popen([sys.executable, "-c", CLIENT, "127.0.0.1", str(port),
                                        str(count), source],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            opened.append(client)
             assert client.stdout is not None
             if client.stdout.readline().strip() != "READY":
                 sys.exit("a client failed")
@@ -84,32 +92,30 @@ def run_server(args: argparse.Namespace, tmp: Path) -> Path:
                 assert client.stdin is not None
                 client.stdin.close()
                 client.wait(60)
-            else:
-                opened.append(client)
+                opened.remove(client)
         time.sleep(2.0)
-        python = [pid for pid in _children(server.pid) if _is_python(pid)]
-        for pid in python:
-            os.kill(pid, signal.SIGUSR1)
+        for pid in descendants(server.pid):
+            if _is_python(pid):
+                _kill(pid, signal.SIGUSR1)
         server.wait(300)
     finally:
         for client in opened:
             assert client.stdin is not None
             client.stdin.close()
             client.wait(60)
-    return next(tmp.glob("heap*"))
+        if server.poll() is None:  # it failed on the way: no report, but nothing left running
+            for pid in descendants(server.pid):
+                _kill(pid, signal.SIGKILL)
+            stop_process(server, 5)
+    data = sorted(tmp.glob("heap*"))
+    if not data:
+        sys.exit("heaptrack wrote no data")
+    return data[0]
 
 
-def _children(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        try:
-            kids = [int(p) for p in Path(f"/proc/{todo.pop()}/task").glob("*/children")
-                    for p in p.read_text().split()]
-        except OSError:
-            continue
-        found += kids
-        todo += kids
-    return found
+def _kill(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+        os.kill(pid, sig)
 
 
 def _is_python(pid: int) -> bool:
@@ -161,7 +167,9 @@ def report(stacks: list[tuple[list[str], int]], count: int, top: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--server", default="gnetserver", help="gnetserver, bare-rb, bare")
+    parser.add_argument("--server", default="gnetserver",
+                        help="a side_by_side.py server: gnetserver (default), bare, bare-rb, "
+                        "bare-idle, stdlib")
     parser.add_argument("--count", type=int, default=2000, help="idle connections (2000)")
     parser.add_argument("--python", default=sys.executable, help="the server's interpreter")
     parser.add_argument("--top", type=int, default=20, help="OpenSSL paths listed (20)")

@@ -29,8 +29,10 @@ table gives, per server:
 * **RSS** of the server with all of them open.
 
 Repeated ``--rounds`` times (a fresh server each time, the order reversed every round): medians
-and spread. The descriptor limit is raised to the hard limit (``ulimit -Hn``), which bounds the
-count: one process cannot hold more connections than that.
+and spread. The descriptor limit is raised to the hard limit (``ulimit -Hn``), and the hard limit
+to what ``--count`` needs where the process may (with CAP_SYS_RESOURCE, up to
+``/proc/sys/fs/nr_open``); that limit bounds the count: one process cannot hold more
+connections than that (the script says why when it cannot be raised).
 """
 
 from __future__ import annotations

@@ -41,9 +41,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # servers beside this file
 
-from servers import free_ports, write_certificate  # noqa: E402
+from servers import REPO, free_ports, write_certificate  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 SIDE_BY_SIDE = Path(__file__).resolve().parent / "side_by_side.py"
 #: A server under valgrind starts in tens of seconds.
 START_TIMEOUT = 180.0
@@ -71,9 +70,9 @@ class Counted:
                 return
             except OSError:
                 time.sleep(0.5)
-        self.stop()
-        self.log.seek(0)
-        sys.exit(f"bench: {label} did not start under valgrind:\n{self.log.read()[-2000:]}")
+        self.stop()  # (closes the log: read it again by name)
+        text = Path(self.log.name).read_text(errors="replace")
+        sys.exit(f"bench: {label} did not start under valgrind:\n{text[-2000:]}")
 
     def h2load(self, count: int, clients: int, close: bool) -> None:
         """``h2load`` against this server; exits when a request failed."""
@@ -84,7 +83,8 @@ class Counted:
                               capture_output=True, text=True, timeout=600)
         match = re.search(r"(\d+) succeeded", done.stdout)
         if not match or int(match.group(1)) != count:
-            sys.exit(f"bench: h2load did not complete {count} requests:\n{done.stdout}")
+            sys.exit(f"bench: h2load did not complete {count} requests:\n{done.stdout}"
+                     f"{done.stderr[-2000:]}")
 
     def count(self, run: int, clients: int, close: bool) -> int:
         """Instructions of this process while ``run`` requests are served."""
@@ -152,8 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.measures = args.measures.split(",")
     args.requests = tuple(int(n) for n in args.requests.split(","))
-    if len(args.requests) != 2 or args.requests[1] <= args.requests[0]:
-        parser.error("--requests takes two counts, the second larger")
+    if len(args.requests) != 2 or not 10 <= args.requests[0] < args.requests[1]:
+        parser.error("--requests takes two counts, the second larger, both at least 10 "
+                     "(h2load -c10)")
+    if args.handshakes < args.concurrency:  # h2load refuses -n below -c
+        parser.error("--handshakes must be at least --concurrency")
     for tool in ("valgrind", "callgrind_control", "h2load"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} is missing (apt-get install valgrind nghttp2-client)")
@@ -162,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.before:
         labels.insert(1, "gnetserver-before")
         trees["gnetserver-before"] = Path(args.before).resolve()
+    # each gnetserver against the bare loop, as side_by_side.py's table does
+    ratios = ([label for label in labels if label.startswith("gnetserver")]
+              if "bare" in labels else [])
     rows: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-instr-") as tmp:
         folder = Path(tmp)
@@ -173,13 +179,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {key_type} {label}: {results[label]}", file=sys.stderr, flush=True)
             for measure_name in args.measures:
                 cells = [f"{results[label][measure_name]:,.1f}" for label in labels]
-                if "bare" in results and "gnetserver" in results:
-                    ratio = results["gnetserver"][measure_name] / results["bare"][measure_name]
+                for label in ratios:
+                    ratio = results[label][measure_name] / results["bare"][measure_name]
                     cells.append(f"{ratio:.3f}")
                 rows.append(f"| {measure_name}, {key_type} | " + " | ".join(cells) + " |")
-    header = "| k instructions per operation | " + " | ".join(labels)
-    if "bare" in labels and "gnetserver" in labels:
-        header += " | gnetserver/bare"
+    header = "| k instructions per operation | " + " | ".join(
+        [*labels, *(f"{label}/bare" for label in ratios)])
     print(f"\nCommand: python bench/instructions.py {' '.join(argv or sys.argv[1:])}\n")
     print(header + " |")
     print("|---|" + "---:|" * (header.count("|") - 1))

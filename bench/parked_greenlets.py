@@ -6,7 +6,8 @@ Every idle connection of a gevent server keeps one greenlet parked in a wait. Th
 prints, per greenlet, the growth of VmRSS, of the malloc heap (``mallinfo2``) and the size of
 the C stack slice greenlet copied to the heap (``_stack_saved``)::
 
-    python bench/parked_greenlets.py                      # gevent.spawn and raw, depth 1/13/40
+    python bench/parked_greenlets.py                      # the three kinds, depths 1, 13, 40
+    python bench/parked_greenlets.py --count 1000 --depths 1
 
 What is in RSS but not in the malloc heap is mostly Python's frame data stack: on Python 3.11+
 each greenlet gets its own 16 KiB chunk (an mmap) at its first Python call, of which the
@@ -16,27 +17,19 @@ touched 4 KiB pages are resident.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
+import sys
+from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # servers beside this file
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-        "fordblks", "keepcost")]
+from servers import malloc_in_use  # noqa: E402
 
 
 def _rss_kb() -> int:
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-
-
-def _heap() -> int:
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _MallInfo2
-    info = libc.mallinfo2()
-    return int(info.uordblks + info.hblkhd)
 
 
 KINDS = {
@@ -75,12 +68,12 @@ def measure(kind: str, count: int, depth: int) -> tuple[float, float, float]:
     spawn(100)  # warm-up: lazy allocations of the first greenlets
     gevent.sleep(0.1)
     gc.collect()
-    rss, heap = _rss_kb(), _heap()
+    rss, heap = _rss_kb(), malloc_in_use()
     parked = spawn(count)
     gevent.sleep(0.5)
     gc.collect()
     saved = sum(g._stack_saved for g in parked) / count
-    return (_rss_kb() - rss) * 1024 / count, (_heap() - heap) / count, saved
+    return (_rss_kb() - rss) * 1024 / count, (malloc_in_use() - heap) / count, saved
 
 
 def main() -> None:

@@ -9,11 +9,16 @@ PATH`` another one ("gnetserver-before"). Its subprocess gets that tree first on
 ``PYTHONPATH`` (ahead of any installed or editable gnetserver) and loads that tree's
 ``examples/echo_server.py``; it checks that ``gnetserver`` really came from the tree and reports
 ``gnetserver.__file__`` on its version line.
+
+The other benchmarks share its helpers too: certificates, free ports, stopping a subprocess,
+a process's descendants (:func:`descendants`) and the malloc heap in use
+(:func:`malloc_in_use`).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import ipaddress
 import os
@@ -190,6 +195,36 @@ def stop_process(proc: subprocess.Popen[Any], grace: float) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def descendants(pid: int) -> list[int]:
+    """The children of ``pid`` (forked by its main thread), theirs, and so on, from ``/proc``."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            text = Path(f"/proc/{parent}/task/{parent}/children").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        kids = [int(p) for p in text.split()]
+        found += kids
+        todo += kids
+    return found
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def malloc_in_use() -> int:
+    """Bytes in use in this process's malloc heap, small blocks and mmapped ones (glibc's
+    ``mallinfo2``)."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    return int(info.uordblks + info.hblkhd)
 
 
 class WatchedStderr:

@@ -7,6 +7,9 @@ Run from the repository root (Linux only: it pins CPUs and reads ``/proc``)::
                                                     # growth at 50 and 500 connections only
     python bench/side_by_side.py                    # the full run (about 20 minutes)
     python bench/side_by_side.py --before ../tree   # also gnetserver from another source tree
+    python bench/side_by_side.py --handshakes-only --servers gnetserver,bare --before ../tree
+                                                    # the full-handshake rows alone (printed,
+                                                    # never written)
     python bench/side_by_side.py --help
 
 It installs what it misses first (``apt-get install`` of wrk, nghttp2-client, nginx-light,
@@ -31,6 +34,11 @@ request head, keeps the connection open until the client closes it, and answers
   processes, so it only runs the measures with at most that many connections;
 * **nginx**: one worker (``worker_processes 1``, not a daemon, a generated config in a
   temporary directory), ``return 200 "ok"``.
+
+bench/idle_tls.py (and idle_heap.py) also start ``--serve bare-rb`` (the bare loop with
+``MODE_RELEASE_BUFFERS``, waiting outside its ``except`` clause) and ``--serve bare-idle``
+(bench/idle_servers.py: no greenlet kept per idle connection); not among this
+benchmark's defaults.
 
 Every TLS server refuses session resumption (session tickets off and no session cache, or
 stateful tickets that cannot resume), checked once per server with ``openssl s_client
@@ -84,6 +92,7 @@ from servers import (  # noqa: E402
     BENCH,
     KEY_TYPES,
     REPO,
+    descendants,
     free_ports,
     positive,
     raise_fd_limit,
@@ -403,17 +412,7 @@ class Server:
         raise RuntimeError(f"{self.label} did not start:\n{text[-3000:]}")
 
     def descendants(self) -> list[int]:
-        found, todo = [], [self.pid]
-        while todo:
-            pid = todo.pop()
-            try:
-                text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-            except OSError:
-                continue
-            kids = [int(p) for p in text.split()]
-            found += kids
-            todo += kids
-        return found
+        return descendants(self.pid)
 
     def cpu(self) -> float:
         """CPU seconds of the whole tree so far: the process, its reaped and living children."""
@@ -700,9 +699,11 @@ def report(results: Results, args: argparse.Namespace, seconds: float, argv: lis
         "",
         table,
         "",
-        f"Keep-alive: `wrk -t1 -c{args.connections} -d{args.duration}s`; growth: `h2load --h1 "
-        f"-t1 -m1 -cN -D{args.growth_duration} --warm-up-time=W` (CPU sampled after the "
-        f"warm-up); handshakes: `h2load --h1 -t1 -m1 -cC -n{args.handshakes}` (at least 4 per "
+        ("Handshakes" if args.handshakes_only else  # --handshakes-only: the rest did not run
+         f"Keep-alive: `wrk -t1 -c{args.connections} -d{args.duration}s`; growth: `h2load --h1 "
+         f"-t1 -m1 -cN -D{args.growth_duration} --warm-up-time=W` (CPU sampled after the "
+         f"warm-up); handshakes")
+        + f": `h2load --h1 -t1 -m1 -cC -n{args.handshakes}` (at least 4 per "
         f"client) `-H 'Connection: close'`. perl runs {args.perl_servers} processes: no figure "
         f"past that many connections.",
     ]

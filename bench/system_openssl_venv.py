@@ -6,8 +6,10 @@ the system library needs its Rust crates from crates.io, which this machine cann
 this takes Debian's ``python3-cryptography`` (38.0.4, linked to the system libssl 3.0) and
 puts the venv's pyOpenSSL (26.4.0, pure Python) on it, with a shim for the three things
 gnetserver needs that cryptography 38 lacks: ``SSL_CTX_set1_curves_list`` in the cffi binding
-(called here as what the macro is, ``SSL_CTX_ctrl(ctx, 92, 0, list)``, on the same libssl),
-``x509.load_pem_x509_certificates`` (39) and the certificates' ``not_valid_*_utc`` (42).
+(called here as what the macro is, ``SSL_CTX_ctrl(ctx, 92, 0, list)``, on the same libssl;
+since d1a7397 gnetserver starts without it, on OpenSSL's own groups: the shim keeps its
+default groups, as on the other OpenSSLs), ``x509.load_pem_x509_certificates`` (39) and the
+certificates' ``not_valid_*_utc`` (42).
 That combination is unsupported (pyOpenSSL 26.4 asks for cryptography >= 49): it is for
 measuring memory, nothing else::
 
