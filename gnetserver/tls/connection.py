@@ -181,6 +181,18 @@ class TLSConnection:
             except SSL.WantWriteError:
                 want = _WRITE
 
+    def _run(self, op: Callable[..., _T], until: float | None,
+             expired: Callable[[], BaseException]) -> _T:
+        """Call ``op()`` until it stops wanting I/O: the first try inline, the wait loop only
+        on Want* (the handshake and the close_notify; reads and writes inline their own)."""
+        try:
+            return op()
+        except SSL.WantReadError:
+            want = _READ
+        except SSL.WantWriteError:
+            want = _WRITE
+        return self._waiting(op, (), want, until, expired)
+
     def _until(self) -> float | None:
         """The deadline of a read or write starting now (None: no limit)."""
         timeout = self._timeout
@@ -216,17 +228,8 @@ class TLSConnection:
         def expired() -> HandshakeTimeout:
             return HandshakeTimeout(f"TLS handshake did not finish within {timeout} s")
 
-        handshake = self._conn.do_handshake
         try:
-            try:  # the first try inline; the wait loop only on Want*
-                handshake()
-                want = 0
-            except SSL.WantReadError:
-                want = _READ
-            except SSL.WantWriteError:
-                want = _WRITE
-            if want:
-                self._waiting(handshake, (), want, until, expired)
+            self._run(self._conn.do_handshake, until, expired)
         except (SSL.ZeroReturnError, SSL.SysCallError) as e:
             if isinstance(e, SSL.ZeroReturnError) or _is_eof(e):
                 self._broken = True
@@ -407,16 +410,8 @@ class TLSConnection:
         if self._shutdown_sent or self._broken or self._closed or not self._handshake_done:
             return
         self._shutdown_sent = True
-        shutdown = self._conn.shutdown
         try:
-            try:  # the first try inline: the deadline only counts once it has to wait
-                shutdown()
-                return
-            except SSL.WantReadError:
-                want = _READ
-            except SSL.WantWriteError:
-                want = _WRITE
-            self._waiting(shutdown, (), want, _monotonic() + timeout, _io_timeout)
+            self._run(self._conn.shutdown, _monotonic() + timeout, _io_timeout)
         except (SSL.Error, OSError):
             # The peer may be gone (EPIPE, ECONNRESET) or not reading (timeout); either way
             # nothing useful can be done about a close_notify that cannot be delivered.
