@@ -268,13 +268,7 @@ class PlainIO:
                 return raw.recv(bufsize, flags)
             except BlockingIOError:
                 pass
-        until = self._until()
-        while True:
-            self._waits.wait_read(until, _timed_out)
-            try:
-                return raw.recv(bufsize, flags)
-            except BlockingIOError:
-                pass
+        return self._read_waiting(raw.recv, bufsize, flags)
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0, /) -> int:
         """Read into ``buffer``; the count, 0 at end of stream."""
@@ -286,11 +280,16 @@ class PlainIO:
                 return raw.recv_into(buffer, nbytes, flags)
             except BlockingIOError:
                 pass
+        return self._read_waiting(raw.recv_into, buffer, nbytes, flags)
+
+    def _read_waiting(self, read: Any, *args: Any) -> Any:
+        """Wait for readable, then ``read(*args)``, until it returns (by the call's deadline):
+        the part of recv and recv_into that parks anyway (their first try stays inline)."""
         until = self._until()
         while True:
             self._waits.wait_read(until, _timed_out)
             try:
-                return raw.recv_into(buffer, nbytes, flags)
+                return read(*args)
             except BlockingIOError:
                 pass
 
