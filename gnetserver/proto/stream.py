@@ -30,12 +30,15 @@ import errno
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from gevent.socket import wait_read
 
 from ..tls.connection import SHUTDOWN_SECONDS
 from ..tls.waiting import Waits
+
+_T = TypeVar("_T")
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -282,7 +285,7 @@ class PlainIO:
                 pass
         return self._read_waiting(raw.recv_into, buffer, nbytes, flags)
 
-    def _read_waiting(self, read: Any, *args: Any) -> Any:
+    def _read_waiting(self, read: Callable[..., _T], *args: Any) -> _T:
         """Wait for readable, then ``read(*args)``, until it returns (by the call's deadline):
         the part of recv and recv_into that parks anyway (their first try stays inline)."""
         until = self._until()
