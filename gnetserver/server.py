@@ -195,7 +195,6 @@ class GServer:
         # every metric recorded.
         self._hooked = False
         self._noop_hooks: frozenset[str] = frozenset()
-        self._own_close = False
         self._metrics_on = True
 
     def _say(self, level: int, message: str) -> None:
@@ -516,8 +515,7 @@ class GServer:
         and the log is not muted by the HUP dry run). Cheap: ask it before building a message
         that costs something (a traceback, an f-string per connection). Any greenlet may call
         it; it touches nothing."""
-        log_level = self.conf.log_level  # log.should_log(max(level, 0), ...), inline
-        return 0 < log_level and level <= log_level and not self.logs.is_muted
+        return log.should_log(max(level, 0), self.conf.log_level) and not self.logs.is_muted
 
     def handle_log_error(self, error: BaseException, record: tuple[int, str]) -> None:
         """Hook (Net::Server's): ``log_function`` raised ``error`` while logging
@@ -856,10 +854,6 @@ class GServer:
         self._noop_hooks = frozenset(
             name for name in self._SKIPPABLE_HOOKS
             if getattr(getattr(self, name), "__func__", None) is base[name])
-        # post_process_request is not empty, but GServer's own only closes the client:
-        # run_client_connection then closes it itself (two calls less per connection).
-        self._own_close = (getattr(self.post_process_request, "__func__", None)
-                           is base["post_process_request"])
         self._metrics_on = self.metrics.enabled  # made at configure, before any connection
         self._hooked = True
 
@@ -1175,13 +1169,7 @@ class GServer:
                     self._run_session(client, noop)
             if self._metrics_on:
                 self.metrics.session_ended(client)  # bytes in and out: TCP_INFO, before close
-            if self._own_close:  # GServer's post_process_request: its body (the close) inline
-                try:
-                    client.close()  # the slot is free already
-                except Exception as exc:  # never, by Client.close's contract: as _guarded
-                    self.connection_error(client, exc)
-            else:
-                self._guarded(self.post_process_request, client)  # closes the client
+            self._guarded(self.post_process_request, client)  # closes the client (slot free)
             if "post_client_connection_hook" not in noop:
                 self._guarded(self.post_client_connection_hook, client)  # user: after close
         except Evicted:  # the personality made room for a newer connection
