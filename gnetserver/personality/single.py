@@ -387,9 +387,7 @@ class _Acceptor(StreamServer):
             self._pause(self._backoff.failed(exc))
             return None
         self._backoff.succeeded()
-        single = self._single
-        # _make_room only when the pool is full (its own first check, inline: every accept).
-        if len(single._pool.greenlets) >= single._size and not single._make_room():
+        if not self._single._make_room():
             accepted[0].close()
             return None
         return accepted
